@@ -1,0 +1,33 @@
+"""expstore: a persistent, disk-backed experience store for reinforcement learning."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .errors import (  # noqa: E402
+    BackendError,
+    ClosedStoreError,
+    CorruptStoreError,
+    DiskFullError,
+    EmptyStoreError,
+    ExpstoreError,
+    FormatVersionError,
+    InvalidArgumentError,
+    NotAPoolError,
+    ReadOnlyError,
+    SchemaError,
+    StepNotFoundError,
+    StoreExistsError,
+    StoreLockedError,
+    StoreNotFoundError,
+)
+from .opening import open  # noqa: E402,A004
+from .schema import Field, Schema  # noqa: E402
+from .store import Store  # noqa: E402
+
+__all__ = [
+    "BackendError", "ClosedStoreError", "CorruptStoreError", "DiskFullError", "EmptyStoreError",
+    "ExpstoreError", "Field", "FormatVersionError", "InvalidArgumentError", "NotAPoolError",
+    "ReadOnlyError", "Schema", "SchemaError", "StepNotFoundError", "Store", "StoreExistsError",
+    "StoreLockedError", "StoreNotFoundError", "__version__", "open",
+]

@@ -1,0 +1,54 @@
+"""The small interface a container format implements.
+
+A backend only builds the container once and, on open, says where each field's bytes lie.
+Everything after creation (row writes, commits, reads) goes through memory maps in the store,
+so a backend never holds a file open for writing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..schema import Schema
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Extent:
+    """A contiguous byte range inside one file."""
+
+    path: str
+    offset: int
+    nbytes: int
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a pool's bytes are: each field's (slots, *shape) array and the commit slots."""
+
+    meta: dict
+    schema: Schema
+    fields: dict[str, Extent]
+    commit: Extent
+
+    @property
+    def files(self) -> list[str]:
+        paths = [extent.path for extent in self.fields.values()] + [self.commit.path]
+        return list(dict.fromkeys(paths))
+
+
+class Backend(Protocol):
+    name: str
+    suffixes: tuple[str, ...]
+
+    def create(self, path: str, meta: dict, schema: Schema, slots: int, chunk_rows: int,
+               commit_slots: bytes) -> list[str]:
+        """Build a new container at ``path``; return the files to preallocate and fsync."""
+
+    def read_layout(self, path: str) -> Layout:
+        """Read the metadata and the byte extents, without scanning the data."""
+
+    def disk_nbytes(self, schema: Schema, slots: int) -> int:
+        """About how many bytes a container of this size takes on disk."""

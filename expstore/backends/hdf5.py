@@ -1,0 +1,129 @@
+"""HDF5 pools: one file, one early-allocated, unfiltered chunked dataset per field.
+
+With ``ALLOC_TIME_EARLY`` and no filters every chunk exists at creation and never moves, and
+HDF5 lays them back to back, so a field is one contiguous byte range that a memory map can
+cover. That layout is observed, not promised by HDF5, so creation checks every chunk and open
+re-checks the first and the last chunk against the offsets recorded at creation.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..commit import SLOT_NBYTES
+from ..errors import CorruptStoreError, NotAPoolError
+from ..schema import Schema
+from .base import Extent, Layout
+from .meta import check_meta
+
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+_ALIGN = 4096
+
+
+def _h5py():
+    import h5py
+
+    return h5py
+
+
+class HDF5Backend:
+    name = "hdf5"
+    suffixes = (".h5", ".hdf5")
+
+    def create(self, path, meta, schema, slots, chunk_rows, commit_slots):
+        h5py = _h5py()
+        offsets = {}
+        with h5py.File(path, "w", libver="latest", alignment_threshold=_ALIGN,
+                       alignment_interval=_ALIGN, locking=False) as f:
+            for name, field in schema.items():
+                dataset = f.create_dataset(
+                    name, shape=(slots, *field.shape), dtype=field.dtype,
+                    chunks=(chunk_rows, *field.shape), dcpl=_early_dcpl(h5py),
+                )
+                offsets[name] = _contiguous_chunks_offset(dataset, chunk_rows * field.row_nbytes)
+            commit = f.create_dataset("_commit", shape=(2, SLOT_NBYTES), dtype="u1", dcpl=_early_dcpl(h5py))
+            commit_offset = commit.id.get_offset()
+            f.attrs["expstore"] = json.dumps({**meta, "offsets": offsets, "commit_offset": commit_offset})
+        with open(path, "r+b") as fh:
+            os.pwrite(fh.fileno(), commit_slots, commit_offset)
+        return [path]
+
+    def read_layout(self, path: str) -> Layout:
+        h5py = _h5py()
+        _check_signature(path)
+        try:
+            f = h5py.File(path, "r", locking=False)
+        except OSError as exc:
+            raise CorruptStoreError(f"{path}: HDF5 cannot read the file ({exc}); it may be truncated") from None
+        with f:
+            if "expstore" not in f.attrs:
+                raise NotAPoolError(f"{path} is an HDF5 file but not an expstore pool (no 'expstore' attribute)")
+            meta = check_meta(path, _loads(path, f.attrs["expstore"]))
+            schema = Schema.from_json(meta["schema"])
+            fields = {name: self._field_extent(path, f, meta, name) for name in schema}
+            commit = Extent(path, int(meta["commit_offset"]), 2 * SLOT_NBYTES)
+        return Layout(meta, schema, fields, commit)
+
+    def _field_extent(self, path, f, meta, name) -> Extent:
+        if name not in f:
+            raise CorruptStoreError(f"{path}: the field dataset {name!r} is missing; the pool is damaged")
+        dataset = f[name]
+        field = Schema.from_json(meta["schema"])[name]
+        slots, chunk_rows = meta["slots"], meta["chunk_rows"]
+        if dataset.shape != (slots, *field.shape) or dataset.dtype != field.dtype or dataset.compression:
+            raise CorruptStoreError(
+                f"{path}: dataset {name!r} is {dataset.shape} {dataset.dtype}, the pool's metadata "
+                f"says {(slots, *field.shape)} {field.dtype}; the pool is damaged"
+            )
+        offset = int(meta["offsets"][name])
+        chunk_nbytes = chunk_rows * field.row_nbytes
+        zeros = (0,) * len(field.shape)
+        first = dataset.id.get_chunk_info_by_coord((0, *zeros)).byte_offset
+        last = dataset.id.get_chunk_info_by_coord((slots - chunk_rows, *zeros)).byte_offset
+        if first != offset or last != offset + (slots // chunk_rows - 1) * chunk_nbytes:
+            raise CorruptStoreError(f"{path}: the chunks of {name!r} moved since creation; the pool is damaged")
+        return Extent(path, offset, slots * field.row_nbytes)
+
+    def disk_nbytes(self, schema: Schema, slots: int) -> int:
+        return slots * schema.row_nbytes + (len(schema) + 2) * _ALIGN + 2 * SLOT_NBYTES + (1 << 16)
+
+
+def _early_dcpl(h5py):
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    # No fill: the file starts sparse and is preallocated with posix_fallocate afterwards.
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    return dcpl
+
+
+def _contiguous_chunks_offset(dataset, chunk_nbytes: int) -> int:
+    starts = []
+    dataset.id.chunk_iter(lambda info: starts.append((info.chunk_offset[0], info.byte_offset)))
+    starts.sort()
+    offsets = np.array([byte_offset for _, byte_offset in starts], dtype=np.int64)
+    if offsets.size == 0 or (np.diff(offsets) != chunk_nbytes).any():
+        raise CorruptStoreError(
+            f"HDF5 did not lay out the chunks of {dataset.name!r} back to back; "
+            "this HDF5 build is not supported, please report it"
+        )
+    return int(offsets[0])
+
+
+def _check_signature(path: str) -> None:
+    with open(path, "rb") as fh:
+        head = fh.read(len(_HDF5_SIGNATURE))
+    if head != _HDF5_SIGNATURE:
+        raise NotAPoolError(f"{path} is not an HDF5 file (no HDF5 signature), so not an expstore pool")
+
+
+def _loads(path: str, text) -> dict:
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError):
+        value = None
+    if not isinstance(value, dict):
+        raise CorruptStoreError(f"{path}: the pool metadata is not valid JSON; the pool is damaged")
+    return value

@@ -1,0 +1,144 @@
+"""Zarr v3 pools: one directory, one array per field stored as a single shard.
+
+Each field array uses the sharding codec with the shard covering the whole ring and inner
+chunks of ``chunk_rows`` rows, no compressors. Creation writes the shard file itself: the inner
+chunks back to back, then the shard index (offset, nbytes per chunk) and its crc32c, exactly
+as the Zarr v3 sharding spec lays it out, so plain zarr-python reads every field while the
+store maps the chunk bytes as one contiguous array. The metadata is read straight from the
+``zarr.json`` documents on open: importing and running zarr would cost more than the open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..commit import SLOT_NBYTES
+from ..errors import CorruptStoreError, NotAPoolError
+from ..schema import Schema
+from .base import Extent, Layout
+from .meta import check_meta
+
+_INDEX_ENTRY = np.dtype([("offset", "<u8"), ("nbytes", "<u8")])
+_CRC_NBYTES = 4
+
+
+def _chunk_key(ndim: int) -> str:
+    return os.path.join("c", *("0" * ndim))
+
+
+class ZarrBackend:
+    name = "zarr"
+    suffixes = (".zarr",)
+
+    def create(self, path, meta, schema, slots, chunk_rows, commit_slots):
+        import zarr
+        from zarr.storage import LocalStore
+
+        group = zarr.create_group(store=LocalStore(path), zarr_format=3, attributes={"expstore": meta})
+        files = []
+        for name, field in schema.items():
+            group.create_array(
+                name, shape=(slots, *field.shape), chunks=(chunk_rows, *field.shape),
+                shards=(slots, *field.shape), dtype=field.dtype, compressors=None,
+                fill_value=False if field.dtype.kind == "b" else 0, config={"write_empty_chunks": True},
+            )
+            files.append(_write_shard(os.path.join(path, name), 1 + len(field.shape),
+                                      slots, chunk_rows, field.row_nbytes))
+        group.create_array("_commit", shape=(2, SLOT_NBYTES), chunks=(2, SLOT_NBYTES), dtype="u1",
+                           compressors=None, fill_value=0)
+        commit_file = os.path.join(path, "_commit", _chunk_key(2))
+        os.makedirs(os.path.dirname(commit_file), exist_ok=True)
+        with open(commit_file, "wb") as fh:
+            fh.write(commit_slots)
+        return files + [commit_file]
+
+    def read_layout(self, path: str) -> Layout:
+        group = _read_json(path, os.path.join(path, "zarr.json"), missing=NotAPoolError)
+        meta = group.get("attributes", {}).get("expstore") if isinstance(group, dict) else None
+        if not isinstance(meta, dict):
+            raise NotAPoolError(f"{path} is a Zarr group but not an expstore pool (no 'expstore' attribute)")
+        meta = check_meta(path, meta)
+        schema = Schema.from_json(meta["schema"])
+        fields = {name: self._field_extent(path, meta, schema, name) for name in schema}
+        commit_file = os.path.join(path, "_commit", _chunk_key(2))
+        _check_size(path, commit_file, 2 * SLOT_NBYTES, "commit record")
+        return Layout(meta, schema, fields, Extent(commit_file, 0, 2 * SLOT_NBYTES))
+
+    def _field_extent(self, path, meta, schema, name) -> Extent:
+        field = schema[name]
+        slots, chunk_rows = meta["slots"], meta["chunk_rows"]
+        array_meta = _read_json(path, os.path.join(path, name, "zarr.json"), missing=CorruptStoreError)
+        if array_meta.get("shape") != [slots, *field.shape] or array_meta.get("data_type") != field.dtype.name:
+            raise CorruptStoreError(
+                f"{path}: array {name!r} is {array_meta.get('shape')} {array_meta.get('data_type')}, the "
+                f"pool's metadata says {[slots, *field.shape]} {field.dtype.name}; the pool is damaged"
+            )
+        shard = os.path.join(path, name, _chunk_key(1 + len(field.shape)))
+        data_nbytes = slots * field.row_nbytes
+        n_chunks = slots // chunk_rows
+        _check_size(path, shard, data_nbytes + n_chunks * _INDEX_ENTRY.itemsize + _CRC_NBYTES, f"field {name!r}")
+        _check_index(path, name, shard, data_nbytes, n_chunks, chunk_rows * field.row_nbytes)
+        return Extent(shard, 0, data_nbytes)
+
+    def disk_nbytes(self, schema: Schema, slots: int) -> int:
+        return slots * schema.row_nbytes + 2 * SLOT_NBYTES + len(schema) * (1 << 16)
+
+
+def _write_shard(array_dir, ndim, slots, chunk_rows, row_nbytes) -> str:
+    n_chunks = slots // chunk_rows
+    chunk_nbytes = chunk_rows * row_nbytes
+    index = np.empty(n_chunks, dtype=_INDEX_ENTRY)
+    index["offset"] = np.arange(n_chunks, dtype=np.uint64) * np.uint64(chunk_nbytes)
+    index["nbytes"] = chunk_nbytes
+    index_bytes = index.tobytes()
+    shard = os.path.join(array_dir, _chunk_key(ndim))
+    os.makedirs(os.path.dirname(shard), exist_ok=True)
+    with open(shard, "wb") as fh:
+        os.pwrite(fh.fileno(), index_bytes + _crc32c(index_bytes), slots * row_nbytes)
+    return shard
+
+
+def _check_index(path, name, shard, data_nbytes, n_chunks, chunk_nbytes) -> None:
+    index_nbytes = n_chunks * _INDEX_ENTRY.itemsize
+    with open(shard, "rb") as fh:
+        raw = os.pread(fh.fileno(), index_nbytes + _CRC_NBYTES, data_nbytes)
+    if _crc32c(raw[:index_nbytes]) != raw[index_nbytes:]:
+        raise CorruptStoreError(f"{path}: the shard index of {name!r} fails its checksum; the pool is damaged")
+    index = np.frombuffer(raw[:index_nbytes], dtype=_INDEX_ENTRY)
+    expected = np.arange(n_chunks, dtype=np.uint64) * np.uint64(chunk_nbytes)
+    if not (np.array_equal(index["offset"], expected) and (index["nbytes"] == chunk_nbytes).all()):
+        raise CorruptStoreError(f"{path}: the chunks of {name!r} are not laid out back to back; "
+                                "the shard was rewritten by another program")
+
+
+def _crc32c(data: bytes) -> bytes:
+    import google_crc32c
+
+    return google_crc32c.value(data).to_bytes(_CRC_NBYTES, "little")
+
+
+def _read_json(path: str, file: str, missing) -> dict:
+    try:
+        with open(file, "rb") as fh:
+            value = json.loads(fh.read())
+    except FileNotFoundError:
+        what = "not a Zarr v3 group" if missing is NotAPoolError else "damaged"
+        raise missing(f"{path}: {os.path.relpath(file, path)} is missing, the pool is {what}") from None
+    except ValueError:
+        raise CorruptStoreError(f"{path}: {os.path.relpath(file, path)} is not valid JSON; the pool is damaged") from None
+    if not isinstance(value, dict):
+        raise CorruptStoreError(f"{path}: {os.path.relpath(file, path)} is not a JSON object; the pool is damaged")
+    return value
+
+
+def _check_size(path: str, file: str, nbytes: int, what: str) -> None:
+    try:
+        size = os.path.getsize(file)
+    except FileNotFoundError:
+        raise CorruptStoreError(f"{path}: the {what} file {os.path.relpath(file, path)} is missing; "
+                                "the pool is damaged") from None
+    if size < nbytes:
+        raise CorruptStoreError(f"{path}: the {what} file is {size} bytes, expected {nbytes}; it was truncated")

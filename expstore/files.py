@@ -1,0 +1,116 @@
+"""File-system steps that must be crash-safe: build aside, preallocate, fsync, rename."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+
+from .errors import DiskFullError
+
+TEMP_MARK = ".expstore-tmp-"
+
+
+def temp_sibling(path: str) -> str:
+    """A fresh name beside ``path`` that ``repair`` recognises as a leftover."""
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{name}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_path(path: str) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.unlink(path)
+
+
+def check_free_space(path: str, nbytes: int) -> None:
+    parent = os.path.dirname(os.path.abspath(path))
+    stat = os.statvfs(parent)
+    free = stat.f_bavail * stat.f_frsize
+    if nbytes > free:
+        raise DiskFullError(
+            errno.ENOSPC,
+            f"cannot create {path}: it needs {nbytes / 2**20:.1f} MiB but {parent} has "
+            f"{free / 2**20:.1f} MiB free; free disk space or choose a smaller capacity",
+        )
+
+
+def sync_tree(path: str) -> None:
+    """fsync a file, or every file and directory under a directory (metadata included)."""
+    if not os.path.isdir(path):
+        _fsync_file(path)
+        return
+    for root, _dirs, names in os.walk(path):
+        for name in names:
+            _fsync_file(os.path.join(root, name))
+        fsync_dir(root)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def preallocate(files: list[str]) -> None:
+    """Give every byte of ``files`` real disk blocks.
+
+    Writing through a memory map into a hole of a sparse file on a full disk raises SIGBUS,
+    which Python cannot catch; allocating every block now turns that into ENOSPC here.
+    """
+    for file in files:
+        fd = os.open(file, os.O_RDWR)
+        try:
+            size = os.fstat(fd).st_size
+            if size:
+                try:
+                    os.posix_fallocate(fd, 0, size)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                        raise DiskFullError(exc.errno, f"the disk is full while preallocating {file}; "
+                                            "free disk space or choose a smaller capacity") from None
+                    raise
+        finally:
+            os.close(fd)
+
+
+def build_aside(path: str, build: Callable[[str], list[str]], replace: bool) -> None:
+    """Build a container at a temporary sibling with ``build``, then move it into place.
+
+    A crash or an error part-way leaves only the temporary (removed here on error, by
+    ``repair`` after a crash); ``path`` itself is never half-written.
+    """
+    temp = temp_sibling(path)
+    try:
+        preallocate(build(temp))
+        sync_tree(temp)
+        _move_into_place(temp, path, replace)
+    except BaseException:
+        remove_path(temp)
+        raise
+    fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _move_into_place(temp: str, path: str, replace: bool) -> None:
+    if not replace or not os.path.isdir(path):
+        if not replace and os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, f"{path} appeared while it was being created")
+        os.replace(temp, path)  # atomically replaces a file; a directory needs the dance below
+        return
+    old = temp_sibling(path)
+    os.rename(path, old)
+    os.rename(temp, path)
+    remove_path(old)

@@ -1,0 +1,155 @@
+"""``expstore.open``: modes, backend choice, validation of creation arguments, creation."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from . import files, lock
+from .backends import Backend, Layout, resolve_backend
+from .backends.meta import build_meta
+from .commit import initial_slots
+from .errors import InvalidArgumentError, SchemaError, StoreExistsError, StoreNotFoundError
+from .ring import default_chunk_rows, plan_slots
+from .schema import Schema
+from .store import CommitPolicy, Store
+
+MODES = ("r", "r+", "a", "w", "w-", "x")
+
+
+@dataclass
+class _Creator:
+    """Everything needed to build a new pool once its schema is known."""
+
+    path: str
+    backend: Backend
+    capacity: int
+    chunk_rows: int | None
+    slack: int
+    attrs: dict
+    replace: bool
+
+    def __call__(self, schema: Schema) -> Layout:
+        widest = max(field.row_nbytes for field in schema.values())
+        chunk_rows = self.chunk_rows or default_chunk_rows(widest, self.capacity + self.slack)
+        slots = plan_slots(self.capacity, self.slack, chunk_rows)
+        meta = build_meta(schema, self.capacity, slots, chunk_rows, self.attrs)
+        files.check_free_space(self.path, self.backend.disk_nbytes(schema, slots))
+        files.build_aside(
+            self.path,
+            lambda temp: self.backend.create(temp, meta, schema, slots, chunk_rows, initial_slots()),
+            replace=self.replace,
+        )
+        return self.backend.read_layout(self.path)
+
+
+def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
+    path: str | os.PathLike,
+    mode: str = "r",
+    *,
+    capacity: int | None = None,
+    schema: Any = None,
+    backend: str | None = None,
+    chunk_rows: int | None = None,
+    attrs: dict | None = None,
+    commit_every: int = 10_000,
+    commit_interval_s: float = 5.0,
+    fsync: bool = True,
+    slack: int | None = None,
+) -> Store:
+    """Open or create a pool.
+
+    Args:
+        path: ``*.h5``/``*.hdf5`` (one HDF5 file) or ``*.zarr`` (one Zarr v3 directory).
+        mode: as h5py: ``r`` read-only, ``r+`` read/write existing, ``a`` open or create,
+            ``w`` create (replace), ``w-``/``x`` create, fail if it exists.
+        capacity: transitions kept (FIFO ring); required to create.
+        schema: mapping name -> ``Field(shape, dtype)`` or ``(shape, dtype)``; when omitted at
+            creation, the first ``append``/``extend`` defines it.
+        backend: ``"hdf5"`` or ``"zarr"``; by default from the path suffix.
+        chunk_rows: rows per chunk (default: about 1 MiB for the widest field).
+        attrs: JSON-able user metadata (env id, gamma, ...), written at creation.
+        commit_every: a writer commits on its own every this many transitions...
+        commit_interval_s: ...or when this many seconds passed since the last commit.
+        fsync: whether commits are durable against power loss (fdatasync); without it they
+            survive a killed process but not a crashed machine.
+        slack: spare rows so that uncommitted writes never touch committed rows; default
+            ``min(commit_every, capacity)``. A writer commits at least every ``slack`` rows.
+
+    Returns:
+        A :class:`Store`; use it as a context manager or call ``close()``.
+    """
+    path = os.fspath(path)
+    if mode not in MODES:
+        raise InvalidArgumentError(f"mode {mode!r} is not one of {', '.join(MODES)}")
+    chosen = resolve_backend(path, backend)
+    exists = os.path.exists(path)
+    if mode in ("r", "r+") and not exists:
+        raise StoreNotFoundError(f"no pool at {path}; create one with mode='w' or 'a' and a capacity")
+    if mode in ("w-", "x") and exists:
+        raise StoreExistsError(f"{path} already exists; use mode='a' to open it or 'w' to replace it")
+    policy = _commit_policy(commit_every, commit_interval_s, fsync)
+    if mode == "r":
+        return Store(path, chosen, None, policy, layout=chosen.read_layout(path))
+    creating = mode in ("w", "w-", "x") or not exists
+    if creating:
+        creator = _creator(path, chosen, capacity, schema, chunk_rows, attrs, slack, policy, mode == "w")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    writer_lock = lock.WriterLock(path)
+    try:
+        if not creating:
+            layout = chosen.read_layout(path)
+            _check_matches(path, layout, capacity, schema)
+            return Store(path, chosen, writer_lock, policy, layout=layout)
+        if schema is None:
+            if mode == "w" and os.path.exists(path):
+                files.remove_path(path)  # replaced now; the new pool appears at the first write
+            return Store(path, chosen, writer_lock, policy, create=creator)
+        return Store(path, chosen, writer_lock, policy, layout=creator(Schema(schema)))
+    except BaseException:
+        writer_lock.release()
+        raise
+
+
+def _commit_policy(commit_every: Any, commit_interval_s: Any, fsync: Any) -> CommitPolicy:
+    if not isinstance(commit_every, int) or commit_every < 1:
+        raise InvalidArgumentError(f"commit_every={commit_every!r} must be a positive int (rows)")
+    if not isinstance(commit_interval_s, (int, float)) or commit_interval_s <= 0:
+        raise InvalidArgumentError(f"commit_interval_s={commit_interval_s!r} must be a positive number of seconds")
+    return CommitPolicy(commit_every, float(commit_interval_s), bool(fsync))
+
+
+def _creator(path, backend, capacity, schema, chunk_rows, attrs, slack, policy, replace) -> _Creator:
+    if capacity is None:
+        raise InvalidArgumentError(f"creating {path} needs a capacity, e.g. expstore.open(path, 'w', capacity=1_000_000)")
+    if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
+        raise InvalidArgumentError(f"capacity={capacity!r} must be a positive int (transitions)")
+    if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
+        raise InvalidArgumentError(f"chunk_rows={chunk_rows!r} must be a positive int")
+    slack = min(policy.every_rows, capacity) if slack is None else slack
+    if not isinstance(slack, int) or slack < 1:
+        raise InvalidArgumentError(f"slack={slack!r} must be a positive int (rows)")
+    if schema is not None:
+        Schema(schema)  # fail before touching the disk
+    attrs = {} if attrs is None else attrs
+    try:
+        attrs = json.loads(json.dumps(attrs))
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgumentError(f"attrs must be JSON-able (str, numbers, lists, dicts): {exc}") from None
+    if not isinstance(attrs, dict):
+        raise InvalidArgumentError(f"attrs must be a dict, not {type(attrs).__name__}")
+    return _Creator(path, backend, capacity, chunk_rows, slack, attrs, replace)
+
+
+def _check_matches(path: str, layout: Layout, capacity: int | None, schema: Any) -> None:
+    stored = layout.meta["capacity"]
+    if capacity is not None and capacity != stored:
+        raise InvalidArgumentError(
+            f"{path} has capacity {stored}, not {capacity}; omit capacity to open it, "
+            "or use `expstore convert --capacity` to resize"
+        )
+    if schema is not None and Schema(schema) != layout.schema:
+        raise SchemaError(f"{path} stores {layout.schema}, not {Schema(schema)}; open it without a schema "
+                          "or create a new pool")

@@ -1,0 +1,429 @@
+"""Store: append, extend, read and sample transitions of one pool.
+
+A writer appends rows in place through the memory maps and publishes them with a commit
+(see commit.py); it sees its own rows at once, committed or not. A reader sees the last
+commit, polls for newer ones before every read, and after each gather re-checks the window
+so that a row overwritten by the writer during the gather is never returned.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from . import commit, lock
+from .backends import Backend, Layout
+from .casting import as_rows, to_numpy
+from .errors import (
+    ClosedStoreError,
+    CorruptStoreError,
+    EmptyStoreError,
+    ExpstoreError,
+    ReadOnlyError,
+    SchemaError,
+    StepNotFoundError,
+)
+from .mapping import MappedPool
+from .ring import Ring
+from .schema import Field, Schema
+
+logger = logging.getLogger(__name__)
+
+_TORN_RETRIES = 3
+_STALE_REDRAWS = 100
+_open_writers: weakref.WeakSet = weakref.WeakSet()
+
+
+class CommitPolicy:
+    """When a writer commits on its own: every ``every_rows`` rows or ``interval_s`` seconds."""
+
+    def __init__(self, every_rows: int, interval_s: float, fsync: bool):
+        self.every_rows = every_rows
+        self.interval_s = interval_s
+        self.fsync = fsync
+
+
+class Store:
+    """One open pool. Create it with :func:`expstore.open`, not directly."""
+
+    def __init__(self, path: str, backend: Backend, writer_lock: lock.WriterLock | None,
+                 policy: CommitPolicy, layout: Layout | None = None, create=None):
+        self.path = path
+        self._backend = backend
+        self._lock = writer_lock
+        self._policy = policy
+        self._create = create  # builds the container on the first write when no schema was given
+        self._maps: MappedPool | None = None
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._layout: Layout | None = None
+        self._committed = commit.CommitRecord(1, 0, 0, 0.0)
+        self._head = 0
+        self._last_commit_s = time.monotonic()
+        if layout is not None:
+            self._attach(layout)
+        if writer_lock is not None:
+            _open_writers.add(self)
+
+    # ------------------------------------------------------------------ set-up
+    def _attach(self, layout: Layout) -> None:
+        self._layout = layout
+        self._ring = Ring(layout.meta["capacity"], layout.meta["slots"])
+        self._maps = MappedPool(layout, writable=self.writable)
+        self._fields = list(layout.schema.items())
+        self._views = [self._maps.views[name] for name, _ in self._fields]
+        self._names = layout.schema.keys()
+        self._float_limits = [np.finfo(f.dtype).max if f.dtype.kind == "f" else None for _, f in self._fields]
+        self._committed = self._read_commit(warn=True)
+        self._seen_seq = self._committed.seq
+        self._head = self._committed.head
+        if self._committed.head - self._committed.tail > self._ring.capacity:
+            raise CorruptStoreError(f"{self.path}: the commit record holds more rows than the capacity; "
+                                    "run `expstore verify` on it")
+
+    def _read_commit(self, warn: bool = False) -> commit.CommitRecord:
+        for attempt in range(_TORN_RETRIES):
+            try:
+                record, torn = commit.newest(self._maps.commit_slots())
+            except CorruptStoreError as exc:
+                if attempt + 1 == _TORN_RETRIES:
+                    raise CorruptStoreError(f"{self.path}: {exc}") from None
+                torn = True
+            if not torn:
+                return record
+            time.sleep(0.001)  # a writer in another process may be mid-commit: look again
+        if warn:
+            logger.warning("%s: one commit slot is damaged (a commit torn by a crash?); using the "
+                           "older valid one, committed at seq %d", self.path, record.seq)
+        return record
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def schema(self) -> Schema | None:
+        return None if self._layout is None else self._layout.schema
+
+    @property
+    def capacity(self) -> int:
+        return self._create.capacity if self._layout is None else self._ring.capacity
+
+    @property
+    def attrs(self) -> dict:
+        source = self._create.attrs if self._layout is None else self._layout.meta["attrs"]
+        return dict(source)
+
+    @property
+    def chunk_rows(self) -> int | None:
+        return None if self._layout is None else self._layout.meta["chunk_rows"]
+
+    @property
+    def format_version(self) -> int | None:
+        return None if self._layout is None else self._layout.meta["format_version"]
+
+    @property
+    def next_step_id(self) -> int:
+        """Transitions ever appended: uncommitted ones too in the writer, committed in a reader."""
+        self._check_open()
+        if not self.writable:
+            self._refresh()
+        return self._head if self.writable else self._committed.head
+
+    @property
+    def first_step_id(self) -> int:
+        """Step id of the oldest transition still in the pool."""
+        return self._window()[0]
+
+    @property
+    def last_commit_time(self) -> float | None:
+        """Unix time of the last commit, None before the first."""
+        self._refresh()
+        return self._committed.time_unix or None
+
+    def __len__(self) -> int:
+        low, high = self._window()
+        return high - low
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("writer" if self.writable else "reader")
+        return f"<expstore.Store {self.path!r} {self.backend} {state} len={len(self) if not self._closed else '?'}>"
+
+    # ------------------------------------------------------------------ window
+    def _window(self) -> tuple[int, int]:
+        self._check_open()
+        if self._layout is None:
+            return 0, 0
+        if self.writable:
+            return self._ring.tail_for(self._head, self._committed.tail), self._head
+        self._refresh()
+        return self._committed.tail, self._committed.head
+
+    def _refresh(self) -> None:
+        """Readers: take a newer commit if the writer made one (a poll of two integers)."""
+        if self.writable or self._maps is None:
+            return
+        seq = self._maps.poll_seq()
+        if seq != self._seen_seq:
+            record = self._read_commit()
+            if record.seq > self._committed.seq:
+                self._committed = record
+            if record.seq == seq:
+                self._seen_seq = seq
+
+    # ------------------------------------------------------------------ writing
+    def append(self, transition: Mapping[str, Any]) -> None:
+        """Append one transition: a mapping of field name -> row value."""
+        self._check_writable()
+        if self._layout is None:
+            self._create_from(transition, n_rows=None)
+        if transition.keys() != self._names:
+            raise self._names_error(transition)
+        row = [self._row_value(i, transition[name]) for i, (name, _) in enumerate(self._fields)]
+        if self._head - self._committed.head >= self._ring.slack:
+            self._commit(self._policy.fsync)
+        slot = self._head % self._ring.slots
+        for view, value in zip(self._views, row):
+            view[slot] = value
+        self._head += 1
+        self._maybe_commit()
+
+    def _row_value(self, i: int, value: Any) -> Any:
+        name, field = self._fields[i]
+        # Fast paths for what environment loops pass; everything else is checked in full.
+        if type(value) is np.ndarray and value.dtype == field.dtype and value.shape == field.shape:
+            return value
+        limit = self._float_limits[i]
+        if type(value) is float and limit is not None and not field.shape and -limit <= value <= limit:
+            return value
+        return as_rows(name, field, value, None)
+
+    def extend(self, batch: Mapping[str, Any]) -> None:
+        """Append a batch: a mapping of field name -> values with a leading batch dimension.
+
+        The whole batch is checked before anything is written: a bad batch writes nothing.
+        """
+        self._check_writable()
+        if self._layout is None:
+            self._create_from(batch, n_rows=_batch_length(batch))
+        if batch.keys() != self._names:
+            raise self._names_error(batch)
+        n_rows = _batch_length(batch)
+        columns = [as_rows(name, field, batch[name], n_rows) for name, field in self._fields]
+        done = 0
+        while done < n_rows:
+            room = self._ring.slack - (self._head - self._committed.head)
+            if room == 0:
+                self._commit(self._policy.fsync)
+                continue
+            take = min(room, n_rows - done)
+            for offset, slot, length in self._ring.runs(self._head, take):
+                for view, column in zip(self._views, columns):
+                    view[slot:slot + length] = column[done + offset:done + offset + length]
+            self._head += take
+            done += take
+        self._maybe_commit()
+
+    def flush(self, fsync: bool | None = None) -> None:
+        """Commit every appended transition now; with fsync (the default) it is durable on return."""
+        self._check_writable()
+        if self._layout is not None:
+            self._commit(self._policy.fsync if fsync is None else fsync)
+
+    def _maybe_commit(self) -> None:
+        pending = self._head - self._committed.head
+        if pending >= self._policy.every_rows or (
+            pending and time.monotonic() - self._last_commit_s >= self._policy.interval_s
+        ):
+            self._commit(self._policy.fsync)
+
+    def _commit(self, fsync: bool) -> None:
+        previous = self._committed
+        try:
+            if self._head == previous.head:
+                if fsync:  # nothing new, but earlier commits may have skipped the fsync
+                    self._maps.sync_data()
+                    self._maps.sync_commit()
+                return
+            record = commit.CommitRecord(
+                seq=previous.seq + 1, head=self._head, tail=self._ring.tail_for(self._head, previous.tail),
+                time_unix=time.time(), payload=previous.payload,
+            )
+            if fsync:
+                self._maps.sync_data()  # rows reach the disk before the record that exposes them
+            self._maps.write_commit(record)
+            if fsync:
+                self._maps.sync_commit()
+        except OSError as exc:
+            # Linux marks pages clean after a failed writeback, so a retry could "succeed"
+            # without the data: stop writing, and let a reopen recover from the last commit.
+            self._failure = exc
+            raise
+        self._committed = record
+        self._last_commit_s = time.monotonic()
+
+    def _create_from(self, mapping: Mapping[str, Any], n_rows: int | None) -> None:
+        fields = {}
+        for name, value in mapping.items():
+            arr = to_numpy(str(name), value)
+            if n_rows is not None and arr.ndim == 0:
+                raise SchemaError(f"field {name!r} is a scalar; extend takes arrays with a leading batch dimension")
+            fields[name] = Field(arr.shape if n_rows is None else arr.shape[1:], arr.dtype)
+        self._attach(self._create(Schema(fields)))
+
+    # ------------------------------------------------------------------ reading
+    def __getitem__(self, key: int | slice) -> dict[str, Any]:
+        low, high = self._window()
+        count = high - low
+        if isinstance(key, slice):
+            start, stop, step = key.indices(count)
+            return self._read_checked(low + np.arange(start, stop, step, dtype=np.int64))
+        if not isinstance(key, (int, np.integer)):
+            raise TypeError(f"store indices are ints or slices, not {type(key).__name__}")
+        index = int(key) + count if key < 0 else int(key)
+        if not 0 <= index < count:
+            raise StepNotFoundError(f"index {key} is out of range for a pool of {count} transitions")
+        batch = self._read_checked(np.array([low + index], dtype=np.int64))
+        return {name: values[0] for name, values in batch.items()}
+
+    def read(self, step_ids) -> dict[str, np.ndarray]:
+        """The rows of the given step ids, in that order, plus ``step_id``."""
+        steps = np.asarray(step_ids, dtype=np.int64).reshape(-1)
+        low, high = self._window()
+        outside = steps[(steps < low) | (steps >= high)]
+        if outside.size:
+            raise StepNotFoundError(
+                f"step id {int(outside[0])} is not in the pool, which holds steps {low}..{high - 1}"
+                if high > low else f"step id {int(outside[0])} is not in the pool, which is empty"
+            )
+        return self._read_checked(steps)
+
+    def _read_checked(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self._gather(steps)
+        stale = self._stale(steps)
+        if stale is not None and stale.any():
+            raise StepNotFoundError(
+                f"step id {int(steps[stale][0])} was evicted by the writer while it was being read")
+        return batch
+
+    def sample(self, batch_size: int, *, rng: int | np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """A uniform random batch (with replacement) of committed transitions, plus ``step_id``.
+
+        Args:
+            batch_size: rows to draw.
+            rng: a seed or a ``numpy.random.Generator``; the same seed on the same pool gives
+                the same batch.
+        """
+        generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        low, high = self._window()
+        if high == low:
+            raise EmptyStoreError(f"{self.path} holds no committed transition yet; append and flush first")
+        steps = generator.integers(low, high, size=int(batch_size), dtype=np.int64)
+        batch = self._gather(steps)
+        for _ in range(_STALE_REDRAWS):
+            stale = self._stale(steps)
+            if stale is None or not stale.any():
+                return batch
+            # The writer overwrote these rows during the gather: draw them again from the new window.
+            steps[stale] = generator.integers(self._committed.tail, self._committed.head,
+                                              size=int(stale.sum()), dtype=np.int64)
+            redrawn = self._gather(steps[stale])
+            for name, values in redrawn.items():
+                batch[name][stale] = values
+        raise ExpstoreError(f"{self.path}: the writer kept overwriting sampled rows; sample a smaller batch")
+
+    def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        slots = self._ring.slots_of(steps) if self._layout is not None else steps
+        batch = {name: view[slots] for (name, _), view in zip(self._fields, self._views)}
+        batch["step_id"] = steps
+        return batch
+
+    def _stale(self, steps: np.ndarray) -> np.ndarray | None:
+        """Readers: which gathered steps the writer may have overwritten meanwhile."""
+        if self.writable:
+            return None
+        before = self._committed.tail
+        self._refresh()
+        if self._committed.tail == before:
+            return None
+        return steps < self._committed.tail
+
+    # ------------------------------------------------------------------ life cycle
+    def close(self) -> None:
+        """Commit (durably, unless the store was opened with fsync=False) and release the pool."""
+        if self._closed:
+            return
+        try:
+            if self.writable and self._layout is not None and self._failure is None:
+                self._commit(self._policy.fsync)
+        finally:
+            self._closed = True
+            if self._maps is not None:
+                self._maps.close()
+            if self._lock is not None:
+                self._lock.release()
+            _open_writers.discard(self)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing can be raised from a finaliser
+            logger.exception("closing %s at garbage collection failed", self.path)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedStoreError(f"{self.path} was closed; open it again with expstore.open")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError(f"{self.path} is open read-only; open it with mode='a' or 'r+' to write")
+        if self._failure is not None:
+            raise ExpstoreError(f"{self.path}: an earlier write failed ({self._failure}); "
+                                "close and reopen the pool, it recovers from the last commit")
+
+    def _names_error(self, mapping: Mapping[str, Any]) -> SchemaError:
+        missing = [n for n in self._names if n not in mapping]
+        extra = [str(n) for n in mapping.keys() if n not in self._names]
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])
+        return SchemaError(f"fields do not match the pool's schema: {', '.join(parts)}; "
+                           f"the pool stores {list(self._names)}")
+
+
+def _batch_length(batch: Mapping[str, Any]) -> int:
+    lengths = {}
+    for name, value in batch.items():
+        shape = np.shape(value) if not hasattr(value, "shape") else tuple(value.shape)
+        if not shape:
+            raise SchemaError(f"field {name!r} is a scalar; extend takes arrays with a leading batch dimension")
+        lengths[name] = shape[0]
+    if len(set(lengths.values())) > 1:
+        raise SchemaError(f"batch fields have different lengths {lengths}; every field needs one row per transition")
+    return next(iter(lengths.values()), 0)
+
+
+@atexit.register
+def _commit_open_writers() -> None:
+    """A normal interpreter exit commits what every still-open writer appended."""
+    for store in list(_open_writers):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - keep closing the others
+            logger.exception("committing %s at exit failed", store.path)
