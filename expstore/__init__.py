@@ -24,10 +24,12 @@ from .errors import (  # noqa: E402
 from .opening import open  # noqa: E402,A004
 from .schema import Field, Schema  # noqa: E402
 from .store import Store  # noqa: E402
+from .verify import RepairReport, VerifyReport, repair, verify  # noqa: E402
 
 __all__ = [
     "BackendError", "ClosedStoreError", "CorruptStoreError", "DiskFullError", "EmptyStoreError",
     "ExpstoreError", "Field", "FormatVersionError", "InvalidArgumentError", "NotAPoolError",
     "ReadOnlyError", "Schema", "SchemaError", "StepNotFoundError", "Store", "StoreExistsError",
-    "StoreLockedError", "StoreNotFoundError", "__version__", "open",
+    "StoreLockedError", "StoreNotFoundError", "RepairReport", "VerifyReport", "__version__", "open",
+    "repair", "verify",
 ]

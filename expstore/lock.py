@@ -42,6 +42,7 @@ class WriterLock:
     def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
+            os.ftruncate(fd, 0)  # an empty lock file means a clean exit; a crashed writer leaves its name
             os.close(fd)  # closing the only descriptor drops the flock
 
 
@@ -58,6 +59,16 @@ def holder(path: str) -> str | None:
     finally:
         os.close(fd)
     return None
+
+
+def stale_record(path: str) -> str | None:
+    """The holder record a crashed writer left in a lock file nobody holds, if any."""
+    try:
+        with open(lock_path(path), "rb") as fh:
+            text = fh.read(256).decode(errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    return text if text and holder(path) is None else None
 
 
 def _read_holder(fd: int) -> str:

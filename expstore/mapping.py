@@ -36,7 +36,14 @@ class MappedPool:
                              buffer=self._maps[extent.path], offset=extent.offset)
             for name, extent in layout.fields.items()
         }
-        self._data_fds = [self._fds[path] for path in dict.fromkeys(e.path for e in layout.fields.values())]
+        self.checksum_table: np.ndarray | None = None
+        data_extents = list(layout.fields.values())
+        if layout.checksums is not None:
+            extent = layout.checksums
+            self.checksum_table = np.ndarray((extent.nbytes // 16, 2), dtype="<i8",
+                                             buffer=self._maps[extent.path], offset=extent.offset)
+            data_extents.append(extent)
+        self._data_fds = [self._fds[path] for path in dict.fromkeys(e.path for e in data_extents)]
         self._commit_map = self._maps[layout.commit.path]
         self._commit_fd = self._fds[layout.commit.path]
         self._commit_offset = layout.commit.offset
@@ -73,6 +80,7 @@ class MappedPool:
 
     def close(self) -> None:
         self.views = {}
+        self.checksum_table = None
         for path, mapping in list(self._maps.items()):
             try:
                 mapping.close()

@@ -30,12 +30,13 @@ class _Creator:
     slack: int
     attrs: dict
     replace: bool
+    checksums: bool = False
 
     def __call__(self, schema: Schema) -> Layout:
         widest = max(field.row_nbytes for field in schema.values())
         chunk_rows = self.chunk_rows or default_chunk_rows(widest, self.capacity + self.slack)
         slots = plan_slots(self.capacity, self.slack, chunk_rows)
-        meta = build_meta(schema, self.capacity, slots, chunk_rows, self.attrs)
+        meta = build_meta(schema, self.capacity, slots, chunk_rows, self.attrs, self.checksums)
         files.check_free_space(self.path, self.backend.disk_nbytes(schema, slots))
         files.build_aside(
             self.path,
@@ -58,6 +59,7 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
     commit_interval_s: float = 5.0,
     fsync: bool = True,
     slack: int | None = None,
+    checksums: bool = False,
 ) -> Store:
     """Open or create a pool.
 
@@ -77,6 +79,8 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
             survive a killed process but not a crashed machine.
         slack: spare rows so that uncommitted writes never touch committed rows; default
             ``min(commit_every, capacity)``. A writer commits at least every ``slack`` rows.
+        checksums: record a crc32 of every chunk when it is committed, so that ``verify``
+            can prove the rows did not change on disk since (costs one pass over the bytes).
 
     Returns:
         A :class:`Store`; use it as a context manager or call ``close()``.
@@ -95,7 +99,8 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
         return Store(path, chosen, None, policy, layout=chosen.read_layout(path))
     creating = mode in ("w", "w-", "x") or not exists
     if creating:
-        creator = _creator(path, chosen, capacity, schema, chunk_rows, attrs, slack, policy, mode == "w")
+        creator = _creator(path, chosen, capacity, schema, chunk_rows, attrs, slack, policy, mode == "w",
+                           bool(checksums))
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     writer_lock = lock.WriterLock(path)
     try:
@@ -121,7 +126,7 @@ def _commit_policy(commit_every: Any, commit_interval_s: Any, fsync: Any) -> Com
     return CommitPolicy(commit_every, float(commit_interval_s), bool(fsync))
 
 
-def _creator(path, backend, capacity, schema, chunk_rows, attrs, slack, policy, replace) -> _Creator:
+def _creator(path, backend, capacity, schema, chunk_rows, attrs, slack, policy, replace, checksums) -> _Creator:
     if capacity is None:
         raise InvalidArgumentError(f"creating {path} needs a capacity, e.g. expstore.open(path, 'w', capacity=1_000_000)")
     if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
@@ -140,7 +145,7 @@ def _creator(path, backend, capacity, schema, chunk_rows, attrs, slack, policy, 
         raise InvalidArgumentError(f"attrs must be JSON-able (str, numbers, lists, dicts): {exc}") from None
     if not isinstance(attrs, dict):
         raise InvalidArgumentError(f"attrs must be a dict, not {type(attrs).__name__}")
-    return _Creator(path, backend, capacity, chunk_rows, slack, attrs, replace)
+    return _Creator(path, backend, capacity, chunk_rows, slack, attrs, replace, checksums)
 
 
 def _check_matches(path: str, layout: Layout, capacity: int | None, schema: Any) -> None:

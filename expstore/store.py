@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from . import commit, lock
+from . import checksums, commit, lock
 from .backends import Backend, Layout
 from .casting import as_rows, to_numpy
 from .errors import (
@@ -260,6 +260,9 @@ class Store:
                 seq=previous.seq + 1, head=self._head, tail=self._ring.tail_for(self._head, previous.tail),
                 time_unix=time.time(), payload=previous.payload,
             )
+            if self._maps.checksum_table is not None:
+                checksums.record_completed(self._maps.checksum_table, self._views, self._ring,
+                                           self._layout.meta["chunk_rows"], previous.head, self._head)
             if fsync:
                 self._maps.sync_data()  # rows reach the disk before the record that exposes them
             self._maps.write_commit(record)
@@ -358,6 +361,19 @@ class Store:
         if self._committed.tail == before:
             return None
         return steps < self._committed.tail
+
+    def verify(self, progress=None):
+        """Check the pool's integrity; returns a report with ``ok`` and ``findings``.
+
+        Checks the commit record (both slots), the committed window, that every file is
+        preallocated, leftovers of interrupted creates, and, for pools created with
+        ``checksums=True``, every committed chunk against the checksum recorded at commit.
+        ``progress``, if given, is called with the number of chunks just checked.
+        """
+        from .verify import verify_store
+
+        self._check_open()
+        return verify_store(self, progress)
 
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:

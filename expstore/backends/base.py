@@ -32,11 +32,20 @@ class Layout:
     schema: Schema
     fields: dict[str, Extent]
     commit: Extent
+    checksums: Extent | None = None  # (chunks, 2) int64 table, only in pools created with checksums=True
 
     @property
     def files(self) -> list[str]:
         paths = [extent.path for extent in self.fields.values()] + [self.commit.path]
+        if self.checksums is not None:
+            paths.append(self.checksums.path)
         return list(dict.fromkeys(paths))
+
+
+def checksum_table_bytes(meta: dict) -> bytes:
+    """A new checksum table: one (first step id, crc32) row per chunk, -1 meaning none yet."""
+    n_chunks = meta["slots"] // meta["chunk_rows"]
+    return b"\xff" * (n_chunks * 16)
 
 
 class Backend(Protocol):

@@ -16,7 +16,7 @@ import numpy as np
 from ..commit import SLOT_NBYTES
 from ..errors import CorruptStoreError, NotAPoolError
 from ..schema import Schema
-from .base import Extent, Layout
+from .base import Extent, Layout, checksum_table_bytes
 from .meta import check_meta
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -46,9 +46,16 @@ class HDF5Backend:
                 offsets[name] = _contiguous_chunks_offset(dataset, chunk_rows * field.row_nbytes)
             commit = f.create_dataset("_commit", shape=(2, SLOT_NBYTES), dtype="u1", dcpl=_early_dcpl(h5py))
             commit_offset = commit.id.get_offset()
-            f.attrs["expstore"] = json.dumps({**meta, "offsets": offsets, "commit_offset": commit_offset})
+            extra = {"offsets": offsets, "commit_offset": commit_offset}
+            if meta.get("checksums"):
+                table = f.create_dataset("_checksums", shape=(slots // chunk_rows, 2), dtype="<i8",
+                                         dcpl=_early_dcpl(h5py))
+                extra["checksums_offset"] = table.id.get_offset()
+            f.attrs["expstore"] = json.dumps({**meta, **extra})
         with open(path, "r+b") as fh:
             os.pwrite(fh.fileno(), commit_slots, commit_offset)
+            if meta.get("checksums"):
+                os.pwrite(fh.fileno(), checksum_table_bytes(meta), extra["checksums_offset"])
         return [path]
 
     def read_layout(self, path: str) -> Layout:
@@ -65,7 +72,12 @@ class HDF5Backend:
             schema = Schema.from_json(meta["schema"])
             fields = {name: self._field_extent(path, f, meta, name) for name in schema}
             commit = Extent(path, int(meta["commit_offset"]), 2 * SLOT_NBYTES)
-        return Layout(meta, schema, fields, commit)
+        checksums = None
+        if meta.get("checksums"):
+            checksums = Extent(path, int(meta["checksums_offset"]), len(checksum_table_bytes(meta)))
+        layout = Layout(meta, schema, fields, commit, checksums)
+        _check_file_size(path, layout)
+        return layout
 
     def _field_extent(self, path, f, meta, name) -> Extent:
         if name not in f:
@@ -110,6 +122,14 @@ def _contiguous_chunks_offset(dataset, chunk_nbytes: int) -> int:
             "this HDF5 build is not supported, please report it"
         )
     return int(offsets[0])
+
+
+def _check_file_size(path: str, layout: Layout) -> None:
+    extents = [*layout.fields.values(), layout.commit] + ([layout.checksums] if layout.checksums else [])
+    needed = max(extent.offset + extent.nbytes for extent in extents)
+    size = os.path.getsize(path)
+    if size < needed:
+        raise CorruptStoreError(f"{path} is {size} bytes but its data reaches byte {needed}; the file was truncated")
 
 
 def _check_signature(path: str) -> None:

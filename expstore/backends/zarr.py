@@ -18,7 +18,7 @@ import numpy as np
 from ..commit import SLOT_NBYTES
 from ..errors import CorruptStoreError, NotAPoolError
 from ..schema import Schema
-from .base import Extent, Layout
+from .base import Extent, Layout, checksum_table_bytes
 from .meta import check_meta
 
 _INDEX_ENTRY = np.dtype([("offset", "<u8"), ("nbytes", "<u8")])
@@ -47,13 +47,11 @@ class ZarrBackend:
             )
             files.append(_write_shard(os.path.join(path, name), 1 + len(field.shape),
                                       slots, chunk_rows, field.row_nbytes))
-        group.create_array("_commit", shape=(2, SLOT_NBYTES), chunks=(2, SLOT_NBYTES), dtype="u1",
-                           compressors=None, fill_value=0)
-        commit_file = os.path.join(path, "_commit", _chunk_key(2))
-        os.makedirs(os.path.dirname(commit_file), exist_ok=True)
-        with open(commit_file, "wb") as fh:
-            fh.write(commit_slots)
-        return files + [commit_file]
+        files.append(_write_raw_array(group, path, "_commit", (2, SLOT_NBYTES), "u1", commit_slots))
+        if meta.get("checksums"):
+            files.append(_write_raw_array(group, path, "_checksums", (slots // chunk_rows, 2), "<i8",
+                                          checksum_table_bytes(meta)))
+        return files
 
     def read_layout(self, path: str) -> Layout:
         group = _read_json(path, os.path.join(path, "zarr.json"), missing=NotAPoolError)
@@ -65,7 +63,13 @@ class ZarrBackend:
         fields = {name: self._field_extent(path, meta, schema, name) for name in schema}
         commit_file = os.path.join(path, "_commit", _chunk_key(2))
         _check_size(path, commit_file, 2 * SLOT_NBYTES, "commit record")
-        return Layout(meta, schema, fields, Extent(commit_file, 0, 2 * SLOT_NBYTES))
+        checksums = None
+        if meta.get("checksums"):
+            table_file = os.path.join(path, "_checksums", _chunk_key(2))
+            table_nbytes = len(checksum_table_bytes(meta))
+            _check_size(path, table_file, table_nbytes, "checksum table")
+            checksums = Extent(table_file, 0, table_nbytes)
+        return Layout(meta, schema, fields, Extent(commit_file, 0, 2 * SLOT_NBYTES), checksums)
 
     def _field_extent(self, path, meta, schema, name) -> Extent:
         field = schema[name]
@@ -85,6 +89,16 @@ class ZarrBackend:
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         return slots * schema.row_nbytes + 2 * SLOT_NBYTES + len(schema) * (1 << 16)
+
+
+def _write_raw_array(group, path, name, shape, dtype, content: bytes) -> str:
+    """An internal array stored as one uncompressed chunk: its file is the raw C-order bytes."""
+    group.create_array(name, shape=shape, chunks=shape, dtype=dtype, compressors=None, fill_value=0)
+    file = os.path.join(path, name, _chunk_key(len(shape)))
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    with open(file, "wb") as fh:
+        fh.write(content)
+    return file
 
 
 def _write_shard(array_dir, ndim, slots, chunk_rows, row_nbytes) -> str:
