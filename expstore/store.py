@@ -20,6 +20,7 @@ import numpy as np
 from . import checksums, commit, lock
 from .backends import Backend, Layout
 from .casting import as_rows, to_numpy
+from .coldread import ColdReads
 from .errors import (
     ClosedStoreError,
     CorruptStoreError,
@@ -62,10 +63,11 @@ class Store:
         self._maps: MappedPool | None = None
         self._closed = False
         self._failure: BaseException | None = None
+        self.cold_reads = ColdReads()  # prefetch of sampled rows' pages when the pool reads cold
+        self._append_ready = False  # set once the checks append's hot path skips have passed
         self._layout: Layout | None = None
         self._committed = commit.CommitRecord(1, 0, 0, 0.0)
         self._head = 0
-        self._last_commit_s = time.monotonic()
         if layout is not None:
             self._attach(layout)
         if writer_lock is not None:
@@ -79,10 +81,16 @@ class Store:
         self._fields = list(layout.schema.items())
         self._views = [self._maps.views[name] for name, _ in self._fields]
         self._names = layout.schema.keys()
-        self._float_limits = [np.finfo(f.dtype).max if f.dtype.kind == "f" else None for _, f in self._fields]
+        self._row_specs = [
+            (name, field, field.dtype, field.shape,
+             float(np.finfo(field.dtype).max) if field.dtype.kind == "f" else None, self._maps.views[name])
+            for name, field in self._fields
+        ]
         self._committed = self._read_commit(warn=True)
         self._seen_seq = self._committed.seq
         self._head = self._committed.head
+        self._slots = self._ring.slots
+        self._schedule_commit()
         if self._committed.head - self._committed.tail > self._ring.capacity:
             raise CorruptStoreError(f"{self.path}: the commit record holds more rows than the capacity; "
                                     "run `expstore verify` on it")
@@ -184,30 +192,46 @@ class Store:
 
     # ------------------------------------------------------------------ writing
     def append(self, transition: Mapping[str, Any]) -> None:
-        """Append one transition: a mapping of field name -> row value."""
+        """Append one transition: a mapping of field name -> row value.
+
+        Values are checked before any is written, so a bad transition writes nothing. This is
+        the env-loop hot path: the common value types are checked inline, without calls.
+        """
+        if not self._append_ready:
+            self._prepare_append(transition)
+        if transition.keys() != self._names:
+            raise self._names_error(transition)
+        converted = None
+        for name, field, dtype, shape, float_limit, _ in self._row_specs:
+            value = transition[name]
+            kind = type(value)
+            if kind is np.ndarray:
+                if value.dtype is dtype and value.shape == shape:
+                    continue
+            elif kind is float:
+                if float_limit is not None and not shape and -float_limit <= value <= float_limit:
+                    continue
+            elif kind is bool and dtype.kind == "b" and not shape:
+                continue
+            if converted is None:
+                converted = {}
+            converted[name] = as_rows(name, field, value, None)
+        if converted is not None:
+            transition = {**transition, **converted}
+        slot = self._head % self._slots
+        for name, _, _, _, _, view in self._row_specs:
+            view[slot] = transition[name]
+        self._head += 1
+        # A commit whenever `slack` rows are pending keeps the next write off committed rows.
+        if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
+            self._commit(self._policy.fsync)
+
+    def _prepare_append(self, transition: Mapping[str, Any]) -> None:
+        """The slow checks the hot path skips once they passed: open, writable, created."""
         self._check_writable()
         if self._layout is None:
             self._create_from(transition, n_rows=None)
-        if transition.keys() != self._names:
-            raise self._names_error(transition)
-        row = [self._row_value(i, transition[name]) for i, (name, _) in enumerate(self._fields)]
-        if self._head - self._committed.head >= self._ring.slack:
-            self._commit(self._policy.fsync)
-        slot = self._head % self._ring.slots
-        for view, value in zip(self._views, row):
-            view[slot] = value
-        self._head += 1
-        self._maybe_commit()
-
-    def _row_value(self, i: int, value: Any) -> Any:
-        name, field = self._fields[i]
-        # Fast paths for what environment loops pass; everything else is checked in full.
-        if type(value) is np.ndarray and value.dtype == field.dtype and value.shape == field.shape:
-            return value
-        limit = self._float_limits[i]
-        if type(value) is float and limit is not None and not field.shape and -limit <= value <= limit:
-            return value
-        return as_rows(name, field, value, None)
+        self._append_ready = True
 
     def extend(self, batch: Mapping[str, Any]) -> None:
         """Append a batch: a mapping of field name -> values with a leading batch dimension.
@@ -242,9 +266,8 @@ class Store:
             self._commit(self._policy.fsync if fsync is None else fsync)
 
     def _maybe_commit(self) -> None:
-        pending = self._head - self._committed.head
-        if pending >= self._policy.every_rows or (
-            pending and time.monotonic() - self._last_commit_s >= self._policy.interval_s
+        if self._head >= self._commit_due_head or (
+            self._head > self._committed.head and time.monotonic() >= self._commit_due_s
         ):
             self._commit(self._policy.fsync)
 
@@ -272,9 +295,14 @@ class Store:
             # Linux marks pages clean after a failed writeback, so a retry could "succeed"
             # without the data: stop writing, and let a reopen recover from the last commit.
             self._failure = exc
+            self._append_ready = False
             raise
         self._committed = record
-        self._last_commit_s = time.monotonic()
+        self._schedule_commit()
+
+    def _schedule_commit(self) -> None:
+        self._commit_due_head = self._committed.head + min(self._policy.every_rows, self._ring.slack)
+        self._commit_due_s = time.monotonic() + self._policy.interval_s
 
     def _create_from(self, mapping: Mapping[str, Any], n_rows: int | None) -> None:
         fields = {}
@@ -348,7 +376,8 @@ class Store:
 
     def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
         slots = self._ring.slots_of(steps) if self._layout is not None else steps
-        batch = {name: view[slots] for (name, _), view in zip(self._fields, self._views)}
+        columns = self.cold_reads.gather(self._views, slots)
+        batch = {name: column for (name, _), column in zip(self._fields, columns)}
         batch["step_id"] = steps
         return batch
 
@@ -385,6 +414,7 @@ class Store:
                 self._commit(self._policy.fsync)
         finally:
             self._closed = True
+            self._append_ready = False
             if self._maps is not None:
                 self._maps.close()
             if self._lock is not None:
