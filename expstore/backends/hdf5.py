@@ -133,6 +133,9 @@ def _check_file_size(path: str, layout: Layout) -> None:
 
 
 def _check_signature(path: str) -> None:
+    if os.path.isdir(path):
+        raise NotAPoolError(f"{path} is a directory, not an HDF5 file; an HDF5 pool is one file "
+                            "(a directory pool needs the .zarr suffix or backend='zarr')")
     with open(path, "rb") as fh:
         head = fh.read(len(_HDF5_SIGNATURE))
     if head != _HDF5_SIGNATURE:

@@ -141,6 +141,9 @@ def _read_json(path: str, file: str, missing) -> dict:
     except FileNotFoundError:
         what = "not a Zarr v3 group" if missing is NotAPoolError else "damaged"
         raise missing(f"{path}: {os.path.relpath(file, path)} is missing, the pool is {what}") from None
+    except NotADirectoryError:
+        raise missing(f"{path}: {os.path.dirname(file)} is a file, not a directory; a Zarr pool is a "
+                      "directory (a one-file pool needs the .h5 suffix or backend='hdf5')") from None
     except ValueError:
         raise CorruptStoreError(f"{path}: {os.path.relpath(file, path)} is not valid JSON; the pool is damaged") from None
     if not isinstance(value, dict):
