@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import time
 import weakref
 from collections.abc import Mapping
@@ -65,6 +66,7 @@ class Store:
         self._failure: BaseException | None = None
         self.cold_reads = ColdReads()  # prefetch of sampled rows' pages when the pool reads cold
         self._append_ready = False  # set once the checks append's hot path skips have passed
+        self._owner_pid = os.getpid()
         self._layout: Layout | None = None
         self._committed = commit.CommitRecord(1, 0, 0, 0.0)
         self._head = 0
@@ -409,15 +411,16 @@ class Store:
         """Commit (durably, unless the store was opened with fsync=False) and release the pool."""
         if self._closed:
             return
+        forked = os.getpid() != self._owner_pid
         try:
-            if self.writable and self._layout is not None and self._failure is None:
+            if self.writable and self._layout is not None and self._failure is None and not forked:
                 self._commit(self._policy.fsync)
         finally:
             self._closed = True
             self._append_ready = False
             if self._maps is not None:
                 self._maps.close()
-            if self._lock is not None:
+            if self._lock is not None and not forked:  # the lock belongs to the parent
                 self._lock.release()
             _open_writers.discard(self)
 
@@ -444,6 +447,9 @@ class Store:
         if self._failure is not None:
             raise ExpstoreError(f"{self.path}: an earlier write failed ({self._failure}); "
                                 "close and reopen the pool, it recovers from the last commit")
+        if os.getpid() != self._owner_pid:
+            raise ReadOnlyError(f"{self.path}: this writer handle was inherited across fork; only the process "
+                                "that opened it may write. Open the pool with mode='r' in the child")
 
     def _names_error(self, mapping: Mapping[str, Any]) -> SchemaError:
         missing = [n for n in self._names if n not in mapping]
@@ -463,6 +469,15 @@ def _batch_length(batch: Mapping[str, Any]) -> int:
     if len(set(lengths.values())) > 1:
         raise SchemaError(f"batch fields have different lengths {lengths}; every field needs one row per transition")
     return next(iter(lengths.values()), 0)
+
+
+def _forbid_writes_after_fork() -> None:
+    """A forked child inherits writer objects but not the right to write: re-arm the checks."""
+    for store in list(_open_writers):
+        store._append_ready = False
+
+
+os.register_at_fork(after_in_child=_forbid_writes_after_fork)
 
 
 @atexit.register
