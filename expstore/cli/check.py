@@ -1,0 +1,56 @@
+"""Integrity commands: verify and repair."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..verify import repair as repair_pool
+from ..verify import verify as verify_pool
+from .common import echo_json, progress_bar
+
+
+@click.command()
+@click.argument("path")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify(path: str, as_json: bool) -> None:
+    """Check a pool; exit 0 when healthy, 1 with the findings otherwise.
+
+    Checks the commit record, the committed window, preallocation, leftover temporaries and,
+    for pools created with checksums, every chunk's checksum.
+
+    \b
+    Example:
+      expstore verify data/demo_pool.h5 && echo healthy
+    """
+    with progress_bar(0, "checksums") as progress:
+        report = verify_pool(path, progress=progress)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(str(report))
+    if not report.ok:
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("path")
+@click.option("--reset-window", is_flag=True,
+              help="When both commit slots are damaged, start an empty window (drops the old rows).")
+@click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
+def repair(path: str, reset_window: bool, as_json: bool) -> None:
+    """Recover a pool: remove leftover temporaries, rewrite a torn commit slot, preallocate.
+
+    \b
+    Example:
+      expstore repair runs/pool.h5 && expstore verify runs/pool.h5
+    """
+    report = repair_pool(path, reset_window=reset_window)
+    if as_json:
+        echo_json(report.to_json())
+    else:
+        click.echo(str(report))
+
+
+COMMANDS = [verify, repair]

@@ -1,0 +1,84 @@
+"""Commands that write new pools from old ones: convert and merge."""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import click
+
+from .. import convert as converting
+from ..streaming import open_source
+from .common import progress_bar
+
+COMPRESS = click.option(
+    "--compress", type=click.Choice(["auto", "gzip", "zstd", "blosc"]), default=None, is_flag=False,
+    flag_value="auto",
+    help="Write a compressed archive instead of a pool (HDF5: gzip; Zarr: zstd or blosc). "
+         "Archives are for storage and transfer: convert them back to a pool to sample.")
+CAPACITY = click.option("--capacity", type=click.IntRange(min=1), default=None,
+                        help="Capacity of the new pool; smaller than the rows keeps the newest.")
+BACKEND = click.option("--backend", type=click.Choice(["hdf5", "zarr"]), default=None,
+                       help="Backend of the destination (default: from its suffix).")
+OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
+
+
+def _total_rows(paths) -> int:
+    total = 0
+    for path in paths:
+        with closing(open_source(path)) as source:
+            total += len(source)
+    return total
+
+
+@click.command()
+@click.argument("src")
+@click.argument("dst")
+@CAPACITY
+@COMPRESS
+@BACKEND
+@OVERWRITE
+def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool) -> None:
+    """Copy pool SRC into DST: HDF5 <-> Zarr, resize, or compress into an archive.
+
+    Rows keep their order and attrs; DST is written aside and renamed, so a killed convert
+    never leaves a half-written DST.
+
+    \b
+    Examples:
+      expstore convert data/demo_pool.h5 runs/demo.zarr
+      expstore convert runs/pool.h5 runs/small.h5 --capacity 10000
+      expstore convert runs/pool.zarr runs/archive.zarr --compress zstd
+    """
+    with progress_bar(_total_rows([src]), "convert") as progress:
+        result = converting.convert(src, dst, capacity=capacity, backend=backend, compress=compress,
+                                    overwrite=overwrite, progress=progress)
+    _report(result)
+
+
+@click.command()
+@click.argument("srcs", nargs=-1, required=True)
+@click.option("-o", "--output", "dst", required=True, help="The merged pool to create.")
+@CAPACITY
+@COMPRESS
+@BACKEND
+@OVERWRITE
+def merge(srcs, dst: str, capacity, compress, backend, overwrite: bool) -> None:
+    """Concatenate pools with the same schema, in the order given, into a new pool.
+
+    \b
+    Example:
+      expstore merge runs/a.h5 runs/b.zarr -o runs/all.h5
+    """
+    with progress_bar(_total_rows(srcs), "merge") as progress:
+        result = converting.merge(list(srcs), dst, capacity=capacity, backend=backend, compress=compress,
+                                  overwrite=overwrite, progress=progress)
+    _report(result)
+
+
+def _report(result: converting.CopyResult) -> None:
+    what = "archive" if result.compressed else f"pool (capacity {result.capacity})"
+    dropped = f"; dropped the {result.dropped_rows} oldest rows" if result.dropped_rows else ""
+    click.echo(f"wrote {result.rows} rows to {what} {result.path}{dropped}")
+
+
+COMMANDS = [convert, merge]

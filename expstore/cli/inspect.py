@@ -1,0 +1,193 @@
+"""Read-only commands: info, head, tail, show, stats, episodes, sample."""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import click
+import numpy as np
+
+from .. import summary
+from ..errors import InvalidArgumentError
+from ..streaming import open_source
+from .common import cell, echo_json, parse_fields, progress_bar, rows_table, table
+
+JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+FIELDS = click.option("--fields", help="Comma-separated fields to show (default: all).")
+
+
+@click.command()
+@click.argument("path")
+@JSON
+def info(path: str, as_json: bool) -> None:
+    """Backend, format, schema, capacity, window, episodes, size, last commit, writer, attrs.
+
+    \b
+    Example:
+      expstore info data/demo_pool.h5 --json
+    """
+    with closing(open_source(path)) as source:
+        facts = summary.source_info(source)
+    if as_json:
+        echo_json(facts)
+        return
+    for key, value in facts.items():
+        if key == "schema":
+            click.echo("schema:")
+            for name, spec in value.items():
+                click.echo(f"  {name}: {tuple(spec['shape'])} {spec['dtype']}")
+        elif key == "disk_nbytes":
+            click.echo(f"disk size: {value / 2**20:.1f} MiB")
+        elif key == "episodes" and value is None and facts["kind"] == "pool":
+            click.echo("episodes: not indexed by this pool (`expstore episodes` scans the flags)")
+        elif key not in ("last_commit_unix",):
+            click.echo(f"{key.replace('_', ' ')}: {'none' if value is None else value}")
+
+
+def _show(path: str, start: int, count: int, fields: str | None) -> None:
+    with closing(open_source(path)) as source:
+        length = len(source)
+        first = start + length if start < 0 else start
+        if not 0 <= first <= length:
+            raise InvalidArgumentError(f"--start {start} is outside the pool's {length} rows")
+        if count < 0:
+            raise InvalidArgumentError(f"--count {count} must not be negative")
+        last = min(length, first + count)
+        names = parse_fields(fields, source.schema)
+        batch = source.read(first, last)
+        batch["step_id"] = np.arange(source.first_step_id + first, source.first_step_id + last)
+    click.echo(rows_table(batch, names) if last > first else f"(no rows: the pool holds {length})")
+
+
+@click.command()
+@click.argument("path")
+@click.option("--count", "-n", default=10, show_default=True, help="Rows to show.")
+@FIELDS
+def head(path: str, count: int, fields: str | None) -> None:
+    """The oldest rows as a table.
+
+    \b
+    Example:
+      expstore head data/demo_pool.h5 -n 5 --fields obs,reward
+    """
+    _show(path, 0, count, fields)
+
+
+@click.command()
+@click.argument("path")
+@click.option("--count", "-n", default=10, show_default=True, help="Rows to show.")
+@FIELDS
+def tail(path: str, count: int, fields: str | None) -> None:
+    """The newest rows as a table.
+
+    \b
+    Example:
+      expstore tail data/demo_pool.h5 -n 5
+    """
+    with closing(open_source(path)) as source:
+        length = len(source)
+    _show(path, max(0, length - max(count, 0)), count, fields)
+
+
+@click.command()
+@click.argument("path")
+@click.option("--start", default=0, show_default=True, help="First row (logical index; negative counts from the end).")
+@click.option("--count", "-n", default=10, show_default=True, help="Rows to show.")
+@FIELDS
+def show(path: str, start: int, count: int, fields: str | None) -> None:
+    """Rows START..START+COUNT as a table (0 is the oldest row).
+
+    \b
+    Example:
+      expstore show data/demo_pool.h5 --start 195 --count 10 --fields reward,terminated,truncated
+    """
+    _show(path, start, count, fields)
+
+
+@click.command()
+@click.argument("path")
+@JSON
+def stats(path: str, as_json: bool) -> None:
+    """Per field min/max/mean/std and NaN/inf counts; episode return and length summaries.
+
+    \b
+    Example:
+      expstore stats data/demo_pool.h5 --json
+    """
+    with closing(open_source(path)) as source:
+        with progress_bar(len(source), "fields") as progress:
+            fields = summary.field_stats(source, progress)
+        with progress_bar(len(source), "episodes") as progress:
+            episodes = summary.episode_summary(summary.episode_table(source, progress))
+    result = {"rows": len(source), "fields": {name: s.to_json() for name, s in fields.items()}, "episodes": episodes}
+    if as_json:
+        echo_json(result)
+        return
+    keys = ["count", "min", "max", "mean", "std", "nan", "inf"]
+    click.echo(table(["field"] + keys, [[name] + [_num(values[k]) for k in keys]
+                                        for name, values in result["fields"].items()]))
+    click.echo(f"\nepisodes: {episodes['episodes']} ({episodes['complete']} complete)")
+    click.echo(table(["", "count", "mean", "std", "min", "max"],
+                     [[what] + [_num(episodes[what][k]) for k in ("count", "mean", "std", "min", "max")]
+                      for what in ("return", "length")]))
+
+
+def _num(value) -> str:
+    return "-" if value is None else cell(value)
+
+
+@click.command()
+@click.argument("path")
+@click.option("--limit", default=None, type=int, help="Show only the last LIMIT episodes.")
+@JSON
+def episodes(path: str, limit: int | None, as_json: bool) -> None:
+    """The episode table: id, first step, length, return, how it ended.
+
+    \b
+    Example:
+      expstore episodes data/demo_pool.h5 --limit 5
+    """
+    with closing(open_source(path)) as source:
+        with progress_bar(len(source), "episodes") as progress:
+            found = summary.episode_table(source, progress)
+    if limit is not None:
+        found = {key: values[-limit:] if limit > 0 else values[:0] for key, values in found.items()}
+    if as_json:
+        echo_json({"episodes": [dict(zip(found, row)) for row in zip(*(v.tolist() for v in found.values()))]})
+        return
+    columns = list(summary.EPISODE_KEYS)
+    click.echo(table(columns, [[cell(found[k][i]) for k in columns] for i in range(len(found["length"]))]))
+
+
+@click.command()
+@click.argument("path")
+@click.option("-n", "--batch-size", "count", default=8, show_default=True, help="Rows to draw (with replacement).")
+@click.option("--seed", type=int, default=None, help="Seed: the same seed on the same pool draws the same rows.")
+@FIELDS
+@JSON
+def sample(path: str, count: int, seed: int | None, fields: str | None, as_json: bool) -> None:
+    """A uniform random batch of committed rows.
+
+    \b
+    Example:
+      expstore sample data/demo_pool.h5 -n 4 --seed 0
+    """
+    from ..archive import is_archive
+    from ..errors import NotAPoolError
+    from ..opening import open as open_store
+
+    if is_archive(path):
+        raise NotAPoolError(f"{path} is a compressed archive, which cannot be sampled in place; "
+                            f"`expstore convert {path} POOL` makes a pool of it")
+    if count < 1:
+        raise InvalidArgumentError(f"-n {count} must be at least 1")
+    with open_store(path, "r") as store:
+        names = parse_fields(fields, store.schema)
+        batch = store.sample(count, rng=seed)
+    if as_json:
+        echo_json({name: batch[name] for name in ["step_id"] + names})
+        return
+    click.echo(rows_table(batch, names))
+
+
+COMMANDS = [info, head, tail, show, stats, episodes, sample]

@@ -1,0 +1,30 @@
+"""The plot command."""
+
+from __future__ import annotations
+
+from contextlib import closing
+
+import click
+
+from ..plotting import plot_pool
+from ..streaming import open_source
+from .common import progress_bar
+
+
+@click.command()
+@click.argument("path")
+@click.option("-o", "--output", "out", required=True, help="Image to write (PNG, SVG, PDF: from the suffix).")
+def plot(path: str, out: str) -> None:
+    """Plot episode return over time, the episode length and the reward histograms.
+
+    \b
+    Example:
+      expstore plot data/demo_pool.h5 -o demo.png
+    """
+    with closing(open_source(path)) as source:
+        with progress_bar(2 * len(source), "plot") as progress:
+            counts = plot_pool(source, out, progress)
+    click.echo(f"wrote {out} ({counts['episodes']} complete episodes, {counts['rows']} rows)")
+
+
+COMMANDS = [plot]

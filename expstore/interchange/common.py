@@ -1,0 +1,64 @@
+"""What the interchange formats share: field names, format detection, the saved schema."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, NotAPoolError, SchemaError
+from ..schema import Schema, check_field_name
+
+# Pool field -> name in the D4RL layout. Pools recorded by expstore use the left names.
+D4RL_NAMES = {"obs": "observations", "action": "actions", "reward": "rewards",
+              "next_obs": "next_observations", "terminated": "terminals", "truncated": "timeouts"}
+REQUIRED = ("obs", "action", "reward", "terminated", "truncated")
+# The source pool's schema and attrs ride along in exported files so that an import restores
+# field order, dtypes and attrs exactly.
+SAVED_KEY = "expstore"
+
+
+def detect_format(path: str) -> str:
+    """``minari`` for a Minari dataset directory, ``d4rl`` for an HDF5 file."""
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "metadata.json")) or os.path.exists(
+                os.path.join(path, "data", "metadata.json")):
+            return "minari"
+        raise NotAPoolError(f"{path} is a directory without metadata.json, so not a Minari dataset; "
+                            "pass a Minari dataset directory or a D4RL .hdf5 file")
+    if os.path.splitext(path)[1].lower() in (".h5", ".hdf5"):
+        return "d4rl"
+    raise InvalidArgumentError(f"cannot tell the format of {path}; pass --format d4rl or --format minari")
+
+
+def check_required(schema: Schema, path: str, what: str, required=REQUIRED) -> None:
+    missing = [name for name in required if name not in schema]
+    if missing:
+        raise SchemaError(f"{path} lacks the fields {missing} that {what} needs (it stores {list(schema)}); "
+                          "export a pool with obs, action, reward, terminated and truncated fields")
+
+
+def saved_json(schema: Schema, attrs: dict) -> str:
+    return json.dumps({"schema": schema.to_json(), "attrs": attrs})
+
+
+def restore(columns: dict[str, np.dtype | tuple], saved: str | dict | None) -> tuple[Schema, dict]:
+    """The pool schema for imported ``columns`` (name -> Field), in the saved order if any."""
+    if isinstance(saved, (str, bytes)):
+        saved = json.loads(saved)
+    if not saved:
+        return Schema(columns), {}
+    schema = Schema.from_json(saved["schema"])
+    if set(schema) != set(columns):
+        return Schema(columns), dict(saved.get("attrs", {}))
+    return schema, dict(saved.get("attrs", {}))
+
+
+def field_name(name: str) -> str | None:
+    """``name`` as a pool field name, or None when it cannot be one."""
+    clean = "".join(c if c.isalnum() or c == "_" else "_" for c in name).lstrip("_")
+    try:
+        return check_field_name(clean)
+    except SchemaError:
+        return None

@@ -1,0 +1,262 @@
+"""Minari datasets (HDF5 format), read and written with h5py: no Minari install needed.
+
+Layout: ``DATASET/data/metadata.json`` and ``DATASET/data/main_data.hdf5`` with one group
+``episode_{i}`` per episode holding ``observations`` (T+1 rows: the reset observation, then one
+per step), ``actions``, ``rewards``, ``terminations`` and ``truncations`` (T rows). A pool row t
+of an episode is (observations[t], actions[t], rewards[t], observations[t+1], terminations[t],
+truncations[t]). Export splits the pool into episodes at every ``terminated``/``truncated`` row
+and wherever ``next_obs`` of a row differs from ``obs`` of the next one (a segment without
+either flag at its end), so that import gives back every row bit for bit. Other pool fields go
+to ``expstore_fields/<name>`` in each episode group, which Minari ignores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import closing
+
+import numpy as np
+
+from .. import files
+from ..convert import build_pool
+from ..errors import InvalidArgumentError, NotAPoolError, StoreExistsError
+from ..schema import Field, Schema
+from ..streaming import Progress, iter_slices, open_source, slice_rows
+from .common import REQUIRED, SAVED_KEY, check_required, restore
+
+MINARI_VERSION = "0.5.4"  # the newest dataset version this layout matches
+_STANDARD = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
+_EXTRAS = "expstore_fields"
+
+
+# ---------------------------------------------------------------------------------------- export
+def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id: str | None = None,
+                  overwrite: bool = False, progress: Progress | None = None) -> tuple[int, int]:
+    """Write pool ``src`` as the Minari dataset directory ``dst``; return (rows, episodes).
+
+    ``minari.load_dataset(dataset_id)`` reads it when ``dst`` is
+    ``$MINARI_DATASETS_PATH/<dataset_id>``. ``dataset_id`` defaults to ``dst``'s name and must
+    look like ``name-v0``.
+    """
+    dst = os.fspath(dst)
+    dataset_id = dataset_id or os.path.basename(os.path.normpath(dst))
+    _check_dataset_id(dataset_id)
+    if os.path.exists(dst) and not overwrite:
+        raise StoreExistsError(f"{dst} already exists; choose another path or pass --overwrite to replace it")
+    with closing(open_source(src)) as source:
+        check_required(source.schema, source.path, "a Minari dataset", REQUIRED + ("next_obs",))
+        ends, bounds = _segment(source, progress)
+
+        def build(temp: str) -> list[str]:
+            os.makedirs(os.path.join(temp, "data"))
+            _write_episodes(os.path.join(temp, "data", "main_data.hdf5"), source, ends, progress)
+            metadata = _metadata(source, dataset_id, len(ends), bounds)
+            with open(os.path.join(temp, "data", "metadata.json"), "w") as fh:
+                json.dump(metadata, fh)
+            return []
+
+        files.build_aside(dst, build, replace=overwrite)
+        return len(source), len(ends)
+
+
+def _check_dataset_id(dataset_id: str) -> None:
+    import re
+
+    if not re.fullmatch(r"(?:[\w.-]+/)?[\w.-]+-v\d+", dataset_id):
+        raise InvalidArgumentError(f"Minari dataset id {dataset_id!r} must look like 'name-v0' or "
+                                   "'namespace/name-v0'; pass --dataset-id or rename the destination")
+
+
+def _segment(source, progress) -> tuple[np.ndarray, dict]:
+    """Episode ends (exclusive row indices), and min/max of obs and action for the spaces."""
+    ends, bounds, carry = [], {}, None
+    for first, rows in iter_slices(source, fields=list(_STANDARD), progress=progress):
+        n = len(rows["reward"])
+        obs, next_obs = _as_bytes(rows["obs"]), _as_bytes(rows["next_obs"])
+        breaks = rows["terminated"].astype(bool) | rows["truncated"].astype(bool)
+        breaks[:-1] |= (next_obs[:-1] != obs[1:]).any(axis=1)
+        if carry is not None and (carry != obs[0]).any() and (not ends or ends[-1] != first):
+            ends.append(first)
+        ends.extend((first + np.flatnonzero(breaks) + 1).tolist())
+        carry = next_obs[-1].copy() if n else carry
+        for name in ("obs", "action"):
+            _widen(bounds, name, rows[name])
+    if len(source) and (not ends or ends[-1] != len(source)):
+        ends.append(len(source))
+    return np.asarray(ends, dtype=np.int64), bounds
+
+
+def _as_bytes(values: np.ndarray) -> np.ndarray:
+    values = np.ascontiguousarray(values)
+    return values.reshape(len(values), -1).view(np.uint8)
+
+
+def _widen(bounds: dict, name: str, values: np.ndarray) -> None:
+    if values.size:
+        low, high = values.min(), values.max()
+        old = bounds.get(name)
+        bounds[name] = (low, high) if old is None else (min(old[0], low), max(old[1], high))
+
+
+def _write_episodes(path: str, source, ends: np.ndarray, progress) -> None:
+    import h5py
+
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    extras = [name for name in source.schema if name not in _STANDARD]
+    with h5py.File(path, "w", track_order=True, locking=False) as f:
+        groups = [_episode_group(f, k, int(ends[k] - starts[k]), source.schema, extras) for k in range(len(ends))]
+        for first, rows in iter_slices(source, progress=progress):
+            last = first + len(rows["reward"])
+            for k in range(np.searchsorted(ends, first, side="right"), np.searchsorted(ends, last - 1, side="right") + 1):
+                if k >= len(ends):
+                    break
+                lo, hi = max(first, int(starts[k])), min(last, int(ends[k]))
+                _fill(groups[k], rows, lo - first, hi - first, lo - int(starts[k]), hi == ends[k], extras)
+
+
+def _episode_group(f, k: int, steps: int, schema: Schema, extras: list[str]):
+    group = f.create_group(f"episode_{k}")
+    group.attrs["id"] = k
+    group.attrs["total_steps"] = steps
+    obs = schema["obs"]
+    group.create_dataset("observations", shape=(steps + 1, *obs.shape), dtype=obs.dtype)
+    for name, key in (("action", "actions"), ("reward", "rewards"), ("terminated", "terminations"),
+                      ("truncated", "truncations")):
+        dtype = bool if name in ("terminated", "truncated") else schema[name].dtype
+        group.create_dataset(key, shape=(steps, *schema[name].shape), dtype=dtype)
+    for name in extras:
+        group.create_dataset(f"{_EXTRAS}/{name}", shape=(steps, *schema[name].shape), dtype=schema[name].dtype)
+    return group
+
+
+def _fill(group, rows, lo: int, hi: int, at: int, closes: bool, extras: list[str]) -> None:
+    stop = at + hi - lo
+    group["observations"][at:stop] = rows["obs"][lo:hi]
+    if closes:
+        group["observations"][stop] = rows["next_obs"][hi - 1]
+    for name, key in (("action", "actions"), ("reward", "rewards"), ("terminated", "terminations"),
+                      ("truncated", "truncations")):
+        group[key][at:stop] = rows[name][lo:hi]
+    for name in extras:
+        group[f"{_EXTRAS}/{name}"][at:stop] = rows[name][lo:hi]
+
+
+def _space(field: Field, bounds: tuple | None) -> dict:
+    if not field.shape and field.dtype.kind in "iu":
+        low, high = (0, 0) if bounds is None else (int(bounds[0]), int(bounds[1]))
+        return {"type": "Discrete", "dtype": "int64", "start": low, "n": high - low + 1}
+    if field.dtype.kind == "f":
+        low, high = -np.inf, np.inf
+    elif field.dtype.kind in "iu":
+        info = np.iinfo(field.dtype)
+        low, high = int(info.min), int(info.max)
+    else:
+        raise InvalidArgumentError(f"a {field.dtype} field has no Minari space; store obs/action as numbers")
+    return {"type": "Box", "dtype": field.dtype.name, "shape": list(field.shape),
+            "low": np.full(field.shape, low).tolist(), "high": np.full(field.shape, high).tolist()}
+
+
+def _metadata(source, dataset_id: str, episodes: int, bounds: dict) -> dict:
+    saved = source.attrs.get("minari", {})
+    metadata = {
+        "dataset_id": dataset_id, "minari_version": MINARI_VERSION, "data_format": "hdf5",
+        "total_episodes": episodes, "total_steps": len(source), "jpeg_encoding": False,
+        "observation_space": saved.get("observation_space") or json.dumps(_space(source.schema["obs"], bounds.get("obs"))),
+        "action_space": saved.get("action_space") or json.dumps(_space(source.schema["action"], bounds.get("action"))),
+        SAVED_KEY: {"schema": source.schema.to_json(), "attrs": source.attrs},
+    }
+    for key in ("env_spec", "eval_env_spec", "description", "algorithm_name", "code_permalink"):
+        if saved.get(key) is not None:
+            metadata[key] = saved[key]
+    return metadata
+
+
+# ---------------------------------------------------------------------------------------- import
+def import_minari(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | None = None,
+                  backend: str | None = None, overwrite: bool = False, progress: Progress | None = None) -> int:
+    """Create pool ``dst`` from the Minari dataset ``src`` (its directory, its ``data``
+    directory, or a dataset id under ``$MINARI_DATASETS_PATH``); return the row count.
+
+    The dataset's spaces, env spec and description are kept in ``attrs["minari"]``, so an
+    export writes them back.
+    """
+    import h5py
+
+    from ..backends import resolve_backend
+
+    dst = os.fspath(dst)
+    if os.path.exists(dst) and not overwrite:
+        raise StoreExistsError(f"{dst} already exists; choose another path or pass --overwrite to replace it")
+    data_dir = _data_dir(os.fspath(src))
+    with open(os.path.join(data_dir, "metadata.json")) as fh:
+        metadata = json.load(fh)
+    if metadata.get("data_format", "hdf5") != "hdf5":
+        raise NotAPoolError(f"{src} stores its episodes as {metadata['data_format']!r}; only Minari's hdf5 format "
+                            "is supported")
+    with h5py.File(os.path.join(data_dir, "main_data.hdf5"), "r", locking=False) as f:
+        episodes = [f[f"episode_{k}"] for k in range(int(metadata.get("total_episodes", len(f.keys()))))]
+        schema, attrs = _import_schema(src, metadata, episodes)
+        rows = sum(int(ep["rewards"].shape[0]) for ep in episodes)
+        build_pool(dst, resolve_backend(dst, backend).name, schema, capacity or max(1, rows), attrs,
+                   _episode_slices(episodes, schema, progress), overwrite=overwrite)
+    return rows
+
+
+def _data_dir(src: str) -> str:
+    if not os.path.exists(src) and not os.path.isabs(src):
+        root = os.environ.get("MINARI_DATASETS_PATH") or os.path.join(os.path.expanduser("~"), ".minari", "datasets")
+        if os.path.isdir(os.path.join(root, src)):
+            src = os.path.join(root, src)
+    for candidate in (os.path.join(src, "data"), src):
+        if os.path.exists(os.path.join(candidate, "metadata.json")) and \
+                os.path.exists(os.path.join(candidate, "main_data.hdf5")):
+            return candidate
+    from ..errors import StoreNotFoundError
+
+    if not os.path.exists(src):
+        raise StoreNotFoundError(f"no Minari dataset at {src}; pass its directory or a dataset id "
+                                 "under $MINARI_DATASETS_PATH")
+    raise NotAPoolError(f"{src} holds no data/metadata.json and data/main_data.hdf5, so it is not a Minari dataset")
+
+
+def _import_schema(src, metadata: dict, episodes) -> tuple[Schema, dict]:
+    first = episodes[0] if episodes else None
+    if first is None:
+        raise NotAPoolError(f"{src} holds no episode; there is nothing to import")
+    for key in ("observations", "actions"):
+        if not hasattr(first.get(key), "dtype"):
+            raise NotAPoolError(f"{src}: {key} of episode 0 is a group (a Dict or Tuple space); only Box and "
+                                "Discrete spaces can be imported")
+    obs, act = first["observations"], first["actions"]
+    columns = {"obs": Field(obs.shape[1:], obs.dtype), "action": Field(act.shape[1:], act.dtype),
+               "reward": Field((), first["rewards"].dtype), "next_obs": Field(obs.shape[1:], obs.dtype),
+               "terminated": Field((), "bool"), "truncated": Field((), "bool")}
+    for name, ds in first.get(_EXTRAS, {}).items():
+        columns[name] = Field(ds.shape[1:], ds.dtype)
+    schema, attrs = restore(columns, metadata.get(SAVED_KEY))
+    if SAVED_KEY not in metadata:
+        keep = ("observation_space", "action_space", "env_spec", "eval_env_spec", "dataset_id", "description",
+                "algorithm_name", "code_permalink", "minari_version")
+        attrs["minari"] = {key: metadata[key] for key in keep if key in metadata}
+    return schema, attrs
+
+
+def _episode_slices(episodes, schema: Schema, progress):
+    written = 0
+    step = slice_rows(schema)
+    for ep in episodes:
+        steps = int(ep["rewards"].shape[0])
+        for lo in range(0, steps, step):
+            hi = min(steps, lo + step)
+            observations = ep["observations"][lo:hi + 1]
+            batch = {"obs": observations[:-1], "next_obs": observations[1:], "action": ep["actions"][lo:hi],
+                     "reward": ep["rewards"][lo:hi], "terminated": ep["terminations"][lo:hi],
+                     "truncated": ep["truncations"][lo:hi]}
+            for name in schema:
+                if name not in batch:
+                    batch[name] = ep[f"{_EXTRAS}/{name}"][lo:hi]
+            yield written, {name: np.asarray(batch[name]).astype(schema[name].dtype, copy=False) for name in schema}
+            written += hi - lo
+            if progress is not None:
+                progress(hi - lo)

@@ -1,0 +1,119 @@
+"""Row sources read in bounded slices: a pool, or a compressed archive, in logical order.
+
+Tools that walk a whole pool (convert, merge, export, stats) never hold a whole field in
+memory: they read ``slice_rows`` rows at a time (about 64 MiB), so a pool far larger than RAM
+streams through in constant anonymous memory. Pages read through a pool's memory maps are
+file-backed and the kernel reclaims them under pressure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from typing import Protocol
+
+import numpy as np
+
+from .errors import InvalidArgumentError
+from .schema import Schema
+
+SLICE_NBYTES = 64 << 20
+Progress = Callable[[int], None]
+
+
+class RowSource(Protocol):
+    """Rows in logical order (0 = oldest), readable by slices."""
+
+    path: str
+    kind: str  # "pool" or "archive"
+    schema: Schema
+    attrs: dict
+    capacity: int
+    chunk_rows: int
+    first_step_id: int
+
+    def __len__(self) -> int: ...
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` of the logical order, without ``step_id``."""
+
+    def close(self) -> None: ...
+
+
+class PoolSource:
+    """A pool opened read-only, as a row source."""
+
+    kind = "pool"
+
+    def __init__(self, store):
+        self.store = store
+        self.path = store.path
+        self.schema = store.schema
+        self.attrs = store.attrs
+        self.capacity = store.capacity
+        self.chunk_rows = store.chunk_rows or 1
+        self.meta = {} if store._layout is None else dict(store._layout.meta)
+        # One snapshot of the window: a writer running meanwhile cannot shift the rows read.
+        self.first_step_id = store.first_step_id
+        self._length = len(store)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        rows = self.store.read(np.arange(self.first_step_id + start, self.first_step_id + stop, dtype=np.int64))
+        rows.pop("step_id")
+        return rows
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def open_source(path: str | os.PathLike) -> RowSource:
+    """Open a pool or a compressed archive read-only.
+
+    Raises:
+        StoreNotFoundError: nothing at ``path``.
+        NotAPoolError, CorruptStoreError: ``path`` is neither a pool nor an archive.
+    """
+    from . import archive
+    from .errors import StoreNotFoundError
+    from .opening import open as open_store
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise StoreNotFoundError(f"no pool at {path}; check the path")
+    if archive.is_archive(path):
+        return archive.ArchiveSource(path)
+    return PoolSource(open_store(path, "r"))
+
+
+def slice_rows(schema: Schema, chunk_rows: int = 1, target_nbytes: int = SLICE_NBYTES) -> int:
+    """Rows per slice: about ``target_nbytes`` of rows, a whole number of chunks when possible."""
+    rows = max(1, target_nbytes // max(1, schema.row_nbytes))
+    if rows >= chunk_rows:
+        rows -= rows % chunk_rows
+    return rows
+
+
+def iter_slices(source: RowSource, start: int = 0, stop: int | None = None, *,
+                fields: list[str] | None = None, slice_nbytes: int = SLICE_NBYTES,
+                progress: Progress | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Yield ``(first_index, rows)`` for consecutive slices of ``[start, stop)``.
+
+    Args:
+        fields: keep only these fields of each slice (all by default).
+        progress: called with the number of rows after each slice.
+    """
+    stop = len(source) if stop is None else stop
+    if not 0 <= start <= stop <= len(source):
+        raise InvalidArgumentError(f"rows {start}..{stop} are outside the {len(source)} rows of {source.path}")
+    step = slice_rows(source.schema, source.chunk_rows, slice_nbytes)
+    for first in range(start, stop, step):
+        last = min(stop, first + step)
+        rows = source.read(first, last)
+        if fields is not None:
+            rows = {name: rows[name] for name in fields}
+        yield first, rows
+        if progress is not None:
+            progress(last - first)
