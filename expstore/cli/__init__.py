@@ -30,7 +30,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="expstore")
+@click.version_option(package_name="expstore", prog_name="expstore")
 def cli() -> None:
     """Inspect, check, convert, exchange and plot expstore pools (.h5 / .zarr).
 

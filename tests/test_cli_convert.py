@@ -1,0 +1,168 @@
+"""expstore convert/merge: backends, capacity, archives, atomic writes, bounded memory."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from cli_helpers import all_rows, assert_error, assert_same_rows, make_pool, run, run_json
+from conftest import BACKENDS, pendulum_schema, rows_for
+
+import expstore
+from expstore import convert as converting
+
+
+def other(backend: str) -> str:
+    return "zarr" if backend == "hdf5" else "hdf5"
+
+
+def test_convert_to_the_other_backend_keeps_rows_and_attrs(tmp_path, pool_path, backend):
+    make_pool(pool_path, rows=300, capacity=200, attrs={"env_id": "Pendulum-v1", "gamma": 0.99})
+    dst = str(tmp_path / f"out{BACKENDS[other(backend)]}")
+    assert "wrote 200 rows" in run("convert", pool_path, dst).output
+    assert_same_rows(all_rows(dst), all_rows(pool_path))
+    facts = run_json("info", dst)
+    assert facts["backend"] == other(backend) and facts["capacity"] == 200
+    assert facts["attrs"] == {"env_id": "Pendulum-v1", "gamma": 0.99}
+    assert run("verify", dst).exit_code == 0
+
+
+@pytest.mark.parametrize("capacity, kept", [(50, 50), (1000, 200)])
+def test_capacity_shrinks_keeping_the_newest_or_grows(tmp_path, pool_path, capacity, kept):
+    make_pool(pool_path, rows=300, capacity=200)
+    dst = str(tmp_path / "resized.h5")
+    run("convert", pool_path, dst, "--capacity", capacity)
+    with expstore.open(dst, "a") as pool:
+        assert (pool.capacity, len(pool)) == (capacity, kept)
+        assert pool[0]["reward"] == -(300 - kept) and pool[-1]["reward"] == -299
+        pool.extend(rows_for(np.arange(300, 310)))  # a converted pool keeps recording
+    assert run_json("info", dst)["length"] == min(capacity, kept + 10)
+
+
+@pytest.mark.parametrize("codec", ["auto", "gzip", "zstd", "blosc"])
+def test_compressed_archive_round_trip(tmp_path, backend, codec):
+    src = make_pool(str(tmp_path / f"src{BACKENDS[backend]}"), rows=300, capacity=200)
+    archive = str(tmp_path / f"archive{BACKENDS[backend]}")
+    result = run("convert", src, archive, "--compress", codec, ok=False)
+    if codec != "auto" and (codec == "gzip") != (backend == "hdf5"):
+        assert_error(result, codec, "not available")
+        return
+    assert result.exit_code == 0, result.output
+    facts = run_json("info", archive)
+    assert facts["kind"] == "archive" and facts["length"] == 200 and facts["attrs"] == {"env_id": "Pendulum-v1"}
+    assert "100" in run("head", archive, "-n", "1").output  # read-only tools read archives
+    assert_error(run("sample", archive, ok=False), "archive", "expstore convert")
+    back = str(tmp_path / f"back{BACKENDS[other(backend)]}")
+    run("convert", archive, back)
+    assert_same_rows(all_rows(back), all_rows(src))
+
+
+def test_compress_flag_without_value_picks_the_backend_codec(tmp_path):
+    src = make_pool(str(tmp_path / "src.zarr"))
+    run("convert", src, str(tmp_path / "a.zarr"), "--compress")
+    assert run_json("info", str(tmp_path / "a.zarr"))["codec"] == "zstd"
+
+
+def test_merge_concatenates_in_order(tmp_path, backend):
+    a = make_pool(str(tmp_path / f"a{BACKENDS[backend]}"), rows=100, capacity=100)
+    b = make_pool(str(tmp_path / f"b{BACKENDS[other(backend)]}"), rows=50, capacity=50)
+    out = str(tmp_path / f"all{BACKENDS[backend]}")
+    run("merge", a, b, "-o", out)
+    merged = all_rows(out)
+    np.testing.assert_array_equal(merged["reward"], -np.concatenate([np.arange(100), np.arange(50)]).astype(np.float32))
+    assert run_json("info", out)["attrs"]["merged_from"] == [a, b]
+    run("merge", a, b, "-o", str(tmp_path / "newest.h5"), "--capacity", "60")
+    np.testing.assert_array_equal(all_rows(str(tmp_path / "newest.h5"))["reward"][:10], -np.arange(90, 100))
+
+
+def test_merge_refuses_other_schemas(tmp_path):
+    a = make_pool(str(tmp_path / "a.h5"))
+    with expstore.open(str(tmp_path / "b.h5"), "w", capacity=10, schema={"obs": ((4,), "float32")}) as pool:
+        pool.extend({"obs": np.zeros((3, 4))})
+    assert_error(run("merge", a, tmp_path / "b.h5", "-o", tmp_path / "m.h5", ok=False), "same schema")
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_destination_errors_are_one_line(tmp_path, pool_path):
+    make_pool(pool_path)
+    run("convert", pool_path, tmp_path / "d.h5")
+    assert_error(run("convert", pool_path, tmp_path / "d.h5", ok=False), "already exists", "--overwrite")
+    run("convert", pool_path, tmp_path / "d.h5", "--overwrite", "--capacity", "10")
+    assert run_json("info", tmp_path / "d.h5")["capacity"] == 10
+    assert_error(run("convert", pool_path, pool_path, "--overwrite", ok=False), "also a source")
+    assert_error(run("convert", pool_path, tmp_path / "d.bin", ok=False), "backend")
+    assert_error(run("convert", tmp_path / "none.h5", tmp_path / "e.h5", ok=False), "no pool at")
+    assert run("merge", "-o", tmp_path / "x.h5", ok=False).exit_code == 2  # click usage error
+
+
+def test_interrupted_convert_leaves_no_destination_and_no_temporary(tmp_path, pool_path, backend):
+    make_pool(pool_path, rows=300, capacity=200)
+    dst = str(tmp_path / f"dst{BACKENDS[other(backend)]}")
+
+    def interrupt(rows):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        converting.convert(pool_path, dst, progress=interrupt)
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(pool_path), os.path.basename(pool_path) + ".lock"])
+
+
+def test_killed_convert_leaves_the_old_destination_intact(tmp_path, pool_path):
+    """SIGKILL in the middle of a convert: DST is still the old pool, repair removes the temporary."""
+    make_pool(pool_path, rows=300, capacity=200)
+    dst = make_pool(str(tmp_path / "dst.h5"), rows=5, capacity=5)
+    script = textwrap.dedent(f"""
+        import os, signal
+        from expstore import convert
+        def kill(rows):
+            os.kill(os.getpid(), signal.SIGKILL)
+        convert.convert({pool_path!r}, {dst!r}, overwrite=True, progress=kill, slice_nbytes=64)
+    """)
+    assert subprocess.run([sys.executable, "-c", script]).returncode == -9
+    assert all_rows(dst)["reward"].tolist() == [-0.0, -1.0, -2.0, -3.0, -4.0]
+    assert any(".expstore-tmp-" in name for name in os.listdir(tmp_path))
+    assert "leftover temporary" in run("verify", dst, ok=False).output
+    assert "removed leftover temporary" in run("repair", dst).output
+    assert not any(".expstore-tmp-" in name for name in os.listdir(tmp_path))
+
+
+_MEMORY_CHILD = """
+import sys
+import h5py, zarr, zarr.codecs, zarr.storage  # imported before the baseline: libraries are not rows
+from expstore import convert
+
+def rss_anon_kib():
+    with open("/proc/self/status") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("RssAnon"))
+
+base = rss_anon_kib()
+peak = [base]
+convert.convert(sys.argv[1], sys.argv[2], progress=lambda rows: peak.append(rss_anon_kib()),
+                slice_nbytes=int(sys.argv[3]))
+print(base, max(peak))
+"""
+
+
+def test_convert_streams_in_bounded_memory(tmp_path, backend):
+    """A pool larger than the memory budget converts with anonymous memory far below its size."""
+    src = str(tmp_path / f"big{BACKENDS[backend]}")
+    schema = {**pendulum_schema(), "obs": ((512,), "float32")}  # about 2 KiB per row
+    rows = 48_000  # ~100 MB
+    with expstore.open(src, "w", capacity=rows, schema=schema, fsync=False) as pool:
+        block = rows_for(np.arange(4096))
+        block["obs"] = np.ones((4096, 512), np.float32)
+        for start in range(0, rows, 4096):
+            pool.extend({k: v[:min(4096, rows - start)] for k, v in block.items()})
+    pool_mib = rows * expstore.Schema(schema).row_nbytes / 2**20
+    budget_mib = 16
+    out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, src, str(tmp_path / f"out{BACKENDS[other(backend)]}"),
+                          str(4 << 20)], capture_output=True, text=True, check=True).stdout
+    base_kib, peak_kib = map(int, out.split())
+    grown_mib = (peak_kib - base_kib) / 1024
+    assert pool_mib > 4 * budget_mib
+    print(f"anonymous memory grew {grown_mib:.1f} MiB for a {pool_mib:.0f} MiB pool")
+    assert grown_mib < budget_mib, f"anonymous memory grew {grown_mib:.1f} MiB converting a {pool_mib:.0f} MiB pool"
