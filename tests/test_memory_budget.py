@@ -157,6 +157,18 @@ def memory_cgroup():
         os.rmdir(path)
 
 
+def _drop_from_page_cache(path: str) -> None:
+    files = [path] if os.path.isfile(path) else [os.path.join(root, name)
+                                                 for root, _dirs, names in os.walk(path) for name in names]
+    for file in files:
+        fd = os.open(file, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def _oom_kills(cgroup: str) -> int:
     for line in open(os.path.join(cgroup, "memory.events")):
         name, value = line.split()
@@ -173,6 +185,7 @@ def test_reads_and_samples_within_a_cgroup_memory_limit(big_pool, memory_cgroup)
         with open(procs, "w") as fh:
             fh.write(str(os.getpid()))
 
+    _drop_from_page_cache(path)  # cached pages stay charged to our cgroup: make the child read them
     report = run_reader(path, preexec_fn=join_cgroup)
     check_report(report, obs_nbytes)
     assert obs_nbytes >= 2 * CGROUP_LIMIT_NBYTES
