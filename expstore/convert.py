@@ -84,6 +84,11 @@ def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity
             source.close()
 
 
+def make_parent(dst: str) -> None:
+    """Create the directory that will hold ``dst`` (the temporary is built beside it)."""
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+
+
 def _check_destination(dst: str, srcs: list[str], overwrite: bool) -> None:
     if any(os.path.abspath(dst) == os.path.abspath(s) for s in srcs):
         raise InvalidArgumentError(f"the destination {dst} is also a source; write to a new path")
@@ -115,6 +120,7 @@ def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nby
         attrs["merged_from"] = [s.path for s in sources]
     kwargs = {"slice_nbytes": slice_nbytes} if slice_nbytes else {}
     slices = _renumbered(sources, dropped, progress, kwargs)
+    make_parent(dst)
     if codec is not None:
         meta = {"attrs": attrs, "capacity": capacity, "first_step_id": 0}
         files.build_aside(dst, lambda temp: archive.write_archive(temp, backend, codec, first.schema, meta,
@@ -143,6 +149,7 @@ def build_pool(dst: str, backend: str, schema, capacity: int, attrs: dict, slice
 
     ``meta`` of a source pool carries over its slack, chunk_rows and checksums setting.
     """
+    make_parent(dst)
     files.build_aside(dst, lambda temp: _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {})
                       or [], replace=overwrite)
 

@@ -136,8 +136,13 @@ def episode_table(source: RowSource, progress: Progress | None = None) -> dict[s
     if store is not None and hasattr(store, "episodes"):
         table = store.episodes()
         if table is not None and all(key in table for key in EPISODE_KEYS):
-            return {key: np.asarray(table[key]) for key in EPISODE_KEYS}
+            return _typed(table)
     return scan_episodes(source, progress)
+
+
+def _typed(table) -> dict[str, np.ndarray]:
+    flags = ("terminated", "truncated", "open", "evicted")
+    return {key: np.asarray(table[key], dtype=bool if key in flags else None) for key in EPISODE_KEYS}
 
 
 def field_stats(source: RowSource, progress: Progress | None = None) -> dict[str, FieldStats]:
@@ -204,6 +209,6 @@ def _indexed_episodes(store) -> dict | None:
     """Episode counts from the pool's episode index (None when the pool keeps none)."""
     if not hasattr(store, "episodes"):
         return None
-    table = store.episodes()
-    return {"count": int(len(table["length"])), "open": int(np.asarray(table["open"]).sum()),
-            "complete": int((~(np.asarray(table["open"]) | np.asarray(table["evicted"]))).sum())}
+    table = _typed(store.episodes())
+    return {"count": int(len(table["length"])), "open": int(table["open"].sum()),
+            "complete": int((~(table["open"] | table["evicted"])).sum())}

@@ -13,7 +13,7 @@ from contextlib import closing
 import numpy as np
 
 from .. import files
-from ..convert import build_pool
+from ..convert import build_pool, make_parent
 from ..errors import InvalidArgumentError, NotAPoolError, StoreExistsError
 from ..schema import SUPPORTED_DTYPES, Field
 from ..streaming import Progress, iter_slices, open_source, slice_rows
@@ -45,6 +45,7 @@ def export_d4rl(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
                 f.attrs[SAVED_KEY] = saved_json(source.schema, source.attrs)
             return []
 
+        make_parent(dst)
         files.build_aside(dst, build, replace=overwrite)
     return rows
 

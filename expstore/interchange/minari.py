@@ -19,7 +19,7 @@ from contextlib import closing
 import numpy as np
 
 from .. import files
-from ..convert import build_pool
+from ..convert import build_pool, make_parent
 from ..errors import InvalidArgumentError, NotAPoolError, StoreExistsError
 from ..schema import Field, Schema
 from ..streaming import Progress, iter_slices, open_source, slice_rows
@@ -56,6 +56,7 @@ def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id:
                 json.dump(metadata, fh)
             return []
 
+        make_parent(dst)
         files.build_aside(dst, build, replace=overwrite)
         return len(source), len(ends)
 
