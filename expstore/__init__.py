@@ -31,5 +31,14 @@ __all__ = [
     "ExpstoreError", "Field", "FormatVersionError", "InvalidArgumentError", "NotAPoolError",
     "ReadOnlyError", "Schema", "SchemaError", "StepNotFoundError", "Store", "StoreExistsError",
     "StoreLockedError", "StoreNotFoundError", "RepairReport", "VerifyReport", "__version__", "open",
-    "repair", "verify",
+    "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes",
 ]
+
+
+def __getattr__(name: str):
+    # The recorder needs gymnasium, an optional dependency: import it only when asked for.
+    if name in ("RecordEpisodes", "RecordVectorEpisodes"):
+        from . import recorder
+
+        return getattr(recorder, name)
+    raise AttributeError(f"module 'expstore' has no attribute {name!r}")

@@ -15,6 +15,7 @@ import struct
 import numpy as np
 
 from .backends import Layout
+from .backends.base import internal_arrays
 from .commit import SEQ_OFFSET, SLOT_NBYTES, CommitRecord
 
 _SEQ = struct.Struct("<Q")
@@ -36,8 +37,11 @@ class MappedPool:
                              buffer=self._maps[extent.path], offset=extent.offset)
             for name, extent in layout.fields.items()
         }
+        for name, (shape, dtype) in internal_arrays(layout.meta).items():
+            extent = layout.internal[name]
+            self.views[name] = np.ndarray(shape, dtype=dtype, buffer=self._maps[extent.path], offset=extent.offset)
         self.checksum_table: np.ndarray | None = None
-        data_extents = list(layout.fields.values())
+        data_extents = [*layout.fields.values(), *layout.internal.values()]
         if layout.checksums is not None:
             extent = layout.checksums
             self.checksum_table = np.ndarray((extent.nbytes // 16, 2), dtype="<i8",

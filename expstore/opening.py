@@ -7,8 +7,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from . import files, lock
+from . import files, internal, lock
 from .backends import Backend, Layout, resolve_backend
+from .backends.base import internal_nbytes
 from .backends.meta import build_meta
 from .commit import initial_slots
 from .errors import InvalidArgumentError, SchemaError, StoreExistsError, StoreNotFoundError
@@ -31,13 +32,17 @@ class _Creator:
     attrs: dict
     replace: bool
     checksums: bool = False
+    max_episodes: int | None = None
+    derive_next_obs: bool = False
 
     def __call__(self, schema: Schema) -> Layout:
         widest = max(field.row_nbytes for field in schema.values())
         chunk_rows = self.chunk_rows or default_chunk_rows(widest, self.capacity + self.slack)
         slots = plan_slots(self.capacity, self.slack, chunk_rows)
         meta = build_meta(schema, self.capacity, slots, chunk_rows, self.attrs, self.checksums)
-        files.check_free_space(self.path, self.backend.disk_nbytes(schema, slots))
+        meta["internal"] = internal.plan(schema, slots, _episode_rows(self.max_episodes, slots),
+                                         self.derive_next_obs)
+        files.check_free_space(self.path, self.backend.disk_nbytes(schema, slots) + internal_nbytes(meta))
         files.build_aside(
             self.path,
             lambda temp: self.backend.create(temp, meta, schema, slots, chunk_rows, initial_slots()),
@@ -60,6 +65,8 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
     fsync: bool = True,
     slack: int | None = None,
     checksums: bool = False,
+    max_episodes: int | None = None,
+    derive_next_obs: bool = False,
 ) -> Store:
     """Open or create a pool.
 
@@ -81,6 +88,14 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
             ``min(commit_every, capacity)``. A writer commits at least every ``slack`` rows.
         checksums: record a crc32 of every chunk when it is committed, so that ``verify``
             can prove the rows did not change on disk since (costs one pass over the bytes).
+        max_episodes: rows of the episode table (and of the final-observation table of a pool
+            stored without ``next_obs``); default one per slot, enough for any layout. A smaller
+            table saves disk but forgets the oldest episodes once more than this many are in
+            the pool (their rows stay; ``episodes()`` no longer lists them).
+        derive_next_obs: create a pool that stores ``obs`` (and ``obs_*``) without ``next_obs``
+            and derives it from the next row of the same episode; the observation after an
+            episode's last row is kept in a small table. Appends may still pass ``next_obs``
+            (only the episode-final ones are kept); samples include it.
 
     Returns:
         A :class:`Store`; use it as a context manager or call ``close()``.
@@ -101,6 +116,10 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
     if creating:
         creator = _creator(path, chosen, capacity, schema, chunk_rows, attrs, slack, policy, mode == "w",
                            bool(checksums))
+        creator.max_episodes = _check_max_episodes(max_episodes)
+        creator.derive_next_obs = bool(derive_next_obs)
+        if derive_next_obs and schema is not None:
+            internal.plan(Schema(schema), 1, 1, True)  # fail before touching the disk
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     writer_lock = lock.WriterLock(path)
     try:
@@ -116,6 +135,17 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
     except BaseException:
         writer_lock.release()
         raise
+
+
+def _check_max_episodes(max_episodes: Any) -> int | None:
+    if max_episodes is not None and (not isinstance(max_episodes, int) or isinstance(max_episodes, bool)
+                                     or max_episodes < 1):
+        raise InvalidArgumentError(f"max_episodes={max_episodes!r} must be a positive int (episodes) or None")
+    return max_episodes
+
+
+def _episode_rows(max_episodes: int | None, slots: int) -> int:
+    return slots if max_episodes is None else min(slots, max_episodes)
 
 
 def _commit_policy(commit_every: Any, commit_interval_s: Any, fsync: Any) -> CommitPolicy:

@@ -32,6 +32,7 @@ from .errors import (
     StepNotFoundError,
 )
 from .mapping import MappedPool
+from .replay import ReplayMixin
 from .ring import Ring
 from .schema import Field, Schema
 
@@ -51,7 +52,7 @@ class CommitPolicy:
         self.fsync = fsync
 
 
-class Store:
+class Store(ReplayMixin):
     """One open pool. Create it with :func:`expstore.open`, not directly."""
 
     def __init__(self, path: str, backend: Backend, writer_lock: lock.WriterLock | None,
@@ -92,6 +93,7 @@ class Store:
         self._seen_seq = self._committed.seq
         self._head = self._committed.head
         self._slots = self._ring.slots
+        self._init_replay()  # episode bookkeeping and priorities (replay.py)
         self._schedule_commit()
         if self._committed.head - self._committed.tail > self._ring.capacity:
             raise CorruptStoreError(f"{self.path}: the commit record holds more rows than the capacity; "
@@ -193,16 +195,20 @@ class Store:
                 self._seen_seq = seq
 
     # ------------------------------------------------------------------ writing
-    def append(self, transition: Mapping[str, Any]) -> None:
+    def append(self, transition: Mapping[str, Any], *, env_id: int = 0) -> None:
         """Append one transition: a mapping of field name -> row value.
+
+        ``env_id`` names the environment (e.g. the sub-env of a vector env) that produced it:
+        episodes are tracked per env id, and end at a row with ``terminated`` or ``truncated``.
 
         Values are checked before any is written, so a bad transition writes nothing. This is
         the env-loop hot path: the common value types are checked inline, without calls.
         """
         if not self._append_ready:
             self._prepare_append(transition)
+        derived = None
         if transition.keys() != self._names:
-            raise self._names_error(transition)
+            transition, derived = self._split_derived(transition, None)
         converted = None
         for name, field, dtype, shape, float_limit, _ in self._row_specs:
             value = transition[name]
@@ -223,6 +229,7 @@ class Store:
         slot = self._head % self._slots
         for name, _, _, _, _, view in self._row_specs:
             view[slot] = transition[name]
+        self._tag_row(self._head, slot, transition, derived, env_id)
         self._head += 1
         # A commit whenever `slack` rows are pending keeps the next write off committed rows.
         if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
@@ -235,18 +242,22 @@ class Store:
             self._create_from(transition, n_rows=None)
         self._append_ready = True
 
-    def extend(self, batch: Mapping[str, Any]) -> None:
+    def extend(self, batch: Mapping[str, Any], *, env_ids=None) -> None:
         """Append a batch: a mapping of field name -> values with a leading batch dimension.
+
+        ``env_ids`` (one int per row, or one for all) names the env of each row, as in append.
 
         The whole batch is checked before anything is written: a bad batch writes nothing.
         """
         self._check_writable()
         if self._layout is None:
             self._create_from(batch, n_rows=_batch_length(batch))
-        if batch.keys() != self._names:
-            raise self._names_error(batch)
         n_rows = _batch_length(batch)
+        derived = None
+        if batch.keys() != self._names:
+            batch, derived = self._split_derived(batch, n_rows)
         columns = [as_rows(name, field, batch[name], n_rows) for name, field in self._fields]
+        env_ids = self._check_env_ids(env_ids, n_rows)
         done = 0
         while done < n_rows:
             room = self._ring.slack - (self._head - self._committed.head)
@@ -257,6 +268,10 @@ class Store:
             for offset, slot, length in self._ring.runs(self._head, take):
                 for view, column in zip(self._views, columns):
                     view[slot:slot + length] = column[done + offset:done + offset + length]
+            part = slice(done, done + take)
+            self._tag_rows(self._head, {name: column[part] for name, column in zip(self._names, columns)},
+                           derived and {name: values[part] for name, values in derived.items()},
+                           None if env_ids is None else env_ids[part])
             self._head += take
             done += take
         self._maybe_commit()
@@ -276,14 +291,15 @@ class Store:
     def _commit(self, fsync: bool) -> None:
         previous = self._committed
         try:
-            if self._head == previous.head:
+            tail = self._ring.tail_for(self._head, previous.tail)
+            payload = self._commit_payload(previous.payload, tail)
+            if self._head == previous.head and payload == previous.payload:
                 if fsync:  # nothing new, but earlier commits may have skipped the fsync
                     self._maps.sync_data()
                     self._maps.sync_commit()
                 return
             record = commit.CommitRecord(
-                seq=previous.seq + 1, head=self._head, tail=self._ring.tail_for(self._head, previous.tail),
-                time_unix=time.time(), payload=previous.payload,
+                seq=previous.seq + 1, head=self._head, tail=tail, time_unix=time.time(), payload=payload,
             )
             if self._maps.checksum_table is not None:
                 checksums.record_completed(self._maps.checksum_table, self._views, self._ring,
@@ -350,14 +366,27 @@ class Store:
                 f"step id {int(steps[stale][0])} was evicted by the writer while it was being read")
         return batch
 
-    def sample(self, batch_size: int, *, rng: int | np.random.Generator | None = None) -> dict[str, np.ndarray]:
-        """A uniform random batch (with replacement) of committed transitions, plus ``step_id``.
+    def sample(self, batch_size: int, *, rng: int | np.random.Generator | None = None, n_step: int = 1,
+               gamma: float = 0.99, prioritized: bool = False, alpha: float = 0.6,
+               beta: float = 0.4) -> dict[str, np.ndarray]:
+        """A random batch (with replacement) of committed transitions, plus ``step_id``.
 
         Args:
             batch_size: rows to draw.
             rng: a seed or a ``numpy.random.Generator``; the same seed on the same pool gives
                 the same batch.
+            n_step: with n > 1, ``reward`` is the discounted sum of up to n rewards of the
+                episode, ``next_obs``/``terminated``/``truncated`` those of the last row summed,
+                and ``discount`` is gamma ** (rows summed). It stops at an episode end and at
+                the newest committed row; truncation does not set ``terminated``.
+            gamma: discount factor of the n-step sum.
+            prioritized: draw rows in proportion to ``priority ** alpha`` (see
+                ``update_priorities``) and add ``weights``, the importance weights
+                ``(N * P) ** -beta`` divided by their batch maximum.
+            alpha, beta: the exponents of prioritized replay.
         """
+        if n_step != 1 or prioritized or self._derived:
+            return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta)
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         low, high = self._window()
         if high == low:

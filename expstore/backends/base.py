@@ -7,7 +7,7 @@ so a backend never holds a file open for writing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..schema import Schema
@@ -33,10 +33,11 @@ class Layout:
     fields: dict[str, Extent]
     commit: Extent
     checksums: Extent | None = None  # (chunks, 2) int64 table, only in pools created with checksums=True
+    internal: dict[str, Extent] = field(default_factory=dict)  # bookkeeping arrays, see internal_arrays
 
     @property
     def files(self) -> list[str]:
-        paths = [extent.path for extent in self.fields.values()] + [self.commit.path]
+        paths = [extent.path for extent in [*self.fields.values(), *self.internal.values()]] + [self.commit.path]
         if self.checksums is not None:
             paths.append(self.checksums.path)
         return list(dict.fromkeys(paths))
@@ -46,6 +47,22 @@ def checksum_table_bytes(meta: dict) -> bytes:
     """A new checksum table: one (first step id, crc32) row per chunk, -1 meaning none yet."""
     n_chunks = meta["slots"] // meta["chunk_rows"]
     return b"\xff" * (n_chunks * 16)
+
+
+def internal_arrays(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
+    """The pool's bookkeeping arrays (names start with ``_``): name -> (full shape, dtype).
+
+    They are stored contiguously and uncompressed beside the fields and start zeroed; which
+    ones exist is decided at creation (see expstore/internal.py) and recorded in the metadata.
+    """
+    return {name: (tuple(spec["shape"]), spec["dtype"]) for name, spec in meta.get("internal", {}).items()}
+
+
+def internal_nbytes(meta: dict) -> int:
+    import numpy as np
+
+    return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+               for shape, dtype in internal_arrays(meta).values())
 
 
 class Backend(Protocol):

@@ -16,7 +16,7 @@ import numpy as np
 from ..commit import SLOT_NBYTES
 from ..errors import CorruptStoreError, NotAPoolError
 from ..schema import Schema
-from .base import Extent, Layout, checksum_table_bytes
+from .base import Extent, Layout, checksum_table_bytes, internal_arrays
 from .meta import check_meta
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -51,6 +51,10 @@ class HDF5Backend:
                 table = f.create_dataset("_checksums", shape=(slots // chunk_rows, 2), dtype="<i8",
                                          dcpl=_early_dcpl(h5py))
                 extra["checksums_offset"] = table.id.get_offset()
+            extra["internal_offsets"] = {
+                name: f.create_dataset(name, shape=shape, dtype=dtype, dcpl=_early_dcpl(h5py)).id.get_offset()
+                for name, (shape, dtype) in internal_arrays(meta).items()
+            }
             f.attrs["expstore"] = json.dumps({**meta, **extra})
         with open(path, "r+b") as fh:
             os.pwrite(fh.fileno(), commit_slots, commit_offset)
@@ -75,7 +79,7 @@ class HDF5Backend:
         checksums = None
         if meta.get("checksums"):
             checksums = Extent(path, int(meta["checksums_offset"]), len(checksum_table_bytes(meta)))
-        layout = Layout(meta, schema, fields, commit, checksums)
+        layout = Layout(meta, schema, fields, commit, checksums, _internal_extents(path, meta))
         _check_file_size(path, layout)
         return layout
 
@@ -124,8 +128,20 @@ def _contiguous_chunks_offset(dataset, chunk_nbytes: int) -> int:
     return int(offsets[0])
 
 
+def _internal_extents(path: str, meta: dict) -> dict[str, Extent]:
+    offsets = meta.get("internal_offsets", {})
+    extents = {}
+    for name, (shape, dtype) in internal_arrays(meta).items():
+        if name not in offsets:
+            raise CorruptStoreError(f"{path}: the bookkeeping array {name!r} is missing; the pool is damaged")
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        extents[name] = Extent(path, int(offsets[name]), nbytes)
+    return extents
+
+
 def _check_file_size(path: str, layout: Layout) -> None:
-    extents = [*layout.fields.values(), layout.commit] + ([layout.checksums] if layout.checksums else [])
+    extents = [*layout.fields.values(), *layout.internal.values(), layout.commit]
+    extents += [layout.checksums] if layout.checksums else []
     needed = max(extent.offset + extent.nbytes for extent in extents)
     size = os.path.getsize(path)
     if size < needed:

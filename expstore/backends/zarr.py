@@ -18,7 +18,7 @@ import numpy as np
 from ..commit import SLOT_NBYTES
 from ..errors import CorruptStoreError, NotAPoolError
 from ..schema import Schema
-from .base import Extent, Layout, checksum_table_bytes
+from .base import Extent, Layout, checksum_table_bytes, internal_arrays, internal_nbytes
 from .meta import check_meta
 
 _INDEX_ENTRY = np.dtype([("offset", "<u8"), ("nbytes", "<u8")])
@@ -51,6 +51,9 @@ class ZarrBackend:
         if meta.get("checksums"):
             files.append(_write_raw_array(group, path, "_checksums", (slots // chunk_rows, 2), "<i8",
                                           checksum_table_bytes(meta)))
+        for name, (shape, dtype) in internal_arrays(meta).items():
+            files.append(_write_raw_array(group, path, name, shape, dtype, b""))
+            os.truncate(files[-1], internal_nbytes({"internal": {name: meta["internal"][name]}}))
         return files
 
     def read_layout(self, path: str) -> Layout:
@@ -69,7 +72,12 @@ class ZarrBackend:
             table_nbytes = len(checksum_table_bytes(meta))
             _check_size(path, table_file, table_nbytes, "checksum table")
             checksums = Extent(table_file, 0, table_nbytes)
-        return Layout(meta, schema, fields, Extent(commit_file, 0, 2 * SLOT_NBYTES), checksums)
+        internal = {}
+        for name, (shape, dtype) in internal_arrays(meta).items():
+            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+            internal[name] = Extent(os.path.join(path, name, _chunk_key(len(shape))), 0, nbytes)
+            _check_size(path, internal[name].path, nbytes, f"bookkeeping array {name!r}")
+        return Layout(meta, schema, fields, Extent(commit_file, 0, 2 * SLOT_NBYTES), checksums, internal)
 
     def _field_extent(self, path, meta, schema, name) -> Extent:
         field = schema[name]

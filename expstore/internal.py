@@ -1,0 +1,67 @@
+"""The bookkeeping arrays a pool gets at creation, beside the user's fields.
+
+Per row (``slots`` rows, indexed like the fields):
+
+- ``_episode_id`` int64: the episode the row belongs to;
+- ``_episode_step`` int64: the row's index inside its episode (0 for the first row);
+- ``_episode_return`` float64: the episode's summed reward up to and including the row;
+- ``_next_delta`` int64: step-id distance to the next row of the same episode, 0 while there
+  is none (episode end, or the next row not appended yet). Readers trust a link only when
+  its target is committed and carries the same episode id;
+- ``_priority`` float32: the row's priority for prioritized replay (new rows get the max).
+
+Per episode (``episode_rows`` rows, indexed by ``episode_id % episode_rows``):
+
+- ``_episodes`` int64 (rows, 4): episode id, first step id, last step id (-1 while open),
+  ``env_id * 8 + 4 * (final observation stored) + status`` (status: 0 open, 1 terminated,
+  2 truncated, 3 cut off by a crash);
+- ``_final_<obs>``, only in pools created with ``derive_next_obs=True``, for each observation
+  field stored without its ``next_<obs>`` field: the observation that followed the episode's
+  last row.
+
+All start zeroed. Names starting with ``_`` are never user fields, so they cannot collide.
+"""
+
+from __future__ import annotations
+
+from .errors import SchemaError
+from .schema import Schema
+
+ROW_ARRAYS = {
+    "_episode_id": "int64",
+    "_episode_step": "int64",
+    "_episode_return": "float64",
+    "_next_delta": "int64",
+    "_priority": "float32",
+}
+EPISODE_TABLE = "_episodes"
+EPISODE_COLUMNS = 4
+FINAL_PREFIX = "_final_"
+
+
+def derived_fields(schema: Schema) -> list[str]:
+    """Observation fields (``obs``, ``obs_*``) whose ``next_`` field the pool does not store."""
+    return [name for name in schema if (name == "obs" or name.startswith("obs_")) and f"next_{name}" not in schema]
+
+
+def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: bool = False) -> dict:
+    """The ``internal`` entry of a new pool's metadata: name -> {shape, dtype}."""
+    episode_rows = slots if episode_rows is None else episode_rows
+    arrays = {name: {"shape": [slots], "dtype": dtype} for name, dtype in ROW_ARRAYS.items()}
+    arrays[EPISODE_TABLE] = {"shape": [episode_rows, EPISODE_COLUMNS], "dtype": "int64"}
+    if derive_next_obs and not derived_fields(schema):
+        raise SchemaError(f"derive_next_obs=True needs an observation field ('obs' or 'obs_*') stored without "
+                          f"its 'next_' field; the schema has {list(schema)}")
+    for name in derived_fields(schema) if derive_next_obs else []:
+        field = schema[name]
+        arrays[FINAL_PREFIX + name] = {"shape": [episode_rows, *field.shape], "dtype": field.dtype.name}
+    return arrays
+
+
+def final_fields(views: dict) -> list[str]:
+    """The observation fields whose next value a pool derives (it has their final-obs table)."""
+    return [name[len(FINAL_PREFIX):] for name in views if name.startswith(FINAL_PREFIX)]
+
+
+def has_bookkeeping(views: dict) -> bool:
+    return all(name in views for name in ROW_ARRAYS) and EPISODE_TABLE in views
