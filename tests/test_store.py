@@ -447,7 +447,7 @@ SIZE_SEQUENCES = [
 @pytest.mark.parametrize("sizes", SIZE_SEQUENCES)
 def test_ring_keeps_the_last_capacity_transitions(pool_path, sizes):
     capacity = 10
-    with create(pool_path, capacity=capacity, slack=3, chunk_rows=4, commit_every=5) as pool:
+    with create(pool_path, capacity=capacity, slack=3, chunk_rows=4, commit_every=5, fsync=False) as pool:
         next_step = 0
         for size in sizes:
             if size == 1 and next_step % 2:
@@ -463,7 +463,7 @@ def test_ring_keeps_the_last_capacity_transitions(pool_path, sizes):
 
 
 def test_extend_larger_than_the_ring_keeps_the_last_rows(pool_path):
-    with create(pool_path, capacity=7, slack=2, chunk_rows=3) as pool:
+    with create(pool_path, capacity=7, slack=2, chunk_rows=3, fsync=False) as pool:  # 50 commits
         pool.extend(rows_for(range(100)))
         assert_rows(pool[:], range(93, 100))
 
