@@ -23,6 +23,9 @@ from conftest import BACKENDS, pendulum_schema, rows_for
 
 import expstore
 
+# Children run in the tests directory: they import conftest from it, and expstore as we do.
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+
 CAPACITY = 1000
 CHILD_TIMEOUT_S = 120
 
@@ -54,11 +57,10 @@ OPEN_EACH = textwrap.dedent("""
 
 def open_in_child(cases: list[dict]) -> list[dict]:
     """Open every case in a child process; one result per (case, mode)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     stdin = "".join(json.dumps(case) + "\n" for case in cases)
     try:
         done = subprocess.run([sys.executable, "-c", OPEN_EACH], input=stdin, capture_output=True, text=True,
-                              env=env, timeout=CHILD_TIMEOUT_S)
+                              cwd=TESTS_DIR, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         finished = (exc.stdout or b"").decode().count("\n") if isinstance(exc.stdout, bytes) else 0
         pytest.fail(f"opening damaged pools hung: no answer within {CHILD_TIMEOUT_S} s after {finished} results")

@@ -45,7 +45,8 @@ CONFIGS = [
     WriterConfig(commit_every=256, batch=64),  # commits forced mid-extend by the slack
     WriterConfig(commit_every=100, batch=1000),  # one extend spans several commits and wraps
     WriterConfig(commit_every=500, batch=300, seed=7, fsync=True),  # ragged batches
-    WriterConfig(commit_every=1000, batch=1),
+    WriterConfig(commit_every=1000, batch=1),  # mostly more rows pending than the slack: forced commits
+    WriterConfig(commit_every=1000, batch=100),
 ]
 
 
@@ -110,7 +111,7 @@ def torture(path: str, backend: str, kills: int, seed: int) -> dict:
 
 
 def test_kill9_torture_fast(pool_path, backend):
-    summary = torture(pool_path, backend, kills=8, seed=1)
+    summary = torture(pool_path, backend, kills=10, seed=1)
     print(f"\nkill -9 torture {backend}: {summary}")
     assert summary["final_head"] > 3 * (CAPACITY + SLACK), "the writer never wrapped around the ring"
 

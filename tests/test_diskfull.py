@@ -20,6 +20,9 @@ import pytest
 from conftest import BACKENDS, pendulum_schema, rows_for
 
 import expstore
+
+# Children run in the tests directory: they import conftest from it, and expstore as we do.
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 from expstore.files import TEMP_MARK
 
 TMPFS_NBYTES = 8 << 20
@@ -123,9 +126,8 @@ FILL_POOL = textwrap.dedent("""
 
 def run_child(code: str, *args: str, fill_dir=None) -> subprocess.CompletedProcess:
     """Run ``code`` in a child; if ``fill_dir``, fill that disk once the child printed OPENED."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")])}
     child = subprocess.Popen([sys.executable, "-c", code, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env)
+                             stderr=subprocess.PIPE, text=True, cwd=TESTS_DIR)
     if fill_dir is not None:
         assert child.stdout.readline().strip() == "OPENED", child.stderr.read()
         fill_disk(fill_dir)
