@@ -33,6 +33,10 @@ _SLOW_S_MIN = 1e-3  # below this, scheduler noise on a busy machine dominates
 _SLOW_STREAK = 2  # consecutive slow gathers before switching on: one preempted gather is not enough
 _FIRST_PROBE_EVERY = 16
 _MAX_PROBE_EVERY = 1024
+# ndarray.take(axis=0) copies small multi-value rows (obs of 3 floats) 3-4x faster than fancy
+# indexing, which pays per-row subspace set-up; for scalar fields and large rows (frames)
+# fancy indexing is as fast or faster.
+_TAKE_MAX_ROW_NBYTES = 512
 
 
 class ColdReads:
@@ -78,13 +82,15 @@ class ColdReads:
         if prefetched:
             plan.prefetch(slots)
         start_s = time.perf_counter()
-        columns = [view[slots] for view in views]
+        columns = [view.take(slots, axis=0) if take else view[slots] for view, take in zip(views, plan.use_take)]
         if self._mode == "auto" and plan.can_prefetch:
             self._observe(time.perf_counter() - start_s, plan, len(slots), prefetched)
         return columns
 
     # ------------------------------------------------------------------ switch logic
     def _plan_for(self, views: Sequence[np.ndarray]) -> _Plan:
+        if self._plan is not None and views is self._plan.source:
+            return self._plan  # the store passes the same list every time: skip the per-view check
         if self._plan is None or not self._plan.covers(views):
             self._plan = _Plan(views)
             available = available_memory_nbytes()
@@ -132,10 +138,12 @@ class _Plan:
     """Where each field's rows lie inside its mapping, for one list of field views."""
 
     def __init__(self, views: Sequence[np.ndarray]):
+        self.source = views
         self.views = list(views)
         self.pool_nbytes = sum(view.nbytes for view in self.views)
         row_nbytes = [view.strides[0] if view.ndim else 0 for view in self.views]
         self.pages_per_row = sum(-(-n // _PAGE_NBYTES) for n in row_nbytes) or 1
+        self.use_take = [view.ndim > 1 and n <= _TAKE_MAX_ROW_NBYTES for view, n in zip(self.views, row_nbytes)]
         by_mapping: dict[int, tuple[mmap.mmap, list[tuple[int, int]]]] = {}
         for view, nbytes in zip(self.views, row_nbytes):
             mapping = view.base

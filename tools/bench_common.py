@@ -1,0 +1,159 @@
+"""Helpers shared by the benchmark scripts in tools/: workloads, cache eviction, timing, tables.
+
+Never imported by expstore/. Every number a benchmark prints is also shown as a ratio against
+a baseline measured in the same run, because the disk and the CPU of a shared machine are noisy.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+PENDULUM = {"obs": ((3,), "float32"), "action": ((1,), "float32"), "reward": ((), "float32"),
+            "next_obs": ((3,), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+ATARI = {"obs": ((84, 84), "uint8"), "action": ((), "int64"), "reward": ((), "float32"),
+         "next_obs": ((84, 84), "uint8"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+
+
+def without_next_obs(schema: dict) -> dict:
+    return {name: spec for name, spec in schema.items() if name != "next_obs"}
+
+
+def row_nbytes(schema: dict) -> int:
+    return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize for shape, dtype in schema.values())
+
+
+def make_rows(schema: dict, n_rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Synthetic rows: normal floats, uniform bytes for frames (incompressible), sparse flags."""
+    rng = np.random.default_rng(seed)
+    rows = {}
+    for name, (shape, dtype) in schema.items():
+        dtype = np.dtype(dtype)
+        full = (n_rows, *shape)
+        if dtype.kind == "f":
+            rows[name] = rng.standard_normal(full, dtype=np.float32).astype(dtype)
+        elif dtype.kind == "b":
+            rows[name] = rng.random(full) < 0.005
+        elif dtype == np.uint8:
+            rows[name] = rng.integers(0, 256, size=full, dtype=np.uint8)
+        else:
+            rows[name] = rng.integers(0, 18, size=full).astype(dtype)
+    return rows
+
+
+def transitions(rows: dict[str, np.ndarray], count: int) -> list[dict]:
+    """Single transitions as an env loop hands them over: arrays, a Python float, Python bools."""
+    out = []
+    for i in range(count):
+        one = {}
+        for name, column in rows.items():
+            value = column[i]
+            one[name] = value.item() if column.ndim == 1 and column.dtype.kind in "fbi" else value
+        out.append(one)
+    return out
+
+
+def files_under(path: str) -> list[str]:
+    if os.path.isdir(path):
+        return [os.path.join(root, name) for root, _, names in os.walk(path) for name in names]
+    return [path] if os.path.exists(path) else []
+
+
+def evict(path: str) -> None:
+    """Write back and drop a file's (or a directory's files') pages from the page cache."""
+    for file_path in files_under(path):
+        fd = os.open(file_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def disk_nbytes(path: str) -> int:
+    return sum(os.stat(p).st_blocks * 512 for p in files_under(path))
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process (VmHWM: unlike ru_maxrss, not inherited across exec)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rate(fn: Callable[[], object], calls: int, rounds: int = 5) -> float:
+    """Median calls/s over ``rounds`` timed blocks of ``calls`` calls each."""
+    rates = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        rates.append(calls / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def interleaved_rates(fns: dict[str, Callable[[], object]], calls: int, rounds: int) -> dict[str, float]:
+    """Median calls/s per function, the functions taking turns so that load hits all alike."""
+    rates: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            rates[name].append(rate(fn, calls, rounds=1))
+    return {name: statistics.median(values) for name, values in rates.items()}
+
+
+def memcpy_nbytes_per_s(nbytes: int = 1 << 28) -> float:
+    source = np.ones(nbytes, dtype=np.uint8)
+    target = np.empty_like(source)
+    np.copyto(target, source)
+    return nbytes * rate(lambda: np.copyto(target, source), calls=3)
+
+
+def human(value: float, unit: str = "") -> str:
+    for scale, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}{unit}"
+    return f"{value:.3g}{unit}"
+
+
+def ratio(value: float | None, base: float | None) -> str:
+    if not value or not base:
+        return "n/a"
+    return f"{value / base:.2f}x"
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def versions(packages: Sequence[str]) -> str:
+    found = []
+    for package in packages:
+        try:
+            found.append(f"{package} {importlib.metadata.version(package)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{package} (not installed)")
+    return ", ".join([f"Python {platform.python_version()}"] + found)
+
+
+def machine() -> str:
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, {memory_gib:.0f} GiB RAM"
+
+
+def command_line() -> str:
+    return " ".join(["python", *sys.argv])
