@@ -19,6 +19,7 @@ from .errors import EmptyStoreError, ExpstoreError, InvalidArgumentError, Schema
 from .priorities import PriorityIndex
 
 _REDRAWS = 100
+_CANDIDATES = 1024
 PRIORITY_KEY = "priorities"
 
 
@@ -177,13 +178,16 @@ class ReplayMixin:
             if ok.all():
                 return batch, extra
             redo = np.flatnonzero(~ok)
-            new_steps, new_extra = draw(len(redo))
+            # Candidates in bulk, so that even rare usable rows (long full windows) are found.
+            new_steps, new_extra = draw(max(4 * len(redo), _CANDIDATES))
             new_batch, new_ok = build(new_steps)
+            usable = np.flatnonzero(new_ok & self._fresh(new_steps))[:len(redo)]
+            redo = redo[:len(usable)]
             for name, values in new_batch.items():
-                batch[name][redo] = values
-            extra[redo] = new_extra
-            ok[redo] = new_ok & self._fresh(new_steps)
-        raise EmptyStoreError(f"{self.path}: fewer than 1 in {_REDRAWS} rows can be sampled this way "
+                batch[name][redo] = values[usable]
+            extra[redo] = new_extra[usable]
+            ok[redo] = True
+        raise EmptyStoreError(f"{self.path}: too few rows can be sampled this way "
                               "(next observations not known yet, windows too long, or the writer "
                               "overwriting rows); append more or sample differently")
 

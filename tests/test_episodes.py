@@ -1,0 +1,129 @@
+"""Episode bookkeeping against the slow model (tests/episode_model.py), on both backends."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from episode_model import SCHEMA, Model, ops, run_ops
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import expstore
+
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def check_episodes(pool, model: Model) -> None:
+    table = pool.episodes()
+    expected = model.episodes()
+    assert list(table["episode_id"]) == [e["episode_id"] for e in expected]
+    for name in ("first_step_id", "length", "terminated", "truncated", "open", "cut_off", "evicted", "env_id"):
+        assert list(table[name]) == [e[name] for e in expected], name
+    np.testing.assert_allclose(table["return"], [e["return"] for e in expected], atol=1e-4)
+    assert table["episode_id"].dtype == np.int64 and table["return"].dtype == np.float64
+    assert table["open"].dtype == bool and table["evicted"].dtype == np.int64
+
+
+def check_episode_rows(pool, model: Model) -> None:
+    for episode in pool.episodes()["episode_id"]:
+        rows = pool.episode(int(episode))
+        expected = [r.step for r in model.episode_rows(int(episode)) if r.step >= model.tail]
+        assert list(rows["step_id"]) == expected
+        assert (rows["obs"][:, 0] == [1000 * episode + r.index for r in model.rows if r.step in expected]).all()
+
+
+@SETTINGS
+@given(capacity=st.integers(3, 30), operations=ops)
+def test_episodes_match_the_model(tmp_path_factory, backend, capacity, operations):
+    path = str(tmp_path_factory.mktemp("ep") / ("pool" + (".h5" if backend == "hdf5" else ".zarr")))
+    expstore.open(path, "w", capacity=capacity, schema=SCHEMA, commit_every=5).close()
+    model = Model(capacity)
+    (pool,) = run_ops(model, lambda: [expstore.open(path, "a", commit_every=5)], operations)
+    check_episodes(pool, model)  # the writer's view
+    with expstore.open(path, "r") as reader:
+        check_episodes(reader, model)
+        check_episode_rows(reader, model)
+    pool.close()
+
+
+def test_episode_table_is_ordered_and_reports_truncation_apart(pool_path):
+    with expstore.open(pool_path, "w", capacity=100, schema=SCHEMA) as pool:
+        model = Model(100)
+        for env, end in [(0, 0), (1, 0), (0, 2), (1, 0), (1, 1), (0, 0)]:
+            pool.append(model.add(env, end, 1.0).values(), env_id=env)
+        table = pool.episodes()
+    assert list(table["episode_id"]) == [0, 1, 2]
+    assert list(table["truncated"]) == [True, False, False] and list(table["terminated"]) == [False, True, False]
+    assert list(table["open"]) == [False, False, True] and list(table["length"]) == [2, 3, 1]
+
+
+def test_unknown_episode_is_a_clear_error(pool_path):
+    with expstore.open(pool_path, "w", capacity=10, schema=SCHEMA) as pool:
+        pool.append(Model(10).add(0, 1, 1.0).values())
+        with pytest.raises(expstore.StepNotFoundError, match="episode 5 has no row"):
+            pool.episode(5)
+
+
+def test_bad_env_ids_write_nothing(pool_path):
+    with expstore.open(pool_path, "w", capacity=10, schema=SCHEMA) as pool:
+        model = Model(10)
+        rows = [model.add(0, 0, 1.0).values() for _ in range(3)]
+        batch = {name: np.stack([np.asarray(r[name]) for r in rows]) for name in SCHEMA}
+        with pytest.raises(expstore.InvalidArgumentError, match="env_ids"):
+            pool.extend(batch, env_ids=[0, 1])
+        assert len(pool) == 0
+
+
+_WRITER = textwrap.dedent("""
+    import sys, numpy as np, expstore
+    sys.path.insert(0, {tests!r})
+    from episode_model import SCHEMA, Model
+    model = Model(1000)
+    pool = expstore.open({path!r}, "w", capacity=1000, schema=SCHEMA, commit_every=10_000)
+    for t in range(25):                     # episodes of 5 rows, then one open episode
+        pool.append(model.add(0, 1 if t % 5 == 4 else 0, 1.0).values())
+    for t in range(3):
+        pool.append(model.add(0, 0, 1.0).values())
+    pool.flush()
+    print("COMMITTED", flush=True)
+    for t in range(4):                      # uncommitted rows: lost with the process
+        pool.append(model.add(0, 0, 1.0).values())
+    sys.stdin.read()
+""")
+
+
+def test_kill_mid_episode_cuts_the_open_episode_off(pool_path):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.Popen([sys.executable, "-c", _WRITER.format(tests=tests, path=pool_path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "COMMITTED"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with expstore.open(pool_path, "r") as reader:  # before any writer: the episode looks open
+        assert list(reader.episodes()["open"]) == [False] * 5 + [True]
+    with expstore.open(pool_path, "a") as pool:
+        table = pool.episodes()
+        assert list(table["length"]) == [5] * 5 + [3]
+        assert list(table["cut_off"]) == [False] * 5 + [True] and not table["open"].any()
+        assert table["terminated"][:5].all() and not table["terminated"][5]
+        pool.append({**Model(1).add(0, 0, 1.0).values()})  # resuming starts a new episode
+        table = pool.episodes()
+        assert table["episode_id"][-1] == 6 and table["first_step_id"][-1] == 28 and table["open"][-1]
+        pool.flush()
+        three_step = pool.sample(256, rng=0, n_step=3, gamma=1.0)
+        in_cut = (three_step["step_id"] >= 25) & (three_step["step_id"] <= 27)
+        assert in_cut.any()
+        assert (three_step["reward"][in_cut] == 28 - three_step["step_id"][in_cut]).all()  # stops at 27
+        assert not three_step["terminated"][in_cut].any()
+        rows = pool.episode(5)
+        assert list(rows["step_id"]) == [25, 26, 27]
+    with expstore.open(pool_path, "r") as reader:
+        assert list(reader.episodes()["cut_off"]) == [False] * 5 + [True, False]
