@@ -50,7 +50,7 @@ class _Recording:
         self.pool = pool
         self.info_fields = tuple(info_fields)
         self.policy_version = policy_version
-        self._obs_space, self._action_space = observation_space, action_space
+        self._recorded_obs_space, self._recorded_action_space = observation_space, action_space
         self._obs: dict[str, np.ndarray] | None = None
 
     def _rows(self, obs, action, reward, next_obs: dict, terminated, truncated, info, batched: bool) -> dict:
@@ -58,7 +58,7 @@ class _Recording:
         if self.pool.schema is None:
             self._define(info, batched)
         row = dict(obs)
-        row.update(flatten("action", self._action_space, action))
+        row.update(flatten("action", self._recorded_action_space, action))
         row["reward"] = np.asarray(reward, dtype=np.float32) if batched else float(reward)
         row.update(next_obs)  # a pool without next_obs fields keeps only episodes' final ones
         row["terminated"], row["truncated"] = (np.asarray(terminated, bool), np.asarray(truncated, bool)) \
@@ -72,7 +72,7 @@ class _Recording:
 
     def _define(self, info: dict, batched: bool) -> None:
         store_next_obs = not getattr(self.pool._create, "derive_next_obs", False)
-        schema = _pool_schema(self._obs_space, self._action_space, self.info_fields, info,
+        schema = _pool_schema(self._recorded_obs_space, self._recorded_action_space, self.info_fields, info,
                               store_next_obs, self.policy_version, batched)
         self.pool._attach(self.pool._create(Schema(schema)))
 
@@ -103,14 +103,14 @@ class RecordEpisodes(gym.Wrapper, _Recording):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        self._obs = flatten("obs", self._obs_space, obs)
+        self._obs = flatten("obs", self._recorded_obs_space, obs)
         return obs, info
 
     def step(self, action):
         if self._obs is None:
             raise gym.error.ResetNeeded("call reset() before step(): the recorder needs the first observation")
         next_obs, reward, terminated, truncated, info = self.env.step(action)
-        next_flat = flatten("next_obs", self._obs_space, next_obs)
+        next_flat = flatten("next_obs", self._recorded_obs_space, next_obs)
         self.pool.append(self._rows(self._obs, action, reward, next_flat, terminated, truncated, info, False))
         self._obs = {"obs" + name[8:]: value for name, value in next_flat.items()}
         return next_obs, reward, terminated, truncated, info
@@ -129,7 +129,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
 
     def reset(self, **kwargs):
         obs, info = self.env.reset(**kwargs)
-        batch = flatten("obs", self._obs_space, obs)
+        batch = flatten("obs", self._recorded_obs_space, obs)
         mask = (kwargs.get("options") or {}).get("reset_mask")
         if self._obs is None or mask is None:
             self._obs = batch
@@ -149,7 +149,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         if keep.any():
             self.pool.extend({name: np.asarray(values)[keep] for name, values in rows.items()},
                              env_ids=np.flatnonzero(keep))
-        self._obs = flatten("obs", self._obs_space, next_obs)
+        self._obs = flatten("obs", self._recorded_obs_space, next_obs)
         if "NextStep" in self._mode:
             self._resetting = np.asarray(terminated) | np.asarray(truncated)
         return next_obs, rewards, terminated, truncated, info
@@ -157,12 +157,12 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
     def _final_observations(self, next_obs, info) -> dict[str, np.ndarray]:
         """Flattened next observations; SAME_STEP autoreset returns the reset observation of a
         finished sub-env, its final one is in ``info["final_obs"]``."""
-        final = flatten("next_obs", self._obs_space, next_obs)
+        final = flatten("next_obs", self._recorded_obs_space, next_obs)
         if "SameStep" not in self._mode or "final_obs" not in info:
             return final
         mask = np.asarray(info["_final_obs"])
         if mask.any():
-            stacked = _stack_final(self._obs_space, info["final_obs"], mask)
+            stacked = _stack_final(self._recorded_obs_space, info["final_obs"], mask)
             for name, values in final.items():
                 values = np.array(values)
                 values[mask] = stacked[name]

@@ -122,3 +122,16 @@ def test_async_vector_env_and_derived_next_obs(pool_path):
             assert checked > 32
     finally:
         venv.close()
+
+
+def test_readme_episodes_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    code = re.search(r"<!-- episodes -->\s*```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README episodes", "exec"), namespace)
+    assert namespace["batch"]["discount"].shape == (256,) and namespace["windows"]["mask"].shape == (32, 8)
+    assert len(namespace["table"]["episode_id"]) > 0
