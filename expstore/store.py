@@ -406,8 +406,9 @@ class Store(ReplayMixin):
         raise ExpstoreError(f"{self.path}: the writer kept overwriting sampled rows; sample a smaller batch")
 
     def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
-        slots = self._ring.slots_of(steps) if self._layout is not None else steps
-        columns = self.cold_reads.gather(self._views, slots)
+        if self._layout is None:  # no schema yet, so nothing was ever written: no field to read
+            return {"step_id": steps}
+        columns = self.cold_reads.gather(self._views, self._ring.slots_of(steps))
         batch = {name: column for (name, _), column in zip(self._fields, columns)}
         batch["step_id"] = steps
         return batch

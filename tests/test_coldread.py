@@ -196,3 +196,9 @@ def test_page_runs_cover_exactly_the_pages_of_the_rows(seed):
 def test_available_memory_is_positive_or_unknown():
     available = coldread.available_memory_nbytes()
     assert available is None or available > 0
+
+
+def test_reading_a_pool_that_has_no_schema_yet_returns_no_rows(pool_path):
+    with expstore.open(pool_path, "w", capacity=10) as empty:
+        assert empty[:]["step_id"].size == 0
+        assert empty.read([])["step_id"].size == 0
