@@ -157,3 +157,27 @@ def machine() -> str:
 
 def command_line() -> str:
     return " ".join(["python", *sys.argv])
+
+
+def cpu_busy_s() -> float:
+    """CPU-seconds every process on the machine has spent busy (all cores), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        values = [int(v) for v in stat.readline().split()[1:]]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def wait_for_quiet(max_wait_s: float, max_cores: float = 0.5) -> float:
+    """Wait (at most ``max_wait_s``) until other processes use under ``max_cores``; return their load."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        start_busy, start = cpu_busy_s(), time.monotonic()
+        time.sleep(0.5)
+        load = (cpu_busy_s() - start_busy) / (time.monotonic() - start)
+        if load < max_cores or time.monotonic() >= deadline:
+            return load

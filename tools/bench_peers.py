@@ -138,10 +138,17 @@ def child(mode: str, system: str, workload: str, directory: str, args, variant: 
     command = [sys.executable, os.path.abspath(__file__), f"--{mode}", system, workload, directory,
                "--budget-s", str(args.budget_s), "--appends", str(args.appends),
                "--capacity-json", json.dumps(args.capacity), "--torch-threads", str(args.torch_threads), "--variant", variant, "--cold-batches", str(cold)]
+    if args.quiet_wait:
+        bc.wait_for_quiet(args.quiet_wait)
+    busy, own, start = bc.cpu_busy_s(), bc.children_cpu_s(), time.monotonic()
     done = subprocess.run((prefix or []) + command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:200]}
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    # CPU the rest of the machine used meanwhile: a busy machine explains an outlier
+    other_s = (bc.cpu_busy_s() - busy) - (bc.children_cpu_s() - own)
+    result["other_load_cores"] = max(0.0, other_s / (time.monotonic() - start))
+    return result
 
 
 def bench_pair(system: str, workload: str, args) -> dict:
@@ -226,6 +233,8 @@ def parse_args():
     parser.add_argument("--pool-mb", type=int, default=0, help="larger-than-RAM pool size (default 4x budget)")
     parser.add_argument("--no-larger-than-ram", action="store_true")
     parser.add_argument("--dir", default=None, help="where pools go (default: the system temp dir)")
+    parser.add_argument("--quiet-wait", type=float, default=10.0,
+                        help="before each process, wait up to this many seconds for other load to drop")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch threads of the torch-based peers (OpenMP threads stall on a busy machine)")
     parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)
@@ -242,6 +251,7 @@ def parse_args():
     if args.quick and not args.capacity:
         args.capacity = {"pendulum": 200_000, "atari": 20_000}
         args.budget_s, args.appends, args.repeats, args.cold_batches = 1.5, 10_000, 1, 10
+        args.quiet_wait = min(args.quiet_wait, 5.0)
         args.budget_mb = min(args.budget_mb, 128)
     return args
 

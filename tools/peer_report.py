@@ -55,10 +55,10 @@ def workload_tables(workload: str, rows: dict, memcpy: float, imports: dict) -> 
                       bc.human(r["sample32"], "/s"), bc.human(r["sample256"], "/s"),
                       bc.human(r["sample256"] * 256 * row_nbytes, "B/s"),
                       f"{100 * r['sample256'] * 256 * row_nbytes / memcpy:.1f}%",
-                      bc.ratio(r["sample256"], memmap.get("sample256"))])
+                      bc.ratio(r["sample256"], memmap.get("sample256")), f"{r.get('other_load_cores', 0):.2f}"])
     out += [bc.markdown_table(["system", "append", "vs memmap", "extend x1000", "extend B/s", "% memcpy",
                                "extend (fill)", "sample 32 (batch/s)", "sample 256 (batch/s)", "sample 256 B/s",
-                               "% memcpy", "sample 256 vs memmap"], speed), ""]
+                               "% memcpy", "sample 256 vs memmap", "other load (cores)"], speed), ""]
     out += [bc.markdown_table(["system", "persistence", "save", "on disk", "reopen hot", "reopen cold",
                                "cold sample 256 (batch/s)", "peak RSS run", "peak RSS reopen", "import"],
                               persistence_rows(ok, imports)), ""]
