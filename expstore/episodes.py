@@ -117,11 +117,12 @@ class EpisodeBook:
         status = self._status_column(columns, n_rows)
         rewards = (np.asarray(columns[self.reward], np.float64) if self.reward is not None
                    else np.zeros(n_rows))
-        order = np.argsort(envs, kind="stable")  # rows grouped by env, each group in step order
+        # rows grouped by env, each group in step order
+        order = np.arange(n_rows) if env_ids is None else np.argsort(envs, kind="stable")
         runs = _Runs(first_step + order, envs[order], status[order], rewards[order], self.open)
         ids = self._assign_ids(runs)
         self._link_open(runs, ids)
-        self._tag_rows(runs, ids)
+        self._tag_rows(runs, ids, order, first_step)
         self._write_entries(runs, ids, order, derived)
         self._update_open(runs, ids)
 
@@ -150,17 +151,20 @@ class EpisodeBook:
             last = self.open[int(runs.env[run])][2]
             self.next_delta[last % self.slots] = runs.first_step[run] - last
 
-    def _tag_rows(self, runs: _Runs, ids: np.ndarray) -> None:
+    def _tag_rows(self, runs: _Runs, ids: np.ndarray, order: np.ndarray, first_step: int) -> None:
         base_index = np.zeros(runs.count, np.int64)
         base_return = np.zeros(runs.count)
         for run in np.flatnonzero(runs.continues_open):
             state = self.open[int(runs.env[run])]
             base_index[run], base_return[run] = state[3] + 1, state[4]
-        slots = runs.steps % self.slots
-        self.episode_id[slots] = ids[runs.run_of_row]
-        self.episode_step[slots] = runs.index_in_run + base_index[runs.run_of_row]
-        self.episode_return[slots] = runs.return_in_run + base_return[runs.run_of_row]
-        self.next_delta[slots] = runs.next_delta
+        columns = ((self.episode_id, ids[runs.run_of_row]),
+                   (self.episode_step, runs.index_in_run + base_index[runs.run_of_row]),
+                   (self.episode_return, runs.return_in_run + base_return[runs.run_of_row]),
+                   (self.next_delta, runs.next_delta))
+        for view, sorted_values in columns:
+            values = np.empty_like(sorted_values)
+            values[order] = sorted_values  # back to step order: the rows are one or two slot runs
+            write_run(view, first_step, values, self.slots)
 
     def _write_entries(self, runs: _Runs, ids: np.ndarray, order: np.ndarray, derived: Mapping | None) -> None:
         entries = ids % self.table_rows
@@ -283,10 +287,12 @@ class _Runs:
                  open_episodes: Mapping[int, Sequence]):
         self.steps = steps
         n_rows = len(steps)
-        group_start = np.r_[True, env[1:] != env[:-1]]
-        run_start = group_start | np.r_[False, status[:-1] > 0]
+        group_start = np.ones(n_rows, bool)
+        group_start[1:] = env[1:] != env[:-1]
+        run_start = group_start.copy()
+        run_start[1:] |= status[:-1] > 0
         first_row = np.flatnonzero(run_start)
-        self.last_row = np.r_[first_row[1:] - 1, n_rows - 1]
+        self.last_row = np.append(first_row[1:] - 1, n_rows - 1)
         self.count = len(first_row)
         self.run_of_row = np.cumsum(run_start) - 1
         self.env = env[first_row]
@@ -297,10 +303,20 @@ class _Runs:
         self.continues_open = group_start[first_row] & np.isin(self.env, open_envs)
         self.index_in_run = np.arange(n_rows) - first_row[self.run_of_row]
         totals = np.cumsum(rewards)
-        before = np.r_[0.0, totals][first_row]
+        before = (totals - rewards)[first_row]
         self.return_in_run = totals - before[self.run_of_row]
-        same_run_next = np.r_[self.run_of_row[1:] == self.run_of_row[:-1], False]
-        self.next_delta = np.where(same_run_next, np.r_[steps[1:], 0] - steps, 0)
+        self.next_delta = np.zeros(n_rows, np.int64)
+        same_run_next = self.run_of_row[1:] == self.run_of_row[:-1]
+        self.next_delta[:-1] = np.where(same_run_next, steps[1:] - steps[:-1], 0)
+
+
+def write_run(view: np.ndarray, first_step: int, values: np.ndarray, slots: int) -> None:
+    """Write the values of consecutive steps from ``first_step`` on as one or two slices
+    (a run shorter than the ring wraps at most once); no fancy-indexed scatter."""
+    start = first_step % slots
+    head = min(len(values), slots - start)
+    view[start:start + head] = values[:head]
+    view[:len(values) - head] = values[head:]
 
 
 def decode(payload: Mapping, head: int) -> dict:

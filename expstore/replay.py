@@ -14,7 +14,7 @@ import numpy as np
 
 from . import internal, sampling
 from .casting import as_rows
-from .episodes import FINAL_STORED, EpisodeBook, decode
+from .episodes import FINAL_STORED, EpisodeBook, decode, write_run
 from .errors import EmptyStoreError, ExpstoreError, InvalidArgumentError, SchemaError, StepNotFoundError
 from .priorities import PriorityIndex
 
@@ -62,7 +62,7 @@ class ReplayMixin:
         if self._book is not None:
             self._book.on_extend(first_step, columns, derived, env_ids)
             count = len(next(iter(columns.values())))
-            self._priority_view[np.arange(first_step, first_step + count) % self._ring.slots] = self._max_priority
+            write_run(self._priority_view, first_step, np.full(count, self._max_priority, np.float32), self._ring.slots)
 
     def _split_derived(self, mapping: Mapping[str, Any], n_rows: int | None) -> tuple[dict, dict | None]:
         """Take the ``next_<obs>`` values a pool without them keeps only at episode ends."""
