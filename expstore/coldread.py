@@ -37,6 +37,7 @@ _MAX_PROBE_EVERY = 1024
 # indexing, which pays per-row subspace set-up; for scalar fields and large rows (frames)
 # fancy indexing is as fast or faster.
 _TAKE_MAX_ROW_NBYTES = 512
+_DENSE_MIN_ROWS = 4096  # from this many rows, a read whose rows lie close together is advised as one range
 
 
 class ColdReads:
@@ -159,6 +160,8 @@ class _Plan:
 
     def prefetch(self, slots: np.ndarray) -> None:
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
+        if not slots.size:
+            return
         for mapping, fields in self.mappings:
             first_page, stop_page = _page_runs(slots, fields)
             try:
@@ -176,12 +179,27 @@ class _Plan:
 
 
 def _page_runs(slots: np.ndarray, fields: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint sorted page ranges [first, stop) covering the rows ``slots`` of every field."""
+    """Disjoint sorted page ranges [first, stop) covering the rows ``slots`` of every field.
+
+    Exactly their pages for a sample; for a large read of rows that lie close together (a
+    slice), the whole span of each field, which the kernel then reads in large requests.
+    """
+    if len(slots) >= _DENSE_MIN_ROWS:
+        low, high = int(slots.min()), int(slots.max()) + 1
+        if high - low <= 2 * len(slots):  # a slice read: one range per field, no sort of every row
+            first = [(offset + low * nbytes) // _PAGE_NBYTES for offset, nbytes in fields]
+            stop = [-(-(offset + high * nbytes) // _PAGE_NBYTES) for offset, nbytes in fields]
+            return _merged(np.array(first, dtype=np.int64), np.array(stop, dtype=np.int64))
     starts = np.concatenate([offset + slots * nbytes for offset, nbytes in fields])
     ends = starts + np.repeat([nbytes for _, nbytes in fields], len(slots))
-    order = np.argsort(starts, kind="stable")
-    first = starts[order] // _PAGE_NBYTES
-    reach = np.maximum.accumulate((ends[order] + _PAGE_NBYTES - 1) // _PAGE_NBYTES)
+    return _merged(starts // _PAGE_NBYTES, (ends + _PAGE_NBYTES - 1) // _PAGE_NBYTES)
+
+
+def _merged(first_pages: np.ndarray, stop_pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Page ranges [first, stop), merged where they overlap or touch, in order."""
+    order = np.argsort(first_pages, kind="stable")
+    first = first_pages[order]
+    reach = np.maximum.accumulate(stop_pages[order])
     new_run = np.empty(len(first), dtype=bool)
     new_run[:1] = True
     np.greater(first[1:], reach[:-1], out=new_run[1:])

@@ -202,3 +202,14 @@ def test_reading_a_pool_that_has_no_schema_yet_returns_no_rows(pool_path):
     with expstore.open(pool_path, "w", capacity=10) as empty:
         assert empty[:]["step_id"].size == 0
         assert empty.read([])["step_id"].size == 0
+
+
+def test_page_runs_of_a_slice_read_are_one_range_per_field():
+    page = coldread._PAGE_NBYTES
+    fields = [(0, 12), (100 * page, 4)]
+    slots = np.arange(1000, 1000 + 2 * coldread._DENSE_MIN_ROWS)
+    first, stop = coldread._page_runs(slots, fields)
+    assert len(first) == 2
+    for offset, nbytes in fields:
+        lo, hi = (offset + 1000 * nbytes) // page, (offset + int(slots[-1] + 1) * nbytes - 1) // page
+        assert any(a <= lo and hi < b for a, b in zip(first.tolist(), stop.tolist()))
