@@ -78,12 +78,12 @@ class DiskReplayBuffer(ReplayBuffer):
             raise InvalidArgumentError(
                 "optimize_memory_usage=True cannot honour handle_timeout_termination=True (the next observation "
                 "of a time-limited step is not stored), as in SB3; pass handle_timeout_termination=False")
-        self._config = dict(
-            buffer_size=buffer_size, observation_space=observation_space, action_space=action_space,
-            n_envs=n_envs, optimize_memory_usage=optimize_memory_usage,
-            handle_timeout_termination=handle_timeout_termination, path=os.path.abspath(os.fspath(path)),
-            backend=backend, commit_every=commit_every, commit_interval_s=commit_interval_s, fsync=fsync,
-        )
+        self._config = {
+            "buffer_size": buffer_size, "observation_space": observation_space, "action_space": action_space,
+            "n_envs": n_envs, "optimize_memory_usage": optimize_memory_usage,
+            "handle_timeout_termination": handle_timeout_termination, "path": os.path.abspath(os.fspath(path)),
+            "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s, "fsync": fsync,
+        }
         self.device = get_device(device)
         self._set_up(self._config, pending_next_obs=None)
 
@@ -317,7 +317,8 @@ def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict):
     """Open (or create) the pool; a buffer of this process holding it hands it over first."""
     path, n_envs = config["path"], config["n_envs"]
     previous = _open_buffers.get(path)
-    if previous is not None and previous is not buffer and not previous._pool._closed:
+    previous_pool = getattr(previous, "_pool", None) if previous is not buffer else None
+    if previous_pool is not None and not previous_pool._closed:
         logger.info("%s: a new replay buffer takes the pool over; the previous buffer is closed", path)
         previous.close()
     commit_every = -(-config["commit_every"] // n_envs) * n_envs

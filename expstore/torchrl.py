@@ -67,8 +67,8 @@ class PoolStorage(TensorStorage):
         if mode not in ("a", "r"):
             raise InvalidArgumentError(f"mode={mode!r}: a PoolStorage opens its pool with 'a' (write) or 'r' (read)")
         self.path = os.path.abspath(os.fspath(path))
-        self._options = dict(mode=mode, backend=backend, commit_every=commit_every,
-                             commit_interval_s=commit_interval_s, fsync=fsync)
+        self._options = {"mode": mode, "backend": backend, "commit_every": commit_every,
+                             "commit_interval_s": commit_interval_s, "fsync": fsync}
         self._pool = None
         self._layout: dict | None = None  # kind of data and field name -> key, from the pool's attrs
         self.device = torch.device("cpu")

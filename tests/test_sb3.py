@@ -11,25 +11,25 @@ import numpy as np
 import pytest
 
 pytest.importorskip("stable_baselines3")
-import torch  # noqa: E402
-from gymnasium import spaces  # noqa: E402
-from stable_baselines3 import SAC  # noqa: E402
-from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer  # noqa: E402
+import torch
+from gymnasium import spaces
+from stable_baselines3 import SAC
+from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
 
-import expstore  # noqa: E402
-from expstore.sb3 import DiskDictReplayBuffer, DiskReplayBuffer  # noqa: E402
+import expstore
+from expstore.sb3 import DiskDictReplayBuffer, DiskReplayBuffer
 
 BOX = spaces.Box(-5, 5, (3,), np.float32)
 DICT = spaces.Dict({"position": spaces.Box(-1, 1, (2,), np.float32), "goal": spaces.Discrete(4)})
 ACTION = spaces.Box(-1, 1, (2,), np.float32)
 
 CASES = {
-    "box": dict(observation_space=BOX, action_space=ACTION, n_envs=3),
-    "timeouts-ignored": dict(observation_space=BOX, action_space=ACTION, handle_timeout_termination=False),
-    "optimize-memory": dict(observation_space=BOX, action_space=ACTION, n_envs=2, optimize_memory_usage=True,
-                            handle_timeout_termination=False),
-    "discrete-actions": dict(observation_space=BOX, action_space=spaces.Discrete(5), n_envs=2),
-    "dict": dict(observation_space=DICT, action_space=ACTION, n_envs=2),
+    "box": {"observation_space": BOX, "action_space": ACTION, "n_envs": 3},
+    "timeouts-ignored": {"observation_space": BOX, "action_space": ACTION, "handle_timeout_termination": False},
+    "optimize-memory": {"observation_space": BOX, "action_space": ACTION, "n_envs": 2, "optimize_memory_usage": True,
+                            "handle_timeout_termination": False},
+    "discrete-actions": {"observation_space": BOX, "action_space": spaces.Discrete(5), "n_envs": 2},
+    "dict": {"observation_space": DICT, "action_space": ACTION, "n_envs": 2},
 }
 
 
@@ -145,7 +145,7 @@ os._exit(1)  # dies without closing: only the automatic commits count
 
 def test_a_crashed_writer_leaves_its_committed_steps(pool_path):
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(_CRASHING_WRITER.format(path=pool_path))],
-                           capture_output=True, text=True, timeout=120)
+                           capture_output=True, text=True, check=False, timeout=120)
     assert child.returncode == 1, child.stderr
     buffer = DiskReplayBuffer(100, BOX, ACTION, device="cpu", n_envs=2, path=pool_path, commit_every=10)
     assert buffer.size() == 20  # commits every 10 rows = 5 env steps; steps 20..22 were never committed
