@@ -67,8 +67,9 @@ def _write_forever(pool, args: argparse.Namespace) -> None:
 
 def main(argv: list[str]) -> None:
     sys.path.insert(0, os.path.dirname(WRITER_SCRIPT))  # conftest.py lives beside this file
-    import expstore
     from conftest import pendulum_schema
+
+    import expstore
 
     args = _parse(argv)
     pool = expstore.open(args.path, "a", capacity=args.capacity, schema=pendulum_schema(),

@@ -59,7 +59,7 @@ def open_in_child(cases: list[dict]) -> list[dict]:
     """Open every case in a child process; one result per (case, mode)."""
     stdin = "".join(json.dumps(case) + "\n" for case in cases)
     try:
-        done = subprocess.run([sys.executable, "-c", OPEN_EACH], input=stdin, capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-c", OPEN_EACH], input=stdin, capture_output=True, text=True, check=False,
                               cwd=TESTS_DIR, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         finished = (exc.stdout or b"").decode().count("\n") if isinstance(exc.stdout, bytes) else 0

@@ -180,10 +180,9 @@ DAMAGES = [flip_bytes, flip_one_payload_bit, zero_slot, torn_half_record]
 @pytest.mark.parametrize("mode", ["r", "a"])
 def test_damaged_newer_slot_falls_back_to_older(pool_path, damage, mode, caplog):
     damage(pool_path, pool_with_two_commits(pool_path))
-    with caplog.at_level(logging.WARNING, logger="expstore"):
-        with expstore.open(pool_path, mode) as pool:
-            assert (pool.first_step_id, pool.next_step_id) == (0, 60)
-            assert pool[:]["obs"].tobytes() == rows_for(np.arange(60))["obs"].tobytes()
+    with caplog.at_level(logging.WARNING, logger="expstore"), expstore.open(pool_path, mode) as pool:
+        assert (pool.first_step_id, pool.next_step_id) == (0, 60)
+        assert pool[:]["obs"].tobytes() == rows_for(np.arange(60))["obs"].tobytes()
     assert any(r.levelno == logging.WARNING and "commit slot" in r.getMessage() for r in caplog.records), \
         f"no warning about the damaged slot was logged: {[r.getMessage() for r in caplog.records]}"
 
@@ -213,9 +212,8 @@ def test_zarr_commit_file_truncated_mid_newer_slot(tmp_path, caplog):
     assert pool_with_two_commits(path) == 1
     extent = commit_extent(path)
     os.truncate(extent.path, commit.SLOT_NBYTES + 30)  # the newer slot's write stopped 30 bytes in
-    with caplog.at_level(logging.WARNING, logger="expstore"):
-        with expstore.open(path, "r") as pool:
-            assert (pool.first_step_id, pool.next_step_id) == (0, 60)
+    with caplog.at_level(logging.WARNING, logger="expstore"), expstore.open(path, "r") as pool:
+        assert (pool.first_step_id, pool.next_step_id) == (0, 60)
     assert any("commit slot" in r.getMessage() for r in caplog.records)
 
 
