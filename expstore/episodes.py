@@ -220,7 +220,7 @@ class EpisodeBook:
         for env_id, (episode_id, last_step) in open_now.items():
             position = episode_id - low_id
             if 0 <= position < len(ids) and entries[position, 0] == episode_id:
-                last[position], info[position], keep[position] = last_step, env_id * 8 + OPEN, True
+                last[position], info[position], keep[position] = last_step, env_id * 8 + OPEN, last_step >= tail
         ids, first, last, info = ids[keep], first[keep], last[keep], info[keep]
         last_slots = last % self.slots
         status = info % 4

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 from episode_model import SCHEMA, Model, ops, run_ops
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import expstore
@@ -40,6 +40,7 @@ def check_episode_rows(pool, model: Model) -> None:
 
 @SETTINGS
 @given(capacity=st.integers(3, 30), operations=ops)
+@example(capacity=3, operations=[("extend", [(0, 0, 0), (1, 0, 0), (1, 0, 0), (1, 0, 0)])])  # open, all evicted
 def test_episodes_match_the_model(tmp_path_factory, backend, capacity, operations):
     path = str(tmp_path_factory.mktemp("ep") / ("pool" + (".h5" if backend == "hdf5" else ".zarr")))
     expstore.open(path, "w", capacity=capacity, schema=SCHEMA, commit_every=5).close()
