@@ -34,7 +34,7 @@ READER = textwrap.dedent("""
 
     path, seconds, seed = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
     rng = np.random.default_rng(seed)
-    stats = {"rows": 0, "mismatched_rows": 0, "refused_reads": 0, "batches": 0, "heads": []}
+    stats = {"rows": 0, "mismatched_rows": 0, "refused_reads": 0, "gave_up": 0, "batches": 0, "heads": []}
 
     def check(batch):
         expected = rows_for(batch["step_id"])
@@ -47,7 +47,12 @@ READER = textwrap.dedent("""
     with expstore.open(path, "r") as pool:
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            check(pool.sample(50_000, rng=rng))  # a long gather (with replacement) for the writer to race
+            try:  # a long gather (with replacement), for the writer to race
+                check(pool.sample(4096, rng=rng))
+            except expstore.ExpstoreError as exc:
+                if "kept overwriting" not in str(exc):
+                    raise
+                stats["gave_up"] += 1  # every redraw was overwritten again: allowed, and counted
             first, head = pool.first_step_id, pool.next_step_id
             stats["heads"].append(head)
             try:  # the oldest rows: the writer overwrites them next
@@ -94,14 +99,15 @@ def check_concurrent_run(pool_path: str, backend: str, seconds: float) -> dict:
     for reader in stats:
         assert reader["mismatched_rows"] == 0, f"a reader got rows that do not match their step ids: {reader}"
         assert reader["rows"] > 10_000 and reader["batches"] > 20, reader
-        assert reader["refused_reads"] < reader["batches"], reader
+        assert reader["refused_reads"] < reader["batches"] and reader["gave_up"] < reader["batches"] // 10, reader
         assert reader["heads_never_decrease"], reader
         # Readers see new commits on the handle they opened, without reopening.
         assert reader["last_head"] > reader["first_head"] + 10 * CAPACITY, reader
         assert reader["distinct_heads"] > 10, reader
     assert writer_head > 20 * (CAPACITY + SLACK), "the writer did not wrap around the ring many times"
-    summary = {"rows_sampled": sum(r["rows"] for r in stats), "mismatches": sum(r["mismatched_rows"] for r in stats),
-               "refused_reads": sum(r["refused_reads"] for r in stats), "writer_head": writer_head,
+    summary = {"rows_checked": sum(r["rows"] for r in stats), "mismatches": sum(r["mismatched_rows"] for r in stats),
+               "refused_reads": sum(r["refused_reads"] for r in stats), "gave_up": sum(r["gave_up"] for r in stats),
+               "writer_head": writer_head,
                "wraps": writer_head // (CAPACITY + SLACK)}
     print(f"\nconcurrent readers {backend} ({seconds} s): {summary}")
     return summary
