@@ -25,9 +25,9 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+import bench_common as bc
 
-import expstore  # noqa: E402
+import expstore
 
 CADENCES = (1, 100, 10_000)
 CAPACITY = 100_000
