@@ -102,9 +102,9 @@ def check_concurrent_run(pool_path: str, backend: str, seconds: float) -> dict:
         assert reader["refused_reads"] < reader["batches"] and reader["gave_up"] < reader["batches"] // 10, reader
         assert reader["heads_never_decrease"], reader
         # Readers see new commits on the handle they opened, without reopening.
-        assert reader["last_head"] > reader["first_head"] + 10 * CAPACITY, reader
+        assert reader["last_head"] > reader["first_head"] + 3 * (CAPACITY + SLACK), "fewer than 3 wraps: " + str(reader)
         assert reader["distinct_heads"] > 10, reader
-    assert writer_head > 20 * (CAPACITY + SLACK), "the writer did not wrap around the ring many times"
+    assert writer_head > 5 * (CAPACITY + SLACK), "the writer did not wrap around the ring many times"
     summary = {"rows_checked": sum(r["rows"] for r in stats), "mismatches": sum(r["mismatched_rows"] for r in stats),
                "refused_reads": sum(r["refused_reads"] for r in stats), "gave_up": sum(r["gave_up"] for r in stats),
                "writer_head": writer_head,
