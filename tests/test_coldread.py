@@ -66,8 +66,8 @@ def prefetches(monkeypatch) -> list:
 
 def _same(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
-    for name in a:
-        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    for name, values in a.items():
+        np.testing.assert_array_equal(values, b[name], err_msg=name)
 
 
 def test_rows_identical_with_and_without_prefetch(pool):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import shutil
@@ -24,9 +25,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
+import bench_common as bc
 
-import expstore  # noqa: E402
+import expstore
 
 BACKENDS = {"hdf5": ".h5", "zarr": ".zarr"}
 EXTEND_ROWS = 1000
@@ -160,8 +161,8 @@ def report(args, fills, writes, samples, opens) -> str:
            f"Machine: {bc.machine()}. {bc.versions(['numpy', 'h5py', 'zarr'])}.",
            f"Command: `{bc.command_line()}`", "",
            f"### Writes: pendulum-like rows ({bc.row_nbytes(bc.PENDULUM)} B), pool of {args.rows:,} rows", "",
-           "Appends and extends run on full pools (ring state). `expstore <backend>`: the defaults (a commit with "
-           "fsync every 10,000 rows: power-loss safe); `fsync=False`: the same commits without fsync (kill -9 safe).",
+           ("Appends and extends run on full pools (ring state). `expstore <backend>`: the defaults (a commit with "
+            "fsync every 10,000 rows: power-loss safe); `fsync=False`: the same commits without fsync (kill -9 safe)."),
            ""]
     rows = []
     for name, rate in writes.items():
@@ -175,8 +176,7 @@ def report(args, fills, writes, samples, opens) -> str:
     rows = [[name, bc.human(rate, "/s"), f"{1e6 / rate:.1f}", bc.ratio(rate, numpy_s), bc.ratio(rate, memmap_s)]
             for name, rate in samples.items()]
     out += [bc.markdown_table(["system", "batches/s", "us/batch", "vs in-RAM numpy", "vs raw np.memmap"], rows), ""]
-    out += ["### Open + first sample of 256 in a fresh process (imports excluded; median of "
-            f"{args.repeats})", ""]
+    out += [f"### Open + first sample of 256 in a fresh process (imports excluded; median of {args.repeats})", ""]
     rows = [[f"{size:,}"] + [f"{opens[(b, size)]['hot_s'] * 1e3:.1f} ms / {opens[(b, size)]['cold_s'] * 1e3:.1f} ms"
                              for b in BACKENDS]
             for size in args.open_rows]
@@ -242,7 +242,7 @@ def write_and_sample(args, directory: str):
     samplers = {"in-RAM numpy": same_sampler(writers["in-RAM numpy"].arrays, rng),
                 "raw np.memmap": same_sampler(writers["raw np.memmap"].arrays, rng)}
     for backend, reader in readers.items():
-        samplers[f"expstore {backend}"] = (lambda r: lambda: r.sample(SAMPLE_ROWS, rng=rng))(reader)
+        samplers[f"expstore {backend}"] = functools.partial(reader.sample, SAMPLE_ROWS, rng=rng)
     for sample in samplers.values():
         sample()
     samples = bc.interleaved_rates(samplers, calls=args.sample_calls, rounds=args.rounds)

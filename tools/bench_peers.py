@@ -28,9 +28,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_common as bc  # noqa: E402
-import peer_report  # noqa: E402
-from peer_systems import PACKAGES, SYSTEMS  # noqa: E402
+import bench_common as bc
+import peer_report
+from peer_systems import PACKAGES, SYSTEMS
 
 WORKLOADS = {"pendulum": (bc.PENDULUM, 1_000_000), "atari": (bc.ATARI, 100_000)}
 EXTEND_ROWS = 1000
@@ -87,7 +87,7 @@ def run_system(system_name: str, workload: str, directory: str, args) -> dict:
     result["save_s"] = time.perf_counter() - start
     for n_rows in (32, 256):
         system.sample(n_rows)
-        result[f"sample{n_rows}"] = timed_calls(lambda _: system.sample(n_rows), [None], 10**9, args.budget_s)
+        result[f"sample{n_rows}"] = timed_calls(system.sample, [n_rows], 10**9, args.budget_s)
     result["peak_rss_mb"] = bc.peak_rss_mb()
     system.close()
     result["disk_mb"] = sum(bc.disk_nbytes(os.path.join(directory, f)) for f in os.listdir(directory)) / 1e6
@@ -141,7 +141,7 @@ def child(mode: str, system: str, workload: str, directory: str, args, variant: 
     if args.quiet_wait:
         bc.wait_for_quiet(args.quiet_wait)
     busy, own, start = bc.cpu_busy_s(), bc.children_cpu_s(), time.monotonic()
-    done = subprocess.run((prefix or []) + command, capture_output=True, text=True)
+    done = subprocess.run((prefix or []) + command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1][:200]}
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -175,7 +175,7 @@ def import_times(systems: list[str]) -> dict[str, float]:
     for system in systems:
         modules = ", ".join(SYSTEMS[system].modules)
         code = f"import time; t = time.perf_counter(); import {modules}; print(time.perf_counter() - t)"
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
         times[system] = float(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else float("nan")
     return times
 
@@ -183,7 +183,7 @@ def import_times(systems: list[str]) -> dict[str, float]:
 def available(system: str) -> str | None:
     """None if the system's packages import, else why not."""
     for package in PACKAGES.get(system, []):
-        done = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", f"import {package}"], capture_output=True, text=True, check=False)
         if done.returncode != 0:
             return f"{package} is not installed (pip install -e '.[bench]')"
     return None

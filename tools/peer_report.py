@@ -12,8 +12,8 @@ MAIN = "expstore-hdf5"
 
 def render(args, results, skipped, memcpy, imports, big, wall_s) -> str:
     out = [f"## expstore vs peers ({datetime.date.today().isoformat()})", "",
-           f"Machine: {bc.machine()}. memcpy (np.copyto, 256 MiB): {bc.human(memcpy[0], 'B/s')} at the start, "
-           f"{bc.human(memcpy[1], 'B/s')} at the end (% memcpy uses the higher). Wall time {wall_s / 60:.1f} min.",
+           (f"Machine: {bc.machine()}. memcpy (np.copyto, 256 MiB): {bc.human(memcpy[0], 'B/s')} at the start, "
+            f"{bc.human(memcpy[1], 'B/s')} at the end (% memcpy uses the higher). Wall time {wall_s / 60:.1f} min."),
            "Versions: " + bc.versions(["numpy", "h5py", "zarr", "torch", "torchrl", "tensordict",
                                        "stable_baselines3", "cpprb"]) + ".",
            f"Command: `{bc.command_line()}`", ""]
@@ -107,8 +107,8 @@ _SAMPLERS = {"auto": "expstore (cold reads auto, the default)", "off": "expstore
 
 
 def larger_than_ram_table(big: dict) -> list[str]:
-    out = [f"### Larger than RAM: a {big['pool_mb']:.0f} MiB pool ({big['rows']:,} rows of 7 KB frames), "
-           f"sampled under a {big['budget_mb']} MiB memory budget", ""]
+    out = [(f"### Larger than RAM: a {big['pool_mb']:.0f} MiB pool ({big['rows']:,} rows of 7 KB frames), "
+            f"sampled under a {big['budget_mb']} MiB memory budget"), ""]
     rows = []
     for mode in [m for m in ("auto", "off", "random") if m in big]:
         r = big[mode]
