@@ -1,0 +1,1 @@
+"""The reference trainers behind ``python -m expstore.train``: online SAC and offline TD3+BC."""

@@ -1,0 +1,73 @@
+"""Environments for the trainers: making them, evaluating a policy, recording into a pool."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import gymnasium as gym
+import numpy as np
+
+from ..errors import InvalidArgumentError
+
+
+def make_env(env_id: str) -> gym.Env:
+    """A Gymnasium env with a continuous (Box) action space, which the trainers need."""
+    env = gym.make(env_id)
+    if not isinstance(env.action_space, gym.spaces.Box):
+        env.close()
+        raise InvalidArgumentError(f"{env_id} has a {type(env.action_space).__name__} action space; the "
+                                   "SAC and TD3+BC trainers need continuous (Box) actions, e.g. Pendulum-v1")
+    return env
+
+
+def obs_units(env: gym.Env) -> int:
+    return int(np.prod(env.observation_space.shape))
+
+
+def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> list[float]:
+    """Undiscounted returns of ``episodes`` episodes with the given (deterministic) policy."""
+    env = make_env(env_id)
+    returns = []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, done = 0.0, False
+            while not done:
+                obs, reward, terminated, truncated, _ = env.step(policy(obs))
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+    finally:
+        env.close()
+    return returns
+
+
+def recording_env(env: gym.Env, pool) -> gym.Env:
+    """``env`` wrapped so that every step is appended to ``pool`` (``expstore.RecordEpisodes``)."""
+    try:
+        from .. import RecordEpisodes
+    except ImportError:  # until the recorder lands: the same contract, fewer fields
+        return _AppendSteps(env, pool)
+    return RecordEpisodes(env, pool)
+
+
+class _AppendSteps(gym.Wrapper):
+    """Append (obs, action, reward, next_obs, terminated, truncated) for every step."""
+
+    def __init__(self, env: gym.Env, pool):
+        super().__init__(env)
+        self.pool = pool
+        self.policy_version = 0
+        self._obs = None
+
+    def reset(self, **kwargs):
+        self._obs, info = self.env.reset(**kwargs)
+        return self._obs, info
+
+    def step(self, action):
+        next_obs, reward, terminated, truncated, info = self.env.step(action)
+        self.pool.append({"obs": np.asarray(self._obs, np.float32), "action": np.asarray(action, np.float32),
+                          "reward": float(reward), "next_obs": np.asarray(next_obs, np.float32),
+                          "terminated": bool(terminated), "truncated": bool(truncated)})
+        self._obs = next_obs
+        return next_obs, reward, terminated, truncated, info

@@ -1,0 +1,182 @@
+"""Offline TD3+BC: learn only from an existing pool (opened read-only); the env only evaluates.
+
+Batches come from a background prefetch thread (``workers=0``) or from a ``DataLoader`` whose
+worker processes each open the pool read-only. Checkpoints and resume work as online; the
+step counter is the number of gradient updates.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import InvalidArgumentError
+from ..opening import open as open_pool
+from ..td3bc import TD3BC, TD3BCConfig
+from ..torch_feed import Prefetcher, pool_loader
+from .checkpoint import CHECKPOINT_NAME, capture_rng, load_checkpoint, remove_stale_temporaries, \
+    restore_rng, save_checkpoint
+from .envs import evaluate, make_env
+from .progress import METRICS_NAME, PLOT_NAME, MetricsFile, Progress, plot_learning_curve, read_metrics
+
+logger = logging.getLogger("expstore.train")
+
+CONFIG_NAME = "config.json"
+_STATS_ROWS = 200_000  # observation statistics from at most this many rows
+
+
+@dataclass
+class OfflineConfig:
+    pool_path: str
+    env_id: str = "Pendulum-v1"
+    total_updates: int = 10_000
+    seed: int = 0
+    checkpoint_every: int = 2_000
+    eval_every: int = 2_000
+    eval_episodes: int = 10
+    workers: int = 0
+    prefetch_depth: int = 2
+    log_interval_s: float = 5.0
+    device: str = "cpu"
+    td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> OfflineConfig:
+        return cls(**{**values, "td3bc": TD3BCConfig(**values["td3bc"])})
+
+
+def offline_config(args, run_dir: str, default_updates: int) -> OfflineConfig:
+    """The config from the command line, or the saved one when the run directory resumes."""
+    saved = os.path.join(run_dir, CONFIG_NAME)
+    if os.path.exists(saved):
+        with open(saved, encoding="utf-8") as stream:
+            config = OfflineConfig.from_dict(json.load(stream))
+        config.total_updates = args.total_steps or config.total_updates
+        config.device, config.log_interval_s = args.device, args.log_interval
+        return config
+    with open_pool(args.pool, "r") as pool:
+        env_id = args.env or pool.attrs.get("env_id") or "Pendulum-v1"
+    td3bc = TD3BCConfig(hidden_units=args.hidden_units, batch_size=args.batch_size, learning_rate=args.learning_rate)
+    return OfflineConfig(pool_path=os.path.abspath(args.pool), env_id=env_id,
+                         total_updates=args.total_steps or default_updates, seed=args.seed,
+                         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
+                         eval_episodes=args.eval_episodes, workers=args.workers, log_interval_s=args.log_interval,
+                         device=args.device, td3bc=td3bc)
+
+
+def observation_stats(pool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of ``obs`` (TD3+BC normalises states with them)."""
+    if len(pool) == 0:
+        raise InvalidArgumentError(f"{pool.path} holds no transition to train from")
+    if len(pool) > _STATS_ROWS:
+        obs = pool.sample(_STATS_ROWS, rng=0)["obs"]
+    else:
+        obs = pool[0:len(pool)]["obs"]
+    obs = obs.reshape(obs.shape[0], -1).astype(np.float64)
+    return obs.mean(axis=0), obs.std(axis=0) + 1e-3
+
+
+class OfflineRun:
+    def __init__(self, run_dir: str, config: OfflineConfig):
+        self.run_dir, self.config = run_dir, config
+        os.makedirs(run_dir, exist_ok=True)
+        remove_stale_temporaries(run_dir)
+        self.checkpoint_path = os.path.join(run_dir, CHECKPOINT_NAME)
+        self.rng = np.random.default_rng(config.seed)
+        torch.manual_seed(config.seed)
+        self.pool = open_pool(config.pool_path, "r")
+        env = make_env(config.env_id)
+        space, obs_units = env.action_space, int(np.prod(env.observation_space.shape))
+        env.close()
+        mean, std = observation_stats(self.pool)
+        self.agent = TD3BC(obs_units, space.low, space.high, mean, std, config.td3bc, config.device)
+        self.eval_count = 0
+        checkpoint = load_checkpoint(self.checkpoint_path)
+        if checkpoint is not None:
+            self.agent.load_state_dict(checkpoint["agent"])
+            restore_rng(checkpoint["rng"], self.rng)
+            self.eval_count = checkpoint["eval_count"]
+            logger.info("resuming offline run in %s at update %d", run_dir, self.agent.updates)
+        with open(os.path.join(run_dir, CONFIG_NAME), "w", encoding="utf-8") as stream:
+            json.dump(asdict(config), stream, indent=2)
+        self.metrics = MetricsFile(os.path.join(run_dir, METRICS_NAME))
+        self.progress = Progress(config.total_updates, config.td3bc.batch_size, config.log_interval_s,
+                                 self.agent.updates, self.agent.updates)
+        logger.info("offline TD3+BC from %s (%d transitions, %s), evaluating on %s", config.pool_path,
+                    len(self.pool), self.pool.backend, config.env_id)
+
+    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Endless batches: prefetched uniform samples, or shuffled epochs from DataLoader workers."""
+        size = self.config.td3bc.batch_size
+        if self.config.workers == 0:
+            with Prefetcher(lambda: self.pool.sample(size, rng=self.rng), depth=self.config.prefetch_depth,
+                            device=self.config.device) as prefetcher:
+                yield from prefetcher
+            return
+        loader = pool_loader(self.config.pool_path, size, num_workers=self.config.workers, drop_last=True,
+                             fields=["obs", "action", "reward", "next_obs", "terminated"],
+                             seed=self.config.seed + self.agent.updates)
+        while True:
+            yield from loader
+
+    def run(self) -> dict:
+        start_time, start_updates = time.monotonic(), self.agent.updates
+        stream = self.batches()
+        try:
+            while self.agent.updates < self.config.total_updates:
+                losses = self.agent.update(next(stream))
+                self._periodic(losses)
+        finally:
+            stream.close()
+        return self._finish(time.monotonic() - start_time, self.agent.updates - start_updates)
+
+    def _periodic(self, losses: dict) -> None:
+        updates = self.agent.updates
+        if updates % 1_000 == 0:
+            self.metrics.write("train", updates, updates=updates, **losses)
+        if updates % self.config.eval_every == 0:
+            self._evaluate()
+        if updates % self.config.checkpoint_every == 0:
+            self.checkpoint()
+        self.progress.maybe_log(updates, updates, label="update")
+
+    def _evaluate(self) -> None:
+        self.eval_count += 1
+        returns = evaluate(self.agent.act, self.config.env_id, self.config.eval_episodes,
+                           seed=10_000 + 100 * self.eval_count)
+        self.progress.last_eval = float(np.mean(returns))
+        self.metrics.write("eval", self.agent.updates, mean_return=self.progress.last_eval, returns=returns,
+                           updates=self.agent.updates)
+        logger.info("eval at update %d: mean return %.1f over %d episodes", self.agent.updates,
+                    self.progress.last_eval, len(returns))
+
+    def checkpoint(self) -> None:
+        save_checkpoint(self.checkpoint_path, {
+            "agent": self.agent.state_dict(), "rng": capture_rng(self.rng), "eval_count": self.eval_count,
+            "config": asdict(self.config), "pool_path": self.config.pool_path})
+        logger.info("checkpoint at update %d", self.agent.updates)
+
+    def _finish(self, elapsed_s: float, updates: int) -> dict:
+        if updates and self.agent.updates % self.config.checkpoint_every:
+            self.checkpoint()
+        evals = [r for r in read_metrics(self.metrics.path) if r["kind"] == "eval"]
+        last_returns = [x for r in evals for x in r["returns"]][-10:]
+        summary = {"updates": self.agent.updates, "pool": self.config.pool_path, "transitions": len(self.pool),
+                   "mean_return_last_eval_episodes": float(np.mean(last_returns)) if last_returns else None,
+                   "updates_per_s": updates / elapsed_s if elapsed_s > 0 else None}
+        plot_learning_curve(self.metrics.path, os.path.join(self.run_dir, PLOT_NAME),
+                            f"TD3+BC on {self.config.env_id} from {os.path.basename(self.config.pool_path)}")
+        with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as stream:
+            json.dump(summary, stream, indent=2)
+        return summary
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.pool.close()
