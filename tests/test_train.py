@@ -54,6 +54,8 @@ def test_online_run_records_trains_and_reports(online_runs, backend):
         rows = pool[0:400]
     assert rows["truncated"].sum() == 2  # Pendulum's 200-step time limit, twice
     assert not rows["terminated"].any()
+    # the recorder stamps each row with the SAC update count of the policy that acted
+    assert not rows["policy_version"][:101].any() and rows["policy_version"][-1] == 299
     np.testing.assert_array_equal(rows["obs"][1:200], rows["next_obs"][0:199])  # one episode, in order
     checkpoint = load_checkpoint(run_dir)
     assert checkpoint["run_state"]["step"] == 400 and checkpoint["agent"]["updates"] == 300

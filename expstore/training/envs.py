@@ -43,31 +43,7 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
 
 
 def recording_env(env: gym.Env, pool) -> gym.Env:
-    """``env`` wrapped so that every step is appended to ``pool`` (``expstore.RecordEpisodes``)."""
-    try:
-        from .. import RecordEpisodes
-    except ImportError:  # until the recorder lands: the same contract, fewer fields
-        return _AppendSteps(env, pool)
-    return RecordEpisodes(env, pool)
+    """``env`` wrapped so that every step is appended to ``pool``, stamped with a policy version."""
+    from ..recorder import RecordEpisodes
 
-
-class _AppendSteps(gym.Wrapper):
-    """Append (obs, action, reward, next_obs, terminated, truncated) for every step."""
-
-    def __init__(self, env: gym.Env, pool):
-        super().__init__(env)
-        self.pool = pool
-        self.policy_version = 0
-        self._obs = None
-
-    def reset(self, **kwargs):
-        self._obs, info = self.env.reset(**kwargs)
-        return self._obs, info
-
-    def step(self, action):
-        next_obs, reward, terminated, truncated, info = self.env.step(action)
-        self.pool.append({"obs": np.asarray(self._obs, np.float32), "action": np.asarray(action, np.float32),
-                          "reward": float(reward), "next_obs": np.asarray(next_obs, np.float32),
-                          "terminated": bool(terminated), "truncated": bool(truncated)})
-        self._obs = next_obs
-        return next_obs, reward, terminated, truncated, info
+    return RecordEpisodes(env, pool, policy_version=0)
