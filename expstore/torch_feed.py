@@ -15,7 +15,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -145,7 +145,7 @@ class Prefetcher:
         if self._thread is not threading.current_thread():
             self._thread.join()
 
-    def __enter__(self) -> Prefetcher:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -10,10 +10,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import expstore  # noqa: E402
-from expstore.torch_feed import PoolDataset, Prefetcher, pool_loader, to_tensors  # noqa: E402
+from conftest import pendulum_schema, rows_for
 
-from conftest import pendulum_schema, rows_for  # noqa: E402
+import expstore
+from expstore.torch_feed import PoolDataset, Prefetcher, pool_loader, to_tensors
 
 N_ROWS = 600
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -117,7 +117,7 @@ def test_prefetcher_close_stops_a_producer_blocked_on_a_full_queue():
 
 def test_prefetcher_rejects_a_zero_depth():
     with pytest.raises(expstore.InvalidArgumentError, match="depth"):
-        Prefetcher(lambda: {}, depth=0)
+        Prefetcher(dict, depth=0)
 
 
 def test_dataloader_with_two_workers_reads_every_row_once(filled_pool):

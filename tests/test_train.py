@@ -14,11 +14,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("gymnasium")
 
-import expstore  # noqa: E402
-from expstore.train import main  # noqa: E402
-from expstore.training.progress import read_metrics  # noqa: E402
+from conftest import BACKENDS
 
-from conftest import BACKENDS  # noqa: E402
+import expstore
+from expstore.train import main
+from expstore.training.progress import read_metrics
 
 TINY = ["--hidden-units", "32", "--batch-size", "32", "--eval-episodes", "1", "--log-interval", "0.5"]
 
@@ -124,7 +124,7 @@ def test_resume_after_sigkill_continues_from_the_checkpoint(tmp_path, backend):
     killed_at = checkpoint["run_state"]["step"]
     assert killed_at >= 300 and checkpoint["agent"]["updates"] == killed_at - 100
 
-    restarted = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=300)
+    restarted = subprocess.run(command, check=False, stderr=subprocess.PIPE, text=True, timeout=300)
     assert restarted.returncode == 0, restarted.stderr
     assert f"checkpoint at step {killed_at}, updates {killed_at - 100}" in restarted.stderr
     with expstore.open(pool_file(run_dir, backend), "r") as pool:

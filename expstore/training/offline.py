@@ -21,8 +21,14 @@ from ..errors import InvalidArgumentError
 from ..opening import open as open_pool
 from ..td3bc import TD3BC, TD3BCConfig
 from ..torch_feed import Prefetcher, pool_loader
-from .checkpoint import CHECKPOINT_NAME, capture_rng, load_checkpoint, remove_stale_temporaries, \
-    restore_rng, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    capture_rng,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+)
 from .envs import evaluate, make_env
 from .progress import METRICS_NAME, PLOT_NAME, MetricsFile, Progress, plot_learning_curve, read_metrics
 

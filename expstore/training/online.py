@@ -21,8 +21,14 @@ import torch
 from ..opening import open as open_pool
 from ..sac import SAC, SACConfig
 from ..torch_feed import Prefetcher
-from .checkpoint import CHECKPOINT_NAME, capture_rng, load_checkpoint, remove_stale_temporaries, \
-    restore_rng, save_checkpoint
+from .checkpoint import (
+    CHECKPOINT_NAME,
+    capture_rng,
+    load_checkpoint,
+    remove_stale_temporaries,
+    restore_rng,
+    save_checkpoint,
+)
 from .envs import evaluate, make_env, obs_units, recording_env
 from .progress import METRICS_NAME, PLOT_NAME, MetricsFile, Progress, plot_learning_curve
 
