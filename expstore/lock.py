@@ -25,25 +25,71 @@ class WriterLock:
 
     def __init__(self, path: str):
         self.path = lock_path(path)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _lock_current_file(self.path)
+        if fd is None:
+            holder_record = _read_holder_of(self.path)
+            raise StoreLockedError(
+                f"{path} is being written by another process ({holder_record}); one writer per pool: "
+                "stop that writer, or open with mode='r' to read while it writes"
+            )
+        self._fd: int | None = fd
+        _write_record(fd, f"pid={os.getpid()} host={socket.gethostname()} since={time.time():.0f}\n")
+
+    def release(self, *, remove: bool = False) -> None:
+        """Drop the lock; ``remove`` also deletes the lock file (after a creation that failed)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            if remove:
+                # Unlinked while still held: a process that opened the old file and locks it
+                # after us sees that its file is gone and tries again (_lock_current_file).
+                _unlink_quietly(self.path)
+            else:
+                _write_record(fd, "")  # an empty lock file means a clean exit; a crashed writer leaves its name
+            os.close(fd)  # closing the only descriptor drops the flock
+
+
+def _lock_current_file(path: str) -> int | None:
+    """A descriptor of ``path`` holding its exclusive flock, or None when another process holds it.
+
+    Retries when the file was unlinked between our open and our flock, so that two writers can
+    never hold locks on two different files of the same name.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _read_holder(fd)
             os.close(fd)
-            raise StoreLockedError(
-                f"{path} is being written by another process ({holder}); one writer per pool: "
-                "stop that writer, or open with mode='r' to read while it writes"
-            ) from None
-        self._fd: int | None = fd
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid={os.getpid()} host={socket.gethostname()} since={time.time():.0f}\n".encode(), 0)
+            return None
+        if _same_file(fd, path):
+            return fd
+        os.close(fd)
 
-    def release(self) -> None:
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            os.ftruncate(fd, 0)  # an empty lock file means a clean exit; a crashed writer leaves its name
-            os.close(fd)  # closing the only descriptor drops the flock
+
+def _same_file(fd: int, path: str) -> bool:
+    try:
+        on_disk = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
+
+
+def _write_record(fd: int, text: str) -> None:
+    """Replace the holder record; it only informs, so a full disk must not stop a writer."""
+    try:
+        os.ftruncate(fd, 0)
+        if text:
+            os.pwrite(fd, text.encode(), 0)
+    except OSError:
+        pass
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def holder(path: str) -> str | None:
@@ -69,6 +115,17 @@ def stale_record(path: str) -> str | None:
     except FileNotFoundError:
         return None
     return text if text and holder(path) is None else None
+
+
+def _read_holder_of(path: str) -> str:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return "holder unknown"
+    try:
+        return _read_holder(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_holder(fd: int) -> str:

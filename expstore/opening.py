@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from . import files, internal, lock
 from .backends import Backend, Layout, resolve_backend
 from .backends.base import internal_nbytes
@@ -34,6 +36,7 @@ class _Creator:
     checksums: bool = False
     max_episodes: int | None = None
     derive_next_obs: bool = False
+    first_step_id: int = 0
 
     def __call__(self, schema: Schema) -> Layout:
         widest = max(field.row_nbytes for field in schema.values())
@@ -45,7 +48,8 @@ class _Creator:
         files.check_free_space(self.path, self.backend.disk_nbytes(schema, slots) + internal_nbytes(meta))
         files.build_aside(
             self.path,
-            lambda temp: self.backend.create(temp, meta, schema, slots, chunk_rows, initial_slots()),
+            lambda temp: self.backend.create(temp, meta, schema, slots, chunk_rows,
+                                            initial_slots(self.first_step_id)),
             replace=self.replace,
         )
         return self.backend.read_layout(self.path)
@@ -67,6 +71,7 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
     checksums: bool = False,
     max_episodes: int | None = None,
     derive_next_obs: bool = False,
+    first_step_id: int = 0,
 ) -> Store:
     """Open or create a pool.
 
@@ -96,6 +101,8 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
             and derives it from the next row of the same episode; the observation after an
             episode's last row is kept in a small table. Appends may still pass ``next_obs``
             (only the episode-final ones are kept); samples include it.
+        first_step_id: step id of the first transition of a new pool (default 0); a copy made
+            by ``expstore convert`` keeps its source's step ids this way. Used only at creation.
 
     Returns:
         A :class:`Store`; use it as a context manager or call ``close()``.
@@ -118,6 +125,7 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
                            bool(checksums))
         creator.max_episodes = _check_max_episodes(max_episodes)
         creator.derive_next_obs = bool(derive_next_obs)
+        creator.first_step_id = _check_first_step_id(first_step_id)
         if derive_next_obs and schema is not None:
             internal.plan(Schema(schema), 1, 1, True)  # fail before touching the disk
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -133,7 +141,7 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
             return Store(path, chosen, writer_lock, policy, create=creator)
         return Store(path, chosen, writer_lock, policy, layout=creator(Schema(schema)))
     except BaseException:
-        writer_lock.release()
+        writer_lock.release(remove=not os.path.exists(path))  # a failed creation leaves nothing behind
         raise
 
 
@@ -142,6 +150,12 @@ def _check_max_episodes(max_episodes: Any) -> int | None:
                                      or max_episodes < 1):
         raise InvalidArgumentError(f"max_episodes={max_episodes!r} must be a positive int (episodes) or None")
     return max_episodes
+
+
+def _check_first_step_id(first_step_id: Any) -> int:
+    if not isinstance(first_step_id, (int, np.integer)) or isinstance(first_step_id, bool) or first_step_id < 0:
+        raise InvalidArgumentError(f"first_step_id={first_step_id!r} must be a non-negative int (a step id)")
+    return int(first_step_id)
 
 
 def _episode_rows(max_episodes: int | None, slots: int) -> int:

@@ -128,7 +128,7 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
             report.actions += [f"preallocated the disk blocks of {os.path.relpath(f, os.path.dirname(path))}"
                                for f in sparse]
     finally:
-        writer_lock.release()
+        writer_lock.release(remove=not os.path.exists(path))
     _rebuild_derived(path, backend, report)
     return report
 

@@ -99,8 +99,6 @@ def test_pool_larger_than_free_space_fails_at_creation(small_disk, backend, rows
     assert leftovers(small_disk) == [], "a failed creation left files behind"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="core bug: a failed creation leaves <path>.lock behind (opening.py takes "
-                                       "the writer lock, creating its file, before creating the pool)")
 def test_failed_creation_leaves_no_lock_file(small_disk, backend, rows_per_disk):
     path = str(small_disk / f"pool{BACKENDS[backend]}")
     with pytest.raises(expstore.DiskFullError):
@@ -173,8 +171,6 @@ def test_full_disk_never_sigbuses_a_writer(small_disk, backend, rows_per_disk):
             assert window[name].tobytes() == values.tobytes()
 
 
-@pytest.mark.xfail(strict=True, raises=OSError, reason="core bug: lock.py writes the holder line into <path>.lock, which "
-                                       "raises a raw OSError ENOSPC when the disk is already full")
 def test_writer_opens_on_an_already_full_disk(small_disk, backend, rows_per_disk):
     path = str(small_disk / f"pool{BACKENDS[backend]}")
     capacity = rows_per_disk // 2
