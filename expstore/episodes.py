@@ -31,6 +31,8 @@ OPEN, TERMINATED, TRUNCATED, CUT_OFF = 0, 1, 2, 3
 FINAL_STORED = 4  # flag in an entry's info: the final observation is in the final-obs table
 PAYLOAD_KEY = "episodes"
 _SCAN_ROWS = 1 << 16
+_LOW_BLOCK = 1024  # episode ids checked per step when the oldest live episode moves on
+_ONE_RUN = np.zeros(1, np.int64)  # the run starts of a batch that holds one episode run
 
 
 class EpisodeBook:
@@ -113,10 +115,14 @@ class EpisodeBook:
                   env_ids: np.ndarray | None) -> None:
         """Tag a run of rows ``first_step, first_step + 1, ...`` just written; vectorised."""
         n_rows = len(next(iter(columns.values())))
-        envs = np.zeros(n_rows, np.int64) if env_ids is None else env_ids
         status = self._status_column(columns, n_rows)
         rewards = (np.asarray(columns[self.reward], np.float64) if self.reward is not None
                    else np.zeros(n_rows))
+        if env_ids is None or (env_ids == env_ids[0]).all():
+            env_id = 0 if env_ids is None else int(env_ids[0])
+            self._extend_one_env(env_id, first_step, status, rewards, derived)
+            return
+        envs = env_ids
         # rows grouped by env, each group in step order
         order = np.arange(n_rows) if env_ids is None else np.argsort(envs, kind="stable")
         runs = _Runs(first_step + order, envs[order], status[order], rewards[order], self.open)
@@ -126,12 +132,87 @@ class EpisodeBook:
         self._write_entries(runs, ids, order, derived)
         self._update_open(runs, ids)
 
+    def _extend_one_env(self, env_id: int, first_step: int, status: np.ndarray, rewards: np.ndarray,
+                        derived: Mapping | None) -> None:
+        """``on_extend`` of rows from one env, the common case: its episodes are contiguous runs
+        of the batch, so every tag is a cumulative sum or a slice; no sort, no per-run loop."""
+        n_rows = len(status)
+        ends = status.nonzero()[0]  # rows that end an episode
+        state = self.open.get(env_id)
+        continuing = state is not None
+        first_id = state[0] if continuing else self.next_id
+        if ends.size == 0 or (ends.size == 1 and ends[0] == n_rows - 1):
+            starts = _ONE_RUN  # one episode run: tags without per-run indexing
+            ids = np.full(n_rows, first_id, np.int64)
+            index = np.arange(n_rows, dtype=np.int64)
+            returns = np.cumsum(rewards)
+        else:
+            starts = np.concatenate((_ONE_RUN, ends[ends < n_rows - 1] + 1))  # first row of each run
+            run_of_row = np.zeros(n_rows, np.int64)
+            run_of_row[starts[1:]] = 1
+            np.cumsum(run_of_row, out=run_of_row)
+            ids = run_of_row + (self.next_id - continuing)
+            ids[:starts[1]] = first_id
+            index = np.arange(n_rows, dtype=np.int64) - starts[run_of_row]
+            totals = np.cumsum(rewards)
+            returns = totals - (totals - rewards)[starts][run_of_row]
+        next_delta = np.ones(n_rows, np.int64)
+        next_delta[ends] = 0
+        next_delta[-1] = 0
+        if continuing:
+            first_run = slice(0, starts[1] if len(starts) > 1 else n_rows)
+            index[first_run] += state[3] + 1
+            returns[first_run] += state[4]
+            self.next_delta[state[2] % self.slots] = first_step - state[2]
+        for view, values in ((self.episode_id, ids), (self.episode_step, index),
+                             (self.episode_return, returns), (self.next_delta, next_delta)):
+            write_run(view, first_step, values, self.slots)
+        new_runs = len(starts) - continuing
+        if new_runs:
+            self._enter_runs(env_id, first_step, np.arange(self.next_id, self.next_id + new_runs, dtype=np.int64),
+                             starts[int(continuing):])
+        if ends.size:
+            self._close_runs(env_id, first_step, ids[ends], ends, status[ends], derived)
+        self._keep_open_one_env(env_id, first_step, state, int(ids[-1]), int(starts[-1]), n_rows, status[-1])
+
+    def _enter_runs(self, env_id: int, first_step: int, new_ids: np.ndarray, first_rows: np.ndarray) -> None:
+        """Table entries of the episodes that begin in this batch; their ids are consecutive."""
+        self.next_id += len(new_ids)
+        entries = np.empty((len(new_ids), 4), np.int64)
+        entries[:, 0] = new_ids
+        entries[:, 1] = first_rows
+        entries[:, 1] += first_step
+        entries[:, 2] = -1
+        entries[:, 3] = env_id * 8
+        write_run(self.table, int(new_ids[0]), entries, self.table_rows)
+
+    def _close_runs(self, env_id: int, first_step: int, closed_ids: np.ndarray, end_rows: np.ndarray,
+                    end_status: np.ndarray, derived: Mapping | None) -> None:
+        entries = closed_ids % self.table_rows
+        has_final = bool(self.finals) and derived is not None
+        self.table[entries, 2] = first_step + end_rows
+        self.table[entries, 3] = env_id * 8 + has_final * FINAL_STORED + end_status
+        if has_final:
+            for name, final in self.finals.items():
+                final[entries] = np.asarray(derived[f"next_{name}"])[end_rows]
+
+    def _keep_open_one_env(self, env_id: int, first_step: int, state: list | None, last_id: int,
+                           last_start: int, n_rows: int, last_status: int) -> None:
+        if last_status:
+            self.open.pop(env_id, None)
+            return
+        first = state[1] if state is not None and last_start == 0 else first_step + last_start
+        last_step = first_step + n_rows - 1
+        slot = last_step % self.slots  # read back: the running return as stored (float32)
+        self.open[env_id] = [int(last_id), first, last_step, int(self.episode_step[slot]),
+                             float(self.episode_return[slot])]
+
     def _status_column(self, columns: Mapping[str, np.ndarray], n_rows: int) -> np.ndarray:
         status = np.zeros(n_rows, np.int64)
         if self.truncated is not None:
-            status[np.asarray(columns[self.truncated], bool).reshape(n_rows, -1).any(1)] = TRUNCATED
+            status[_any_per_row(columns[self.truncated], n_rows)] = TRUNCATED
         if self.terminated is not None:
-            status[np.asarray(columns[self.terminated], bool).reshape(n_rows, -1).any(1)] = TERMINATED
+            status[_any_per_row(columns[self.terminated], n_rows)] = TERMINATED
         return status
 
     def _assign_ids(self, runs: _Runs) -> np.ndarray:
@@ -200,14 +281,19 @@ class EpisodeBook:
         return {PAYLOAD_KEY: {"next": self.next_id, "low": self.low_id, "open": open_rows}}
 
     def _advance_low(self, tail: int) -> None:
-        """Move ``low_id`` past episodes gone from the pool; amortised O(1) per episode."""
-        open_ids = {state[0] for state in self.open.values()}
+        """Move ``low_id`` past episodes gone from the pool; vectorised over blocks of ids, and
+        amortised O(1) per episode since ``low_id`` only grows."""
+        open_ids = np.fromiter((state[0] for state in self.open.values()), np.int64, len(self.open))
         while self.low_id < self.next_id:
-            entry = self.table[self.low_id % self.table_rows]
-            live = entry[0] == self.low_id and (self.low_id in open_ids or (entry[3] % 4 and entry[2] >= tail))
-            if live:
+            ids = np.arange(self.low_id, min(self.next_id, self.low_id + _LOW_BLOCK), dtype=np.int64)
+            entries = self.table[ids % self.table_rows]
+            ended_in_pool = (entries[:, 3] % 4 != OPEN) & (entries[:, 2] >= tail)
+            live = (entries[:, 0] == ids) & (ended_in_pool | np.isin(ids, open_ids))
+            first_live = live.argmax()
+            if live[first_live]:
+                self.low_id = int(ids[first_live])
                 return
-            self.low_id += 1
+            self.low_id = int(ids[-1]) + 1
 
     # ------------------------------------------------------------------ queries
     def table_view(self, tail: int, head: int, open_now: Mapping[int, tuple[int, int]], next_id: int,
@@ -308,6 +394,13 @@ class _Runs:
         self.next_delta = np.zeros(n_rows, np.int64)
         same_run_next = self.run_of_row[1:] == self.run_of_row[:-1]
         self.next_delta[:-1] = np.where(same_run_next, steps[1:] - steps[:-1], 0)
+
+
+def _any_per_row(flags: np.ndarray, n_rows: int) -> np.ndarray:
+    """One bool per row: whether any element of the row's flag is set."""
+    if flags.dtype == np.bool_ and flags.ndim == 1:
+        return flags
+    return np.asarray(flags, bool).reshape(n_rows, -1).any(1)
 
 
 def write_run(view: np.ndarray, first_step: int, values: np.ndarray, slots: int) -> None:
