@@ -83,7 +83,7 @@ class Store(ReplayMixin):
         self._maps = MappedPool(layout, writable=self.writable)
         self._fields = list(layout.schema.items())
         self._views = [self._maps.views[name] for name, _ in self._fields]
-        self._names = layout.schema.keys()
+        self._names = dict.fromkeys(layout.schema).keys()  # a dict view: C-speed key comparison in append
         self._row_specs = [
             (name, field, field.dtype, field.shape,
              float(np.finfo(field.dtype).max) if field.dtype.kind == "f" else None, self._maps.views[name])
@@ -256,12 +256,14 @@ class Store(ReplayMixin):
         derived = None
         if batch.keys() != self._names:
             batch, derived = self._split_derived(batch, n_rows)
-        columns = [as_rows(name, field, batch[name], n_rows) for name, field in self._fields]
+        columns = [self._column(spec, batch[spec[0]], n_rows) for spec in self._row_specs]
         env_ids = self._check_env_ids(env_ids, n_rows)
         done = 0
         while done < n_rows:
             room = self._ring.slack - (self._head - self._committed.head)
-            if room == 0:
+            if room < min(n_rows - done, self._ring.slack) and self._head > self._committed.head:
+                # Commit what is pending rather than split the batch: one commit either way,
+                # and a batch written in one piece costs one round of bookkeeping.
                 self._commit(self._policy.fsync)
                 continue
             take = min(room, n_rows - done)
@@ -275,6 +277,14 @@ class Store(ReplayMixin):
             self._head += take
             done += take
         self._maybe_commit()
+
+    @staticmethod
+    def _column(spec: tuple, value: Any, n_rows: int) -> np.ndarray:
+        """One field of an extend, checked and cast; an array already in shape skips the calls."""
+        name, field, dtype, shape, _, _ = spec
+        if type(value) is np.ndarray and value.dtype is dtype and value.shape[1:] == shape and len(value) == n_rows:
+            return value
+        return as_rows(name, field, value, n_rows)
 
     def flush(self, fsync: bool | None = None) -> None:
         """Commit every appended transition now; with fsync (the default) it is durable on return."""
@@ -368,7 +378,8 @@ class Store(ReplayMixin):
 
     def sample(self, batch_size: int, *, rng: int | np.random.Generator | None = None, n_step: int = 1,
                gamma: float = 0.99, prioritized: bool = False, alpha: float = 0.6,
-               beta: float = 0.4) -> dict[str, np.ndarray]:
+               beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
+               current_version: int | None = None, recency=None) -> dict[str, np.ndarray]:
         """A random batch (with replacement) of committed transitions, plus ``step_id``.
 
         Args:
@@ -384,7 +395,20 @@ class Store(ReplayMixin):
                 ``update_priorities``) and add ``weights``, the importance weights
                 ``(N * P) ** -beta`` divided by their batch maximum.
             alpha, beta: the exponents of prioritized replay.
+            max_age: draw only rows at most this old, counted from the newest committed row
+                (see ``age_unit``); never returns an older row, also while a writer appends.
+            age_unit: "policy_versions" (by the ``policy_version`` field), "steps" (by step
+                id), or "auto": policy versions when the pool has that field, else steps.
+            current_version: with policy versions, count age from this version instead of
+                the newest row's (e.g. the learner's current update count).
+            recency: weight recent rows: ``expstore.ERE(k, K)`` (Emphasizing Recent
+                Experience; ``ERESchedule`` tracks k) or ``expstore.ExponentialRecency(half_life)``.
+                Not combinable with ``prioritized``. See expstore/recency.py.
         """
+        if max_age is not None or recency is not None:
+            selection = {"max_age": max_age, "age_unit": age_unit, "current_version": current_version,
+                         "recency": recency}
+            return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta, selection)
         if n_step != 1 or prioritized or self._derived:
             return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta)
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -436,6 +460,15 @@ class Store(ReplayMixin):
         self._check_open()
         return verify_store(self, progress)
 
+    def stats(self, *, duplicates: bool = False) -> dict:
+        """Rows, window, and the age distribution of the pool (in steps, and in policy
+        versions when rows carry a ``policy_version`` field); with ``duplicates``, also exact
+        duplicate transitions and observation clusters. One bounded-memory pass; see age.py."""
+        from .age import store_stats
+
+        self._check_open()
+        return store_stats(self, duplicates)
+
     # ------------------------------------------------------------------ life cycle
     def close(self) -> None:
         """Commit (durably, unless the store was opened with fsync=False) and release the pool."""
@@ -451,7 +484,7 @@ class Store(ReplayMixin):
             if self._maps is not None:
                 self._maps.close()
             if self._lock is not None and not forked:  # the lock belongs to the parent
-                self._lock.release()
+                self._lock.release(remove=not os.path.exists(self.path))  # no pool was ever created
             _open_writers.discard(self)
 
     def __enter__(self) -> Store:
@@ -492,7 +525,9 @@ class Store(ReplayMixin):
 def _batch_length(batch: Mapping[str, Any]) -> int:
     lengths = {}
     for name, value in batch.items():
-        shape = np.shape(value) if not hasattr(value, "shape") else tuple(value.shape)
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            shape = np.shape(value)
         if not shape:
             raise SchemaError(f"field {name!r} is a scalar; extend takes arrays with a leading batch dimension")
         lengths[name] = shape[0]
