@@ -85,7 +85,8 @@ def _to_bool(name: str, arr: np.ndarray, dst: np.dtype) -> np.ndarray:
 def _to_integer(name: str, arr: np.ndarray, dst: np.dtype) -> np.ndarray:
     if arr.dtype.kind == "f":
         if np.isnan(arr).any():
-            raise SchemaError(f"field {name!r} is {dst} but the values hold NaN; integers cannot be NaN")
+            raise SchemaError(f"field {name!r} is {dst} but the values hold NaN; integers cannot be NaN: "
+                              "replace the NaN (np.nan_to_num) or store the field as a float")
         if not np.isfinite(arr).all() or (arr != np.trunc(arr)).any():
             raise SchemaError(
                 f"field {name!r} is {dst} but got {arr.dtype} values that are not whole numbers; "

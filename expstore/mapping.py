@@ -21,10 +21,20 @@ from .commit import SEQ_OFFSET, SLOT_NBYTES, CommitRecord
 _SEQ = struct.Struct("<Q")
 
 
+def _restore_commit_size(extent) -> None:
+    """A writer gives a commit file cut short by damage its full size back, zero-filled: the
+    lost slot then reads as damaged, the other one is used, and the next commit rewrites it."""
+    needed = extent.offset + extent.nbytes
+    if os.path.getsize(extent.path) < needed:
+        os.truncate(extent.path, needed)
+
+
 class MappedPool:
     def __init__(self, layout: Layout, writable: bool):
         self._fds: dict[str, int] = {}
         self._maps: dict[str, mmap.mmap] = {}
+        if writable:
+            _restore_commit_size(layout.commit)
         try:
             for path in layout.files:
                 self._map(path, writable)
@@ -60,12 +70,15 @@ class MappedPool:
         self._maps[path] = mmap.mmap(fd, size, access=access)
 
     def commit_slots(self) -> bytes:
+        """Both slots; a part cut off the end of a damaged commit file reads as zeros (invalid)."""
         start = self._commit_offset
-        return self._commit_map[start:start + 2 * SLOT_NBYTES]
+        return self._commit_map[start:start + 2 * SLOT_NBYTES].ljust(2 * SLOT_NBYTES, b"\0")
 
     def poll_seq(self) -> int:
         """The larger raw seq of the two slots, checksum unchecked: a cheap "anything new?"."""
         start = self._commit_offset + SEQ_OFFSET
+        if start + SLOT_NBYTES + _SEQ.size > len(self._commit_map):  # a cut-off commit file
+            return _SEQ.unpack_from(self.commit_slots(), SEQ_OFFSET)[0]
         return max(_SEQ.unpack_from(self._commit_map, start)[0],
                    _SEQ.unpack_from(self._commit_map, start + SLOT_NBYTES)[0])
 

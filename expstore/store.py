@@ -27,6 +27,7 @@ from .errors import (
     CorruptStoreError,
     EmptyStoreError,
     ExpstoreError,
+    InvalidArgumentError,
     ReadOnlyError,
     SchemaError,
     StepNotFoundError,
@@ -207,7 +208,11 @@ class Store(ReplayMixin):
         if not self._append_ready:
             self._prepare_append(transition)
         derived = None
-        if transition.keys() != self._names:
+        try:
+            keys = transition.keys()
+        except AttributeError:
+            raise _not_a_mapping("append", transition) from None
+        if keys != self._names:
             transition, derived = self._split_derived(transition, None)
         converted = None
         for name, field, dtype, shape, float_limit, _ in self._row_specs:
@@ -238,6 +243,8 @@ class Store(ReplayMixin):
     def _prepare_append(self, transition: Mapping[str, Any]) -> None:
         """The slow checks the hot path skips once they passed: open, writable, created."""
         self._check_writable()
+        if not isinstance(transition, Mapping):
+            raise _not_a_mapping("append", transition)
         if self._layout is None:
             self._create_from(transition, n_rows=None)
         self._append_ready = True
@@ -250,6 +257,8 @@ class Store(ReplayMixin):
         The whole batch is checked before anything is written: a bad batch writes nothing.
         """
         self._check_writable()
+        if not isinstance(batch, Mapping):
+            raise _not_a_mapping("extend", batch)
         if self._layout is None:
             self._create_from(batch, n_rows=_batch_length(batch))
         n_rows = _batch_length(batch)
@@ -358,7 +367,7 @@ class Store(ReplayMixin):
 
     def read(self, step_ids) -> dict[str, np.ndarray]:
         """The rows of the given step ids, in that order, plus ``step_id``."""
-        steps = np.asarray(step_ids, dtype=np.int64).reshape(-1)
+        steps = _as_step_ids(step_ids)
         low, high = self._window()
         outside = steps[(steps < low) | (steps >= high)]
         if outside.size:
@@ -409,6 +418,7 @@ class Store(ReplayMixin):
             selection = {"max_age": max_age, "age_unit": age_unit, "current_version": current_version,
                          "recency": recency}
             return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta, selection)
+        _check_batch_size(batch_size)
         if n_step != 1 or prioritized or self._derived:
             return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta)
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
@@ -520,6 +530,26 @@ class Store(ReplayMixin):
         parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])
         return SchemaError(f"fields do not match the pool's schema: {', '.join(parts)}; "
                            f"the pool stores {list(self._names)}")
+
+
+def _not_a_mapping(method: str, value: Any) -> SchemaError:
+    example = "{'obs': obs, 'reward': r, ...}" if method == "append" else "{'obs': obs_batch, ...}"
+    return SchemaError(f"{method} takes a mapping of field name -> values, not {type(value).__name__}; "
+                       f"pass a dict such as {example}")
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int (rows to draw), "
+                                   "e.g. pool.sample(256)")
+
+
+def _as_step_ids(step_ids: Any) -> np.ndarray:
+    steps = np.asarray(step_ids).reshape(-1)
+    if steps.size and steps.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"step ids must be integers, got {steps.dtype} values such as {steps[0]!r}; "
+                                   "pass the int64 `step_id` column of a sample or episode")
+    return steps.astype(np.int64, copy=False)
 
 
 def _batch_length(batch: Mapping[str, Any]) -> int:

@@ -66,6 +66,7 @@ def verify_store(store, progress: Callable[[int], None] | None = None) -> Verify
     tail, head = store._window()
     if not 0 <= tail <= head or head - tail > store.capacity:
         report.findings.append(f"committed window {tail}..{head} does not fit capacity {store.capacity}")
+    report.findings += store._backend.container_findings(store.path, layout)
     report.findings += _sparse_files(layout.files)
     report.findings += [f"leftover temporary {name} from an interrupted create or convert; `expstore repair` "
                         "removes it" for name in leftover_temps(store.path)]

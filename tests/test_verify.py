@@ -170,3 +170,29 @@ def test_verify_reports_a_file_that_is_not_a_pool(tmp_path, backend):
         (path / "zarr.json").write_text("{not json")
     report = expstore.verify(str(path))
     assert not report.ok and report.findings
+
+
+def test_verify_reports_a_damaged_zarr_array_metadata_file(tmp_path):
+    path = str(tmp_path / "pool.zarr")
+    make_pool(path, checksums=False, batches=2)
+    metadata = os.path.join(path, "_priority", "zarr.json")
+    os.truncate(metadata, os.path.getsize(metadata) // 2)
+    with expstore.open(path) as pool:  # expstore maps the shard by the group's layout and still reads it
+        assert len(pool) == 2 * 97
+    report = expstore.verify(path)
+    assert not report.ok
+    assert any("_priority" in finding and "zarr.json" in finding for finding in report.findings), report.findings
+
+
+def test_verify_reports_a_deleted_hdf5_dataset(tmp_path):
+    import h5py
+
+    path = str(tmp_path / "pool.h5")
+    make_pool(path, checksums=False, batches=2)
+    with h5py.File(path, "r+", locking=False) as f:
+        del f["_commit"]  # its bytes stay where the pool's metadata points: expstore still opens it
+    with expstore.open(path) as pool:
+        assert len(pool) == 2 * 97
+    report = expstore.verify(path)
+    assert not report.ok
+    assert any("'_commit'" in finding and "missing" in finding for finding in report.findings), report.findings

@@ -10,9 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
+
 from ..schema import Schema
 
 FORMAT_VERSION = 1
+# What to do about a file that is not a pool, appended to every NotAPoolError.
+NOT_A_POOL_FIX = ("; pick another path for a new pool, or use mode='w' to replace it "
+                  "(`expstore import` reads D4RL and Minari datasets)")
 
 
 @dataclass(frozen=True)
@@ -59,8 +64,6 @@ def internal_arrays(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def internal_nbytes(meta: dict) -> int:
-    import numpy as np
-
     return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
                for shape, dtype in internal_arrays(meta).values())
 
@@ -75,6 +78,20 @@ class Backend(Protocol):
 
     def read_layout(self, path: str) -> Layout:
         """Read the metadata and the byte extents, without scanning the data."""
+
+    def container_findings(self, path: str, layout: Layout) -> list[str]:
+        """What a plain h5py/zarr reader would trip on: arrays missing or unreadable."""
+
+
+def expected_arrays(layout: Layout) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every array of the container, name -> (shape, dtype), fields and bookkeeping alike."""
+    meta = layout.meta
+    arrays = {name: ((meta["slots"], *field.shape), field.dtype.name) for name, field in layout.schema.items()}
+    arrays["_commit"] = ((2, layout.commit.nbytes // 2), "uint8")
+    if layout.checksums is not None:
+        arrays["_checksums"] = ((meta["slots"] // meta["chunk_rows"], 2), "int64")
+    arrays.update({name: (shape, np.dtype(dtype).name) for name, (shape, dtype) in internal_arrays(meta).items()})
+    return arrays
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         """About how many bytes a container of this size takes on disk."""

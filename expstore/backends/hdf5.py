@@ -14,9 +14,9 @@ import os
 import numpy as np
 
 from ..commit import SLOT_NBYTES
-from ..errors import CorruptStoreError, NotAPoolError
+from ..errors import CorruptStoreError, ExpstoreError, NotAPoolError
 from ..schema import Schema
-from .base import Extent, Layout, checksum_table_bytes, internal_arrays
+from .base import NOT_A_POOL_FIX, Extent, Layout, checksum_table_bytes, expected_arrays, internal_arrays
 from .meta import check_meta
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -70,18 +70,29 @@ class HDF5Backend:
         except OSError as exc:
             raise CorruptStoreError(f"{path}: HDF5 cannot read the file ({exc}); it may be truncated") from None
         with f:
-            if "expstore" not in f.attrs:
-                raise NotAPoolError(f"{path} is an HDF5 file but not an expstore pool (no 'expstore' attribute)")
-            meta = check_meta(path, _loads(path, f.attrs["expstore"]))
-            schema = Schema.from_json(meta["schema"])
-            fields = {name: self._field_extent(path, f, meta, name) for name in schema}
-            commit = Extent(path, int(meta["commit_offset"]), 2 * SLOT_NBYTES)
+            try:
+                meta, schema, fields = self._read_objects(path, f)
+            except ExpstoreError:
+                raise
+            except (KeyError, RuntimeError, OSError, ValueError, TypeError) as exc:
+                # Damaged object headers surface as any of these from inside h5py.
+                raise CorruptStoreError(f"{path}: HDF5 cannot read the pool's metadata ({type(exc).__name__}: "
+                                        f"{exc}); the file is damaged: run `expstore verify {path}`") from None
+        commit = Extent(path, int(meta["commit_offset"]), 2 * SLOT_NBYTES)
         checksums = None
         if meta.get("checksums"):
             checksums = Extent(path, int(meta["checksums_offset"]), len(checksum_table_bytes(meta)))
         layout = Layout(meta, schema, fields, commit, checksums, _internal_extents(path, meta))
         _check_file_size(path, layout)
         return layout
+
+    def _read_objects(self, path: str, f) -> tuple[dict, Schema, dict[str, Extent]]:
+        if "expstore" not in f.attrs:
+            raise NotAPoolError(f"{path} is an HDF5 file but not an expstore pool (no 'expstore' attribute)"
+                                f"{NOT_A_POOL_FIX}")
+        meta = check_meta(path, _loads(path, f.attrs["expstore"]))
+        schema = Schema.from_json(meta["schema"])
+        return meta, schema, {name: self._field_extent(path, f, meta, name) for name in schema}
 
     def _field_extent(self, path, f, meta, name) -> Extent:
         if name not in f:
@@ -102,6 +113,21 @@ class HDF5Backend:
         if first != offset or last != offset + (slots // chunk_rows - 1) * chunk_nbytes:
             raise CorruptStoreError(f"{path}: the chunks of {name!r} moved since creation; the pool is damaged")
         return Extent(path, offset, slots * field.row_nbytes)
+
+    def container_findings(self, path: str, layout: Layout) -> list[str]:
+        findings = []
+        with _h5py().File(path, "r", locking=False) as f:
+            for name, (shape, dtype) in expected_arrays(layout).items():
+                try:
+                    dataset = f[name]
+                    found = (dataset.shape, dataset.dtype.name)
+                except (KeyError, RuntimeError, OSError, ValueError) as exc:
+                    findings.append(f"HDF5 dataset {name!r} is missing or unreadable ({exc}); "
+                                    "plain h5py readers of this pool will fail")
+                    continue
+                if found != (tuple(shape), dtype):
+                    findings.append(f"HDF5 dataset {name!r} is {found[0]} {found[1]}, expected {tuple(shape)} {dtype}")
+        return findings
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         return slots * schema.row_nbytes + (len(schema) + 2) * _ALIGN + 2 * SLOT_NBYTES + (1 << 16)
@@ -155,7 +181,8 @@ def _check_signature(path: str) -> None:
     with open(path, "rb") as fh:
         head = fh.read(len(_HDF5_SIGNATURE))
     if head != _HDF5_SIGNATURE:
-        raise NotAPoolError(f"{path} is not an HDF5 file (no HDF5 signature), so not an expstore pool")
+        raise NotAPoolError(f"{path} is not an HDF5 file (no HDF5 signature), so not an expstore pool"
+                        f"{NOT_A_POOL_FIX}")
 
 
 def _loads(path: str, text) -> dict:

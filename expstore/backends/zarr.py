@@ -18,7 +18,15 @@ import numpy as np
 from ..commit import SLOT_NBYTES
 from ..errors import CorruptStoreError, NotAPoolError
 from ..schema import Schema
-from .base import Extent, Layout, checksum_table_bytes, internal_arrays, internal_nbytes
+from .base import (
+    NOT_A_POOL_FIX,
+    Extent,
+    Layout,
+    checksum_table_bytes,
+    expected_arrays,
+    internal_arrays,
+    internal_nbytes,
+)
 from .meta import check_meta
 
 _INDEX_ENTRY = np.dtype([("offset", "<u8"), ("nbytes", "<u8")])
@@ -60,12 +68,14 @@ class ZarrBackend:
         group = _read_json(path, os.path.join(path, "zarr.json"), missing=NotAPoolError)
         meta = group.get("attributes", {}).get("expstore") if isinstance(group, dict) else None
         if not isinstance(meta, dict):
-            raise NotAPoolError(f"{path} is a Zarr group but not an expstore pool (no 'expstore' attribute)")
+            raise NotAPoolError(f"{path} is a Zarr group but not an expstore pool (no 'expstore' attribute)"
+                               f"{NOT_A_POOL_FIX}")
         meta = check_meta(path, meta)
         schema = Schema.from_json(meta["schema"])
         fields = {name: self._field_extent(path, meta, schema, name) for name in schema}
         commit_file = os.path.join(path, "_commit", _chunk_key(2))
-        _check_size(path, commit_file, 2 * SLOT_NBYTES, "commit record")
+        # One whole slot is enough to open: a file cut mid-slot 1 falls back to slot 0 (mapping.py).
+        _check_size(path, commit_file, SLOT_NBYTES, "commit record")
         checksums = None
         if meta.get("checksums"):
             table_file = os.path.join(path, "_checksums", _chunk_key(2))
@@ -94,6 +104,19 @@ class ZarrBackend:
         _check_size(path, shard, data_nbytes + n_chunks * _INDEX_ENTRY.itemsize + _CRC_NBYTES, f"field {name!r}")
         _check_index(path, name, shard, data_nbytes, n_chunks, chunk_rows * field.row_nbytes)
         return Extent(shard, 0, data_nbytes)
+
+    def container_findings(self, path: str, layout: Layout) -> list[str]:
+        findings = []
+        for name, (shape, dtype) in expected_arrays(layout).items():
+            try:
+                array_meta = _read_json(path, os.path.join(path, name, "zarr.json"), missing=CorruptStoreError)
+            except CorruptStoreError as exc:
+                findings.append(f"{exc}; plain zarr readers of this array will fail")
+                continue
+            found = (array_meta.get("shape"), array_meta.get("data_type"))
+            if found != (list(shape), dtype):
+                findings.append(f"Zarr array {name!r} is {found[0]} {found[1]}, expected {list(shape)} {dtype}")
+        return findings
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         return slots * schema.row_nbytes + 2 * SLOT_NBYTES + len(schema) * (1 << 16)
