@@ -65,3 +65,7 @@ class BackendError(ExpstoreError, ValueError):
 
 class InvalidArgumentError(ExpstoreError, ValueError):
     """An argument to an expstore call has a value it cannot use."""
+
+
+class ShardsUnavailableError(ExpstoreError, ConnectionError):
+    """Every shard of a sharded pool is down (its Ray actor dead or restarting)."""
