@@ -22,6 +22,7 @@ from .errors import (  # noqa: E402
     StoreNotFoundError,
 )
 from .opening import open  # noqa: E402,A004
+from .recency import ERE, ERESchedule, ExponentialRecency  # noqa: E402
 from .schema import Field, Schema  # noqa: E402
 from .store import Store  # noqa: E402
 from .verify import RepairReport, VerifyReport, repair, verify  # noqa: E402
@@ -31,7 +32,7 @@ __all__ = [
     "ExpstoreError", "Field", "FormatVersionError", "InvalidArgumentError", "NotAPoolError",
     "ReadOnlyError", "Schema", "SchemaError", "StepNotFoundError", "Store", "StoreExistsError",
     "StoreLockedError", "StoreNotFoundError", "RepairReport", "VerifyReport", "__version__", "open",
-    "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes",
+    "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule", "ExponentialRecency",
 ]
 
 

@@ -35,11 +35,12 @@ class CopyResult:
     capacity: int
     dropped_rows: int
     compressed: bool
+    duplicate_rows: int = 0  # exact duplicates left out (dedup)
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | None = None,
             backend: str | None = None, compress: str | None = None, overwrite: bool = False,
-            progress: Progress | None = None, slice_nbytes: int | None = None) -> CopyResult:
+            progress: Progress | None = None, slice_nbytes: int | None = None, dedup: bool = False) -> CopyResult:
     """Copy the pool (or archive) ``src`` into a new pool or compressed archive ``dst``.
 
     Args:
@@ -50,20 +51,23 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | N
             ``zstd``/``blosc`` for Zarr) instead of a pool.
         overwrite: replace an existing ``dst``.
         progress: called with the number of rows copied after each slice.
+        dedup: leave out rows equal to an older row (exact duplicates, see duplicates.py),
+            keeping the order; the copy's bookkeeping is rebuilt from the rows' flags.
     """
     return merge([src], dst, capacity=capacity, backend=backend, compress=compress,
-                 overwrite=overwrite, progress=progress, slice_nbytes=slice_nbytes)
+                 overwrite=overwrite, progress=progress, slice_nbytes=slice_nbytes, dedup=dedup)
 
 
 def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity: int | None = None,
           backend: str | None = None, compress: str | None = None, overwrite: bool = False,
-          progress: Progress | None = None, slice_nbytes: int | None = None) -> CopyResult:
+          progress: Progress | None = None, slice_nbytes: int | None = None, dedup: bool = False) -> CopyResult:
     """Concatenate pools with the same schema into ``dst``, in the order given.
 
     Args:
         capacity: the new capacity (default: the sum of the sources' lengths, at least 1);
             when smaller than the rows given, the oldest rows are dropped.
-        Others as in :func:`convert`. Attrs come from the first source.
+        Others as in :func:`convert` (``dedup`` drops duplicates within each source). Attrs
+        come from the first source.
 
     Raises:
         SchemaError: the sources' schemas differ.
@@ -77,11 +81,22 @@ def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity
     _check_destination(dst, [os.fspath(s) for s in srcs], overwrite)
     sources = [open_source(s) for s in srcs]
     try:
+        if dedup:
+            sources = deduplicated(sources)
         _check_same_schema(sources)
-        return _copy(sources, dst, chosen.name, capacity, codec, overwrite, progress, slice_nbytes)
+        result = _copy(sources, dst, chosen.name, capacity, codec, overwrite, progress, slice_nbytes)
+        result.duplicate_rows = sum(getattr(source, "dropped_rows", 0) for source in sources)
+        return result
     finally:
         for source in sources:
             source.close()
+
+
+def deduplicated(sources: list[RowSource]) -> list[RowSource]:
+    """Each source without its exact duplicates (closing one closes its source)."""
+    from .duplicates import DedupSource
+
+    return [DedupSource(source) for source in sources]
 
 
 def make_parent(dst: str) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import internal, sampling
+from . import age, internal, sampling
 from .casting import as_rows
 from .episodes import FINAL_STORED, EpisodeBook, decode, write_run
 from .errors import EmptyStoreError, ExpstoreError, InvalidArgumentError, SchemaError, StepNotFoundError
@@ -202,10 +202,15 @@ class ReplayMixin:
         return low, high
 
     def _sample_replay(self, batch_size: int, rng, n_step: int, gamma: float, prioritized: bool,
-                       alpha: float, beta: float) -> dict[str, np.ndarray]:
+                       alpha: float, beta: float, selection: dict | None = None) -> dict[str, np.ndarray]:
         _check_sampling_args(batch_size, n_step, gamma, alpha, beta)
         generator = _generator(rng)
         low, high = self._nonempty_window()
+        if selection is not None:
+            if prioritized:
+                raise InvalidArgumentError("max_age and recency cannot be combined with prioritized=True; "
+                                           "sample recent rows uniformly, or prioritize without them")
+            return self._draw_usable(batch_size, *self._recent_draw(generator, selection, n_step, gamma))[0]
         if prioritized:
             self._need_book()
             self._priority_index.sync(low, high, float(alpha), None if self.writable else self._committed.seq)
@@ -216,6 +221,51 @@ class ReplayMixin:
         if prioritized:
             batch["weights"] = sampling.importance_weights(extra, high - low, beta)
         return batch
+
+    def _recent_draw(self, generator: np.random.Generator, selection: dict, n_step: int, gamma: float):
+        """draw(n) -> (steps, zeros) and build(steps) -> (batch, ok) for max_age / recency.
+
+        The age limit is taken from a snapshot of the window (age.py); a reader that the writer
+        lapped (the whole snapshot evicted) takes a new, newer snapshot.
+        """
+        how = selection["recency"]
+        if how is not None and not hasattr(how, "draw"):
+            raise InvalidArgumentError(f"recency={how!r} must be expstore.ERE(k, K) or "
+                                       "expstore.ExponentialRecency(half_life)")
+        snapshot = {}
+
+        def take_snapshot(low: int, high: int) -> None:
+            snapshot["high"], snapshot["limit"] = high, self._age_limit(selection, low, high)
+            snapshot["low"] = low if snapshot["limit"] is None else snapshot["limit"].low
+
+        def draw(count: int):
+            tail, head = self._window()
+            if tail >= snapshot["high"]:
+                take_snapshot(tail, head)
+            start = max(tail, snapshot["low"])
+            steps = (how.draw(generator, start, snapshot["high"], count) if how is not None
+                     else sampling.uniform(generator, start, snapshot["high"], count))
+            return steps, np.zeros(count)
+
+        def build(steps: np.ndarray):
+            batch, ok = self._transitions(steps, n_step, gamma, snapshot["high"])
+            limit = snapshot["limit"]
+            return batch, ok if limit is None else ok & limit.admits(batch)
+
+        take_snapshot(*self._nonempty_window())
+        return draw, build
+
+    def _age_limit(self, selection: dict, low: int, high: int) -> age.AgeLimit | None:
+        if selection["max_age"] is None:
+            return None
+        unit = age.resolve_age_unit(selection["age_unit"], self._layout.schema)
+        versions = self._maps.views.get(age.VERSION_FIELD) if unit == "policy_versions" else None
+        limit = age.age_limit(selection["max_age"], unit, low, high, versions, self._ring.slots,
+                              selection["current_version"])
+        if limit.low >= high:
+            raise EmptyStoreError(f"{self.path}: no committed row is at most {selection['max_age']} {unit} old "
+                                  f"(policy_version >= {limit.min_version}); raise max_age")
+        return limit
 
     # ------------------------------------------------------------------ sequences
     def sample_sequences(self, batch_size: int, length: int, *, rng: int | np.random.Generator | None = None,

@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (small MLPs gain little from more; default 1)")
     parser.add_argument("--log-interval", type=float, default=5.0, help="seconds between progress lines")
+    parser.add_argument("--ere", action="store_true",
+                        help="online: Emphasizing Recent Experience (Wang & Ross 2019) instead of uniform sampling")
+    parser.add_argument("--ere-eta", type=float, default=0.996, help="ERE: recency emphasis (1.0: uniform)")
+    parser.add_argument("--ere-c-min", type=int, default=5_000, help="ERE: the smallest window (rows)")
     parser.add_argument("--offline", action="store_true", help="train TD3+BC from --pool, no env interaction")
     parser.add_argument("--pool", help="offline: the pool to train from (opened read-only)")
     parser.add_argument("--workers", type=int, default=0,
@@ -91,7 +95,7 @@ def online_config(args: argparse.Namespace, run_dir: str):
                         pool_name="pool" + POOL_SUFFIX[args.backend], capacity=args.capacity,
                         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
                         eval_episodes=args.eval_episodes, log_interval_s=args.log_interval, device=args.device,
-                        sac=sac)
+                        sac=sac, ere=args.ere, ere_eta=args.ere_eta, ere_c_min=args.ere_c_min)
 
 
 def run_online(args: argparse.Namespace, run_dir: str) -> dict:

@@ -37,21 +37,25 @@ def _total_rows(paths) -> int:
 @COMPRESS
 @BACKEND
 @OVERWRITE
-def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool) -> None:
+@click.option("--dedup", is_flag=True,
+              help="Leave out exact duplicate rows (the oldest copy is kept, order unchanged).")
+def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool, dedup: bool) -> None:
     """Copy pool SRC into DST: HDF5 <-> Zarr, resize, or compress into an archive.
 
-    Rows keep their order and attrs; DST is written aside and renamed, so a killed convert
-    never leaves a half-written DST.
+    Rows keep their order, step ids, episodes, priorities and attrs (with --dedup, episodes
+    are rebuilt from the flags); DST is written aside and renamed, so a killed convert never
+    leaves a half-written DST.
 
     \b
     Examples:
       expstore convert data/demo_pool.h5 runs/demo.zarr
       expstore convert runs/pool.h5 runs/small.h5 --capacity 10000
       expstore convert runs/pool.zarr runs/archive.zarr --compress zstd
+      expstore convert runs/pool.h5 runs/unique.h5 --dedup
     """
     with progress_bar(_total_rows([src]), "convert") as progress:
         result = converting.convert(src, dst, capacity=capacity, backend=backend, compress=compress,
-                                    overwrite=overwrite, progress=progress)
+                                    overwrite=overwrite, progress=progress, dedup=dedup)
     _report(result)
 
 
@@ -78,6 +82,8 @@ def merge(srcs, dst: str, capacity, compress, backend, overwrite: bool) -> None:
 def _report(result: converting.CopyResult) -> None:
     what = "archive" if result.compressed else f"pool (capacity {result.capacity})"
     dropped = f"; dropped the {result.dropped_rows} oldest rows" if result.dropped_rows else ""
+    duplicates = getattr(result, "duplicate_rows", 0)
+    dropped += f"; left out {duplicates} exact duplicate rows" if duplicates else ""
     click.echo(f"wrote {result.rows} rows to {what} {result.path}{dropped}")
 
 

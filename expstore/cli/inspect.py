@@ -106,20 +106,30 @@ def show(path: str, start: int, count: int, fields: str | None) -> None:
 
 @click.command()
 @click.argument("path")
+@click.option("--duplicates", "with_duplicates", is_flag=True,
+              help="Also count exact duplicate rows and cluster discrete observations (more passes).")
+@click.option("--obs-field", default="obs", show_default=True, help="The observation field to cluster.")
 @JSON
-def stats(path: str, as_json: bool) -> None:
-    """Per field min/max/mean/std and NaN/inf counts; episode return and length summaries.
+def stats(path: str, as_json: bool, with_duplicates: bool, obs_field: str) -> None:
+    """Per field min/max/mean/std and NaN/inf counts; episode return and length summaries;
+    the age of the rows (in steps, and in policy versions when rows carry them).
 
     \b
-    Example:
+    Examples:
       expstore stats data/demo_pool.h5 --json
+      expstore stats runs/sac-pendulum/pool.h5 --duplicates
     """
+    from ..age import age_distribution
+
     with closing(open_source(path)) as source:
         with progress_bar(len(source), "fields") as progress:
             fields = summary.field_stats(source, progress)
         with progress_bar(len(source), "episodes") as progress:
             episodes = summary.episode_summary(summary.episode_table(source, progress))
-    result = {"rows": len(source), "fields": {name: s.to_json() for name, s in fields.items()}, "episodes": episodes}
+        result = {"rows": len(source), "fields": {name: s.to_json() for name, s in fields.items()},
+                  "episodes": episodes, "age": age_distribution(source)}
+        if with_duplicates:
+            result["duplicates"] = _duplicates(source, obs_field)
     if as_json:
         echo_json(result)
         return
@@ -130,6 +140,41 @@ def stats(path: str, as_json: bool) -> None:
     click.echo(table(["", "count", "mean", "std", "min", "max"],
                      [[what] + [_num(episodes[what][k]) for k in ("count", "mean", "std", "min", "max")]
                       for what in ("return", "length")]))
+    _echo_age(result["age"])
+    if with_duplicates:
+        _echo_duplicates(result["duplicates"])
+
+
+def _duplicates(source, obs_field: str) -> dict:
+    from ..duplicates import duplicate_report
+
+    with progress_bar(len(source), "duplicates") as progress:
+        return duplicate_report(source, obs_field=obs_field, progress=progress)
+
+
+def _echo_age(age: dict) -> None:
+    keys = ["mean", "min", "p10", "median", "p90", "max"]
+    rows = [[unit] + [_num(values.get(k)) for k in keys] for unit, values in age.items() if values]
+    click.echo("\nage of the rows (0: newest)")
+    click.echo(table(["unit"] + keys, rows))
+
+
+def _echo_duplicates(report: dict) -> None:
+    exact = report["exact"]
+    click.echo(f"\nexact duplicates over {', '.join(exact['fields'])}: {exact['duplicate_rows']} of "
+               f"{exact['rows']} rows ({100 * exact['duplicate_fraction']:.2f}%), {exact['distinct']} distinct, "
+               f"{exact['groups_with_duplicates']} of them occur more than once, the most repeated "
+               f"{exact['largest_group']} times")
+    if exact["derived_not_compared"]:
+        click.echo(f"  (not compared: {', '.join(exact['derived_not_compared'])}, derived from the next row)")
+    clusters = report["observation_clusters"]
+    if "skipped" in clusters:
+        click.echo(f"observation clusters: skipped, {clusters['skipped']}")
+        return
+    click.echo(f"observation clusters of {clusters['field']!r}: {clusters['distinct']} distinct observations, "
+               f"{clusters['rows_in_clusters']} rows share theirs with another row; largest:")
+    click.echo(table(["rows", "first row", "observation"],
+                     [[cell(c["rows"]), cell(c["first_row"]), str(c["value"])] for c in clusters["largest"]]))
 
 
 def _num(value) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..opening import open as open_pool
+from ..recency import ERE_C_MIN, ERE_ETA, ERESchedule
 from ..sac import SAC, SACConfig
 from ..torch_feed import Prefetcher
 from .checkpoint import (
@@ -55,6 +56,9 @@ class OnlineConfig:
     log_interval_s: float = 5.0
     device: str = "cpu"
     sac: SACConfig = field(default_factory=SACConfig)
+    ere: bool = False  # Emphasizing Recent Experience: sample the newest c_k rows (expstore/recency.py)
+    ere_eta: float = ERE_ETA
+    ere_c_min: int = ERE_C_MIN
 
     @classmethod
     def from_dict(cls, values: dict) -> OnlineConfig:
@@ -137,8 +141,19 @@ class OnlineRun:
 
     def _prefetcher(self) -> Prefetcher:
         batch_size = self.config.sac.batch_size
-        return Prefetcher(lambda: self.pool.sample(batch_size, rng=self.rng), depth=self.config.prefetch_depth,
-                          device=self.config.device)
+        if not self.config.ere:
+            return Prefetcher(lambda: self.pool.sample(batch_size, rng=self.rng), depth=self.config.prefetch_depth,
+                              device=self.config.device)
+        schedule = ERESchedule(self._ere_phase_updates(), self.config.ere_eta, self.config.ere_c_min)
+        return Prefetcher(lambda: self.pool.sample(batch_size, rng=self.rng, recency=schedule.next()),
+                          depth=self.config.prefetch_depth, device=self.config.device)
+
+    def _ere_phase_updates(self) -> int:
+        """K of ERE: the updates made during one episode (the paper's update phase); a resumed
+        run starts a new phase."""
+        spec = getattr(self.env, "spec", None)
+        episode_steps = getattr(spec, "max_episode_steps", None) or 1_000
+        return int(episode_steps) * self.config.updates_per_step
 
     def _env_step(self, obs: np.ndarray, episode_return: float) -> tuple[np.ndarray, float]:
         if self.state.step < self.config.learning_starts:
