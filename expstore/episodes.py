@@ -283,13 +283,18 @@ class EpisodeBook:
     def _advance_low(self, tail: int) -> None:
         """Move ``low_id`` past episodes gone from the pool; vectorised over blocks of ids, and
         amortised O(1) per episode since ``low_id`` only grows."""
-        open_ids = np.fromiter((state[0] for state in self.open.values()), np.int64, len(self.open))
+        open_ids = [state[0] for state in self.open.values()]
+        if self.low_id in open_ids and self.table[self.low_id % self.table_rows, 0] == self.low_id:
+            return  # the common case between episode ends: the oldest episode is still open
         while self.low_id < self.next_id:
             ids = np.arange(self.low_id, min(self.next_id, self.low_id + _LOW_BLOCK), dtype=np.int64)
             entries = self.table[ids % self.table_rows]
-            ended_in_pool = (entries[:, 3] % 4 != OPEN) & (entries[:, 2] >= tail)
-            live = (entries[:, 0] == ids) & (ended_in_pool | np.isin(ids, open_ids))
-            first_live = live.argmax()
+            live = (entries[:, 3] % 4 != OPEN) & (entries[:, 2] >= tail)  # ended, last row still in the pool
+            for episode_id in open_ids:  # at most one per env
+                if ids[0] <= episode_id <= ids[-1]:
+                    live[episode_id - ids[0]] = True
+            live &= entries[:, 0] == ids
+            first_live = int(live.argmax())
             if live[first_live]:
                 self.low_id = int(ids[first_live])
                 return
