@@ -85,6 +85,8 @@ def newest(slots: bytes) -> tuple[CommitRecord, bool]:
     return max(valid, key=lambda r: r.seq), len(valid) == 1
 
 
-def initial_slots() -> bytes:
-    """Both slots of a new, empty pool: seq 0 and seq 1, each with an empty window."""
-    return CommitRecord(0, 0, 0, 0.0).encode() + CommitRecord(1, 0, 0, 0.0).encode()
+def initial_slots(first_step_id: int = 0) -> bytes:
+    """Both slots of a new, empty pool: seq 0 and seq 1, each with an empty window that
+    starts at ``first_step_id`` (0, except for a copy that keeps its source's step ids)."""
+    empty = (first_step_id, first_step_id, 0.0)
+    return CommitRecord(0, *empty).encode() + CommitRecord(1, *empty).encode()

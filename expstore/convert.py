@@ -3,8 +3,9 @@
 The destination is built at a temporary sibling (see files.build_aside) and renamed into
 place only when complete and fsynced, so a killed convert leaves the old destination (or
 nothing) plus a temporary that ``expstore repair`` removes, never a half-written pool.
-Rows keep their order (oldest first). Step ids restart at 0 in the new pool (the
-public API has no way to start a ring at another step id); attrs are copied unchanged.
+Rows keep their order (oldest first) and attrs are copied unchanged. A converted pool keeps
+its source's step ids, episodes (vector-env sub-envs included) and priorities; a merged one
+renumbers them, the sources following each other (see carry.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from . import archive, files, lock
 from .backends import resolve_backend
+from .carry import Carry
 from .errors import InvalidArgumentError, SchemaError, StoreExistsError
 from .streaming import Progress, RowSource, iter_slices, open_source
 
@@ -134,15 +136,16 @@ def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nby
     if len(sources) > 1:
         attrs["merged_from"] = [s.path for s in sources]
     kwargs = {"slice_nbytes": slice_nbytes} if slice_nbytes else {}
+    carry = Carry(sources, dropped, renumber=len(sources) > 1)
     slices = _renumbered(sources, dropped, progress, kwargs)
     make_parent(dst)
     if codec is not None:
-        meta = {"attrs": attrs, "capacity": capacity, "first_step_id": 0}
+        meta = {"attrs": attrs, "capacity": capacity, "first_step_id": carry.first_step_id}
         files.build_aside(dst, lambda temp: archive.write_archive(temp, backend, codec, first.schema, meta,
                                                                   rows, slices) or [], replace=overwrite)
     else:
         build_pool(dst, backend, first.schema, capacity, attrs, slices, overwrite=overwrite,
-                   meta=first.meta if first.kind == "pool" else {})
+                   meta=first.meta if first.kind == "pool" else {}, carry=carry)
     logger.info("wrote %d rows to %s (%d oldest dropped)", rows, dst, dropped)
     return CopyResult(dst, rows, capacity, dropped, codec is not None)
 
@@ -159,26 +162,33 @@ def _renumbered(sources, skip: int, progress, kwargs) -> Iterator[tuple[int, dic
 
 
 def build_pool(dst: str, backend: str, schema, capacity: int, attrs: dict, slices, *, overwrite: bool = False,
-               meta: dict | None = None) -> None:
+               meta: dict | None = None, carry: Carry | None = None) -> None:
     """Build a pool at ``dst`` aside from ``slices`` (iterator of (first_row, batch)), then rename.
 
-    ``meta`` of a source pool carries over its slack, chunk_rows and checksums setting.
+    ``meta`` of a source pool carries over its slack, chunk_rows and checksums setting;
+    ``carry`` the sources' step ids, episodes and priorities.
     """
     make_parent(dst)
-    files.build_aside(dst, lambda temp: _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {})
-                      or [], replace=overwrite)
+    files.build_aside(dst, lambda temp: _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {},
+                                                    carry) or [], replace=overwrite)
 
 
-def _write_pool(temp: str, backend: str, schema, capacity: int, attrs: dict, slices, meta: dict) -> None:
+def _write_pool(temp: str, backend: str, schema, capacity: int, attrs: dict, slices, meta: dict,
+                carry: Carry | None) -> None:
     from .opening import open as open_store
 
     slack = _slack(meta, capacity)
     store = open_store(temp, "w", capacity=capacity, schema=schema, backend=backend, attrs=attrs,
                        chunk_rows=_chunk_rows(meta, capacity + slack), slack=slack,
-                       commit_every=slack, fsync=False, checksums=bool(meta.get("checksums", False)))
+                       commit_every=slack, fsync=False, checksums=bool(meta.get("checksums", False)),
+                       **(carry.create_options() if carry else {}))
     try:
-        for _first, batch in slices:
+        for first, batch in slices:
             store.extend(batch)
+            if carry:
+                carry.after_rows(store, first, len(next(iter(batch.values()))))
+        if carry:
+            carry.finish(store)
         store.flush(fsync=True)
     finally:
         store.close()

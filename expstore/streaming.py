@@ -54,8 +54,11 @@ class PoolSource:
         self.chunk_rows = store.chunk_rows or 1
         self.meta = {} if store._layout is None else dict(store._layout.meta)
         # One snapshot of the window: a writer running meanwhile cannot shift the rows read.
-        self.first_step_id = store.first_step_id
-        self._length = len(store)
+        self.first_step_id, head = store._window()
+        self._length = head - self.first_step_id
+        from .carry import SourceBook
+
+        self.book = SourceBook.of(store, self.first_step_id, head)  # episodes and priorities, same snapshot
 
     def __len__(self) -> int:
         return self._length

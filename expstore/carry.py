@@ -1,0 +1,229 @@
+"""What convert and merge carry from source pools into the copy besides the rows.
+
+The copy's rows are written through ``Store.extend``, which tags them as if recorded anew: one
+env, episodes split only at terminated/truncated rows, every priority the max. That would lose
+what the source knows: its step ids and episode ids, each vector-env sub-env's interleaved
+episodes (the rows' forward links and the env id of each episode), episodes cut off by a crash,
+the evicted part of the oldest episodes, and the priorities. So after each slice the copy's
+per-row bookkeeping (internal.py) is overwritten with the source's, and before the final commit
+the episode table, the open episodes and the max priority are copied too.
+
+convert keeps step ids and episode ids as they are: the copy is created at the first step id
+it keeps. merge renumbers: the sources follow each other, step ids counting on from the first
+source's first step id, episode ids likewise. An episode still open at the end of a source
+other than the last is closed there as cut off, and the first episodes of a later source that
+began before its oldest copied row start at that row (their earlier rows never were in the
+merged pool, so they are not reported as evicted).
+
+Sources without bookkeeping (archives, pools created before it existed) carry only their step
+ids; their rows are tagged by ``extend``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .episodes import CUT_OFF, OPEN, decode, write_run
+from .errors import StepNotFoundError
+from .internal import EPISODE_TABLE, FINAL_PREFIX, ROW_ARRAYS
+
+PRIORITY_KEY = "priorities"
+_SCAN_ROWS = 1 << 20
+
+
+class SourceBook:
+    """One source pool's bookkeeping at the snapshot [tail, head) its rows are read from.
+
+    Build it right after the reader took its window, so that the payload matches it.
+    """
+
+    def __init__(self, store, tail: int, head: int):
+        book = store._book
+        payload = store._committed.payload
+        state = decode(payload, store._committed.head)
+        self.store, self.book, self.tail, self.head = store, book, tail, head
+        self.next_id, self.low_id = state["next"], state["low"]
+        self.open_episodes: dict[int, tuple[int, int]] = state["open"]  # env id -> (episode id, last step)
+        self.max_priority = float(payload.get(PRIORITY_KEY, {}).get("max", 1.0))
+        self.slots = book.slots
+        self.views = {name: store._maps.views[name] for name in ROW_ARRAYS}
+        self.rewards = store._maps.views[book.reward] if book.reward else None
+
+    @classmethod
+    def of(cls, store, tail: int, head: int) -> SourceBook | None:
+        return None if store._book is None else cls(store, tail, head)
+
+    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """The per-row bookkeeping of steps [start, stop); links past the snapshot cut."""
+        steps = np.arange(start, stop, dtype=np.int64)
+        values = {name: np.asarray(view[steps % self.slots]) for name, view in self.views.items()}
+        if self.store.first_step_id > start:  # a live writer moved past the rows meanwhile
+            raise StepNotFoundError(f"{self.store.path}: step {start} was evicted by its writer while being "
+                                    "copied; stop the writer or copy a pool that is not being written")
+        delta = values["_next_delta"]
+        delta[steps + delta >= self.head] = 0  # rows appended after the snapshot are not copied
+        return values
+
+    def entries(self, first_kept: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Episode ids, table entries and an open flag of the episodes with a row from
+        ``first_kept`` on; an open episode's entry holds its last step id in column 2."""
+        ids = np.arange(self.low_id, self.next_id, dtype=np.int64)
+        table = self.book.table[ids % self.book.table_rows].copy()
+        is_open = np.zeros(len(ids), bool)
+        for env_id, (episode_id, last_step) in self.open_episodes.items():
+            position = episode_id - self.low_id
+            if 0 <= position < len(ids):
+                table[position, 2:] = (last_step, env_id * 8 + OPEN)
+                is_open[position] = True
+        closed = table[:, 3] % 4 != OPEN
+        keep = (table[:, 0] == ids) & (is_open | closed) & (table[:, 2] >= first_kept)
+        return ids[keep], table[keep], is_open[keep]
+
+    def min_episode_id(self, start: int) -> int:
+        """The smallest episode id of rows [start, head) (rows of forgotten episodes included)."""
+        smallest = self.low_id
+        for first in range(start, self.head, _SCAN_ROWS):
+            steps = np.arange(first, min(self.head, first + _SCAN_ROWS), dtype=np.int64)
+            smallest = min(smallest, int(self.views["_episode_id"][steps % self.slots].min()))
+        return smallest
+
+    def starts_at(self, first_kept: int, ids: np.ndarray, firsts: np.ndarray) -> dict[int, tuple[int, int, float]]:
+        """Episodes that began before ``first_kept``: id -> (oldest kept step, rows, return before it)."""
+        early = ids[firsts < first_kept]
+        oldest = self.book.oldest_rows(early, first_kept, self.head)
+        found = {}
+        for episode_id, step_id in zip(early, oldest):
+            if step_id < 0:
+                continue
+            slot = step_id % self.slots
+            reward = 0.0 if self.rewards is None else float(self.rewards[slot])
+            found[int(episode_id)] = (step_id, int(self.views["_episode_step"][slot]),
+                                      float(self.views["_episode_return"][slot]) - reward)
+        return found
+
+
+@dataclass
+class _Segment:
+    """The copy's rows [dst_row, dst_row + count) are the source's steps from ``src_step`` on."""
+
+    book: SourceBook | None
+    src_step: int
+    count: int
+    dst_row: int
+    step_shift: int = 0  # dst step id = source step id + step_shift
+    id_shift: int = 0  # dst episode id = source episode id + id_shift
+    last: bool = False
+    restart: dict = field(default_factory=dict)  # episodes rebased to their oldest copied row
+
+
+class Carry:
+    """The plan of a copy: its first step id, and each source's rows and bookkeeping in it.
+
+    Args:
+        sources: the row sources, in order (``book`` attribute: a SourceBook, or None).
+        skip: rows dropped from the start (the copy's capacity is smaller than the rows).
+        renumber: merge (True) or convert (False; one source).
+    """
+
+    def __init__(self, sources, skip: int, renumber: bool):
+        self.segments: list[_Segment] = []
+        books = [getattr(source, "book", None) for source in sources]
+        self.carries_bookkeeping = all(book is not None for book in books)
+        self.first_step_id = sources[0].first_step_id + min(skip, len(sources[0])) if sources else 0
+        dst_row = dst_step = next_id = 0
+        for position, source in enumerate(sources):
+            start = min(len(source), skip)
+            skip -= start
+            first_step = source.first_step_id + start
+            segment = _Segment(books[position] if self.carries_bookkeeping else None, first_step,
+                               len(source) - start, dst_row, last=position == len(sources) - 1)
+            if position and renumber:
+                segment.step_shift = dst_step - first_step
+            if position and renumber and segment.book is not None:
+                segment.id_shift = next_id - segment.book.min_episode_id(first_step)
+                ids, entries, _ = segment.book.entries(first_step)
+                segment.restart = segment.book.starts_at(first_step, ids, entries[:, 1])
+            self.segments.append(segment)
+            dst_row += segment.count
+            dst_step = first_step + segment.step_shift + segment.count
+            if segment.book is not None:
+                next_id = segment.book.next_id + segment.id_shift
+
+    def create_options(self) -> dict:
+        """Options of ``expstore.open`` for the copy: step ids, and the source's table layout."""
+        options = {"first_step_id": self.first_step_id}
+        book = self.segments[0].book if self.segments else None
+        if book is not None:
+            views = book.store._maps.views
+            options["derive_next_obs"] = any(name.startswith(FINAL_PREFIX) for name in views)
+            if len(views[EPISODE_TABLE]) < book.slots:
+                options["max_episodes"] = len(views[EPISODE_TABLE])
+        return options
+
+    # ------------------------------------------------------------------ while copying
+    def after_rows(self, store, first_row: int, count: int) -> None:
+        """Overwrite the tags ``extend`` gave the copy's rows [first_row, first_row + count)."""
+        if not self.carries_bookkeeping or store._book is None:
+            return
+        for segment in self.segments:
+            start = max(first_row, segment.dst_row)
+            stop = min(first_row + count, segment.dst_row + segment.count)
+            if start < stop:
+                src_start = segment.src_step + start - segment.dst_row
+                values = self._transformed(segment, segment.book.rows(src_start, src_start + stop - start))
+                for name, column in values.items():
+                    write_run(store._maps.views[name], src_start + segment.step_shift, column, store._ring.slots)
+
+    @staticmethod
+    def _transformed(segment: _Segment, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        episode_ids = values["_episode_id"]
+        for episode_id, (_step, rows_before, return_before) in segment.restart.items():
+            rows = episode_ids == episode_id
+            values["_episode_step"][rows] -= rows_before
+            values["_episode_return"][rows] -= return_before
+        values["_episode_id"] = episode_ids + segment.id_shift
+        return values
+
+    # ------------------------------------------------------------------ at the end
+    def finish(self, store) -> None:
+        """Write the episode table, the open episodes and the max priority into the copy."""
+        if not self.carries_bookkeeping or store._book is None:
+            return
+        book = store._book
+        book.table[:] = 0  # drop the entries extend made: only the sources' episodes remain
+        book.open, book.committed_open = {}, {}
+        written = []
+        for segment in self.segments:
+            written.append(self._write_entries(store, segment))
+        written = np.concatenate(written) if written else np.zeros(0, np.int64)
+        ends = [s.book.next_id + s.id_shift for s in self.segments if s.count]
+        book.next_id = max(ends, default=book.next_id)
+        book.low_id = int(written.min()) if written.size else book.next_id
+        store._max_priority = max(s.book.max_priority for s in self.segments)
+
+    def _write_entries(self, store, segment: _Segment) -> np.ndarray:
+        if not segment.count:
+            return np.zeros(0, np.int64)
+        book, source = store._book, segment.book
+        ids, entries, is_open = source.entries(segment.src_step)
+        source_ids = ids.copy()
+        entries[:, 0] += segment.id_shift
+        entries[:, 1:3] += segment.step_shift
+        for position, episode_id in enumerate(ids):
+            if int(episode_id) in segment.restart:
+                entries[position, 1] = segment.restart[int(episode_id)][0] + segment.step_shift
+        closed_now = is_open & (not segment.last)
+        entries[closed_now, 3] += CUT_OFF  # open entries hold env_id * 8 + OPEN (0)
+        still_open = is_open & segment.last
+        for entry in entries[still_open]:
+            last_slot = int(entry[2]) % book.slots
+            book.open[int(entry[3]) // 8] = [int(entry[0]), int(entry[1]), int(entry[2]),
+                                            int(book.episode_step[last_slot]), float(book.episode_return[last_slot])]
+        entries[still_open, 2] = -1
+        rows = entries[:, 0] % book.table_rows
+        book.table[rows] = entries  # in id order: where ids share a row, the newest wins
+        for name, final in book.finals.items():
+            final[rows] = source.book.finals[name][source_ids % source.book.table_rows]
+        return entries[:, 0]
