@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -32,6 +33,7 @@ from .errors import (
     SchemaError,
     StepNotFoundError,
 )
+from .idle import IdleCommitter
 from .mapping import MappedPool
 from .replay import ReplayMixin
 from .ring import Ring
@@ -69,6 +71,8 @@ class Store(ReplayMixin):
         self.cold_reads = ColdReads()  # prefetch of sampled rows' pages when the pool reads cold
         self._append_ready = False  # set once the checks append's hot path skips have passed
         self._owner_pid = os.getpid()
+        self._write_lock = threading.Lock()
+        self._idle_committer: IdleCommitter | None = None
         self._layout: Layout | None = None
         self._committed = commit.CommitRecord(1, 0, 0, 0.0)
         self._head = 0
@@ -96,6 +100,8 @@ class Store(ReplayMixin):
         self._slots = self._ring.slots
         self._init_replay()  # episode bookkeeping and priorities (replay.py)
         self._schedule_commit()
+        if self.writable:
+            self._idle_committer = IdleCommitter(self, self._policy.interval_s)
         if self._committed.head - self._committed.tail > self._ring.capacity:
             raise CorruptStoreError(f"{self.path}: the commit record holds more rows than the capacity; "
                                     "run `expstore verify` on it")
@@ -205,40 +211,41 @@ class Store(ReplayMixin):
         Values are checked before any is written, so a bad transition writes nothing. This is
         the env-loop hot path: the common value types are checked inline, without calls.
         """
-        if not self._append_ready:
-            self._prepare_append(transition)
-        derived = None
-        try:
-            keys = transition.keys()
-        except AttributeError:
-            raise _not_a_mapping("append", transition) from None
-        if keys != self._names:
-            transition, derived = self._split_derived(transition, None)
-        converted = None
-        for name, field, dtype, shape, float_limit, _ in self._row_specs:
-            value = transition[name]
-            kind = type(value)
-            if kind is np.ndarray:
-                if value.dtype is dtype and value.shape == shape:
+        with self._write_lock:  # uncontended: only an idle writer's commit thread takes it too
+            if not self._append_ready:
+                self._prepare_append(transition)
+            derived = None
+            try:
+                keys = transition.keys()
+            except AttributeError:
+                raise _not_a_mapping("append", transition) from None
+            if keys != self._names:
+                transition, derived = self._split_derived(transition, None)
+            converted = None
+            for name, field, dtype, shape, float_limit, _ in self._row_specs:
+                value = transition[name]
+                kind = type(value)
+                if kind is np.ndarray:
+                    if value.dtype is dtype and value.shape == shape:
+                        continue
+                elif kind is float:
+                    if float_limit is not None and not shape and -float_limit <= value <= float_limit:
+                        continue
+                elif kind is bool and dtype.kind == "b" and not shape:
                     continue
-            elif kind is float:
-                if float_limit is not None and not shape and -float_limit <= value <= float_limit:
-                    continue
-            elif kind is bool and dtype.kind == "b" and not shape:
-                continue
-            if converted is None:
-                converted = {}
-            converted[name] = as_rows(name, field, value, None)
-        if converted is not None:
-            transition = {**transition, **converted}
-        slot = self._head % self._slots
-        for name, _, _, _, _, view in self._row_specs:
-            view[slot] = transition[name]
-        self._tag_row(self._head, slot, transition, derived, env_id)
-        self._head += 1
-        # A commit whenever `slack` rows are pending keeps the next write off committed rows.
-        if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
-            self._commit(self._policy.fsync)
+                if converted is None:
+                    converted = {}
+                converted[name] = as_rows(name, field, value, None)
+            if converted is not None:
+                transition = {**transition, **converted}
+            slot = self._head % self._slots
+            for name, _, _, _, _, view in self._row_specs:
+                view[slot] = transition[name]
+            self._tag_row(self._head, slot, transition, derived, env_id)
+            self._head += 1
+            # A commit whenever `slack` rows are pending keeps the next write off committed rows.
+            if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
+                self._commit(self._policy.fsync)
 
     def _prepare_append(self, transition: Mapping[str, Any]) -> None:
         """The slow checks the hot path skips once they passed: open, writable, created."""
@@ -256,36 +263,37 @@ class Store(ReplayMixin):
 
         The whole batch is checked before anything is written: a bad batch writes nothing.
         """
-        self._check_writable()
-        if not isinstance(batch, Mapping):
-            raise _not_a_mapping("extend", batch)
-        if self._layout is None:
-            self._create_from(batch, n_rows=_batch_length(batch))
-        n_rows = _batch_length(batch)
-        derived = None
-        if batch.keys() != self._names:
-            batch, derived = self._split_derived(batch, n_rows)
-        columns = [self._column(spec, batch[spec[0]], n_rows) for spec in self._row_specs]
-        env_ids = self._check_env_ids(env_ids, n_rows)
-        done = 0
-        while done < n_rows:
-            room = self._ring.slack - (self._head - self._committed.head)
-            if room < min(n_rows - done, self._ring.slack) and self._head > self._committed.head:
-                # Commit what is pending rather than split the batch: one commit either way,
-                # and a batch written in one piece costs one round of bookkeeping.
-                self._commit(self._policy.fsync)
-                continue
-            take = min(room, n_rows - done)
-            for offset, slot, length in self._ring.runs(self._head, take):
-                for view, column in zip(self._views, columns):
-                    view[slot:slot + length] = column[done + offset:done + offset + length]
-            part = slice(done, done + take)
-            self._tag_rows(self._head, {name: column[part] for name, column in zip(self._names, columns)},
-                           derived and {name: values[part] for name, values in derived.items()},
-                           None if env_ids is None else env_ids[part])
-            self._head += take
-            done += take
-        self._maybe_commit()
+        with self._write_lock:
+            self._check_writable()
+            if not isinstance(batch, Mapping):
+                raise _not_a_mapping("extend", batch)
+            if self._layout is None:
+                self._create_from(batch, n_rows=_batch_length(batch))
+            n_rows = _batch_length(batch)
+            derived = None
+            if batch.keys() != self._names:
+                batch, derived = self._split_derived(batch, n_rows)
+            columns = [self._column(spec, batch[spec[0]], n_rows) for spec in self._row_specs]
+            env_ids = self._check_env_ids(env_ids, n_rows)
+            done = 0
+            while done < n_rows:
+                room = self._ring.slack - (self._head - self._committed.head)
+                if room < min(n_rows - done, self._ring.slack) and self._head > self._committed.head:
+                    # Commit what is pending rather than split the batch: one commit either way,
+                    # and a batch written in one piece costs one round of bookkeeping.
+                    self._commit(self._policy.fsync)
+                    continue
+                take = min(room, n_rows - done)
+                for offset, slot, length in self._ring.runs(self._head, take):
+                    for view, column in zip(self._views, columns):
+                        view[slot:slot + length] = column[done + offset:done + offset + length]
+                part = slice(done, done + take)
+                self._tag_rows(self._head, {name: column[part] for name, column in zip(self._names, columns)},
+                               derived and {name: values[part] for name, values in derived.items()},
+                               None if env_ids is None else env_ids[part])
+                self._head += take
+                done += take
+            self._maybe_commit()
 
     @staticmethod
     def _column(spec: tuple, value: Any, n_rows: int) -> np.ndarray:
@@ -299,7 +307,16 @@ class Store(ReplayMixin):
         """Commit every appended transition now; with fsync (the default) it is durable on return."""
         self._check_writable()
         if self._layout is not None:
-            self._commit(self._policy.fsync if fsync is None else fsync)
+            with self._write_lock:
+                self._commit(self._policy.fsync if fsync is None else fsync)
+
+    def _commit_if_idle(self) -> None:
+        """The idle-commit thread's check (idle.py): rows pending longer than the interval."""
+        with self._write_lock:
+            if self._closed or self._failure is not None or self._layout is None:
+                return
+            if self._head > self._committed.head and time.monotonic() >= self._commit_due_s:
+                self._commit(self._policy.fsync)
 
     def _maybe_commit(self) -> None:
         if self._head >= self._commit_due_head or (
@@ -485,9 +502,12 @@ class Store(ReplayMixin):
         if self._closed:
             return
         forked = os.getpid() != self._owner_pid
+        if self._idle_committer is not None:
+            self._idle_committer.stop()
         try:
             if self.writable and self._layout is not None and self._failure is None and not forked:
-                self._commit(self._policy.fsync)
+                with self._write_lock:
+                    self._commit(self._policy.fsync)
         finally:
             self._closed = True
             self._append_ready = False

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -646,3 +647,16 @@ def test_opening_does_not_read_the_data(pool_path, backend, mode):
         assert len(pool) == 16_384 and pool.first_step_id == 0 and pool.next_step_id == 16_384
         resident = _resident_nbytes(extent.path, extent.offset, extent.nbytes)
         assert resident < extent.nbytes // 2, f"opening read {resident} of {extent.nbytes} data bytes"
+
+
+def test_an_idle_writer_commits_after_the_interval(pool_path):
+    """Rows appended before a pause are committed by time, without another write or a flush."""
+    with create(pool_path, capacity=50, commit_every=1000, commit_interval_s=0.2) as pool:
+        for step in range(5):
+            pool.append(one_row(step))
+        with expstore.open(pool_path, "r") as reader:
+            deadline = time.monotonic() + 30
+            while len(reader) < 5 and time.monotonic() < deadline:
+                time.sleep(0.05)  # polling the reader's view, not waiting for a guess
+            assert len(reader) == 5, "the idle writer did not commit within 30 s (interval 0.2 s)"
+            assert pool._committed.head == 5
