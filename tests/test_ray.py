@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +245,14 @@ def test_a_hung_shard_is_skipped_with_a_warning_and_all_down_raises(cluster, tmp
     assert isinstance(caught.value, ConnectionError)
     for path, count in zip(paths, [100, 200, 300]):  # the files outlive their actors
         assert committed_on_disk(path) == count
+
+
+def test_readme_example_runs(cluster, tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- ray-example -->\s*```python\n(.*?)```", readme, re.DOTALL)
+    assert match, "README.md lost its code block marked with <!-- ray-example -->"
+    monkeypatch.chdir(tmp_path)
+    code = compile(match.group(1), "README ray example", "exec")
+    exec(code, {"__name__": "readme_ray_example"})  # noqa: S102 - the README's own code, run as written
+    for index, rows in enumerate([1000, 2000, 3000]):
+        assert committed_on_disk(str(tmp_path / "shards" / f"shard{index}.h5")) == rows
