@@ -52,7 +52,7 @@ class AgeLimit:
 
 
 def resolve_age_unit(age_unit: str, field_names) -> str:
-    """"auto" -> "policy_versions" when the pool stamps versions, else "steps"."""
+    """``"auto"`` -> ``"policy_versions"`` when the pool stamps versions, else ``"steps"``."""
     if age_unit not in AGE_UNITS:
         raise InvalidArgumentError(f"age_unit={age_unit!r} is not one of {AGE_UNITS}")
     if age_unit == "auto":
@@ -172,6 +172,8 @@ def store_stats(store, duplicates: bool = False) -> dict:
     duplicate report (see duplicates.py)."""
     from .streaming import PoolSource
 
+    if store.schema is None:  # created without a schema and never written
+        return {"rows": 0, "first_step_id": 0, "next_step_id": 0, "age": {"steps": {"rows": 0}, "policy_versions": None}}
     source = PoolSource(store)
     stats = {"rows": len(source), "first_step_id": source.first_step_id,
              "next_step_id": source.first_step_id + len(source), "age": age_distribution(source)}

@@ -80,8 +80,8 @@ def test_ere_schedule_counts_k_through_phases():
     assert copy.next() == schedule.next()
 
 
-@pytest.mark.parametrize("bad", [dict(k=0, K=5), dict(k=6, K=5), dict(k=1, K=0), dict(k=1, K=5, eta=1.5),
-                                 dict(k=1, K=5, c_min=0), dict(k=1.5, K=5)])
+@pytest.mark.parametrize("bad", [{"k": 0, "K": 5}, {"k": 6, "K": 5}, {"k": 1, "K": 0}, {"k": 1, "K": 5, "eta": 1.5},
+                                 {"k": 1, "K": 5, "c_min": 0}, {"k": 1.5, "K": 5}])
 def test_ere_rejects_bad_arguments(bad):
     with pytest.raises(InvalidArgumentError):
         ERE(**bad)
@@ -285,3 +285,22 @@ def test_trainer_ere_flag_samples_with_the_schedule(tmp_path, monkeypatch):
     assert [e.k for e in seen[:3]] == [1, 2, 3] and seen[0].K == 200  # K: one Pendulum episode of updates
     with expstore.open(run_dir / "pool.h5", "r") as pool:
         assert pool.stats()["age"]["policy_versions"]["newest_version"] >= 39
+
+
+def test_readme_recency_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    match = re.search(r"<!-- recency -->\s*```python\n(.*?)```", text, re.DOTALL)
+    assert match, "README.md lost its code block marked with <!-- recency -->"
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(match.group(1), "README recency", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert namespace["fresh"]["policy_version"].min() >= 94
+    assert namespace["newest"]["step_id"].min() >= 4000
+    assert namespace["schedule"].k == 1
+    assert namespace["ere"]["step_id"].min() >= 5000 - ERE(1, 1000, 0.996, 500).window_rows(5000)
+    stats = namespace["stats"]
+    assert stats["age"]["policy_versions"]["max"] == 99
+    assert stats["duplicates"]["observation_clusters"]["distinct"] == 16
