@@ -243,6 +243,7 @@ def test_a_hung_shard_is_skipped_with_a_warning_and_all_down_raises(cluster, tmp
     with pytest.raises(ShardsUnavailableError, match="all 3 shards are down") as caught:
         pool.sample(16)
     assert isinstance(caught.value, ConnectionError)
+    assert pool.lengths() == [None, None, None]
     for path, count in zip(paths, [100, 200, 300]):  # the files outlive their actors
         assert committed_on_disk(path) == count
 

@@ -203,6 +203,8 @@ class ShardedPool:
     def _ask(self, requests: Mapping, timeout_s: float) -> dict[int, Any]:
         """Wait for all requests at once; answers by shard index. Shards that failed or did
         not answer in time are marked down (their pending request becomes the probe)."""
+        if not requests:
+            return {}
         ready, pending = ray.wait(list(requests), num_returns=len(requests), timeout=timeout_s)
         answers = {}
         for ref in ready:
