@@ -7,9 +7,10 @@ the same transition collected by two policies is still redundant.
 Rows are compared by a 128-bit hash of their bytes (two independent 64-bit hashes computed with
 vectorised numpy, no per-row Python); two different rows collide with probability about
 rows**2 / 2**129, negligible at any pool size. The pool streams through in bounded slices
-(streaming.py), and the hashes are held in memory at most ``max_hashes`` at a time: a larger
-pool is split into hash buckets, one pass over the rows per bucket, so memory stays bounded
-whatever the pool size. The dedup filter additionally keeps one byte per row.
+(streaming.py), and the hashes of distinct rows are held at most about ``max_hashes`` at a time
+(repeats of a row cost nothing): a pool of more rows is split into hash buckets, one pass over
+the rows per bucket, so memory stays bounded whatever the pool size. The dedup filter
+additionally keeps one byte per row.
 """
 
 from __future__ import annotations
@@ -74,29 +75,50 @@ def hashed_fields(schema, fields: Sequence[str] | None = None) -> list[str]:
     return names
 
 
-def _bucket_hashes(source: RowSource, names: list[str], bucket: int, buckets: int,
-                   progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
-    """Hashes (as 16-byte keys) and row indices of the rows whose hash falls in ``bucket``."""
-    keys, indices = [], []
-    for first, rows in iter_slices(source, fields=names, progress=progress):
-        hashes = row_hashes(rows, names)
-        chosen = np.flatnonzero(hashes[:, 0] % np.uint64(buckets) == np.uint64(bucket))
-        keys.append(np.ascontiguousarray(hashes[chosen]).view("V16").reshape(-1))
-        indices.append(first + chosen)
-    if not keys:
-        return np.zeros(0, "V16"), np.zeros(0, np.int64)
-    return np.concatenate(keys), np.concatenate(indices).astype(np.int64)
+class _BucketGroups:
+    """The distinct rows of one hash bucket seen so far: sorted keys, oldest row, copies.
+
+    Memory grows with the distinct rows only, however often a row repeats.
+    """
+
+    def __init__(self):
+        self.keys = np.zeros(0, "V16")
+        self.first = np.zeros(0, np.int64)
+        self.counts = np.zeros(0, np.int64)
+
+    def add(self, keys: np.ndarray, row_indices: np.ndarray) -> np.ndarray:
+        """Take rows in order; returns which of them equal an older row."""
+        unique, first_position, inverse, counts = np.unique(keys, return_index=True, return_inverse=True,
+                                                            return_counts=True)
+        inverse = inverse.reshape(-1)
+        position = np.searchsorted(self.keys, unique)
+        known = position < len(self.keys)
+        known[known] = self.keys[position[known]] == unique[known]
+        self.counts[position[known]] += counts[known]
+        fresh = ~known
+        keys_now = np.concatenate([self.keys, unique[fresh]])
+        order = np.argsort(keys_now, kind="stable")
+        self.keys = keys_now[order]
+        self.first = np.concatenate([self.first, row_indices[first_position[fresh]]])[order]
+        self.counts = np.concatenate([self.counts, counts[fresh]])[order]
+        return known[inverse] | (np.arange(len(keys)) != first_position[inverse])
 
 
-def _groups(source: RowSource, names: list[str], max_hashes: int, progress: Progress | None
-            ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per bucket: the row indices, each row's group number, and each group's first row index."""
-    buckets = max(1, -(-len(source) // int(max_hashes)))
+def _scan_buckets(source: RowSource, names: list[str], max_hashes: int, progress: Progress | None,
+                  duplicate: np.ndarray | None = None) -> Iterator[_BucketGroups]:
+    """One pass over the rows per hash bucket, each yielding that bucket's groups; marks
+    ``duplicate[row]`` for rows equal to an older row when given."""
+    buckets = max(1, -(-len(source) // int(max_hashes)))  # distinct rows <= rows: each bucket fits
     for bucket in range(buckets):
-        keys, indices = _bucket_hashes(source, names, bucket, buckets, progress)
-        # Rows arrive in order, so return_index gives each group's oldest row.
-        _unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        yield indices, inverse.reshape(-1), indices[first]
+        groups = _BucketGroups()
+        for first, rows in iter_slices(source, fields=names, progress=progress):
+            hashes = row_hashes(rows, names)
+            chosen = np.flatnonzero(hashes[:, 0] % np.uint64(buckets) == np.uint64(bucket))
+            keys = np.ascontiguousarray(hashes[chosen]).view("V16").reshape(-1)
+            repeated = groups.add(keys, first + chosen)
+            if duplicate is not None:
+                duplicate[first + chosen] = repeated
+        yield groups
 
 
 def count_duplicates(source: RowSource, fields: Sequence[str] | None = None, *, max_hashes: int = MAX_HASHES,
@@ -111,11 +133,10 @@ def count_duplicates(source: RowSource, fields: Sequence[str] | None = None, *, 
     names = hashed_fields(source.schema, fields)
     distinct = groups_repeated = largest = 0
     passes = 0
-    for indices, inverse, firsts in _groups(source, names, max_hashes, progress):
-        sizes = np.bincount(inverse, minlength=len(firsts))
-        distinct += len(firsts)
-        groups_repeated += int((sizes > 1).sum())
-        largest = max(largest, int(sizes.max()) if sizes.size else 0)
+    for groups in _scan_buckets(source, names, max_hashes, progress):
+        distinct += len(groups.keys)
+        groups_repeated += int((groups.counts > 1).sum())
+        largest = max(largest, int(groups.counts.max()) if groups.counts.size else 0)
         passes += 1
     rows = len(source)
     # Rows of such a pool hold no next observation: equal rows may still differ in it.
@@ -130,9 +151,8 @@ def duplicate_mask(source: RowSource, fields: Sequence[str] | None = None, *, ma
     """Bool [rows]: True where a row equals an older row (the first copy is kept)."""
     names = hashed_fields(source.schema, fields)
     duplicate = np.zeros(len(source), bool)
-    for indices, _inverse, firsts in _groups(source, names, max_hashes, progress):
-        duplicate[indices] = True
-        duplicate[firsts] = False
+    for _groups in _scan_buckets(source, names, max_hashes, progress, duplicate):
+        pass
     return duplicate
 
 
@@ -221,8 +241,8 @@ def observation_clusters(source: RowSource, field: str = "obs", *, top: int = TO
     if not is_discrete(source.schema[field].dtype):
         return {"field": field, "skipped": f"{field!r} is {source.schema[field].dtype}, not discrete (int or bool)"}
     distinct, clustered, largest = 0, 0, []
-    for _indices, inverse, firsts in _groups(source, [field], max_hashes, progress):
-        sizes = np.bincount(inverse, minlength=len(firsts))
+    for groups in _scan_buckets(source, [field], max_hashes, progress):
+        sizes, firsts = groups.counts, groups.first
         distinct += len(firsts)
         clustered += int(sizes[sizes > 1].sum())
         order = np.argsort(-sizes, kind="stable")[:top]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import closing
+from functools import partial
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ import expstore
 from expstore import duplicates
 from expstore.convert import convert
 from expstore.errors import InvalidArgumentError, SchemaError
-from expstore.streaming import open_source
+from expstore.streaming import iter_slices, open_source
 
 SCHEMA = {"obs": ((2,), "int32"), "action": ((1,), "float32"), "reward": ((), "float32"),
           "next_obs": ((2,), "int32"), "terminated": ((), "bool"), "truncated": ((), "bool"),
@@ -47,8 +48,16 @@ def row_keys(data: dict[str, np.ndarray], names) -> list[bytes]:
             for i in range(len(data[names[0]]))]
 
 
+@pytest.fixture(params=["one slice", "small slices"])
+def slicing(request, monkeypatch):
+    """Read the pool in one slice, or in slices of 40 rows (groups merged across slices)."""
+    if request.param == "small slices":
+        monkeypatch.setattr(duplicates, "iter_slices", partial(iter_slices, slice_nbytes=40 * 34))
+    return request.param
+
+
 @pytest.mark.parametrize("max_hashes", [1 << 22, 300])  # one pass, and 9 bucket passes
-def test_exact_duplicates_match_brute_force(pool_path, max_hashes):
+def test_exact_duplicates_match_brute_force(pool_path, max_hashes, slicing):
     kept = make_pool(pool_path)
     counts = Counter(row_keys(kept, COMPARED))
     with closing(open_source(pool_path)) as source:
@@ -61,7 +70,7 @@ def test_exact_duplicates_match_brute_force(pool_path, max_hashes):
     assert report["passes"] == (1 if max_hashes > 2500 else 9)
 
 
-def test_duplicate_mask_keeps_the_oldest_copy(pool_path):
+def test_duplicate_mask_keeps_the_oldest_copy(pool_path, slicing):
     kept = make_pool(pool_path, 1200, 1200)
     seen, expected = set(), []
     for key in row_keys(kept, ["obs", "action"]):
@@ -81,7 +90,7 @@ def test_one_byte_changes_the_hash():
     assert np.array_equal(hashes, duplicates.row_hashes({"x": rows["x"].copy()}, ["x"]))  # deterministic
 
 
-def test_observation_clusters_match_brute_force(pool_path):
+def test_observation_clusters_match_brute_force(pool_path, slicing):
     kept = make_pool(pool_path)
     counts = Counter(map(tuple, kept["obs"].tolist()))
     with closing(open_source(pool_path)) as source:
