@@ -17,6 +17,7 @@ import numpy as np
 from .backends import Layout
 from .backends.base import internal_arrays
 from .commit import SEQ_OFFSET, SLOT_NBYTES, CommitRecord
+from .files import in_parallel
 
 _SEQ = struct.Struct("<Q")
 
@@ -89,8 +90,7 @@ class MappedPool:
     def sync_data(self) -> None:
         # fdatasync also writes back the pages dirtied through the mapping (one page cache);
         # np.memmap.flush would silently do nothing on views like ours.
-        for fd in self._data_fds:
-            os.fdatasync(fd)
+        in_parallel(os.fdatasync, self._data_fds)
 
     def sync_commit(self) -> None:
         os.fdatasync(self._commit_fd)
