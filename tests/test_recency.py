@@ -15,7 +15,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from cli_helpers import run_json
+from cli_helpers import run, run_json
 
 import expstore
 from expstore.errors import EmptyStoreError, InvalidArgumentError, SchemaError
@@ -304,3 +304,15 @@ def test_readme_recency_example_runs(tmp_path, monkeypatch):
     stats = namespace["stats"]
     assert stats["age"]["policy_versions"]["max"] == 99
     assert stats["duplicates"]["observation_clusters"]["distinct"] == 16
+
+
+def test_cli_sample_max_age(pool_path):
+    make_pool(pool_path, 300, 300)
+    batch = run_json("sample", pool_path, "-n", "64", "--seed", "0", "--max-age", "2")
+    assert min(batch["policy_version"]) >= 299 // VERSION_EVERY - 2
+    batch = run_json("sample", pool_path, "-n", "64", "--max-age", "4", "--age-unit", "steps")
+    assert min(batch["step_id"]) >= 295
+    schema = {"obs": ((2,), "float32")}
+    other = make_pool(pool_path.replace("pool", "plain"), 10, 10, schema=schema)
+    failed = run("sample", other, "--max-age", "2", "--age-unit", "policy_versions", ok=False)
+    assert failed.exit_code == 1 and "policy_version" in failed.output and "Traceback" not in failed.output

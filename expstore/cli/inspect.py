@@ -208,14 +208,20 @@ def episodes(path: str, limit: int | None, as_json: bool) -> None:
 @click.argument("path")
 @click.option("-n", "--batch-size", "count", default=8, show_default=True, help="Rows to draw (with replacement).")
 @click.option("--seed", type=int, default=None, help="Seed: the same seed on the same pool draws the same rows.")
+@click.option("--max-age", type=click.IntRange(min=0), default=None,
+              help="Only rows at most this old (policy versions when rows carry them, else steps).")
+@click.option("--age-unit", type=click.Choice(["auto", "policy_versions", "steps"]), default="auto",
+              show_default=True, help="What --max-age counts.")
 @FIELDS
 @JSON
-def sample(path: str, count: int, seed: int | None, fields: str | None, as_json: bool) -> None:
-    """A uniform random batch of committed rows.
+def sample(path: str, count: int, seed: int | None, max_age: int | None, age_unit: str, fields: str | None,
+           as_json: bool) -> None:
+    """A uniform random batch of committed rows (of the newest ones, with --max-age).
 
     \b
-    Example:
+    Examples:
       expstore sample data/demo_pool.h5 -n 4 --seed 0
+      expstore sample data/demo_pool.h5 -n 4 --max-age 200 --fields policy_version
     """
     from ..archive import is_archive
     from ..errors import NotAPoolError
@@ -228,7 +234,7 @@ def sample(path: str, count: int, seed: int | None, fields: str | None, as_json:
         raise InvalidArgumentError(f"-n {count} must be at least 1")
     with open_store(path, "r") as store:
         names = parse_fields(fields, store.schema)
-        batch = store.sample(count, rng=seed)
+        batch = store.sample(count, rng=seed, **({} if max_age is None else {"max_age": max_age, "age_unit": age_unit}))
     if as_json:
         echo_json({name: batch[name] for name in ["step_id"] + names})
         return
