@@ -316,3 +316,22 @@ def test_cli_sample_max_age(pool_path):
     other = make_pool(pool_path.replace("pool", "plain"), 10, 10, schema=schema)
     failed = run("sample", other, "--max-age", "2", "--age-unit", "policy_versions", ok=False)
     assert failed.exit_code == 1 and "policy_version" in failed.output and "Traceback" not in failed.output
+
+
+def test_max_age_draws_exactly_the_young_rows_of_random_pools(tmp_path, backend):
+    """Random capacities, lengths and non-decreasing versions: the rows drawn are exactly those
+    at most max_age old (every eligible row shows up in a large batch, no other does)."""
+    rng = np.random.default_rng(7)
+    suffix = ".h5" if backend == "hdf5" else ".zarr"
+    for case in range(6):
+        capacity, count = int(rng.integers(20, 200)), int(rng.integers(1, 400))
+        versions = np.cumsum(rng.integers(0, 3, size=count)).astype(np.int64)
+        path = str(tmp_path / f"p{case}{suffix}")
+        with expstore.open(path, "w", capacity=capacity, schema={"policy_version": ((), "int64")}) as pool:
+            pool.extend({"policy_version": versions})
+        kept = versions[max(0, count - capacity):]
+        with expstore.open(path, "r") as pool:
+            for max_age in (0, 1, 5):
+                drawn = pool.sample(3000, rng=case, max_age=max_age)
+                eligible = np.flatnonzero(kept >= kept[-1] - max_age) + max(0, count - capacity)
+                assert set(drawn["step_id"].tolist()) == set(eligible.tolist()), (case, max_age)
