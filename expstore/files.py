@@ -65,11 +65,15 @@ def sync_tree(path: str) -> None:
 def in_parallel(sync: Callable[[Any], None], items: list) -> None:
     """Run blocking syncs (fsync, fdatasync) at once: the file system can then write them in
     one journal commit instead of one commit per file. The first error is raised."""
-    if len(items) <= 1:
+    try:
+        futures = [_sync_pool().submit(sync, item) for item in items] if len(items) > 1 else []
+    except RuntimeError:  # interpreter shutdown (the atexit commit of an open writer): one by one
+        futures = []
+    if not futures:
         for item in items:
             sync(item)
         return
-    for future in [_sync_pool().submit(sync, item) for item in items]:
+    for future in futures:
         future.result()
 
 
