@@ -43,7 +43,7 @@ def plot_pool(source: RowSource, out: str | os.PathLike, progress: Progress | No
 
     table = episode_table(source, progress)
     counts, edges = reward_histogram(source, progress)
-    complete = ~(table["open"] | table["evicted"])
+    complete = ~(table["open"] | (table["evicted"] > 0))
     fig, (ax_return, ax_length, ax_reward) = plt.subplots(1, 3, figsize=(15, 4))
     ax_return.plot(table["first_step_id"][complete], table["return"][complete], ".-", markersize=3)
     ax_return.set(title="episode return", xlabel="first step id", ylabel="return")

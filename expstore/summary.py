@@ -141,8 +141,11 @@ def episode_table(source: RowSource, progress: Progress | None = None) -> dict[s
 
 
 def _typed(table) -> dict[str, np.ndarray]:
-    flags = ("terminated", "truncated", "open", "evicted")
-    return {key: np.asarray(table[key], dtype=bool if key in flags else None) for key in EPISODE_KEYS}
+    """The pool's own table: the common keys first, then what only a pool's index knows
+    (``evicted`` as a row count, ``cut_off``, ``env_id``, ``last_step_id``)."""
+    flags = ("terminated", "truncated", "open", "cut_off")
+    keys = [*EPISODE_KEYS, *(key for key in table if key not in EPISODE_KEYS)]
+    return {key: np.asarray(table[key], dtype=bool if key in flags else None) for key in keys}
 
 
 def field_stats(source: RowSource, progress: Progress | None = None) -> dict[str, FieldStats]:
@@ -165,7 +168,7 @@ def describe(values: np.ndarray) -> dict:
 
 def episode_summary(table: dict[str, np.ndarray]) -> dict:
     """Return and length summaries over the complete episodes (not open, not evicted)."""
-    complete = ~(table["open"] | table["evicted"])
+    complete = ~(table["open"] | (table["evicted"] > 0))
     return {"episodes": int(table["length"].size), "complete": int(complete.sum()),
             "return": describe(table["return"][complete]), "length": describe(table["length"][complete])}
 
@@ -211,4 +214,4 @@ def _indexed_episodes(store) -> dict | None:
         return None
     table = _typed(store.episodes())
     return {"count": int(len(table["length"])), "open": int(table["open"].sum()),
-            "complete": int((~(table["open"] | table["evicted"])).sum())}
+            "complete": int((~(table["open"] | (table["evicted"] > 0))).sum())}

@@ -125,3 +125,12 @@ def test_sample_is_seeded(pool_path):
     assert all(100 <= s < 300 for s in first["step_id"])
     assert first["reward"] == [-float(s) for s in first["step_id"]]
     assert len(run("sample", pool_path, "-n", "2").output.splitlines()) == 3
+
+
+def test_episodes_command_shows_evicted_rows_cut_off_and_env(pool_path):
+    make_pool(pool_path, rows=300, capacity=200)
+    found = run_json("episodes", pool_path)["episodes"]
+    first = found[0]
+    assert {"evicted", "cut_off", "env_id"} <= first.keys()
+    assert isinstance(first["evicted"], int) and first["evicted"] > 0  # rows the ring dropped, not a flag
+    assert all(row["evicted"] == 0 for row in found[1:])

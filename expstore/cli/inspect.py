@@ -200,7 +200,7 @@ def episodes(path: str, limit: int | None, as_json: bool) -> None:
     if as_json:
         echo_json({"episodes": [dict(zip(found, row)) for row in zip(*(v.tolist() for v in found.values()))]})
         return
-    columns = list(summary.EPISODE_KEYS)
+    columns = list(found)
     click.echo(table(columns, [[cell(found[k][i]) for k in columns] for i in range(len(found["length"]))]))
 
 
