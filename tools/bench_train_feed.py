@@ -62,22 +62,26 @@ def timed_updates(agent: SAC, next_batch, updates: int) -> float:
     return updates / (time.perf_counter() - start)
 
 
-def _prefetched(agent: SAC, pool, rng: np.random.Generator, batch_size: int, updates: int) -> float:
-    with Prefetcher(lambda: pool.sample(batch_size, rng=rng), depth=2) as batches:
+def _prefetched(agent: SAC, pool, rng: np.random.Generator, batch_size: int, updates: int, device: str,
+                pin: bool) -> float:
+    with Prefetcher(lambda: pool.sample(batch_size, rng=rng), depth=2, device=device, pin_memory=pin) as batches:
         return timed_updates(agent, lambda: next(batches), updates)
 
 
-def run(pool_path: str, updates: int, rounds: int, batch_size: int) -> dict[str, list[float]]:
-    agent = SAC(3, np.array([-2.0], np.float32), np.array([2.0], np.float32), SACConfig(batch_size=batch_size))
+def run(pool_path: str, updates: int, rounds: int, batch_size: int, device: str = "cpu",
+        pin: bool = False) -> dict[str, list[float]]:
+    agent = SAC(3, np.array([-2.0], np.float32), np.array([2.0], np.float32), SACConfig(batch_size=batch_size),
+                device=device)
     rng = np.random.default_rng(1)
     results: dict[str, list[float]] = {"ram": [], "disk+prefetch": [], "disk": []}
     with expstore.open(pool_path, "r") as pool:
         ram = RamBuffer(pool)
-        timed_updates(agent, lambda: to_tensors(ram.sample(batch_size, rng)), updates // 4)  # warm-up
+        timed_updates(agent, lambda: to_tensors(ram.sample(batch_size, rng), device), updates // 4)  # warm-up
         feeds = {
-            "ram": lambda: timed_updates(agent, lambda: to_tensors(ram.sample(batch_size, rng)), updates),
-            "disk+prefetch": lambda: _prefetched(agent, pool, rng, batch_size, updates),
-            "disk": lambda: timed_updates(agent, lambda: to_tensors(pool.sample(batch_size, rng=rng)), updates),
+            "ram": lambda: timed_updates(agent, lambda: to_tensors(ram.sample(batch_size, rng), device), updates),
+            "disk+prefetch": lambda: _prefetched(agent, pool, rng, batch_size, updates, device, pin),
+            "disk": lambda: timed_updates(agent, lambda: to_tensors(pool.sample(batch_size, rng=rng), device, pin),
+                                          updates),
         }
         order = list(feeds)
         for round_index in range(rounds):
@@ -94,16 +98,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="where the networks live, e.g. cuda")
+    parser.add_argument("--pin-memory", action="store_true", help="disk feeds: pinned, non_blocking copies")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as scratch:
         pool_path = args.pool or str(Path(scratch) / "bench.h5")
         if not args.pool:
             make_pool(pool_path, args.rows)
-        results = run(pool_path, args.updates, args.rounds, args.batch_size)
+        results = run(pool_path, args.updates, args.rounds, args.batch_size, args.device, args.pin_memory)
     ram = statistics.median(results["ram"])
     print(f"pool {args.pool or f'fresh, {args.rows} rows'}; {args.rounds} rounds x {args.updates} SAC updates, "
-          f"batch {args.batch_size}, {args.threads} torch thread(s)")
+          f"batch {args.batch_size}, {args.threads} torch thread(s), device {args.device}"
+          f"{' (disk feeds pinned)' if args.pin_memory else ''}")
     for name, values in results.items():
         median = statistics.median(values)
         print(f"{name:>14}: {median:7.1f} updates/s (rounds: {', '.join(f'{v:.1f}' for v in values)})"
