@@ -37,7 +37,7 @@ SOURCE_ROWS = 20_000  # distinct rows cycled through by every writer
 OPEN_CHILD = r"""
 import json, sys, time
 t0 = time.perf_counter()
-import numpy as np, expstore, h5py, zarr  # expstore imports its backend's library lazily
+import numpy as np, numpy.random, expstore, h5py, zarr  # lazily loaded modules: imports, not the open
 t1 = time.perf_counter()
 pool = expstore.open(sys.argv[1], "r")
 pool.sample(256, rng=np.random.default_rng(0))
