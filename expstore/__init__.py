@@ -18,6 +18,7 @@ from .errors import (  # noqa: E402
     SchemaError,
     StepNotFoundError,
     StoreExistsError,
+    ShardsUnavailableError,
     StoreLockedError,
     StoreNotFoundError,
 )
@@ -30,7 +31,7 @@ from .verify import RepairReport, VerifyReport, repair, verify  # noqa: E402
 __all__ = [
     "BackendError", "ClosedStoreError", "CorruptStoreError", "DiskFullError", "EmptyStoreError",
     "ExpstoreError", "Field", "FormatVersionError", "InvalidArgumentError", "NotAPoolError",
-    "ReadOnlyError", "Schema", "SchemaError", "StepNotFoundError", "Store", "StoreExistsError",
+    "ReadOnlyError", "Schema", "SchemaError", "ShardsUnavailableError", "StepNotFoundError", "Store", "StoreExistsError",
     "StoreLockedError", "StoreNotFoundError", "RepairReport", "VerifyReport", "__version__", "open",
     "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule", "ExponentialRecency",
 ]

@@ -199,7 +199,7 @@ def source_info(source: RowSource) -> dict:
                     slots=source.meta.get("slots"), checksums=bool(source.meta.get("checksums", False)),
                     last_commit_unix=commit_unix,
                     last_commit=None if commit_unix is None else
-                    datetime.datetime.fromtimestamp(commit_unix, datetime.timezone.utc).isoformat(timespec="seconds"),
+                    datetime.datetime.fromtimestamp(commit_unix, datetime.UTC).isoformat(timespec="seconds"),
                     writer=lock.holder(source.path))
         info["episodes"] = _indexed_episodes(store)
     else:
@@ -213,5 +213,5 @@ def _indexed_episodes(store) -> dict | None:
     if not hasattr(store, "episodes"):
         return None
     table = _typed(store.episodes())
-    return {"count": int(len(table["length"])), "open": int(table["open"].sum()),
+    return {"count": len(table["length"]), "open": int(table["open"].sum()),
             "complete": int((~(table["open"] | (table["evicted"] > 0))).sum())}

@@ -192,9 +192,8 @@ def episodes(path: str, limit: int | None, as_json: bool) -> None:
     Example:
       expstore episodes data/demo_pool.h5 --limit 5
     """
-    with closing(open_source(path)) as source:
-        with progress_bar(len(source), "episodes") as progress:
-            found = summary.episode_table(source, progress)
+    with closing(open_source(path)) as source, progress_bar(len(source), "episodes") as progress:
+        found = summary.episode_table(source, progress)
     if limit is not None:
         found = {key: values[-limit:] if limit > 0 else values[:0] for key, values in found.items()}
     if as_json:

@@ -21,9 +21,8 @@ def plot(path: str, out: str) -> None:
     Example:
       expstore plot data/demo_pool.h5 -o demo.png
     """
-    with closing(open_source(path)) as source:
-        with progress_bar(2 * len(source), "plot") as progress:
-            counts = plot_pool(source, out, progress)
+    with closing(open_source(path)) as source, progress_bar(2 * len(source), "plot") as progress:
+        counts = plot_pool(source, out, progress)
     click.echo(f"wrote {out} ({counts['episodes']} complete episodes, {counts['rows']} rows)")
 
 

@@ -98,7 +98,8 @@ def plot_learning_curve(metrics_path: str, png_path: str, title: str) -> None:
     axes.set_ylabel("return")
     axes.set_title(title)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right")
+    if episodes or evals:  # an empty run still gets its (empty) plot, without a legend warning
+        axes.legend(loc="lower right")
     figure.tight_layout()
     temp = png_path + ".tmp.png"
     figure.savefig(temp)
