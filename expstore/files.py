@@ -62,11 +62,15 @@ def sync_tree(path: str) -> None:
     in_parallel(fsync_dir, dirs)  # after the files: a directory entry must not outlive its data
 
 
-def in_parallel(sync: Callable[[Any], None], items: list) -> None:
+def in_parallel(sync: Callable[[Any], None], items: list, *, parallel: bool = True) -> None:
     """Run blocking syncs (fsync, fdatasync) at once: the file system can then write them in
-    one journal commit instead of one commit per file. The first error is raised."""
+    one journal commit instead of one commit per file. The first error is raised.
+
+    ``parallel=False`` runs them one by one: a finaliser must, since it can run inside any
+    thread pool's ``submit``, which holds a lock that every executor's ``submit`` takes.
+    """
     try:
-        futures = [_sync_pool().submit(sync, item) for item in items] if len(items) > 1 else []
+        futures = [_sync_pool().submit(sync, item) for item in items] if parallel and len(items) > 1 else []
     except RuntimeError:  # interpreter shutdown (the atexit commit of an open writer): one by one
         futures = []
     if not futures:

@@ -87,10 +87,10 @@ class MappedPool:
         offset = self._commit_offset + record.slot_index * SLOT_NBYTES
         os.pwrite(self._commit_fd, record.encode(), offset)
 
-    def sync_data(self) -> None:
+    def sync_data(self, parallel: bool = True) -> None:
         # fdatasync also writes back the pages dirtied through the mapping (one page cache);
         # np.memmap.flush would silently do nothing on views like ours.
-        in_parallel(os.fdatasync, self._data_fds)
+        in_parallel(os.fdatasync, self._data_fds, parallel=parallel)
 
     def sync_commit(self) -> None:
         os.fdatasync(self._commit_fd)

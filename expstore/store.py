@@ -72,6 +72,7 @@ class Store(ReplayMixin):
         self._append_ready = False  # set once the checks append's hot path skips have passed
         self._owner_pid = os.getpid()
         self._write_lock = threading.Lock()
+        self._finalizing = False  # closing from __del__: no thread pools (see files.in_parallel)
         self._idle_committer: IdleCommitter | None = None
         self._layout: Layout | None = None
         self._committed = commit.CommitRecord(1, 0, 0, 0.0)
@@ -331,7 +332,7 @@ class Store(ReplayMixin):
             payload = self._commit_payload(previous.payload, tail)
             if self._head == previous.head and payload == previous.payload:
                 if fsync:  # nothing new, but earlier commits may have skipped the fsync
-                    self._maps.sync_data()
+                    self._maps.sync_data(parallel=not self._finalizing)
                     self._maps.sync_commit()
                 return
             record = commit.CommitRecord(
@@ -341,7 +342,8 @@ class Store(ReplayMixin):
                 checksums.record_completed(self._maps.checksum_table, self._views, self._ring,
                                            self._layout.meta["chunk_rows"], previous.head, self._head)
             if fsync:
-                self._maps.sync_data()  # rows reach the disk before the record that exposes them
+                # Rows reach the disk before the record that exposes them.
+                self._maps.sync_data(parallel=not self._finalizing)
             self._maps.write_commit(record)
             if fsync:
                 self._maps.sync_commit()
@@ -524,6 +526,7 @@ class Store(ReplayMixin):
         self.close()
 
     def __del__(self) -> None:
+        self._finalizing = True
         try:
             self.close()
         except Exception:  # noqa: BLE001 - nothing can be raised from a finaliser

@@ -659,3 +659,28 @@ def test_an_idle_writer_commits_after_the_interval(pool_path):
             while len(reader) < 5 and time.monotonic() < deadline:
                 time.sleep(0.05)  # polling the reader's view, not waiting for a guess
             assert len(reader) == 5, "the idle writer did not commit within 30 s (interval 0.2 s)"
+
+
+FINALISED_IN_SUBMIT = textwrap.dedent("""
+    import concurrent.futures.thread as executor_module, gc, sys
+    import numpy as np
+    import expstore
+    from conftest import pendulum_schema, rows_for
+
+    pool = expstore.open(sys.argv[1], "w", capacity=100, schema=pendulum_schema())
+    pool.extend(rows_for(np.arange(10)))
+    # Every executor's submit holds this lock; a garbage collection inside one (zarr's I/O
+    # thread, say) finalises the writer there, and its commit must not submit to a pool.
+    with executor_module._global_shutdown_lock:
+        del pool
+        gc.collect()
+    print("closed")
+""")
+
+
+def test_a_writer_finalised_inside_an_executor_submit_commits_without_deadlock(pool_path):
+    done = subprocess.run([sys.executable, "-c", FINALISED_IN_SUBMIT, pool_path], capture_output=True, text=True,
+                          cwd=TESTS_DIR, timeout=60, check=False)
+    assert done.returncode == 0 and "closed" in done.stdout, done.stderr
+    with expstore.open(pool_path) as pool:
+        assert_rows(pool[:], range(10))
