@@ -346,7 +346,9 @@ def _truncate_targets(path: str, backend: str) -> list[tuple[str, int]]:
         return [(path, size - 1), (path, size // 2), (path, 100)]
     shard = os.path.join(path, "obs", "c", "0", "0")
     commit_file = os.path.join(path, "_commit", "c", "0", "0")
-    return [(shard, os.path.getsize(shard) - 1), (shard, 0), (commit_file, 4096), (commit_file, 0)]
+    # A commit file cut after its first slot is a torn newer commit: it opens on the older slot
+    # (tests/test_crash.py); cut inside the first slot, no valid record is left.
+    return [(shard, os.path.getsize(shard) - 1), (shard, 0), (commit_file, 4000), (commit_file, 0)]
 
 
 @pytest.mark.parametrize("cut", [0, 1, 2, 3])
