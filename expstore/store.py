@@ -593,6 +593,9 @@ def _forbid_writes_after_fork() -> None:
     """A forked child inherits writer objects but not the right to write: re-arm the checks."""
     for store in list(_open_writers):
         store._append_ready = False
+        # The parent's idle-commit thread may have held the lock at the fork; it does not run
+        # here, so a fresh lock lets the child's writes reach their ReadOnlyError.
+        store._write_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forbid_writes_after_fork)
