@@ -446,16 +446,19 @@ class Store(ReplayMixin):
             raise EmptyStoreError(f"{self.path} holds no committed transition yet; append and flush first")
         steps = generator.integers(low, high, size=int(batch_size), dtype=np.int64)
         batch = self._gather(steps)
+        unconfirmed = None  # rows whose gather the window has not confirmed yet; None: all
         for _ in range(_STALE_REDRAWS):
-            stale = self._stale(steps)
+            stale = self._stale(steps if unconfirmed is None else steps[unconfirmed])
             if stale is None or not stale.any():
                 return batch
-            # The writer overwrote these rows during the gather: draw them again from the new window.
-            steps[stale] = generator.integers(self._committed.tail, self._committed.head,
-                                              size=int(stale.sum()), dtype=np.int64)
-            redrawn = self._gather(steps[stale])
+            # The writer overwrote these rows during the gather: draw them again from the new
+            # window. Rows confirmed before stay: their bytes were read before any overwrite.
+            unconfirmed = np.flatnonzero(stale) if unconfirmed is None else unconfirmed[stale]
+            steps[unconfirmed] = generator.integers(self._committed.tail, self._committed.head,
+                                                    size=len(unconfirmed), dtype=np.int64)
+            redrawn = self._gather(steps[unconfirmed])
             for name, values in redrawn.items():
-                batch[name][stale] = values
+                batch[name][unconfirmed] = values
         raise ExpstoreError(f"{self.path}: the writer kept overwriting sampled rows; sample a smaller batch")
 
     def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
