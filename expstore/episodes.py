@@ -103,13 +103,15 @@ class EpisodeBook:
             self._close(env_id, state, status, derived)
 
     def _close(self, env_id: int, state: list, status: int, derived: Mapping | None) -> None:
+        del self.open[env_id]
         entry = state[0] % self.table_rows
+        if self.table[entry, 0] != state[0]:
+            return  # a newer episode took the entry over (a table smaller than the open episodes)
         has_final = bool(self.finals) and derived is not None
         self.table[entry, 2:] = (state[2], env_id * 8 + has_final * FINAL_STORED + status)
         if has_final:
             for name, final in self.finals.items():
                 final[entry] = derived[f"next_{name}"]
-        del self.open[env_id]
 
     def on_extend(self, first_step: int, columns: Mapping[str, np.ndarray], derived: Mapping | None,
                   env_ids: np.ndarray | None) -> None:
@@ -178,6 +180,7 @@ class EpisodeBook:
     def _enter_runs(self, env_id: int, first_step: int, new_ids: np.ndarray, first_rows: np.ndarray) -> None:
         """Table entries of the episodes that begin in this batch; their ids are consecutive."""
         self.next_id += len(new_ids)
+        new_ids, first_rows = new_ids[-self.table_rows:], first_rows[-self.table_rows:]  # the newest fit
         entries = np.empty((len(new_ids), 4), np.int64)
         entries[:, 0] = new_ids
         entries[:, 1] = first_rows
@@ -188,13 +191,22 @@ class EpisodeBook:
 
     def _close_runs(self, env_id: int, first_step: int, closed_ids: np.ndarray, end_rows: np.ndarray,
                     end_status: np.ndarray, derived: Mapping | None) -> None:
-        entries = closed_ids % self.table_rows
         has_final = bool(self.finals) and derived is not None
-        self.table[entries, 2] = first_step + end_rows
-        self.table[entries, 3] = env_id * 8 + has_final * FINAL_STORED + end_status
-        if has_final:
-            for name, final in self.finals.items():
-                final[entries] = np.asarray(derived[f"next_{name}"])[end_rows]
+        finals = {name: np.asarray(derived[f"next_{name}"])[end_rows] for name in self.finals} if has_final else None
+        self._close_entries(closed_ids, first_step + end_rows, env_id * 8 + has_final * FINAL_STORED + end_status,
+                            finals)
+
+    def _close_entries(self, ids: np.ndarray, last_steps: np.ndarray, infos: np.ndarray,
+                       finals: Mapping[str, np.ndarray] | None) -> None:
+        """End the table entries of ``ids``, except those a newer episode already took over (a
+        table smaller than the episodes of one batch keeps only the newest)."""
+        entries = ids % self.table_rows
+        own = self.table[entries, 0] == ids
+        entries = entries[own]
+        self.table[entries, 2] = last_steps[own]
+        self.table[entries, 3] = infos[own]
+        for name, values in (finals or {}).items():
+            self.finals[name][entries] = values[own]
 
     def _keep_open_one_env(self, env_id: int, first_step: int, state: list | None, last_id: int,
                            last_start: int, n_rows: int, last_status: int) -> None:
@@ -254,11 +266,10 @@ class EpisodeBook:
             [ids[new], runs.first_step[new], np.full(new.sum(), -1), runs.env[new] * 8], axis=1)
         closed = runs.last_status > 0
         has_final = bool(self.finals) and derived is not None
-        self.table[entries[closed], 2] = runs.last_step[closed]
-        self.table[entries[closed], 3] = runs.env[closed] * 8 + has_final * FINAL_STORED + runs.last_status[closed]
-        if has_final:
-            for name, final in self.finals.items():
-                final[entries[closed]] = np.asarray(derived[f"next_{name}"])[order][runs.last_row[closed]]
+        finals = {name: np.asarray(derived[f"next_{name}"])[order][runs.last_row[closed]]
+                  for name in self.finals} if has_final else None
+        self._close_entries(ids[closed], runs.last_step[closed],
+                            runs.env[closed] * 8 + has_final * FINAL_STORED + runs.last_status[closed], finals)
 
     def _update_open(self, runs: _Runs, ids: np.ndarray) -> None:
         last_run_of_env = np.flatnonzero(np.r_[runs.env[1:] != runs.env[:-1], True])

@@ -128,3 +128,28 @@ def test_kill_mid_episode_cuts_the_open_episode_off(pool_path):
         assert list(rows["step_id"]) == [25, 26, 27]
     with expstore.open(pool_path, "r") as reader:
         assert list(reader.episodes()["cut_off"]) == [False] * 5 + [True, False]
+
+
+@pytest.mark.parametrize("env_ids", [None, "interleaved"])
+def test_a_small_episode_table_keeps_the_newest_episodes_intact(tmp_path, backend, env_ids):
+    """max_episodes below the episodes of one batch: the table forgets the oldest, and a finished
+    old episode never overwrites the entry a newer one took over."""
+    suffix = ".h5" if backend == "hdf5" else ".zarr"
+    n_rows, ends = 60, np.zeros(60, bool)
+    ends[[4, 9, 14, 19, 29, 44]] = True  # more episodes than the table holds
+    batch = {"obs": np.arange(n_rows, dtype=np.float32)[:, None], "reward": np.ones(n_rows, np.float32),
+             "terminated": ends, "truncated": np.zeros(n_rows, bool)}
+    schema = {"obs": ((1,), "float32"), "reward": ((), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+    ids = None if env_ids is None else np.arange(n_rows) % 2
+    tables = {}
+    for name, max_episodes in (("small", 3), ("full", None)):
+        with expstore.open(str(tmp_path / f"{name}{suffix}"), "w", capacity=100, schema=schema,
+                           max_episodes=max_episodes) as pool:
+            pool.extend(batch, env_ids=ids)
+            tables[name] = pool.episodes()
+    small, full = tables["small"], tables["full"]
+    assert 0 < len(small["episode_id"]) <= 3
+    for position, episode_id in enumerate(small["episode_id"]):
+        match = int(np.flatnonzero(full["episode_id"] == episode_id)[0])
+        for key in ("first_step_id", "length", "return", "terminated", "open", "last_step_id"):
+            assert small[key][position] == full[key][match], (key, int(episode_id))
