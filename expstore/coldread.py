@@ -147,8 +147,8 @@ class _Plan:
         self.use_take = [view.ndim > 1 and n <= _TAKE_MAX_ROW_NBYTES for view, n in zip(self.views, row_nbytes)]
         by_mapping: dict[int, tuple[mmap.mmap, list[tuple[int, int]]]] = {}
         for view, nbytes in zip(self.views, row_nbytes):
-            mapping = view.base
-            if not isinstance(mapping, mmap.mmap) or nbytes == 0 or not view.flags.c_contiguous:
+            mapping = _mapping_of(view)
+            if mapping is None or nbytes == 0 or not view.flags.c_contiguous:
                 continue
             entry = by_mapping.setdefault(id(mapping), (mapping, []))
             entry[1].append((view.ctypes.data - _address_of(mapping), nbytes))
@@ -206,6 +206,16 @@ def _merged(first_pages: np.ndarray, stop_pages: np.ndarray) -> tuple[np.ndarray
     run_first = np.flatnonzero(new_run)
     run_last = np.append(run_first[1:] - 1, len(first) - 1)
     return first[run_first], reach[run_last]
+
+
+def _mapping_of(view: np.ndarray) -> mmap.mmap | None:
+    """The memory map under a view (through the arrays and the buffer export between), if any."""
+    base = view
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):
+        base = base.obj
+    return base if isinstance(base, mmap.mmap) else None
 
 
 def _address_of(mapping: mmap.mmap) -> int:

@@ -44,24 +44,28 @@ class MappedPool:
             raise
         slots = layout.meta["slots"]
         self.views: dict[str, np.ndarray] = {
-            name: np.ndarray((slots, *layout.schema[name].shape), dtype=layout.schema[name].dtype,
-                             buffer=self._maps[extent.path], offset=extent.offset)
+            name: self._view(extent, (slots, *layout.schema[name].shape), layout.schema[name].dtype)
             for name, extent in layout.fields.items()
         }
         for name, (shape, dtype) in internal_arrays(layout.meta).items():
-            extent = layout.internal[name]
-            self.views[name] = np.ndarray(shape, dtype=dtype, buffer=self._maps[extent.path], offset=extent.offset)
+            self.views[name] = self._view(layout.internal[name], shape, dtype)
         self.checksum_table: np.ndarray | None = None
         data_extents = [*layout.fields.values(), *layout.internal.values()]
         if layout.checksums is not None:
             extent = layout.checksums
-            self.checksum_table = np.ndarray((extent.nbytes // 16, 2), dtype="<i8",
-                                             buffer=self._maps[extent.path], offset=extent.offset)
+            self.checksum_table = self._view(extent, (extent.nbytes // 16, 2), "<i8")
             data_extents.append(extent)
         self._data_fds = [self._fds[path] for path in dict.fromkeys(e.path for e in data_extents)]
         self._commit_map = self._maps[layout.commit.path]
         self._commit_fd = self._fds[layout.commit.path]
         self._commit_offset = layout.commit.offset
+
+    def _view(self, extent, shape: tuple, dtype) -> np.ndarray:
+        """An ndarray over ``extent``. np.frombuffer holds a buffer export on the mapping, so
+        closing the pool cannot unmap memory that a view still reaches (a segfault when read):
+        the mapping then lives until the last view is gone."""
+        count = int(np.prod(shape, dtype=np.int64))
+        return np.frombuffer(self._maps[extent.path], dtype=dtype, count=count, offset=extent.offset).reshape(shape)
 
     def _map(self, path: str, writable: bool) -> None:
         fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)

@@ -516,11 +516,19 @@ class Store(ReplayMixin):
         finally:
             self._closed = True
             self._append_ready = False
+            self._release_views()
             if self._maps is not None:
                 self._maps.close()
             if self._lock is not None and not forked:  # the lock belongs to the parent
                 self._lock.release(remove=not os.path.exists(self.path))  # no pool was ever created
             _open_writers.discard(self)
+
+    def _release_views(self) -> None:
+        """Drop this store's own views of the mappings, so that closing unmaps the files; a view
+        a caller still holds keeps its mapping alive instead (see mapping.py)."""
+        self._views, self._row_specs = [], []
+        self._book = self._priority_view = self._priority_index = None
+        self.cold_reads = ColdReads(self.cold_reads.mode)
 
     def __enter__(self) -> Store:
         return self

@@ -684,3 +684,24 @@ def test_a_writer_finalised_inside_an_executor_submit_commits_without_deadlock(p
     assert done.returncode == 0 and "closed" in done.stdout, done.stderr
     with expstore.open(pool_path) as pool:
         assert_rows(pool[:], range(10))
+
+
+VIEW_AFTER_CLOSE = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import expstore
+    from conftest import pendulum_schema, rows_for
+
+    pool = expstore.open(sys.argv[1], "w", capacity=100, schema=pendulum_schema())
+    pool.extend(rows_for(np.arange(10)))
+    kept = pool._maps.views["reward"]  # as a traceback, a thread or an adapter may still hold one
+    pool.close()
+    print(float(kept[3]))
+""")
+
+
+def test_a_view_that_outlives_close_reads_its_mapping_instead_of_crashing(pool_path):
+    done = subprocess.run([sys.executable, "-c", VIEW_AFTER_CLOSE, pool_path], capture_output=True, text=True,
+                          cwd=TESTS_DIR, timeout=60, check=False)
+    assert done.returncode == 0, f"exit {done.returncode} (-11 is a segfault): {done.stderr[-2000:]}"
+    assert float(done.stdout) == float(rows_for([3])["reward"][0])
