@@ -79,7 +79,8 @@ def setup_logging(run_dir: str) -> None:
 
 def online_config(args: argparse.Namespace, run_dir: str):
     from .sac import SACConfig
-    from .training.online import CONFIG_NAME, OnlineConfig
+    from .training.online import OnlineConfig
+    from .training.progress import CONFIG_NAME
 
     saved = os.path.join(run_dir, CONFIG_NAME)
     if os.path.exists(saved):  # resume with the run's own settings; only the length may change

@@ -30,11 +30,19 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .envs import evaluate, make_env
-from .progress import METRICS_NAME, PLOT_NAME, MetricsFile, Progress, plot_learning_curve, read_metrics
+from .progress import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    PLOT_NAME,
+    SUMMARY_NAME,
+    MetricsFile,
+    Progress,
+    plot_learning_curve,
+    read_metrics,
+    write_run_json,
+)
 
 logger = logging.getLogger("expstore.train")
-
-CONFIG_NAME = "config.json"
 _STATS_ROWS = 200_000  # observation statistics from at most this many rows
 
 
@@ -110,8 +118,7 @@ class OfflineRun:
             restore_rng(checkpoint["rng"], self.rng)
             self.eval_count = checkpoint["eval_count"]
             logger.info("resuming offline run in %s at update %d", run_dir, self.agent.updates)
-        with open(os.path.join(run_dir, CONFIG_NAME), "w", encoding="utf-8") as stream:
-            json.dump(asdict(config), stream, indent=2)
+        write_run_json(run_dir, CONFIG_NAME, asdict(config))
         self.metrics = MetricsFile(os.path.join(run_dir, METRICS_NAME))
         self.progress = Progress(config.total_updates, config.td3bc.batch_size, config.log_interval_s,
                                  self.agent.updates, self.agent.updates)
@@ -179,8 +186,7 @@ class OfflineRun:
                    "updates_per_s": updates / elapsed_s if elapsed_s > 0 else None}
         plot_learning_curve(self.metrics.path, os.path.join(self.run_dir, PLOT_NAME),
                             f"TD3+BC on {self.config.env_id} from {os.path.basename(self.config.pool_path)}")
-        with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as stream:
-            json.dump(summary, stream, indent=2)
+        write_run_json(self.run_dir, SUMMARY_NAME, summary)
         return summary
 
     def close(self) -> None:

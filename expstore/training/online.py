@@ -9,7 +9,6 @@ transitions committed after the last checkpoint count as collected and are train
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -31,11 +30,18 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .envs import evaluate, make_env, obs_units, recording_env
-from .progress import METRICS_NAME, PLOT_NAME, MetricsFile, Progress, plot_learning_curve
+from .progress import (
+    CONFIG_NAME,
+    METRICS_NAME,
+    PLOT_NAME,
+    SUMMARY_NAME,
+    MetricsFile,
+    Progress,
+    plot_learning_curve,
+    write_run_json,
+)
 
 logger = logging.getLogger("expstore.train")
-
-CONFIG_NAME = "config.json"
 
 
 @dataclass
@@ -223,8 +229,7 @@ class OnlineRun:
                    "resumed_from": self.resumed_from, "pool": os.path.abspath(self.pool.path)}
         plot_learning_curve(self.metrics.path, os.path.join(self.run_dir, PLOT_NAME),
                             f"SAC on {self.config.env_id} (pool: {self.config.pool_name})")
-        with open(os.path.join(self.run_dir, "summary.json"), "w", encoding="utf-8") as stream:
-            json.dump(summary, stream, indent=2)
+        write_run_json(self.run_dir, SUMMARY_NAME, summary)
         return summary
 
     def close(self) -> None:
@@ -240,6 +245,4 @@ def _read_evals(metrics_path: str) -> list[dict]:
 
 
 def save_config(run_dir: str, config: OnlineConfig | dict) -> None:
-    values = config if isinstance(config, dict) else asdict(config)
-    with open(os.path.join(run_dir, CONFIG_NAME), "w", encoding="utf-8") as stream:
-        json.dump(values, stream, indent=2)
+    write_run_json(run_dir, CONFIG_NAME, config if isinstance(config, dict) else asdict(config))

@@ -15,6 +15,14 @@ logger = logging.getLogger("expstore.train")
 
 METRICS_NAME = "metrics.jsonl"
 PLOT_NAME = "learning_curve.png"
+CONFIG_NAME = "config.json"
+SUMMARY_NAME = "summary.json"
+
+
+def write_run_json(run_dir: str, name: str, values: dict) -> None:
+    """One of a run directory's JSON files (``CONFIG_NAME``, ``SUMMARY_NAME``)."""
+    with open(os.path.join(run_dir, name), "w", encoding="utf-8") as stream:
+        json.dump(values, stream, indent=2)
 
 
 class MetricsFile:
