@@ -99,6 +99,20 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
+def is_sparse(file: str) -> bool:
+    """Whether some of the file's bytes have no disk blocks (a hole), as after a sparse copy:
+    `cp --sparse`, rsync -S, tar, or a git checkout, which seeks over runs of zeros."""
+    stat = os.stat(file)
+    return stat.st_blocks * 512 < stat.st_size - 4096
+
+
+def preallocate_sparse(files: list[str]) -> list[str]:
+    """Preallocate the files that have holes; returns them."""
+    sparse = [file for file in files if is_sparse(file)]
+    preallocate(sparse)
+    return sparse
+
+
 def preallocate(files: list[str]) -> None:
     """Give every byte of ``files`` real disk blocks.
 

@@ -134,6 +134,9 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
         if not creating:
             layout = chosen.read_layout(path)
             _check_matches(path, layout, capacity, schema)
+            # A copied pool may have lost its disk blocks; writing into a hole on a full disk
+            # would be a SIGBUS, so a writer allocates them now (a clean DiskFullError if it can't).
+            files.preallocate_sparse(layout.files)
             return Store(path, chosen, writer_lock, policy, layout=layout)
         if schema is None:
             if mode == "w" and os.path.exists(path):

@@ -67,7 +67,10 @@ def verify_store(store, progress: Callable[[int], None] | None = None) -> Verify
     if not 0 <= tail <= head or head - tail > store.capacity:
         report.findings.append(f"committed window {tail}..{head} does not fit capacity {store.capacity}")
     report.findings += store._backend.container_findings(store.path, layout)
-    report.findings += _sparse_files(layout.files)
+    sparse = [os.path.relpath(f, os.path.dirname(os.path.abspath(store.path))) for f in layout.files
+              if files.is_sparse(f)]
+    if sparse:  # harmless: a writer preallocates them when it opens the pool (opening.py)
+        report.facts["sparse_files"] = sparse
     report.findings += [f"leftover temporary {name} from an interrupted create or convert; `expstore repair` "
                         "removes it" for name in leftover_temps(store.path)]
     report.facts.update(backend=store.backend, first_step_id=tail, next_step_id=head, commit_seq=record.seq,
@@ -123,9 +126,8 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
     try:
         layout = resolve_backend(path, backend).read_layout(path)
         _repair_commit(layout, reset_window, report)
-        sparse = [f for f in layout.files if _is_sparse(f)]
+        sparse = files.preallocate_sparse(layout.files)
         if sparse:
-            files.preallocate(sparse)
             report.actions += [f"preallocated the disk blocks of {os.path.relpath(f, os.path.dirname(path))}"
                                for f in sparse]
     finally:
@@ -201,13 +203,3 @@ def _owned_by_live_process(temp: str) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _is_sparse(file: str) -> bool:
-    stat = os.stat(file)
-    return stat.st_blocks * 512 < stat.st_size - 4096
-
-
-def _sparse_files(paths: list[str]) -> list[str]:
-    return [f"{os.path.basename(p)} is not fully preallocated (a sparse copy?): a full disk could kill the "
-            "writer with SIGBUS; `expstore repair` preallocates it" for p in paths if _is_sparse(p)]

@@ -183,6 +183,45 @@ def test_writer_opens_on_an_already_full_disk(small_disk, backend, rows_per_disk
         assert pool.next_step_id == 2 * capacity
 
 
+def rewrite_sparse(file: str) -> None:
+    """Rewrite ``file`` seeking over its zero pages, as git and `cp --sparse` do."""
+    with open(file, "rb") as fh:
+        data = fh.read()
+    temp = file + ".sparse"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        for offset in range(0, len(data), 4096):
+            page = data[offset:offset + 4096]
+            if page.count(0) != len(page):
+                os.pwrite(fd, page, offset)
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+    os.replace(temp, file)
+
+
+def test_a_sparse_pool_on_a_full_disk_refuses_a_writer_cleanly(small_disk, backend, rows_per_disk):
+    """A copied pool that lost its zero blocks: a writer must allocate them before it writes
+    through the mapping, so a full disk gives DiskFullError at open, never SIGBUS later."""
+    path = str(small_disk / f"pool{BACKENDS[backend]}")
+    with expstore.open(path, "w", capacity=rows_per_disk // 2, schema=pendulum_schema(), slack=SLACK,
+                       chunk_rows=SLACK) as pool:
+        files = pool._layout.files
+    for file in files:
+        rewrite_sparse(file)
+    if not any(expstore.files.is_sparse(file) for file in files):
+        pytest.skip("this file system keeps zero blocks allocated")
+    fill_disk(small_disk)
+    with pytest.raises(expstore.DiskFullError):
+        expstore.open(path, "a")
+    with expstore.open(path, "r") as pool:  # still a readable pool, and free for the next writer
+        assert len(pool) == 0
+    os.remove(os.path.join(small_disk, "filler"))
+    with expstore.open(path, "a") as pool:
+        pool.extend(rows_for(np.arange(10)))
+    assert not any(expstore.files.is_sparse(file) for file in files)
+
+
 SPARSE_MAP_WRITE = textwrap.dedent("""
     import mmap, os, sys
     fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)

@@ -147,18 +147,33 @@ def test_repair_refuses_while_a_writer_runs(pool_path):
             expstore.repair(pool_path)
 
 
-def test_repair_preallocates_a_sparse_copy(pool_path, tmp_path):
+def sparse_copy(pool_path) -> str:
+    """Punch the zero blocks out of the pool's data file, the way a sparse copy (or a git
+    checkout, which seeks over zeros) loses them; returns the file."""
     make_pool(pool_path, checksums=False, batches=1, capacity=200_000)  # mostly zero blocks
     with expstore.open(pool_path) as pool:
         data_file = pool._layout.fields["obs"].path
-    # Punch the blocks out the way a sparse copy loses them.
     subprocess.run(["fallocate", "--dig-holes", data_file], check=True)
-    if os.stat(data_file).st_blocks * 512 >= os.path.getsize(data_file) - 4096:
-        pytest.skip("this file system keeps zero blocks allocated; nothing to repair")
+    if not expstore.files.is_sparse(data_file):
+        pytest.skip("this file system keeps zero blocks allocated; nothing to preallocate")
+    return data_file
+
+
+def test_a_sparse_copy_is_reported_and_repair_preallocates_it(pool_path):
+    data_file = sparse_copy(pool_path)
     report = expstore.verify(pool_path)
-    assert any("preallocated" in f for f in report.findings)
-    expstore.repair(pool_path)
-    assert expstore.verify(pool_path).ok
+    assert report.ok and os.path.basename(data_file) in str(report.facts["sparse_files"])
+    assert any("preallocated" in action for action in expstore.repair(pool_path).actions)
+    assert not expstore.files.is_sparse(data_file) and "sparse_files" not in expstore.verify(pool_path).facts
+
+
+def test_a_writer_preallocates_a_sparse_copy_when_it_opens(pool_path):
+    data_file = sparse_copy(pool_path)
+    with expstore.open(pool_path, "r"):
+        assert expstore.files.is_sparse(data_file)  # readers change nothing
+    with expstore.open(pool_path, "a") as pool:
+        assert not expstore.files.is_sparse(data_file)  # no hole left for a write to SIGBUS on
+        pool.extend(rows_for(np.arange(pool.next_step_id, pool.next_step_id + 10)))
 
 
 def test_verify_reports_a_file_that_is_not_a_pool(tmp_path, backend):
