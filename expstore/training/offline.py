@@ -37,8 +37,8 @@ from .progress import (
     SUMMARY_NAME,
     MetricsFile,
     Progress,
+    mean_last_eval_return,
     plot_learning_curve,
-    read_metrics,
     write_run_json,
 )
 
@@ -179,10 +179,8 @@ class OfflineRun:
     def _finish(self, elapsed_s: float, updates: int) -> dict:
         if updates and self.agent.updates % self.config.checkpoint_every:
             self.checkpoint()
-        evals = [r for r in read_metrics(self.metrics.path) if r["kind"] == "eval"]
-        last_returns = [x for r in evals for x in r["returns"]][-10:]
         summary = {"updates": self.agent.updates, "pool": self.config.pool_path, "transitions": len(self.pool),
-                   "mean_return_last_eval_episodes": float(np.mean(last_returns)) if last_returns else None,
+                   "mean_return_last_eval_episodes": mean_last_eval_return(self.metrics.path),
                    "updates_per_s": updates / elapsed_s if elapsed_s > 0 else None}
         plot_learning_curve(self.metrics.path, os.path.join(self.run_dir, PLOT_NAME),
                             f"TD3+BC on {self.config.env_id} from {os.path.basename(self.config.pool_path)}")

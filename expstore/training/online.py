@@ -37,6 +37,7 @@ from .progress import (
     SUMMARY_NAME,
     MetricsFile,
     Progress,
+    mean_last_eval_return,
     plot_learning_curve,
     write_run_json,
 )
@@ -222,9 +223,8 @@ class OnlineRun:
     def _finish(self, elapsed_s: float, updates: int) -> dict:
         if self.state.step != (self.resumed_from or 0) and self.state.step % self.config.checkpoint_every:
             self.checkpoint()
-        last_returns = [x for r in _read_evals(self.metrics.path) for x in r["returns"]][-10:]
         summary = {"steps": self.state.step, "episodes": self.state.episodes, "updates": self.agent.updates,
-                   "mean_return_last_eval_episodes": float(np.mean(last_returns)) if last_returns else None,
+                   "mean_return_last_eval_episodes": mean_last_eval_return(self.metrics.path),
                    "updates_per_s": updates / elapsed_s if elapsed_s > 0 else None,
                    "resumed_from": self.resumed_from, "pool": os.path.abspath(self.pool.path)}
         plot_learning_curve(self.metrics.path, os.path.join(self.run_dir, PLOT_NAME),
@@ -236,12 +236,6 @@ class OnlineRun:
         self.metrics.close()
         self.recorder.close()
         self.pool.close()
-
-
-def _read_evals(metrics_path: str) -> list[dict]:
-    from .progress import read_metrics
-
-    return [r for r in read_metrics(metrics_path) if r["kind"] == "eval"]
 
 
 def save_config(run_dir: str, config: OnlineConfig | dict) -> None:

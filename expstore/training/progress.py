@@ -19,6 +19,12 @@ CONFIG_NAME = "config.json"
 SUMMARY_NAME = "summary.json"
 
 
+def mean_last_eval_return(metrics_path: str, episodes: int = 10) -> float | None:
+    """Mean return over the last ``episodes`` evaluation episodes of a run (None before any)."""
+    returns = [x for r in read_metrics(metrics_path) if r["kind"] == "eval" for x in r["returns"]][-episodes:]
+    return float(np.mean(returns)) if returns else None
+
+
 def write_run_json(run_dir: str, name: str, values: dict) -> None:
     """One of a run directory's JSON files (``CONFIG_NAME``, ``SUMMARY_NAME``)."""
     with open(os.path.join(run_dir, name), "w", encoding="utf-8") as stream:
