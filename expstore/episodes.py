@@ -57,6 +57,7 @@ class EpisodeBook:
         # env id -> [episode id, first step, last step, index of last row, return so far]
         self.open: dict[int, list] = {}
         self.committed_open = state["open"]  # env id -> (episode id, last step), as committed
+        self.committed_head = head
 
     # ------------------------------------------------------------------ writer: recovery
     def cut_off_committed_open(self) -> None:
@@ -66,7 +67,8 @@ class EpisodeBook:
             first_step = int(entry[1]) if entry[0] == episode_id else last_step - int(
                 self.episode_step[last_step % self.slots])
             self.table[episode_id % self.table_rows] = (episode_id, first_step, last_step, env_id * 8 + CUT_OFF)
-            self.next_delta[last_step % self.slots] = 0  # may point at a row the crash discarded
+            if self.committed_head - last_step <= self.slots:  # else a newer committed row holds the slot
+                self.next_delta[last_step % self.slots] = 0  # may point at a row the crash discarded
             logger.info("episode %d (env %d) was open when the writer stopped; marked cut off at step %d",
                         episode_id, env_id, last_step)
         self.committed_open = {}
@@ -90,7 +92,7 @@ class EpisodeBook:
             self.next_id += 1
             self.open[env_id] = state
         else:
-            self.next_delta[state[2] % self.slots] = step_id - state[2]
+            self._link(state[2], step_id)
             state[2] = step_id
             state[3] += 1
             state[4] += reward
@@ -165,7 +167,7 @@ class EpisodeBook:
             first_run = slice(0, starts[1] if len(starts) > 1 else n_rows)
             index[first_run] += state[3] + 1
             returns[first_run] += state[4]
-            self.next_delta[state[2] % self.slots] = first_step - state[2]
+            self._link(state[2], first_step)
         for view, values in ((self.episode_id, ids), (self.episode_step, index),
                              (self.episode_return, returns), (self.next_delta, next_delta)):
             write_run(view, first_step, values, self.slots)
@@ -241,8 +243,13 @@ class EpisodeBook:
 
     def _link_open(self, runs: _Runs, ids: np.ndarray) -> None:
         for run in np.flatnonzero(runs.continues_open):
-            last = self.open[int(runs.env[run])][2]
-            self.next_delta[last % self.slots] = runs.first_step[run] - last
+            self._link(self.open[int(runs.env[run])][2], int(runs.first_step[run]))
+
+    def _link(self, from_step: int, to_step: int) -> None:
+        """Point row ``from_step`` at ``to_step``, the next row of its episode, unless the ring
+        already reused its slot: an env idle for a whole ring must not relink a newer row."""
+        if to_step - from_step < self.slots:
+            self.next_delta[from_step % self.slots] = to_step - from_step
 
     def _tag_rows(self, runs: _Runs, ids: np.ndarray, order: np.ndarray, first_step: int) -> None:
         base_index = np.zeros(runs.count, np.int64)

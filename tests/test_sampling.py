@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from episode_model import DERIVED_SCHEMA, SCHEMA, Model, ops, run_ops
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import expstore
@@ -31,8 +31,14 @@ def check_n_step(batch, model: Model, n: int, gamma: float) -> None:
         assert batch["obs"][i][0] == model.rows[int(step)].values()["obs"][0]
 
 
+# Env 1 idles for longer than the ring (8 slots) while env 0 fills it: env 1's next row must not
+# relink the slot its old row left, which now holds env 0's row 8 (found by hypothesis).
+IDLE_ENV_OUTLIVES_THE_RING = [("append", (1, 0, 0)), ("extend", [(0, 0, 0)] * 8)]
+
+
 @SETTINGS
 @given(capacity=st.integers(3, 30), operations=ops, n=st.integers(1, 5), gamma=st.sampled_from([0.5, 0.9, 1.0]))
+@example(capacity=3, operations=IDLE_ENV_OUTLIVES_THE_RING + [("append", (1, 1, 0))], n=2, gamma=0.9)
 def test_n_step_matches_the_model(tmp_path_factory, backend, capacity, operations, n, gamma):
     path = _pool(tmp_path_factory, backend, capacity)
     model = Model(capacity)
@@ -76,6 +82,7 @@ def test_sequences_match_the_model(tmp_path_factory, backend, capacity, operatio
 
 @SETTINGS
 @given(capacity=st.integers(3, 30), operations=ops, n=st.integers(1, 4))
+@example(capacity=3, operations=IDLE_ENV_OUTLIVES_THE_RING, n=1)
 def test_derived_next_obs_gives_identical_samples(tmp_path_factory, backend, capacity, operations, n):
     operations = [op for op in operations if op[0] != "reopen"] or [("append", (0, 0, 1))]
     stored = _pool(tmp_path_factory, backend, capacity)
