@@ -7,7 +7,9 @@ of an episode is (observations[t], actions[t], rewards[t], observations[t+1], te
 truncations[t]). Export splits the pool into episodes at every ``terminated``/``truncated`` row
 and wherever ``next_obs`` of a row differs from ``obs`` of the next one (a segment without
 either flag at its end), so that import gives back every row bit for bit. Other pool fields go
-to ``expstore_fields/<name>`` in each episode group, which Minari ignores.
+to ``expstore_fields/<name>`` in each episode group, which Minari ignores. Import checks every
+episode against the spaces that ``metadata.json`` declares and decodes JPEG-encoded image rows
+(minari_fields.py); export writes raw arrays (``jpeg_encoding: false``).
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ import numpy as np
 
 from .. import files
 from ..convert import build_pool, make_parent
-from ..errors import InvalidArgumentError, NotAPoolError, StoreExistsError
+from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError, StoreExistsError
 from ..schema import Field, Schema
 from ..streaming import Progress, iter_slices, open_source, slice_rows
+from . import minari_fields
 from .common import REQUIRED, SAVED_KEY, check_required, restore
 
 MINARI_VERSION = "0.5.4"  # the newest dataset version this layout matches
@@ -179,8 +182,10 @@ def import_minari(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: i
     """Create pool ``dst`` from the Minari dataset ``src`` (its directory, its ``data``
     directory, or a dataset id under ``$MINARI_DATASETS_PATH``); return the row count.
 
-    The dataset's spaces, env spec and description are kept in ``attrs["minari"]``, so an
-    export writes them back.
+    Every episode is checked against the spaces in ``metadata.json`` first, and JPEG-encoded
+    image observations (``jpeg_encoding``) are decoded to frames (minari_fields.py). The
+    dataset's spaces, env spec and description are kept in ``attrs["minari"]``, so an export
+    writes them back.
     """
     import h5py
 
@@ -196,12 +201,26 @@ def import_minari(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: i
         raise NotAPoolError(f"{src} stores its episodes as {metadata['data_format']!r}; only Minari's hdf5 format "
                             "is supported")
     with h5py.File(os.path.join(data_dir, "main_data.hdf5"), "r", locking=False) as f:
-        episodes = [f[f"episode_{k}"] for k in range(int(metadata.get("total_episodes", len(f.keys()))))]
-        schema, attrs = _import_schema(src, metadata, episodes)
-        rows = sum(int(ep["rewards"].shape[0]) for ep in episodes)
+        episodes = _episode_groups(src, f, metadata)
+        layouts = minari_fields.field_layouts(os.fspath(src), metadata, episodes[0])
+        schema, attrs = _import_schema(src, metadata, episodes[0], layouts)
+        per_step = _per_step_layout(episodes[0], schema)
+        rows = sum(minari_fields.check_episode(os.fspath(src), k, ep, layouts, per_step)
+                   for k, ep in enumerate(episodes))
         build_pool(dst, resolve_backend(dst, backend).name, schema, capacity or max(1, rows), attrs,
-                   _episode_slices(episodes, schema, progress), overwrite=overwrite)
+                   _episode_slices(src, episodes, schema, layouts, progress), overwrite=overwrite)
     return rows
+
+
+def _episode_groups(src, f, metadata: dict) -> list:
+    count = int(metadata.get("total_episodes", len(f.keys())))
+    if count == 0:
+        raise NotAPoolError(f"{src} holds no episode; there is nothing to import")
+    missing = [k for k in range(count) if f"episode_{k}" not in f]
+    if missing:
+        raise CorruptStoreError(f"{src}: metadata.json counts {count} episodes but episode_{missing[0]} is missing "
+                                f"({len(missing)} in all); the dataset is incomplete")
+    return [f[f"episode_{k}"] for k in range(count)]
 
 
 def _data_dir(src: str) -> str:
@@ -221,17 +240,10 @@ def _data_dir(src: str) -> str:
     raise NotAPoolError(f"{src} holds no data/metadata.json and data/main_data.hdf5, so it is not a Minari dataset")
 
 
-def _import_schema(src, metadata: dict, episodes) -> tuple[Schema, dict]:
-    first = episodes[0] if episodes else None
-    if first is None:
-        raise NotAPoolError(f"{src} holds no episode; there is nothing to import")
-    for key in ("observations", "actions"):
-        if not hasattr(first.get(key), "dtype"):
-            raise NotAPoolError(f"{src}: {key} of episode 0 is a group (a Dict or Tuple space); only Box and "
-                                "Discrete spaces can be imported")
-    obs, act = first["observations"], first["actions"]
-    columns = {"obs": Field(obs.shape[1:], obs.dtype), "action": Field(act.shape[1:], act.dtype),
-               "reward": Field((), first["rewards"].dtype), "next_obs": Field(obs.shape[1:], obs.dtype),
+def _import_schema(src, metadata: dict, first, layouts: dict) -> tuple[Schema, dict]:
+    obs, act = layouts["observations"], layouts["actions"]
+    columns = {"obs": Field(obs.shape, obs.dtype), "action": Field(act.shape, act.dtype),
+               "reward": Field((), first["rewards"].dtype), "next_obs": Field(obs.shape, obs.dtype),
                "terminated": Field((), "bool"), "truncated": Field((), "bool")}
     for name, ds in first.get(_EXTRAS, {}).items():
         columns[name] = Field(ds.shape[1:], ds.dtype)
@@ -243,15 +255,27 @@ def _import_schema(src, metadata: dict, episodes) -> tuple[Schema, dict]:
     return schema, attrs
 
 
-def _episode_slices(episodes, schema: Schema, progress):
+def _per_step_layout(first, schema: Schema) -> dict:
+    """Row shape and dtype of rewards and the expstore extras, as episode 0 stores them."""
+    layout = {"rewards": ((), first["rewards"].dtype)}
+    for name in schema:
+        if name not in _STANDARD:
+            stored = first[f"{_EXTRAS}/{name}"]
+            layout[f"{_EXTRAS}/{name}"] = (tuple(stored.shape[1:]), stored.dtype)
+    return layout
+
+
+def _episode_slices(src, episodes, schema: Schema, layouts: dict, progress):
     written = 0
     step = slice_rows(schema)
-    for ep in episodes:
+    for k, ep in enumerate(episodes):
+        where = f"{src}: episode_{k}"
         steps = int(ep["rewards"].shape[0])
         for lo in range(0, steps, step):
             hi = min(steps, lo + step)
-            observations = ep["observations"][lo:hi + 1]
-            batch = {"obs": observations[:-1], "next_obs": observations[1:], "action": ep["actions"][lo:hi],
+            observations = minari_fields.read_rows(ep["observations"], lo, hi + 1, layouts["observations"], where)
+            batch = {"obs": observations[:-1], "next_obs": observations[1:],
+                     "action": minari_fields.read_rows(ep["actions"], lo, hi, layouts["actions"], where),
                      "reward": ep["rewards"][lo:hi], "terminated": ep["terminations"][lo:hi],
                      "truncated": ep["truncations"][lo:hi]}
             for name in schema:
