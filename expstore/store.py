@@ -335,12 +335,12 @@ class Store(ReplayMixin):
                     self._maps.sync_data(parallel=not self._finalizing)
                     self._maps.sync_commit()
                 return
+            if self._maps.checksum_table is not None:
+                payload = checksums.record_commit(self._maps.checksum_table, self._views, self._ring,
+                                                  self._layout.meta["chunk_rows"], previous, self._head, tail, payload)
             record = commit.CommitRecord(
                 seq=previous.seq + 1, head=self._head, tail=tail, time_unix=time.time(), payload=payload,
             )
-            if self._maps.checksum_table is not None:
-                checksums.record_completed(self._maps.checksum_table, self._views, self._ring,
-                                           self._layout.meta["chunk_rows"], previous.head, self._head)
             if fsync:
                 # Rows reach the disk before the record that exposes them.
                 self._maps.sync_data(parallel=not self._finalizing)
