@@ -9,9 +9,10 @@ Every transition of every sub-env is one pool row (``obs``, ``action``, ``reward
 ``next_obs``, ``terminated``, ``truncated``, ``env_index``), so the pool is also an ordinary
 offline dataset. The buffer keeps no data of its own: SB3's ``pos``/``full`` are derived from
 the pool's step ids, the pool commits as training goes (every ``commit_every`` rows or
-``commit_interval_s`` seconds) and at a normal exit, and a buffer built on an existing path
-(after a crash, ``SAC.load``, or ``load_replay_buffer``, which pickles only the path) holds
-every transition the pool committed.
+``commit_interval_s`` seconds) and at a normal exit. A buffer built on a path that already
+holds transitions continues that pool only when asked (``mode="a"``: after a crash, or in
+``SAC.load``), and ``load_replay_buffer`` (which pickles only the path) always does; either
+way it holds every transition the pool committed, and logs how many it adopted.
 
 Sampling draws the same random numbers, from numpy's global generator, as SB3's own buffers,
 so with the same seeds a run with a disk buffer is the run with SB3's buffer.
@@ -35,7 +36,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("expstore.sb3 needs Stable-Baselines3: pip install 'expstore[sb3]'") from exc
 
-from .errors import EmptyStoreError, InvalidArgumentError, SchemaError, StoreLockedError
+from .errors import EmptyStoreError, InvalidArgumentError, SchemaError, StoreExistsError, StoreLockedError
 from .opening import open as open_pool
 from .schema import check_field_name
 
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 # Buffers of this process by pool path: a second buffer on the same path (SAC.load,
 # load_replay_buffer) takes the pool over from the first instead of failing on its lock.
 _open_buffers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_MODES = ("x", "w-", "a")  # "w-" is h5py's spelling of "x"
 
 
 class DiskReplayBuffer(ReplayBuffer):
@@ -61,7 +63,12 @@ class DiskReplayBuffer(ReplayBuffer):
             observation of the same env's next row, as in SB3 (halves the disk used).
         handle_timeout_termination: sample ``dones`` as terminations only, so a time limit
             does not cut bootstrapping (SB3's default). The pool records both flags anyway.
-        path: the pool (``.h5`` or ``.zarr``); created if missing, reopened if present.
+        path: the pool (``.h5`` or ``.zarr``).
+        mode: ``"x"`` (default): a new pool; a pool at ``path`` that holds transitions is an
+            error (one that holds none, left by a run that stopped before its first commit, is
+            reused). ``"a"``: continue the pool at ``path`` (created if missing) and train on
+            what it holds; the adopted transitions are logged. ``SAC.load`` builds the buffer
+            from the saved ``replay_buffer_kwargs``: pass ``mode="a"`` there or to ``SAC.load``.
         backend: ``"hdf5"`` or ``"zarr"``; by default from the suffix.
         commit_every: commit every this many transitions (rounded up to whole env steps)...
         commit_interval_s: ...or when this many seconds passed.
@@ -70,10 +77,15 @@ class DiskReplayBuffer(ReplayBuffer):
 
     def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space,
                  device: Any = "auto", n_envs: int = 1, optimize_memory_usage: bool = False,
-                 handle_timeout_termination: bool = True, *, path: str | os.PathLike, backend: str | None = None,
-                 commit_every: int = 10_000, commit_interval_s: float = 5.0, fsync: bool = True):
+                 handle_timeout_termination: bool = True, *, path: str | os.PathLike, mode: str = "x",
+                 backend: str | None = None, commit_every: int = 10_000, commit_interval_s: float = 5.0,
+                 fsync: bool = True):
         if path is None:
             raise InvalidArgumentError("DiskReplayBuffer needs a pool path: replay_buffer_kwargs={'path': 'pool.h5'}")
+        if mode not in _MODES:
+            raise InvalidArgumentError(f"DiskReplayBuffer mode {mode!r}: use 'x' (a new pool, the default) or 'a' "
+                                       "(continue the pool at path); to start over, delete the pool or choose "
+                                       "another path")
         if optimize_memory_usage and handle_timeout_termination:
             raise InvalidArgumentError(
                 "optimize_memory_usage=True cannot honour handle_timeout_termination=True (the next observation "
@@ -82,13 +94,13 @@ class DiskReplayBuffer(ReplayBuffer):
             "buffer_size": buffer_size, "observation_space": observation_space, "action_space": action_space,
             "n_envs": n_envs, "optimize_memory_usage": optimize_memory_usage,
             "handle_timeout_termination": handle_timeout_termination, "path": os.path.abspath(os.fspath(path)),
-            "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s, "fsync": fsync,
+            "mode": mode, "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s, "fsync": fsync,
         }
         self.device = get_device(device)
-        self._set_up(self._config, pending_next_obs=None)
+        self._set_up(self._config, pending_next_obs=None, mode="a" if mode == "a" else "x")
 
     # ------------------------------------------------------------------ set-up
-    def _set_up(self, config: dict, pending_next_obs: Any) -> None:
+    def _set_up(self, config: dict, pending_next_obs: Any, mode: str) -> None:
         self.observation_space = config["observation_space"]
         self.action_space = config["action_space"]
         self.obs_shape = get_obs_shape(self.observation_space)
@@ -99,7 +111,7 @@ class DiskReplayBuffer(ReplayBuffer):
         self.handle_timeout_termination = config["handle_timeout_termination"]
         self.path = config["path"]
         self._obs_fields = _obs_fields(self.observation_space)
-        self._pool = _open_taking_over(self, config, self._schema())
+        self._pool = _open_taking_over(self, config, self._schema(), mode)
         # Rows are grouped in env steps of n_envs rows from the step id the pool had at open.
         self._origin = self._pool.next_step_id % self.n_envs
         self._pending_next_obs = pending_next_obs  # optimize_memory_usage: the newest step's next obs
@@ -274,7 +286,8 @@ class DiskReplayBuffer(ReplayBuffer):
     def __setstate__(self, state: dict) -> None:
         self._config = state["config"]
         self.device = get_device(state["device"])
-        self._set_up(self._config, state["pending_next_obs"])
+        # The pickle is this pool's own buffer (load_replay_buffer): it continues the pool whatever its mode.
+        self._set_up(self._config, state["pending_next_obs"], mode="a")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.path!r} steps={self.size()} n_envs={self.n_envs}>"
@@ -313,12 +326,16 @@ def _shape_of(obs_shape: Any, key: str | None) -> tuple[int, ...]:
     return tuple(obs_shape[key] if key is not None else obs_shape)
 
 
-def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict):
+def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict, mode: str):
     """Open (or create) the pool; a buffer of this process holding it hands it over first."""
     path, n_envs = config["path"], config["n_envs"]
     previous = _open_buffers.get(path)
     previous_pool = getattr(previous, "_pool", None) if previous is not buffer else None
-    if previous_pool is not None and not previous_pool._closed:
+    if previous_pool is not None and previous_pool._closed:
+        previous_pool = None
+    if mode == "x":
+        _refuse_a_pool_with_transitions(path, previous_pool)
+    if previous_pool is not None:
         logger.info("%s: a new replay buffer takes the pool over; the previous buffer is closed", path)
         previous.close()
     commit_every = -(-config["commit_every"] // n_envs) * n_envs
@@ -332,8 +349,27 @@ def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict):
     except StoreLockedError as exc:
         raise StoreLockedError(f"{exc}; another process (or an SB3 model of this process that was not "
                                "closed) is writing this pool: close it, or give this buffer another path") from None
+    if len(pool):
+        logger.info("%s: the replay buffer adopted %d transitions (step ids %d to %d) already in the pool",
+                    path, len(pool), pool.first_step_id, pool.next_step_id - 1)
     _open_buffers[path] = buffer
     return pool
+
+
+def _refuse_a_pool_with_transitions(path: str, open_pool_of_this_process) -> None:
+    """Mode "x": a pool that holds transitions is another run's data, never taken over unasked."""
+    if open_pool_of_this_process is not None:
+        held = open_pool_of_this_process.next_step_id - open_pool_of_this_process.first_step_id
+    elif os.path.exists(path):
+        with open_pool(path, "r") as existing:  # a reader takes no lock and reads the committed window
+            held = len(existing)
+    else:
+        return
+    if held:
+        raise StoreExistsError(
+            f"{path} already holds {held} transitions (an earlier run's pool); to train on them pass "
+            f"replay_buffer_kwargs={{'path': {path!r}, 'mode': 'a'}} (to SAC.load as well), to start over "
+            "delete the pool or give the buffer another path")
 
 
 def _extend_takes_env_ids(pool) -> bool:

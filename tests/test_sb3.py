@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pickle
 import subprocess
 import sys
@@ -99,7 +100,7 @@ def test_a_reopened_buffer_holds_every_transition(case, pool_path):
     config = CASES[case]
     reference, disk = filled(config, pool_path, buffer_size=40, steps=30)
     disk.close()
-    reopened = DiskReplayBuffer(40, device="cpu", path=pool_path, **config)
+    reopened = DiskReplayBuffer(40, device="cpu", path=pool_path, mode="a", **config)
     assert (reopened.pos, reopened.full, reopened.size()) == (reference.pos, reference.full, reference.size())
     if not config.get("optimize_memory_usage"):
         assert_same_samples(reference, reopened, seed=3)
@@ -147,7 +148,7 @@ def test_a_crashed_writer_leaves_its_committed_steps(pool_path):
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(_CRASHING_WRITER.format(path=pool_path))],
                            capture_output=True, text=True, check=False, timeout=120)
     assert child.returncode == 1, child.stderr
-    buffer = DiskReplayBuffer(100, BOX, ACTION, device="cpu", n_envs=2, path=pool_path, commit_every=10)
+    buffer = DiskReplayBuffer(100, BOX, ACTION, device="cpu", n_envs=2, path=pool_path, mode="a", commit_every=10)
     assert buffer.size() == 20  # commits every 10 rows = 5 env steps; steps 20..22 were never committed
     assert buffer.pool[-1]["obs"].tolist() == [19.0] * 3
     obs = np.full((2, 3), 99, np.float32)
@@ -170,7 +171,11 @@ def test_sac_learns_the_same_with_the_disk_buffer_and_resumes_from_it(tmp_path):
     with_disk.save(tmp_path / "sac")
     with_disk.save_replay_buffer(tmp_path / "buffer.pkl")
     assert (tmp_path / "buffer.pkl").stat().st_size < 8192
-    resumed = SAC.load(tmp_path / "sac", env=with_disk.get_env(), device="cpu")
+    with pytest.raises(expstore.StoreExistsError, match="'mode': 'a'"):  # the saved kwargs start a new pool
+        SAC.load(tmp_path / "sac", env=with_disk.get_env(), device="cpu")
+    assert with_disk.replay_buffer.size() == 100  # the refusal left the pool and its buffer alone
+    resumed = SAC.load(tmp_path / "sac", env=with_disk.get_env(), device="cpu",
+                       replay_buffer_kwargs={"path": pool, "mode": "a"})
     assert isinstance(resumed.replay_buffer, DiskReplayBuffer) and resumed.replay_buffer.size() == 100
     resumed.load_replay_buffer(tmp_path / "buffer.pkl")
     assert resumed.replay_buffer.size() == 100
@@ -188,3 +193,50 @@ def test_bad_arguments_say_what_to_do(pool_path):
         buffer.sample(4)
     with pytest.raises(expstore.InvalidArgumentError, match="not emptied"):
         buffer.reset()
+
+
+def test_a_new_buffer_adopts_an_existing_pool_only_when_asked(pool_path, caplog):
+    _reference, disk = filled(CASES["box"], pool_path, buffer_size=60, steps=10)
+    disk.close()
+    with pytest.raises(expstore.StoreExistsError, match=r"already holds 30 transitions.*'mode': 'a'"):
+        DiskReplayBuffer(60, device="cpu", path=pool_path, **CASES["box"])
+    with pytest.raises(expstore.StoreExistsError):
+        DiskReplayBuffer(60, device="cpu", path=pool_path, mode="w-", **CASES["box"])
+    with caplog.at_level(logging.INFO, logger="expstore.sb3"):
+        adopted = DiskReplayBuffer(60, device="cpu", path=pool_path, mode="a", **CASES["box"])
+    assert adopted.size() == 10 and len(adopted.pool) == 30
+    assert any("adopted 30 transitions" in record.getMessage() and pool_path in record.getMessage()
+               for record in caplog.records)
+    with pytest.raises(expstore.InvalidArgumentError, match="'x'.*'a'"):
+        DiskReplayBuffer(60, device="cpu", path=pool_path, mode="w", **CASES["box"])
+
+
+def test_a_pool_left_empty_is_reused_by_a_new_buffer(pool_path):
+    DiskReplayBuffer(60, device="cpu", path=pool_path, **CASES["box"]).close()  # created, never written
+    buffer = DiskReplayBuffer(60, device="cpu", path=pool_path, **CASES["box"])
+    assert buffer.size() == 0
+
+
+def test_a_buffer_refuses_a_pool_another_buffer_of_this_process_fills(pool_path):
+    _reference, disk = filled(CASES["box"], pool_path, buffer_size=60, steps=4)  # not committed yet
+    with pytest.raises(expstore.StoreExistsError, match="12 transitions"):
+        DiskReplayBuffer(60, device="cpu", path=pool_path, **CASES["box"])
+    assert disk.size() == 4 and len(disk.sample(2).rewards) == 2  # still open and usable
+
+
+def test_readme_sb3_example_runs(tmp_path, monkeypatch):
+    """The README's SB3 block as written, with fewer steps: train, save, close, SAC.load continues."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"<!-- sb3-example -->\s*```python\n(.*?)```", readme, re.DOTALL).group(1)
+    assert "model.learn(20_000)" in block and "model.learn(5_000," in block
+    block = block.replace("model.learn(20_000)", "model.learn(110)").replace("model.learn(5_000,", "model.learn(10,")
+    block = block.replace('"Pendulum-v1", seed=0,', '"Pendulum-v1", seed=0, learning_starts=100, batch_size=16,')
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(block, "README sb3 example", "exec"), namespace)  # noqa: S102 - the README's own code
+    assert namespace["model"].replay_buffer.size() == 120
+    assert (tmp_path / "runs" / "sac_pendulum.zip").exists() and not (tmp_path / "sac_pendulum.zip").exists()
+    namespace["model"].replay_buffer.close()

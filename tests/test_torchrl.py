@@ -212,4 +212,4 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     exec(compile(block, "README torchrl example", "exec"), namespace)
     steps = namespace["batch"]["observation"]
     assert steps.shape == (64, 4)
-    assert len(expstore.open(tmp_path / "trl_pool.zarr")) == 1000
+    assert len(expstore.open(tmp_path / "runs" / "trl_pool.zarr")) == 1000
