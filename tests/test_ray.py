@@ -248,6 +248,28 @@ def test_a_hung_shard_is_skipped_with_a_warning_and_all_down_raises(cluster, tmp
         assert committed_on_disk(path) == count
 
 
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_shard_actor_uses_no_deprecated_ray_api(cluster, tmp_path, backend):
+    """The actor's process turns deprecation warnings into errors: a deprecated Ray call made while
+    starting on an existing pool, writing or sampling would fail the call instead of printing."""
+    from expstore.sharding.actor import ShardActor
+
+    path = str(tmp_path / f"shard{BACKENDS[backend]}")
+    fill(path, 10)
+    strict = {"env_vars": {"PYTHONWARNINGS": "error::DeprecationWarning"}}
+    actor = ShardActor.options(runtime_env=strict, max_restarts=0).remote(path, {"commit_every": 5})
+    try:
+        assert cluster.get(actor.extend.remote(rows_for(np.arange(10, 15)), first_step_id=10), timeout=DEADLINE_S) == 15
+        assert cluster.get(actor.flush.remote(), timeout=DEADLINE_S) == 15
+        batch, length = cluster.get(actor.sample.remote(8, 0, {}), timeout=DEADLINE_S)
+        assert length == 15
+        assert_rows_match(batch)
+        assert cluster.get(actor.info.remote(), timeout=DEADLINE_S)["next_step_id"] == 15
+        cluster.get(actor.close.remote(), timeout=DEADLINE_S)
+    finally:
+        cluster.kill(actor)
+
+
 def test_readme_example_runs(cluster, tmp_path, monkeypatch):
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     match = re.search(r"<!-- ray-example -->\s*```python\n(.*?)```", readme, re.DOTALL)
@@ -256,4 +278,4 @@ def test_readme_example_runs(cluster, tmp_path, monkeypatch):
     code = compile(match.group(1), "README ray example", "exec")
     exec(code, {"__name__": "readme_ray_example"})  # noqa: S102 - the README's own code, run as written
     for index, rows in enumerate([1000, 2000, 3000]):
-        assert committed_on_disk(str(tmp_path / "shards" / f"shard{index}.h5")) == rows
+        assert committed_on_disk(str(tmp_path / "runs" / "shards" / f"shard{index}.h5")) == rows

@@ -7,8 +7,9 @@ behind an append, and a learner only ever sees committed rows: rows that a crash
 were never handed out.
 
 When Ray restarts the actor (``max_restarts``), it runs ``__init__`` again with the same
-arguments: the pool is reopened from disk in mode ``"a"`` with everything committed. The kernel
-drops a dead writer's lock at once (lock.py), so the reopen does not wait for it.
+arguments: the pool is reopened from disk in mode ``"a"`` with everything committed, and the
+actor logs how many transitions it found. The kernel drops a dead writer's lock at once
+(lock.py), so the reopen does not wait for it.
 """
 
 from __future__ import annotations
@@ -52,10 +53,12 @@ class ShardActor:
         self.path = path
         self._writer = _open_writer(path, dict(open_options))
         self._reader: Store | None = None
-        restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        if restarted:
-            logger.warning("shard %s restarted on %s (pid %d); reopened with %d committed transitions",
-                           path, socket.gethostname(), os.getpid(), self._writer.next_step_id)
+        # What the pool already holds says that this is a restart (or a pool an earlier run left).
+        # Ray's was_current_actor_reconstructed would ask the cluster, but it reads the deprecated
+        # RuntimeContext.actor_id and so printed a RayDeprecationWarning in every shard actor.
+        if self._writer.next_step_id:
+            logger.info("shard %s opened on %s (pid %d) with %d committed transitions already in it",
+                        path, socket.gethostname(), os.getpid(), self._writer.next_step_id)
 
     # ------------------------------------------------------------------ writing (one thread)
     @ray.method(concurrency_group=WRITE_GROUP)
