@@ -6,9 +6,11 @@ by a child process whose memory is capped two ways:
 * ``RLIMIT_DATA`` (always): the kernel refuses the child's heap and other private writable
   memory beyond 128 MiB, a quarter of the pool. Shared read-only file mappings do not count,
   so reading through the memory maps is allowed and loading a whole field is not.
-* a cgroup v2 ``memory.max`` (where this host offers the memory controller to us): the same
-  run in a cgroup whose whole memory, page cache included, is capped below the pool size;
-  clean page-cache pages are reclaimed, anonymous memory would end in the OOM killer.
+* a memory cgroup (cgroup v2 ``memory.max`` where this host offers v2's memory controller,
+  else cgroup v1 ``memory.limit_in_bytes``, as tools/larger_than_ram.py does; skipped only
+  where neither can be made): the same run in a cgroup whose whole memory, page cache
+  included, is capped below the pool size; clean page-cache pages are reclaimed, anonymous
+  memory would end in the OOM killer.
 
 In both the child also tracks its peak ``RssAnon`` (anonymous memory: file-backed mapped pages
 are page cache, not process memory) and the test bounds its growth while reading.
@@ -21,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -101,7 +104,7 @@ def big_pool(request, tmp_path_factory):
 def run_reader(path: str, preexec_fn=None) -> dict:
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     args = [path, str(DATA_LIMIT_NBYTES), "2048", "300"]
-    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True, check=False,
                           timeout=300, env=env, preexec_fn=preexec_fn)
     assert done.returncode == 0, f"reader child failed ({done.returncode}): {done.stderr[-3000:]}"
     return json.loads(done.stdout)
@@ -120,41 +123,120 @@ def test_reads_and_samples_within_a_data_limit(big_pool):
     check_report(run_reader(path), obs_nbytes)
 
 
-# ---------------------------------------------------------------------------- cgroup v2 variant
-def _cgroup_v2_parent() -> str:
-    """The cgroup v2 directory of this process, if a child cgroup with memory.max can live there."""
-    mounts = [line.split()[1] for line in open("/proc/self/mounts") if line.split()[2] == "cgroup2"]
-    own = [line.strip()[3:] for line in open("/proc/self/cgroup") if line.startswith("0::")]
-    if not mounts or not own:
-        pytest.skip("no cgroup v2 hierarchy on this host")
-    parent = os.path.join(mounts[0], own[0].lstrip("/"))
+# ---------------------------------------------------------------------------- cgroup variant
+@dataclass(frozen=True)
+class MemoryCgroup:
+    """A memory cgroup made for one test: v2 (``memory.max``) or v1 (``memory.limit_in_bytes``)."""
+
+    version: str
+    path: str
+
+    @property
+    def limit_file(self) -> str:
+        return os.path.join(self.path, "memory.max" if self.version == "v2" else "memory.limit_in_bytes")
+
+    def oom_kills(self) -> int:
+        """OOM kills inside the cgroup (v2 memory.events, v1 memory.oom_control)."""
+        events = "memory.events" if self.version == "v2" else "memory.oom_control"
+        counts = dict(line.split() for line in _read(os.path.join(self.path, events)).splitlines())
+        return int(counts.get("oom_kill", 0))
+
+    def peak_nbytes(self) -> int | None:
+        """The most memory (page cache included) the cgroup was charged, where the kernel tells."""
+        name = "memory.peak" if self.version == "v2" else "memory.max_usage_in_bytes"
+        try:
+            return int(_read(os.path.join(self.path, name)))
+        except (OSError, ValueError):
+            return None
+
+
+def _read(path: str) -> str:
+    with open(path) as fh:
+        return fh.read()
+
+
+def _mounts():
+    """(root, mount point, fs type, super options) of each mount, from /proc/self/mountinfo."""
+    for line in _read("/proc/self/mountinfo").splitlines():
+        fields, _, fs = line.partition(" - ")
+        fields, fs = fields.split(), fs.split()
+        yield fields[3], fields[4], fs[0], fs[2].split(",")
+
+
+def _own_cgroups() -> dict[str, str]:
+    """This process's cgroup per hierarchy: "" for the v2 one, else its v1 controllers."""
+    own = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        _id, controllers, path = line.split(":", 2)
+        own[controllers] = path
+    return own
+
+
+def _directory(mount_root: str, mount_point: str, cgroup: str) -> str | None:
+    """Where ``cgroup`` appears under a mount of its hierarchy (None if the mount does not reach it)."""
+    relative = os.path.relpath(cgroup, mount_root)
+    return None if relative.startswith("..") else os.path.normpath(os.path.join(mount_point, relative))
+
+
+def _v2_parent(own: dict[str, str]) -> tuple[str | None, str]:
+    """This process's cgroup v2 directory if its memory controller is offered, else a reason."""
+    mounts = [(root, point) for root, point, fs_type, _options in _mounts() if fs_type == "cgroup2"]
+    if not mounts or "" not in own:
+        return None, "no cgroup v2 hierarchy"
+    parent = _directory(*mounts[0], own[""])
     try:
-        controllers = open(os.path.join(parent, "cgroup.controllers")).read().split()
+        controllers = _read(os.path.join(parent, "cgroup.controllers")).split() if parent else []
     except OSError as exc:
-        pytest.skip(f"cannot read the cgroup v2 controllers of {parent}: {exc}")
+        return None, f"cgroup v2 controllers unreadable ({exc})"
     if "memory" not in controllers:
-        pytest.skip(f"the cgroup v2 memory controller is not available here (controllers: {controllers or 'none'})")
-    if not os.access(parent, os.W_OK):
-        pytest.skip(f"no permission to create a cgroup under {parent}")
-    return parent
+        return None, f"no cgroup v2 memory controller (controllers: {controllers or 'none'})"
+    return parent, ""
+
+
+def _v1_parent(own: dict[str, str]) -> tuple[str | None, str]:
+    """This process's cgroup v1 memory directory, else a reason."""
+    cgroup = next((path for controllers, path in own.items() if "memory" in controllers.split(",")), None)
+    mounts = [(root, point) for root, point, fs_type, options in _mounts() if fs_type == "cgroup" and "memory" in options]
+    if cgroup is None or not mounts:
+        return None, "no cgroup v1 memory hierarchy"
+    parent = _directory(*mounts[0], cgroup)
+    if parent is None or not os.path.isdir(parent):
+        return None, f"cgroup v1 memory cgroup {cgroup} not under its mount {mounts[0][1]}"
+    return parent, ""
+
+
+def _make_memory_cgroup(limit_nbytes: int) -> MemoryCgroup:
+    """A fresh memory cgroup below this process's own: v2 where it offers memory, else v1; or skip."""
+    own = _own_cgroups()
+    reasons = []
+    for version, find in (("v2", _v2_parent), ("v1", _v1_parent)):
+        parent, reason = find(own)
+        if parent is None:
+            reasons.append(reason)
+            continue
+        cgroup = MemoryCgroup(version, os.path.join(parent, f"expstore-test-{os.getpid()}"))
+        try:
+            os.mkdir(cgroup.path)
+        except OSError as exc:
+            reasons.append(f"cannot create a cgroup {version} under {parent}: {exc}")
+            continue
+        try:
+            with open(cgroup.limit_file, "w") as fh:
+                fh.write(str(limit_nbytes))
+            return cgroup
+        except OSError as exc:
+            os.rmdir(cgroup.path)
+            reasons.append(f"cannot set {os.path.basename(cgroup.limit_file)} in a cgroup {version}: {exc}")
+    pytest.skip("no memory cgroup can be made here: " + "; ".join(reasons))
 
 
 @pytest.fixture
 def memory_cgroup():
-    parent = _cgroup_v2_parent()
-    path = os.path.join(parent, f"expstore-test-{os.getpid()}")
+    cgroup = _make_memory_cgroup(CGROUP_LIMIT_NBYTES)
     try:
-        os.mkdir(path)
-    except OSError as exc:
-        pytest.skip(f"cannot create a cgroup under {parent}: {exc}")
-    try:
-        if not os.path.exists(os.path.join(path, "memory.max")):
-            pytest.skip(f"memory is not enabled in {parent}/cgroup.subtree_control")
-        with open(os.path.join(path, "memory.max"), "w") as fh:
-            fh.write(str(CGROUP_LIMIT_NBYTES))
-        yield path
+        yield cgroup
     finally:
-        os.rmdir(path)
+        os.rmdir(cgroup.path)
 
 
 def _drop_from_page_cache(path: str) -> None:
@@ -169,17 +251,9 @@ def _drop_from_page_cache(path: str) -> None:
             os.close(fd)
 
 
-def _oom_kills(cgroup: str) -> int:
-    for line in open(os.path.join(cgroup, "memory.events")):
-        name, value = line.split()
-        if name == "oom_kill":
-            return int(value)
-    return 0
-
-
 def test_reads_and_samples_within_a_cgroup_memory_limit(big_pool, memory_cgroup):
     path, obs_nbytes = big_pool
-    procs = os.path.join(memory_cgroup, "cgroup.procs")
+    procs = os.path.join(memory_cgroup.path, "cgroup.procs")
 
     def join_cgroup():
         with open(procs, "w") as fh:
@@ -189,5 +263,6 @@ def test_reads_and_samples_within_a_cgroup_memory_limit(big_pool, memory_cgroup)
     report = run_reader(path, preexec_fn=join_cgroup)
     check_report(report, obs_nbytes)
     assert obs_nbytes >= 2 * CGROUP_LIMIT_NBYTES
-    assert _oom_kills(memory_cgroup) == 0
-
+    assert memory_cgroup.oom_kills() == 0
+    peak = memory_cgroup.peak_nbytes()
+    assert peak is None or peak <= CGROUP_LIMIT_NBYTES, f"cgroup {memory_cgroup.version} peak {peak} over its limit"
