@@ -20,7 +20,8 @@ import numpy as np
 from . import archive, files, lock
 from .backends import resolve_backend
 from .carry import Carry
-from .errors import InvalidArgumentError, SchemaError, StoreExistsError
+from .destination import check_destination
+from .errors import InvalidArgumentError, SchemaError
 from .streaming import Progress, RowSource, iter_slices, open_source
 
 logger = logging.getLogger(__name__)
@@ -107,12 +108,9 @@ def make_parent(dst: str) -> None:
 
 
 def _check_destination(dst: str, srcs: list[str], overwrite: bool) -> None:
-    if any(os.path.abspath(dst) == os.path.abspath(s) for s in srcs):
+    if any(os.path.realpath(dst) == os.path.realpath(s) for s in srcs):
         raise InvalidArgumentError(f"the destination {dst} is also a source; write to a new path")
-    if os.path.exists(dst) and not overwrite:
-        raise StoreExistsError(f"{dst} already exists; choose another path or pass --overwrite to replace it")
-    if os.path.exists(dst) and lock.holder(dst):
-        raise InvalidArgumentError(f"{dst} is being written by a running writer ({lock.holder(dst)}); stop it first")
+    check_destination(dst, overwrite)
 
 
 def _check_same_schema(sources: list[RowSource]) -> None:

@@ -88,7 +88,20 @@ def open_source(path: str | os.PathLike) -> RowSource:
         raise StoreNotFoundError(f"no pool at {path}; check the path")
     if archive.is_archive(path):
         return archive.ArchiveSource(path)
-    return PoolSource(open_store(path, "r"))
+    return PoolSource(open_store(path, "r", backend=read_backend(path)))
+
+
+def read_backend(path: str | os.PathLike) -> str | None:
+    """The backend of an existing pool whose name does not tell it (``backup.pool``): Zarr for a
+    directory, HDF5 for a file. None where the suffix tells it, or nothing is there: the suffix
+    then decides, as it does for a pool being created."""
+    from .backends import BACKENDS
+
+    path = os.fspath(path)
+    suffix = os.path.splitext(os.path.normpath(path))[1].lower()
+    if any(suffix in backend.suffixes for backend in BACKENDS.values()) or not os.path.exists(path):
+        return None
+    return "zarr" if os.path.isdir(path) else "hdf5"
 
 
 def slice_rows(schema: Schema, chunk_rows: int = 1, target_nbytes: int = SLICE_NBYTES) -> int:

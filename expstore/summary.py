@@ -173,14 +173,19 @@ def episode_summary(table: dict[str, np.ndarray]) -> dict:
             "return": describe(table["return"][complete]), "length": describe(table["length"][complete])}
 
 
-def disk_nbytes(path: str) -> int:
-    """Bytes the file, or every file under the directory, occupies on disk (allocated blocks)."""
+def disk_usage(path: str) -> tuple[int, int, bool]:
+    """The file's, or the directory's files', size in bytes (apparent), the bytes of disk blocks
+    they occupy (allocated), and whether a file is sparse (see files.is_sparse). A sparse copy
+    (git checkout, `cp --sparse`, rsync -S) allocates less than its size until a writer opens it."""
     import os
 
-    if not os.path.isdir(path):
-        return os.stat(path).st_blocks * 512
-    return sum(os.stat(os.path.join(root, name)).st_blocks * 512
-               for root, _dirs, names in os.walk(path) for name in names)
+    from .files import is_sparse
+
+    names = [path] if not os.path.isdir(path) else \
+        [os.path.join(root, name) for root, _dirs, found in os.walk(path) for name in found]
+    stats = [os.stat(name) for name in names]
+    return (sum(s.st_size for s in stats), sum(s.st_blocks * 512 for s in stats),
+            any(is_sparse(name) for name in names))
 
 
 def source_info(source: RowSource) -> dict:
@@ -191,7 +196,8 @@ def source_info(source: RowSource) -> dict:
 
     info = {"path": source.path, "kind": source.kind, "schema": source.schema.to_json(),
             "capacity": source.capacity, "length": len(source), "first_step_id": source.first_step_id,
-            "next_step_id": source.first_step_id + len(source), "disk_nbytes": disk_nbytes(source.path)}
+            "next_step_id": source.first_step_id + len(source)}
+    info["apparent_nbytes"], info["disk_nbytes"], info["sparse"] = disk_usage(source.path)
     store = getattr(source, "store", None)
     if store is not None:
         commit_unix = store.last_commit_time

@@ -33,8 +33,14 @@ class VerifyReport:
     def __str__(self) -> str:
         if self.ok:
             checked = self.facts.get("chunks_checked", 0) + self.facts.get("partial_chunks_checked", 0)
-            return f"{self.path}: healthy ({checked} chunk checksums verified)"
-        return "\n".join([f"{self.path}: {len(self.findings)} finding(s)"] + [f"  - {f}" for f in self.findings])
+            return f"{self.path}: healthy ({checked} chunk checksums verified)" + self._sparse_note()
+        return "\n".join([f"{self.path}: {len(self.findings)} finding(s)"] + [f"  - {f}" for f in self.findings]) \
+            + self._sparse_note()
+
+    def _sparse_note(self) -> str:
+        sparse = self.facts.get("sparse_files")
+        return "" if not sparse else (f"\n  note: sparse files (disk blocks not allocated yet): {', '.join(sparse)}; a "
+                                      "writer preallocates them when it opens the pool, or `expstore repair` does now")
 
 
 @dataclass
@@ -133,6 +139,7 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
         files.remove_path(os.path.join(os.path.dirname(os.path.abspath(path)), name))
         report.actions.append(f"removed leftover temporary {name}")
     stale = lock.stale_record(path)
+    had_lock_file = os.path.exists(lock.lock_path(path))
     writer_lock = lock.WriterLock(path)  # raises StoreLockedError while a writer runs
     if stale:
         report.actions.append(f"cleared the lock record of a writer that died ({stale}); "
@@ -145,7 +152,8 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
             report.actions += [f"preallocated the disk blocks of {os.path.relpath(f, os.path.dirname(path))}"
                                for f in sparse]
     finally:
-        writer_lock.release(remove=not os.path.exists(path))
+        # A lock file this repair made goes again: a path that is no pool keeps no trace of it.
+        writer_lock.release(remove=not had_lock_file or not os.path.exists(path))
     _rebuild_derived(path, backend, report)
     return report
 

@@ -166,3 +166,66 @@ def test_convert_streams_in_bounded_memory(tmp_path, backend):
     assert pool_mib > 4 * budget_mib
     print(f"anonymous memory grew {grown_mib:.1f} MiB for a {pool_mib:.0f} MiB pool")
     assert grown_mib < budget_mib, f"anonymous memory grew {grown_mib:.1f} MiB converting a {pool_mib:.0f} MiB pool"
+
+
+def _user_files(tmp_path):
+    """What a user keeps at paths that a mistyped --overwrite could hit."""
+    notes = tmp_path / "mydata.zarr"
+    notes.mkdir()
+    (notes / "notes.txt").write_text("field notes\n")
+    (tmp_path / "results.h5").write_bytes(b"my results, not HDF5\n")
+    with h5py_file(tmp_path / "other.h5") as f:
+        f["weights"] = np.zeros(3)
+    (tmp_path / "empty.zarr").mkdir()
+    return {"mydata.zarr": "notes.txt", "results.h5": "not HDF5", "other.h5": "weights", "empty.zarr": "empty"}
+
+
+def h5py_file(path):
+    import h5py
+
+    return h5py.File(path, "w")
+
+
+@pytest.mark.parametrize("command", ["convert", "merge", "archive", "import-d4rl", "export-d4rl", "export-minari"])
+def test_overwrite_replaces_only_what_expstore_wrote(tmp_path, pool_path, command):
+    """--overwrite never deletes a user's files: anything but a pool or archive (or, for an
+    export, a file of that format) that expstore wrote is refused, naming what is there."""
+    make_pool(pool_path, rows=50, capacity=50)
+    d4rl = tmp_path / "export.hdf5"
+    run("export", pool_path, d4rl)
+    for name, words in _user_files(tmp_path).items():
+        dst = tmp_path / name
+        if command == "export-d4rl" and name.endswith(".zarr") or command == "export-minari" and name.endswith(".h5"):
+            continue  # D4RL files are files, Minari datasets directories
+        args = {"convert": ["convert", pool_path, dst], "merge": ["merge", pool_path, "-o", dst],
+                "archive": ["convert", pool_path, dst, "--compress"], "import-d4rl": ["import", d4rl, dst],
+                "export-d4rl": ["export", pool_path, dst, "--format", "d4rl"],
+                "export-minari": ["export", pool_path, dst, "--format", "minari", "--dataset-id", "x-v0"]}[command]
+        before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+        assert_error(run(*args, "--overwrite", ok=False), str(dst), words, "expstore wrote")
+        assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
+
+
+def test_overwrite_replaces_pools_archives_and_exports(tmp_path, pool_path, backend):
+    make_pool(pool_path, rows=50, capacity=50)
+    suffix = BACKENDS[backend]
+    pool, archive = str(tmp_path / f"copy{suffix}"), str(tmp_path / f"archive{suffix}")
+    run("convert", pool_path, pool)
+    run("convert", pool_path, archive, "--compress")
+    run("convert", pool_path, pool, "--overwrite", "--compress")  # a pool replaced by an archive
+    run("convert", pool_path, archive, "--overwrite")  # and an archive by a pool
+    assert run_json("info", pool)["kind"] == "archive" and run_json("info", archive)["kind"] == "pool"
+    run("merge", pool_path, pool_path, "-o", pool, "--overwrite")
+    assert run_json("info", pool)["length"] == 100
+    d4rl, minari = tmp_path / "export.hdf5", tmp_path / "minari-v0"
+    for args in (["export", pool_path, d4rl], ["export", pool_path, minari, "--format", "minari"]):
+        run(*args)
+        run(*args, "--overwrite")
+    run("import", d4rl, pool, "--overwrite")
+    assert run_json("info", pool)["length"] == 50
+    (tmp_path / "minari-v0" / "data" / "notes.txt").write_text("mine\n")
+    assert_error(run("export", pool_path, minari, "--format", "minari", "--overwrite", ok=False), "notes.txt")
+    (tmp_path / f"copy{suffix}.lock").unlink(missing_ok=True)
+    if backend == "zarr":  # a file of the user's inside a Zarr pool stays too
+        (tmp_path / "copy.zarr" / "README").write_text("what this pool is\n")
+        assert_error(run("convert", pool_path, pool, "--overwrite", ok=False), "README")

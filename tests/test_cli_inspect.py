@@ -134,3 +134,75 @@ def test_episodes_command_shows_evicted_rows_cut_off_and_env(pool_path):
     assert {"evicted", "cut_off", "env_id"} <= first.keys()
     assert isinstance(first["evicted"], int) and first["evicted"] > 0  # rows the ring dropped, not a flag
     assert all(row["evicted"] == 0 for row in found[1:])
+
+
+CLI_MAIN = "import sys; from expstore.cli import main; sys.argv[0] = 'expstore'; main()"
+
+
+@pytest.mark.parametrize("args", [["info"], ["head", "-n", "3"], ["stats", "--duplicates"], ["episodes"],
+                                  ["sample", "--json"], ["verify"], ["repair"], ["convert", "{out}"]])
+def test_a_closed_pipe_ends_quietly(tmp_path, pool_path, args):
+    """`expstore stats POOL | head -1`: when the reader of the output has gone, the command stops
+    quietly with the status of a process that SIGPIPE ended, as Unix tools do."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    make_pool(pool_path, rows=300, capacity=200)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first write: deterministic, no race
+    command = [a.format(out=tmp_path / "out.h5") for a in args]
+    child = subprocess.run([sys.executable, "-c", CLI_MAIN, command[0], pool_path, *command[1:]],
+                           stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=120, check=False)
+    os.close(write_end)
+    assert (child.returncode, child.stderr) == (128 + signal.SIGPIPE, "")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["episodes", "{p}", "--limit", "-2"], ["--limit -2", "not be negative"]),
+    (["head", "{p}", "-n", "-3"], ["-n -3", "not be negative"]),
+    (["tail", "{p}", "-n", "-3"], ["-n -3", "not be negative"]),
+    (["sample", "{p}", "-n", "-1"], ["-n -1"]),
+])
+def test_negative_counts_and_limits_are_errors(pool_path, args, words):
+    make_pool(pool_path)
+    assert_error(run(*[a.format(p=pool_path) for a in args], ok=False), *words)
+    assert run_json("episodes", pool_path, "--limit", "0")["episodes"] == []  # like head -n 0
+
+
+def test_stats_obs_field_must_name_a_field(pool_path):
+    make_pool(pool_path)
+    result = run("stats", pool_path, "--obs-field", "nonexistent", "--duplicates", ok=False)
+    assert_error(result, "nonexistent", "'obs'", "'terminated'")
+    assert_error(run("stats", pool_path, "--obs-field", "terminated", ok=False), "--duplicates")
+    clusters = run_json("stats", pool_path, "--obs-field", "terminated", "--duplicates")["duplicates"]
+    assert clusters["observation_clusters"]["distinct"] == 2  # a bool field: two states
+
+
+def test_info_shows_apparent_and_allocated_size(pool_path, backend):
+    import subprocess
+
+    import expstore
+
+    make_pool(pool_path, rows=10, capacity=100_000)  # mostly zeros: holes once dug
+    with expstore.open(pool_path) as pool:
+        data_file = pool._layout.fields["obs"].path
+    subprocess.run(["fallocate", "--dig-holes", data_file], check=True)
+    if not expstore.files.is_sparse(data_file):
+        pytest.skip("this file system keeps zero blocks allocated")
+    facts = run_json("info", pool_path)
+    assert facts["apparent_nbytes"] > facts["disk_nbytes"] + 1_000_000
+    text = run("info", pool_path).output
+    apparent, allocated = facts["apparent_nbytes"] / 2**20, facts["disk_nbytes"] / 2**20
+    assert f"size: {apparent:.1f} MiB ({allocated:.1f} MiB allocated on disk" in text, text
+    assert "sparse" in text
+
+
+def test_read_only_commands_tell_the_backend_from_the_contents(tmp_path, backend):
+    make_pool(str(tmp_path / f"pool{'.h5' if backend == 'hdf5' else '.zarr'}"), rows=30)
+    renamed = tmp_path / "backup.pool"
+    (tmp_path / f"pool{'.h5' if backend == 'hdf5' else '.zarr'}").rename(renamed)
+    assert run_json("info", renamed)["backend"] == backend
+    assert run_json("sample", renamed, "-n", "2", "--seed", "0")["step_id"]
+    assert run("verify", renamed).exit_code == 0

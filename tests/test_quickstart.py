@@ -16,17 +16,47 @@ def readme_block(marker: str) -> str:
 def test_readme_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(readme_block("quickstart"), "README quickstart", "exec"), namespace)  # noqa: S102 - the README's own code, run as written
-    assert (tmp_path / "runs").exists()
+    exec(compile(readme_block("quickstart"), "README quickstart", "exec"), namespace)  # noqa: S102 - the README's code
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # nothing else in the working directory
 
 
 def test_readme_plain_h5py_recipe_finds_the_committed_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_block("quickstart"), "README quickstart", "exec"), {})  # noqa: S102 - the README's own code, run as written
+    exec(compile(readme_block("quickstart"), "README quickstart", "exec"), {})  # noqa: S102 - the README's code
     namespace: dict = {}
-    exec(compile(readme_block("plain-h5py"), "README plain h5py", "exec"), namespace)  # noqa: S102 - the README's own code, run as written
+    exec(compile(readme_block("plain-h5py"), "README plain h5py", "exec"), namespace)  # noqa: S102 - the README's code
     assert namespace["head"] - namespace["tail"] == 1_500
     assert len(namespace["rewards"]) == 1_500
+
+
+_FILE_SUFFIXES = (".h5", ".hdf5", ".zarr", ".png", ".zip", ".pkl", ".json", ".jsonl", ".pt")
+
+
+def _path_literals(code: str):
+    """String literals of a code block that name files: plain strings and f-strings' outer pieces."""
+    import ast
+
+    nodes = list(ast.walk(ast.parse(code)))
+    inside_f_strings = {id(value) for node in nodes if isinstance(node, ast.JoinedStr) for value in node.values}
+    for node in nodes:
+        if isinstance(node, ast.JoinedStr):
+            pieces = [value.value for value in node.values if isinstance(value, ast.Constant)]
+            if pieces and pieces[-1].endswith(_FILE_SUFFIXES):
+                yield "{...}".join(pieces)
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in inside_f_strings \
+                and node.value.endswith(_FILE_SUFFIXES):
+            yield node.value
+
+
+def test_readme_python_examples_write_under_runs():
+    """A user who pastes the README's examples into the repository gets only ignored files (runs/)."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.DOTALL)
+    assert len(blocks) >= 7
+    paths = [path for block in blocks for path in _path_literals(block)]
+    assert "runs/pool.h5" in paths and "runs/shards/shard{...}.h5" in paths
+    outside = [path for path in paths if not path.startswith(("runs/", "data/", "/"))]
+    assert not outside, f"README examples write outside runs/: {outside}"
+    assert "runs/" in (README.parent / ".gitignore").read_text().split()
 
 
 # A console script as pip's generated wrapper runs it: load the entry point, call it with argv.

@@ -2,31 +2,59 @@
 
 Each command is thin: it parses options, calls a library function, and prints. This module is
 the single place that turns a user mistake (an ExpstoreError, a missing path or another OS
-error) into a one-line message and exit status 1, never a traceback.
+error) into a one-line message and exit status 1, never a traceback, with the advice in it
+given as the flag a command-line user types (common.cli_advice); and that ends a command
+quietly when the reader of its output has gone.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import sys
+from typing import NoReturn
+
 import click
 
 from ..errors import ExpstoreError
+from .common import cli_advice
 
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            sys.stdout.flush()  # a reader that left shows here when the output fit the buffer
+            return result
+        except BrokenPipeError:
+            _end_on_closed_pipe()
         except (ExpstoreError, OSError) as exc:
-            raise click.ClickException(_one_line(exc)) from None
+            raise click.ClickException(cli_advice(_one_line(exc), self._invoked(ctx))) from None
         except ModuleNotFoundError as exc:
             raise click.ClickException(f"{exc}; install the optional dependencies: pip install 'expstore[train]'") \
                 from None
+
+    def _invoked(self, ctx: click.Context) -> click.Command | None:
+        name = ctx.invoked_subcommand
+        return None if name is None else self.get_command(ctx, name)
 
 
 def _one_line(exc: BaseException) -> str:
     text = str(exc) if not isinstance(exc, OSError) or not exc.filename else \
         f"{exc.filename}: {exc.strerror or exc}"
     return " ".join(text.split()) or type(exc).__name__
+
+
+def _end_on_closed_pipe() -> NoReturn:
+    """The reader of the output has gone (`expstore stats POOL | head -1`): stop quietly, with the
+    status of a process that SIGPIPE ended, as Unix tools do (Python ignores SIGPIPE, so the
+    write raised instead). Output still buffered goes to /dev/null, or the interpreter's last
+    flush would fail again and print that it did."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):  # no file descriptor behind stdout (a test runner's capture)
+        pass
+    sys.exit(128 + signal.SIGPIPE)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

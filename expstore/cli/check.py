@@ -6,9 +6,10 @@ import sys
 
 import click
 
+from ..streaming import read_backend
 from ..verify import repair as repair_pool
 from ..verify import verify as verify_pool
-from .common import echo_json, progress_bar
+from .common import cli_advice, echo_json, progress_bar
 
 
 @click.command()
@@ -25,11 +26,11 @@ def verify(path: str, as_json: bool) -> None:
       expstore verify data/demo_pool.h5 && echo healthy
     """
     with progress_bar(0, "checksums") as progress:
-        report = verify_pool(path, progress=progress)
+        report = verify_pool(path, backend=read_backend(path), progress=progress)
     if as_json:
         echo_json(report.to_json())
     else:
-        click.echo(str(report))
+        click.echo(cli_advice(str(report), verify))
     if not report.ok:
         sys.exit(1)
 
@@ -46,7 +47,7 @@ def repair(path: str, reset_window: bool, as_json: bool) -> None:
     Example:
       expstore repair runs/pool.h5 && expstore verify runs/pool.h5
     """
-    report = repair_pool(path, reset_window=reset_window)
+    report = repair_pool(path, backend=read_backend(path), reset_window=reset_window)
     if as_json:
         echo_json(report.to_json())
     else:

@@ -1,16 +1,56 @@
-"""Helpers the commands share: progress bars on stderr, JSON and table output."""
+"""Helpers the commands share: progress bars on stderr, JSON and table output, CLI advice."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sys
 from collections.abc import Iterator
 
 import click
 import numpy as np
 
+from ..backends.base import NOT_A_POOL_FIX
+from ..errors import InvalidArgumentError
 from ..streaming import Progress
+
+# The library's messages tell a Python caller which argument to pass (``backend='zarr'``,
+# ``mode='w'``); a command-line user needs the flag instead, or other advice where the command
+# has no such flag. Each entry: the library's words, the option the CLI form needs, the CLI form
+# (a re.sub template), and the words to use where the command lacks that option.
+_CLI_ADVICE: list[tuple[re.Pattern, str | None, str, str]] = [
+    (re.compile(r"pass backend='(\w+)' or backend='(\w+)'"), "backend", r"pass --backend \1 or --backend \2",
+     "rename it to end in .h5 (a file) or .zarr (a directory)"),
+    (re.compile(r" or backend='(\w+)'"), "backend", r" or --backend \1", ""),
+    (re.compile(re.escape(" ".join(NOT_A_POOL_FIX.split()))), None,
+     "; check the path (`expstore import` reads D4RL and Minari datasets)", ""),
+    (re.compile(r"; create one with mode='w' or 'a' and a capacity"), None, "; check the path", ""),
+    (re.compile(r"; use mode='a' to open it or 'w' to replace it"), "overwrite",
+     "; choose another path or pass --overwrite", "; choose another path"),
+    (re.compile(r"stop that writer, or open with mode='r' to read while it writes"), None,
+     ("stop that writer first; read-only commands (`expstore info`, `stats`, `verify`, `convert` from it) "
+      "work while it writes"), ""),
+    (re.compile(r"pass overwrite=True"), "overwrite", "pass --overwrite", "move it away"),
+    (re.compile(r"rerun with reset_window=True \(CLI: --reset-window\)"), None, "rerun with --reset-window", ""),
+    (re.compile(r"; open it with mode='r' to read it"), None,
+     "; read-only commands (`expstore info`, `stats`, `verify`, `convert` from it) still work", ""),
+]
+
+
+def cli_advice(text: str, command: click.Command | None = None) -> str:
+    """``text`` (a library message) with its API advice in the words of the command line."""
+    options = set() if command is None else {param.name for param in command.params}
+    for pattern, option, with_option, without in _CLI_ADVICE:
+        text = pattern.sub(with_option if option is None or option in options else without, text)
+    return text
+
+
+def check_count(value: int | None, option: str, minimum: int = 0) -> None:
+    """A row or episode count from the command line: at least ``minimum`` (``head -n -3`` errs too)."""
+    if value is not None and value < minimum:
+        needs = "must not be negative" if minimum == 0 else f"must be at least {minimum}"
+        raise InvalidArgumentError(f"{option} {value} {needs}")
 
 
 @contextlib.contextmanager
@@ -71,7 +111,5 @@ def parse_fields(text: str | None, schema) -> list[str]:
     fields = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in fields if name not in schema]
     if unknown:
-        from ..errors import InvalidArgumentError
-
         raise InvalidArgumentError(f"unknown fields {unknown}; the pool stores {list(schema)}")
     return fields

@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import summary
 from ..errors import InvalidArgumentError
-from ..streaming import open_source
-from .common import cell, echo_json, parse_fields, progress_bar, rows_table, table
+from ..streaming import open_source, read_backend
+from .common import cell, check_count, echo_json, parse_fields, progress_bar, rows_table, table
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 FIELDS = click.option("--fields", help="Comma-separated fields to show (default: all).")
@@ -36,12 +36,20 @@ def info(path: str, as_json: bool) -> None:
             click.echo("schema:")
             for name, spec in value.items():
                 click.echo(f"  {name}: {tuple(spec['shape'])} {spec['dtype']}")
-        elif key == "disk_nbytes":
-            click.echo(f"disk size: {value / 2**20:.1f} MiB")
+        elif key == "apparent_nbytes":
+            click.echo(_size_line(facts))
         elif key == "episodes" and value is None and facts["kind"] == "pool":
             click.echo("episodes: not indexed by this pool (`expstore episodes` scans the flags)")
-        elif key not in ("last_commit_unix",):
+        elif key not in ("last_commit_unix", "disk_nbytes", "sparse"):
             click.echo(f"{key.replace('_', ' ')}: {'none' if value is None else value}")
+
+
+def _size_line(facts: dict) -> str:
+    """The size of the files, and the disk blocks they hold: less after a sparse copy."""
+    line = f"size: {facts['apparent_nbytes'] / 2**20:.1f} MiB ({facts['disk_nbytes'] / 2**20:.1f} MiB allocated on disk"
+    if facts["sparse"]:
+        line += "; sparse, as after a git checkout or `cp --sparse`: a writer allocates the rest when it opens it"
+    return line + ")"
 
 
 def _show(path: str, start: int, count: int, fields: str | None) -> None:
@@ -50,8 +58,6 @@ def _show(path: str, start: int, count: int, fields: str | None) -> None:
         first = start + length if start < 0 else start
         if not 0 <= first <= length:
             raise InvalidArgumentError(f"--start {start} is outside the pool's {length} rows")
-        if count < 0:
-            raise InvalidArgumentError(f"--count {count} must not be negative")
         last = min(length, first + count)
         names = parse_fields(fields, source.schema)
         batch = source.read(first, last)
@@ -70,6 +76,7 @@ def head(path: str, count: int, fields: str | None) -> None:
     Example:
       expstore head data/demo_pool.h5 -n 5 --fields obs,reward
     """
+    check_count(count, "-n")
     _show(path, 0, count, fields)
 
 
@@ -84,9 +91,10 @@ def tail(path: str, count: int, fields: str | None) -> None:
     Example:
       expstore tail data/demo_pool.h5 -n 5
     """
+    check_count(count, "-n")
     with closing(open_source(path)) as source:
         length = len(source)
-    _show(path, max(0, length - max(count, 0)), count, fields)
+    _show(path, max(0, length - count), count, fields)
 
 
 @click.command()
@@ -101,6 +109,7 @@ def show(path: str, start: int, count: int, fields: str | None) -> None:
     Example:
       expstore show data/demo_pool.h5 --start 195 --count 10 --fields reward,terminated,truncated
     """
+    check_count(count, "--count")
     _show(path, start, count, fields)
 
 
@@ -108,9 +117,9 @@ def show(path: str, start: int, count: int, fields: str | None) -> None:
 @click.argument("path")
 @click.option("--duplicates", "with_duplicates", is_flag=True,
               help="Also count exact duplicate rows and cluster discrete observations (more passes).")
-@click.option("--obs-field", default="obs", show_default=True, help="The observation field to cluster.")
+@click.option("--obs-field", default=None, help="The observation field --duplicates clusters (default: obs).")
 @JSON
-def stats(path: str, as_json: bool, with_duplicates: bool, obs_field: str) -> None:
+def stats(path: str, as_json: bool, with_duplicates: bool, obs_field: str | None) -> None:
     """Per field min/max/mean/std and NaN/inf counts; episode return and length summaries;
     the age of the rows (in steps, and in policy versions when rows carry them).
 
@@ -121,7 +130,12 @@ def stats(path: str, as_json: bool, with_duplicates: bool, obs_field: str) -> No
     """
     from ..age import age_distribution
 
+    if obs_field is not None and not with_duplicates:
+        raise InvalidArgumentError("--obs-field chooses the field that --duplicates clusters; pass --duplicates too")
     with closing(open_source(path)) as source:
+        if obs_field is not None and obs_field not in source.schema:
+            raise InvalidArgumentError(f"--obs-field {obs_field}: the pool has no such field; it stores "
+                                       f"{list(source.schema)}")
         with progress_bar(len(source), "fields") as progress:
             fields = summary.field_stats(source, progress)
         with progress_bar(len(source), "episodes") as progress:
@@ -129,7 +143,7 @@ def stats(path: str, as_json: bool, with_duplicates: bool, obs_field: str) -> No
         result = {"rows": len(source), "fields": {name: s.to_json() for name, s in fields.items()},
                   "episodes": episodes, "age": age_distribution(source)}
         if with_duplicates:
-            result["duplicates"] = _duplicates(source, obs_field)
+            result["duplicates"] = _duplicates(source, obs_field or "obs")
     if as_json:
         echo_json(result)
         return
@@ -192,10 +206,11 @@ def episodes(path: str, limit: int | None, as_json: bool) -> None:
     Example:
       expstore episodes data/demo_pool.h5 --limit 5
     """
+    check_count(limit, "--limit")
     with closing(open_source(path)) as source, progress_bar(len(source), "episodes") as progress:
         found = summary.episode_table(source, progress)
     if limit is not None:
-        found = {key: values[-limit:] if limit > 0 else values[:0] for key, values in found.items()}
+        found = {key: values[max(0, len(values) - limit):] for key, values in found.items()}
     if as_json:
         echo_json({"episodes": [dict(zip(found, row)) for row in zip(*(v.tolist() for v in found.values()))]})
         return
@@ -229,9 +244,8 @@ def sample(path: str, count: int, seed: int | None, max_age: int | None, age_uni
     if is_archive(path):
         raise NotAPoolError(f"{path} is a compressed archive, which cannot be sampled in place; "
                             f"`expstore convert {path} POOL` makes a pool of it")
-    if count < 1:
-        raise InvalidArgumentError(f"-n {count} must be at least 1")
-    with open_store(path, "r") as store:
+    check_count(count, "-n", minimum=1)
+    with open_store(path, "r", backend=read_backend(path)) as store:
         names = parse_fields(fields, store.schema)
         batch = store.sample(count, rng=seed, **({} if max_age is None else {"max_age": max_age, "age_unit": age_unit}))
     if as_json:

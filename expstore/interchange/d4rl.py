@@ -14,7 +14,8 @@ import numpy as np
 
 from .. import files
 from ..convert import build_pool, make_parent
-from ..errors import InvalidArgumentError, NotAPoolError, StoreExistsError
+from ..destination import check_destination
+from ..errors import InvalidArgumentError, NotAPoolError
 from ..schema import SUPPORTED_DTYPES, Field
 from ..streaming import Progress, iter_slices, open_source, slice_rows
 from .common import D4RL_NAMES, SAVED_KEY, check_required, field_name, restore, saved_json
@@ -27,7 +28,7 @@ def export_d4rl(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
                 progress: Progress | None = None) -> int:
     """Write the rows of pool ``src`` (oldest first) as a D4RL HDF5 file ``dst``; return the row count."""
     dst = os.fspath(dst)
-    _check_new(dst, overwrite)
+    check_destination(dst, overwrite, "d4rl")
     with closing(open_source(src)) as source:
         check_required(source.schema, source.path, "the D4RL layout")
         rows = len(source)
@@ -60,7 +61,7 @@ def import_d4rl(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int
     import h5py
 
     src, dst = os.fspath(src), os.fspath(dst)
-    _check_new(dst, overwrite)
+    check_destination(dst, overwrite)
     try:
         f = h5py.File(src, "r", locking=False)
     except OSError as exc:
@@ -126,8 +127,3 @@ def _backend(dst: str, backend: str | None) -> str:
     from ..backends import resolve_backend
 
     return resolve_backend(dst, backend).name
-
-
-def _check_new(dst: str, overwrite: bool) -> None:
-    if os.path.exists(dst) and not overwrite:
-        raise StoreExistsError(f"{dst} already exists; choose another path or pass --overwrite to replace it")

@@ -22,7 +22,8 @@ import numpy as np
 
 from .. import files
 from ..convert import build_pool, make_parent
-from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError, StoreExistsError
+from ..destination import check_destination
+from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError
 from ..schema import Field, Schema
 from ..streaming import Progress, iter_slices, open_source, slice_rows
 from . import minari_fields
@@ -45,8 +46,7 @@ def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id:
     dst = os.fspath(dst)
     dataset_id = dataset_id or os.path.basename(os.path.normpath(dst))
     _check_dataset_id(dataset_id)
-    if os.path.exists(dst) and not overwrite:
-        raise StoreExistsError(f"{dst} already exists; choose another path or pass --overwrite to replace it")
+    check_destination(dst, overwrite, "minari")
     with closing(open_source(src)) as source:
         check_required(source.schema, source.path, "a Minari dataset", REQUIRED + ("next_obs",))
         ends, bounds = _segment(source, progress)
@@ -192,8 +192,7 @@ def import_minari(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: i
     from ..backends import resolve_backend
 
     dst = os.fspath(dst)
-    if os.path.exists(dst) and not overwrite:
-        raise StoreExistsError(f"{dst} already exists; choose another path or pass --overwrite to replace it")
+    check_destination(dst, overwrite)
     data_dir = _data_dir(os.fspath(src))
     with open(os.path.join(data_dir, "metadata.json")) as fh:
         metadata = json.load(fh)
