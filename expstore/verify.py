@@ -145,7 +145,9 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
         report.actions.append(f"cleared the lock record of a writer that died ({stale}); "
                               "the kernel had already released its lock")
     try:
-        layout = resolve_backend(path, backend).read_layout(path)
+        chosen = resolve_backend(path, backend)
+        report.actions += chosen.repair_container(path)
+        layout = chosen.read_layout(path)
         _repair_commit(layout, reset_window, report)
         sparse = files.preallocate_sparse(layout.files)
         if sparse:

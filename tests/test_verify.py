@@ -210,4 +210,175 @@ def test_verify_reports_a_deleted_hdf5_dataset(tmp_path):
         assert len(pool) == 2 * 97
     report = expstore.verify(path)
     assert not report.ok
-    assert any("'_commit'" in finding and "missing" in finding for finding in report.findings), report.findings
+    assert any("'_commit'" in finding and "missing" in finding and "expstore convert" in finding
+               for finding in report.findings), report.findings
+    copy = str(tmp_path / "copy.h5")
+    from expstore.convert import convert
+
+    convert(path, copy)  # the advice works: the copy is a whole pool with the same rows
+    assert expstore.verify(copy).ok
+    with expstore.open(copy) as pool:
+        assert len(pool) == 2 * 97
+
+
+# ------------------------------------------------------------------ what plain zarr-python needs
+def zarr_array(path, name):
+    import zarr
+    from zarr.storage import LocalStore
+
+    return zarr.open_array(store=LocalStore(path, read_only=True), path=name, mode="r")
+
+
+def zarr_reads_committed_rows(path, name) -> bool:
+    """zarr-python reads array ``name`` and its committed rows are the ones written."""
+    values = zarr_array(path, name)[...]
+    with expstore.open(path) as pool:
+        steps = np.arange(pool.first_step_id, pool.next_step_id)
+        slots = pool._ring.slots
+    return np.array_equal(values[steps % slots], rows_for(steps)[name])
+
+
+def test_zarr_documents_expstore_expects_are_the_ones_zarr_writes(tmp_path):
+    """The documents verify compares against and repair writes are zarr-python's own, for
+    every kind of array (sharded fields of one- and eight-byte types, raw bookkeeping arrays)."""
+    from expstore.backends import zarr_checks
+
+    path = str(tmp_path / "pool.zarr")
+    schema = {"obs": ((2, 3), "uint8"), "action": ((), "int64"), "reward": ((), "float64"),
+              "terminated": ((), "bool"), "truncated": ((), "bool")}
+    with expstore.open(path, "w", capacity=100, schema=schema, checksums=True, chunk_rows=16,
+                       derive_next_obs=True) as pool:
+        expected = zarr_checks.expected_documents(pool._layout)
+    for name, document in expected.items():
+        with open(os.path.join(path, name, "zarr.json")) as fh:
+            assert json.load(fh) == document, name
+    assert expstore.verify(path).ok
+
+
+def append_to_a_shard(path):
+    with open(os.path.join(path, "obs", "c", "0", "0"), "ab") as fh:
+        fh.write(b"x")
+    return "obs"
+
+
+def cut_the_commit_file(path):
+    os.truncate(os.path.join(path, "_commit", "c", "0", "0"), 8033)
+    return "_commit"
+
+
+def drop_a_metadata_key(path, name="terminated", key="chunk_key_encoding"):
+    file = os.path.join(path, name, "zarr.json")
+    with open(file) as fh:
+        document = json.load(fh)
+    del document[key]
+    with open(file, "w") as fh:
+        json.dump(document, fh)
+    return name
+
+
+def change_the_chunk_separator(path):
+    file = os.path.join(path, "reward", "zarr.json")
+    with open(file) as fh:
+        document = json.load(fh)
+    document["chunk_key_encoding"]["configuration"]["separator"] = "."
+    with open(file, "w") as fh:
+        json.dump(document, fh)
+    return "reward"
+
+
+def append_to_a_raw_array(path):
+    with open(os.path.join(path, "_episode_step", "c", "0"), "ab") as fh:
+        fh.write(b"\0" * 8)
+    return "_episode_step"
+
+
+ZARR_DAMAGE = [append_to_a_shard, cut_the_commit_file, drop_a_metadata_key, change_the_chunk_separator,
+               append_to_a_raw_array]
+
+
+@pytest.mark.parametrize("damage", ZARR_DAMAGE, ids=lambda f: f.__name__)
+def test_zarr_damage_only_plain_readers_trip_on_is_found_and_repaired(tmp_path, damage):
+    from cli_helpers import run
+
+    path = str(tmp_path / "pool.zarr")
+    make_pool(path, checksums=False, batches=3)
+    name = damage(path)
+    with expstore.open(path) as pool:  # expstore maps the bytes by its own metadata and reads on
+        assert len(pool) == 3 * 97
+    if name == "reward":  # the chunk key points at a file that does not exist: zarr reads fill values
+        assert not zarr_reads_committed_rows(path, name)
+    else:
+        with pytest.raises((ValueError, KeyError)):
+            zarr_array(path, name)[...]
+    report = expstore.verify(path)
+    assert not report.ok and any(name in finding and "expstore repair" in finding for finding in report.findings), \
+        report.findings
+    assert run("verify", path, ok=False).exit_code == 1
+    repaired = expstore.repair(path)
+    assert any(name in action for action in repaired.actions), repaired.actions
+    assert expstore.verify(path).ok
+    if name in pendulum_schema():
+        assert zarr_reads_committed_rows(path, name)
+    else:
+        zarr_array(path, name)[...]
+    assert expstore.repair(path).actions == []
+
+
+def test_zarr_group_document_without_its_node_type_is_found_and_repaired(tmp_path):
+    path = str(tmp_path / "pool.zarr")
+    make_pool(path, checksums=False, batches=1)
+    file = os.path.join(path, "zarr.json")
+    with open(file) as fh:
+        document = json.load(fh)
+    del document["node_type"]
+    with open(file, "w") as fh:
+        json.dump(document, fh)
+    report = expstore.verify(path)
+    assert any("node_type" in finding for finding in report.findings), report.findings
+    assert any("node_type" in action for action in expstore.repair(path).actions)
+    assert expstore.verify(path).ok
+
+
+def test_a_cut_zarr_data_file_says_how_to_recover(tmp_path):
+    path = str(tmp_path / "pool.zarr")
+    make_pool(path, checksums=False, batches=1)
+    shard = os.path.join(path, "obs", "c", "0", "0")
+    os.truncate(shard, os.path.getsize(shard) - 100)
+    report = expstore.verify(path)
+    assert not report.ok and "truncated" in report.findings[0] and "restore the pool from a copy" in report.findings[0]
+    with pytest.raises(expstore.CorruptStoreError):
+        expstore.repair(path)  # rows are lost: nothing to rewrite from the metadata
+
+
+def test_a_damaged_zarr_shard_index_is_rewritten_from_the_metadata(tmp_path):
+    path = str(tmp_path / "pool.zarr")
+    make_pool(path, checksums=False, batches=3)
+    shard = os.path.join(path, "obs", "c", "0", "0")
+    with open(shard, "r+b") as fh:  # one flipped bit in the index that follows the data
+        fh.seek(os.path.getsize(shard) - 30)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(expstore.CorruptStoreError, match="expstore repair"):
+        expstore.open(path)
+    with pytest.raises(ValueError, match="checksum"):
+        zarr_array(path, "obs")[...]
+    assert not expstore.verify(path).ok
+    assert any("shard index of 'obs'" in action for action in expstore.repair(path).actions)
+    assert expstore.verify(path).ok and zarr_reads_committed_rows(path, "obs")
+
+
+def test_a_damaged_zarr_shard_index_in_a_grown_file_is_left_alone(tmp_path):
+    """Bytes appended and the index damaged: the data may have moved too, so nothing is rewritten."""
+    path = str(tmp_path / "pool.zarr")
+    make_pool(path, checksums=False, batches=1)
+    shard = os.path.join(path, "obs", "c", "0", "0")
+    with open(shard, "r+b") as fh:
+        fh.seek(os.path.getsize(shard) - 30)
+        fh.write(b"\xff")
+        fh.seek(0, os.SEEK_END)
+        fh.write(b"extra")
+    before = open(shard, "rb").read()
+    with pytest.raises(expstore.CorruptStoreError):
+        expstore.repair(path)
+    assert open(shard, "rb").read() == before

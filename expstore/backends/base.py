@@ -82,6 +82,9 @@ class Backend(Protocol):
     def container_findings(self, path: str, layout: Layout) -> list[str]:
         """What a plain h5py/zarr reader would trip on: arrays missing or unreadable."""
 
+    def repair_container(self, path: str) -> list[str]:
+        """Restore what a plain reader needs and the metadata defines; one sentence per action."""
+
 
 def expected_arrays(layout: Layout) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every array of the container, name -> (shape, dtype), fields and bookkeeping alike."""

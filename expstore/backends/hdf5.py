@@ -23,6 +23,11 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ALIGN = 4096
 
 
+# expstore still reads such a pool (it maps the bytes where its metadata says), so its rows can be saved.
+_CONTAINER_FIX = ("restore the pool from a copy, or copy it into a new pool with `expstore convert` "
+                  "(which reads it the way expstore does)")
+
+
 def _h5py():
     import h5py
 
@@ -123,11 +128,15 @@ class HDF5Backend:
                     found = (dataset.shape, dataset.dtype.name)
                 except (KeyError, RuntimeError, OSError, ValueError) as exc:
                     findings.append(f"HDF5 dataset {name!r} is missing or unreadable ({exc}); "
-                                    "plain h5py readers of this pool will fail")
+                                    f"plain h5py readers of this pool will fail; {_CONTAINER_FIX}")
                     continue
                 if found != (tuple(shape), dtype):
-                    findings.append(f"HDF5 dataset {name!r} is {found[0]} {found[1]}, expected {tuple(shape)} {dtype}")
+                    findings.append(f"HDF5 dataset {name!r} is {found[0]} {found[1]}, expected {tuple(shape)} {dtype}; "
+                                    f"{_CONTAINER_FIX}")
         return findings
+
+    def repair_container(self, path: str) -> list[str]:
+        return []  # rewriting HDF5's own structures in place could lose the pool: see _CONTAINER_FIX
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         return slots * schema.row_nbytes + (len(schema) + 2) * _ALIGN + 2 * SLOT_NBYTES + (1 << 16)

@@ -18,12 +18,12 @@ import numpy as np
 from ..commit import SLOT_NBYTES
 from ..errors import CorruptStoreError, NotAPoolError
 from ..schema import Schema
+from . import zarr_checks
 from .base import (
     NOT_A_POOL_FIX,
     Extent,
     Layout,
     checksum_table_bytes,
-    expected_arrays,
     internal_arrays,
     internal_nbytes,
 )
@@ -65,12 +65,7 @@ class ZarrBackend:
         return files
 
     def read_layout(self, path: str) -> Layout:
-        group = _read_json(path, os.path.join(path, "zarr.json"), missing=NotAPoolError)
-        meta = group.get("attributes", {}).get("expstore") if isinstance(group, dict) else None
-        if not isinstance(meta, dict):
-            raise NotAPoolError(f"{path} is a Zarr group but not an expstore pool (no 'expstore' attribute)"
-                               f"{NOT_A_POOL_FIX}")
-        meta = check_meta(path, meta)
+        meta = _pool_meta(path)
         schema = Schema.from_json(meta["schema"])
         fields = {name: self._field_extent(path, meta, schema, name) for name in schema}
         commit_file = os.path.join(path, "_commit", _chunk_key(2))
@@ -106,20 +101,87 @@ class ZarrBackend:
         return Extent(shard, 0, data_nbytes)
 
     def container_findings(self, path: str, layout: Layout) -> list[str]:
-        findings = []
-        for name, (shape, dtype) in expected_arrays(layout).items():
-            try:
-                array_meta = _read_json(path, os.path.join(path, name, "zarr.json"), missing=CorruptStoreError)
-            except CorruptStoreError as exc:
-                findings.append(f"{exc}; plain zarr readers of this array will fail")
-                continue
-            found = (array_meta.get("shape"), array_meta.get("data_type"))
-            if found != (list(shape), dtype):
-                findings.append(f"Zarr array {name!r} is {found[0]} {found[1]}, expected {list(shape)} {dtype}")
+        findings = zarr_checks.group_findings(_read_json(path, os.path.join(path, "zarr.json"), CorruptStoreError))
+        for name, document, expected in _array_documents(path, layout, findings):
+            if document is not None:
+                findings += zarr_checks.document_findings(name, document, expected)
+            file, expected_size = _chunk_file(path, name, expected), zarr_checks.expected_sizes(layout)[name]
+            findings += zarr_checks.size_findings(path, name, file, os.path.getsize(file), expected_size,
+                                                  shard=name in layout.schema)
         return findings
+
+    def repair_container(self, path: str) -> list[str]:
+        """Restore what plain zarr-python needs and the pool's metadata defines (zarr_checks.py):
+        first the shard indexes, which opening checks; the rest once the pool opens, so that the
+        data files agree with that metadata."""
+        actions = _rewrite_damaged_indexes(path)
+        layout = self.read_layout(path)
+        group_file = os.path.join(path, "zarr.json")
+        group = _read_json(path, group_file, CorruptStoreError)
+        if zarr_checks.group_findings(group):
+            zarr_checks.write_document(group_file, {**group, "zarr_format": 3, "node_type": "group"})
+            actions.append("set zarr_format 3 and node_type 'group' in zarr.json")
+        sizes = zarr_checks.expected_sizes(layout)
+        for name, document, expected in _array_documents(path, layout, []):
+            if document is None or zarr_checks.document_findings(name, document, expected):
+                zarr_checks.write_document(os.path.join(path, name, "zarr.json"), expected)
+                actions.append(f"rewrote {name}/zarr.json from the pool's metadata")
+            file = _chunk_file(path, name, expected)
+            size = os.path.getsize(file)
+            if size > sizes[name] or (size < sizes[name] and name == "_commit"):  # a cut data file fails to open
+                zarr_checks.fix_size(file, sizes[name])
+                done = f"cut {size - sizes[name]} bytes past the data" if size > sizes[name] else "zero-filled its cut end"
+                actions.append(f"{os.path.relpath(file, path)}: {done}, so that plain zarr-python reads it")
+        return actions
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         return slots * schema.row_nbytes + 2 * SLOT_NBYTES + len(schema) * (1 << 16)
+
+
+def _pool_meta(path: str) -> dict:
+    group = _read_json(path, os.path.join(path, "zarr.json"), missing=NotAPoolError)
+    meta = group.get("attributes", {}).get("expstore") if isinstance(group, dict) else None
+    if not isinstance(meta, dict):
+        raise NotAPoolError(f"{path} is a Zarr group but not an expstore pool (no 'expstore' attribute)"
+                           f"{NOT_A_POOL_FIX}")
+    return check_meta(path, meta)
+
+
+def _rewrite_damaged_indexes(path: str) -> list[str]:
+    """Rewrite each shard index whose crc32c fails, in a shard file of the exact size: it follows
+    from the metadata alone (a file cut or grown lost more than its index; a valid index that
+    differs is another program's layout, left to read_layout to report)."""
+    meta, actions = _pool_meta(path), []
+    for name, field in Schema.from_json(meta["schema"]).items():
+        shard = os.path.join(path, name, _chunk_key(1 + len(field.shape)))
+        data_nbytes = meta["slots"] * field.row_nbytes
+        index = _shard_index(meta["slots"], meta["chunk_rows"], field.row_nbytes)
+        if not os.path.isfile(shard) or os.path.getsize(shard) != data_nbytes + len(index):
+            continue
+        with open(shard, "r+b") as fh:
+            stored = os.pread(fh.fileno(), len(index), data_nbytes)
+            if stored == index or _crc32c(stored[:-_CRC_NBYTES]) == stored[-_CRC_NBYTES:]:
+                continue
+            os.pwrite(fh.fileno(), index, data_nbytes)
+            os.fsync(fh.fileno())
+        actions.append(f"rewrote the shard index of {name!r}, which failed its checksum, from the pool's metadata")
+    return actions
+
+
+def _array_documents(path: str, layout: Layout, findings: list[str]):
+    """(name, its zarr.json document or None when unreadable, the expected one) per array; an
+    unreadable one is added to ``findings``."""
+    for name, expected in zarr_checks.expected_documents(layout).items():
+        try:
+            document = _read_json(path, os.path.join(path, name, "zarr.json"), CorruptStoreError)
+        except CorruptStoreError as exc:
+            findings.append(f"{exc}; plain zarr readers of this array will fail; `expstore repair` rewrites it")
+            document = None
+        yield name, document, expected
+
+
+def _chunk_file(path: str, name: str, document: dict) -> str:
+    return os.path.join(path, name, _chunk_key(len(document["shape"])))
 
 
 def _write_raw_array(group, path, name, shape, dtype, content: bytes) -> str:
@@ -133,17 +195,22 @@ def _write_raw_array(group, path, name, shape, dtype, content: bytes) -> str:
 
 
 def _write_shard(array_dir, ndim, slots, chunk_rows, row_nbytes) -> str:
+    shard = os.path.join(array_dir, _chunk_key(ndim))
+    os.makedirs(os.path.dirname(shard), exist_ok=True)
+    with open(shard, "wb") as fh:
+        os.pwrite(fh.fileno(), _shard_index(slots, chunk_rows, row_nbytes), slots * row_nbytes)
+    return shard
+
+
+def _shard_index(slots: int, chunk_rows: int, row_nbytes: int) -> bytes:
+    """A shard's index, chunks back to back in order, and its crc32c: the bytes after its data."""
     n_chunks = slots // chunk_rows
     chunk_nbytes = chunk_rows * row_nbytes
     index = np.empty(n_chunks, dtype=_INDEX_ENTRY)
     index["offset"] = np.arange(n_chunks, dtype=np.uint64) * np.uint64(chunk_nbytes)
     index["nbytes"] = chunk_nbytes
     index_bytes = index.tobytes()
-    shard = os.path.join(array_dir, _chunk_key(ndim))
-    os.makedirs(os.path.dirname(shard), exist_ok=True)
-    with open(shard, "wb") as fh:
-        os.pwrite(fh.fileno(), index_bytes + _crc32c(index_bytes), slots * row_nbytes)
-    return shard
+    return index_bytes + _crc32c(index_bytes)
 
 
 def _check_index(path, name, shard, data_nbytes, n_chunks, chunk_nbytes) -> None:
@@ -151,7 +218,8 @@ def _check_index(path, name, shard, data_nbytes, n_chunks, chunk_nbytes) -> None
     with open(shard, "rb") as fh:
         raw = os.pread(fh.fileno(), index_nbytes + _CRC_NBYTES, data_nbytes)
     if _crc32c(raw[:index_nbytes]) != raw[index_nbytes:]:
-        raise CorruptStoreError(f"{path}: the shard index of {name!r} fails its checksum; the pool is damaged")
+        raise CorruptStoreError(f"{path}: the shard index of {name!r} fails its checksum; the pool is damaged "
+                                "(`expstore repair` rewrites the index of a shard file of the right size)")
     index = np.frombuffer(raw[:index_nbytes], dtype=_INDEX_ENTRY)
     expected = np.arange(n_chunks, dtype=np.uint64) * np.uint64(chunk_nbytes)
     if not (np.array_equal(index["offset"], expected) and (index["nbytes"] == chunk_nbytes).all()):
@@ -189,4 +257,5 @@ def _check_size(path: str, file: str, nbytes: int, what: str) -> None:
         raise CorruptStoreError(f"{path}: the {what} file {os.path.relpath(file, path)} is missing; "
                                 "the pool is damaged") from None
     if size < nbytes:
-        raise CorruptStoreError(f"{path}: the {what} file is {size} bytes, expected {nbytes}; it was truncated")
+        raise CorruptStoreError(f"{path}: the {what} file is {size} bytes, expected {nbytes}; it was truncated and "
+                                "its rows are lost: restore the pool from a copy")
