@@ -337,7 +337,7 @@ def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict, mode
         _refuse_a_pool_with_transitions(path, previous_pool)
     if previous_pool is not None:
         logger.info("%s: a new replay buffer takes the pool over; the previous buffer is closed", path)
-        previous.close()
+        previous_pool.close()
     commit_every = -(-config["commit_every"] // n_envs) * n_envs
     attrs = {"sb3": {"n_envs": n_envs, "buffer_size": config["buffer_size"],
                      "observation_space": str(config["observation_space"]),
