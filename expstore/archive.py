@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+from typing import Any
 
 import numpy as np
 
-from .errors import CorruptStoreError, InvalidArgumentError
+from .errors import CorruptStoreError, ExpstoreError, InvalidArgumentError
 from .schema import Schema
 
 ATTR = "expstore_archive"
@@ -36,29 +37,52 @@ def check_codec(backend: str, codec: str) -> str:
 
 
 def is_archive(path: str) -> bool:
-    """Whether ``path`` holds an expstore archive (cheap: reads metadata only)."""
+    """Whether ``path`` holds an expstore archive (cheap: reads the archive marker only).
+
+    A probe never raises: whatever it cannot read is not a readable archive, and the pool
+    opener that runs next reports what is wrong with the path as an ExpstoreError. A raw
+    exception here would bypass that, and the CLI's one place that turns errors into one line.
+    """
     try:
-        return _read_meta(path) is not None
-    except (OSError, ValueError):
+        return _read_marker(path) is not None
+    except Exception:  # noqa: BLE001 - h5py reports damaged headers as KeyError, RuntimeError, OSError, ...
         return False
 
 
-def _read_meta(path: str) -> dict | None:
+def _read_marker(path: str):
+    """The raw archive metadata (JSON text, or a dict in a Zarr group), or None when absent."""
     if os.path.isdir(path):
         doc = os.path.join(path, "zarr.json")
         if not os.path.exists(doc):
             return None
         with open(doc, "rb") as fh:
-            meta = json.loads(fh.read()).get("attributes", {}).get(ATTR)
-        return meta if isinstance(meta, dict) else None
+            group = json.loads(fh.read())
+        attributes = group.get("attributes") if isinstance(group, dict) else None
+        return attributes.get(ATTR) if isinstance(attributes, dict) else None
     import h5py
 
     with open(path, "rb") as fh:
         if fh.read(8) != b"\x89HDF\r\n\x1a\n":
             return None
     with h5py.File(path, "r", locking=False) as f:
-        text = f.attrs.get(ATTR)
-    return None if text is None else json.loads(text)
+        return f.attrs.get(ATTR)
+
+
+def _read_meta(path: str) -> dict:
+    """The archive's metadata, checked enough to open it; CorruptStoreError when damaged."""
+    try:
+        marker = _read_marker(path)
+        meta = json.loads(marker) if isinstance(marker, (str, bytes)) else marker
+    except Exception as exc:  # noqa: BLE001 - see is_archive
+        raise _damaged(path, "its metadata", exc) from None
+    if not isinstance(meta, dict):
+        raise CorruptStoreError(f"{path} is not an expstore archive (no readable {ATTR!r} metadata)")
+    return meta
+
+
+def _damaged(path: str, what: str, exc: BaseException) -> CorruptStoreError:
+    return CorruptStoreError(f"{path}: the archive is damaged: {what} cannot be read ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())}); convert it again from its pool, or restore a copy")
 
 
 class ArchiveSource:
@@ -68,25 +92,31 @@ class ArchiveSource:
 
     def __init__(self, path: str):
         meta = _read_meta(path)
-        if meta is None:
-            raise CorruptStoreError(f"{path} is not an expstore archive")
         self.path = path
         self.meta = meta
-        self.schema = Schema.from_json(meta["schema"])
-        self.attrs = dict(meta.get("attrs", {}))
-        self.capacity = int(meta["capacity"])
-        self.first_step_id = int(meta.get("first_step_id", 0))
-        self.codec = meta.get("codec")
         self.backend = "zarr" if os.path.isdir(path) else "hdf5"
-        self._length = int(meta["length"])
-        self._arrays, self._file = _open_arrays(path, self.schema, self.backend)
-        self.chunk_rows = int(meta.get("chunk_rows", 1))
+        try:
+            self.schema = Schema.from_json(meta["schema"])
+            self.attrs = dict(meta.get("attrs", {}))
+            self.capacity = int(meta["capacity"])
+            self.first_step_id = int(meta.get("first_step_id", 0))
+            self._length = int(meta["length"])
+            self.chunk_rows = int(meta.get("chunk_rows", 1))
+        except ExpstoreError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _damaged(path, "its metadata", exc) from None
+        self.codec = meta.get("codec")
+        self._arrays, self._file = _open_arrays(path, self.schema, self.backend, self._length)
 
     def __len__(self) -> int:
         return self._length
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        return {name: np.asarray(self._arrays[name][start:stop]) for name in self.schema}
+        try:
+            return {name: np.asarray(self._arrays[name][start:stop]) for name in self.schema}
+        except Exception as exc:  # noqa: BLE001 - a damaged compressed chunk surfaces as any of several
+            raise _damaged(self.path, f"rows {start}..{stop}", exc) from None
 
     def close(self) -> None:
         if self._file is not None:
@@ -94,16 +124,41 @@ class ArchiveSource:
             self._file = None
 
 
-def _open_arrays(path: str, schema: Schema, backend: str):
+def _open_arrays(path: str, schema: Schema, backend: str, length: int):
+    """Every field's array (and the open HDF5 file), each checked to hold ``length`` rows."""
     if backend == "zarr":
         import zarr
 
-        group = zarr.open_group(path, mode="r")
-        return {name: group[name] for name in schema}, None
+        try:
+            group = zarr.open_group(path, mode="r")
+            arrays = {name: group[name] for name in schema}
+        except Exception as exc:  # noqa: BLE001 - see is_archive
+            raise _damaged(path, "the arrays", exc) from None
+        _check_arrays(path, arrays, length, zarr.Array)
+        return arrays, None
     import h5py
 
     f = h5py.File(path, "r", locking=False)
-    return {name: f[name] for name in schema}, f
+    try:
+        try:
+            arrays = {name: f[name] for name in schema}
+        except Exception as exc:  # noqa: BLE001 - see is_archive
+            raise _damaged(path, "the arrays", exc) from None
+        _check_arrays(path, arrays, length, h5py.Dataset)
+    except BaseException:
+        # An HDF5 file left open would be reused, damaged state and all, by the next open of this path.
+        f.close()
+        raise
+    return arrays, f
+
+
+def _check_arrays(path: str, arrays: dict[str, Any], length: int, array_type: type[Any]) -> None:
+    for name, array in arrays.items():
+        shape = array.shape if isinstance(array, array_type) else None
+        if not shape or shape[0] != length:
+            found = f"has shape {shape}" if shape is not None else f"is a {type(array).__name__}, not an array"
+            raise CorruptStoreError(f"{path}: the archive is damaged: {name!r} {found}, its metadata says "
+                                    f"{length} rows; convert it again from its pool, or restore a copy")
 
 
 def write_archive(temp: str, backend: str, codec: str, schema: Schema, meta: dict, rows: int,
