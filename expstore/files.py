@@ -2,18 +2,50 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from .errors import DiskFullError
+from .errors import DiskFullError, ExpstoreError, ReadOnlyError
 
 TEMP_MARK = ".expstore-tmp-"
 _SYNC_THREADS = 8
+
+# The ways the OS refuses a write that no retry fixes, and what the user can do about each.
+_WRITE_REFUSALS = {
+    errno.EROFS: "its file system is mounted read-only (remount it read-write, or copy the pool to a writable disk)",
+    errno.EPERM: "a file or directory of it is immutable or append-only (`lsattr` shows the flag, `chattr -i` "
+                 "clears it)",
+    errno.EACCES: "this user may not write to it or to its directory (check the owner and mode with `ls -l`)",
+}
+
+
+def read_only_error(exc: OSError, path: str) -> ReadOnlyError | None:
+    """The ReadOnlyError for an OS refusal to write ``path`` (a read-only mount, an immutable
+    file, no permission), or None when ``exc`` is some other failure."""
+    if isinstance(exc, ExpstoreError) or exc.errno not in _WRITE_REFUSALS:
+        return None
+    reason = _WRITE_REFUSALS[exc.errno]
+    where = f" ({exc.filename}: {exc.strerror})" if exc.filename else f" ({exc.strerror or exc})"
+    return ReadOnlyError(exc.errno, f"{path} cannot be opened for writing: {reason}{where}; "
+                                    "open it with mode='r' to read it")
+
+
+@contextlib.contextmanager
+def refusing_read_only(path: str) -> Iterator[None]:
+    """Inside, an OS refusal to write (see ``read_only_error``) surfaces as ReadOnlyError."""
+    try:
+        yield
+    except OSError as exc:
+        refused = read_only_error(exc, path)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 def temp_sibling(path: str) -> str:
@@ -139,8 +171,11 @@ def build_aside(path: str, build: Callable[[str], list[str]], replace: bool) -> 
     """Build a container at a temporary sibling with ``build``, then move it into place.
 
     A crash or an error part-way leaves only the temporary (removed here on error, by
-    ``repair`` after a crash); ``path`` itself is never half-written.
+    ``repair`` after a crash); ``path`` itself is never half-written. Through a symlink the
+    container replaces the link's target and the link stays, as opening the link with h5py
+    in mode 'w' would; the writer lock is taken on that target too (lock.py).
     """
+    path = os.path.realpath(path)
     temp = temp_sibling(path)
     try:
         preallocate(build(temp))

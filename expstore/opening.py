@@ -128,24 +128,29 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
         creator.first_step_id = _check_first_step_id(first_step_id)
         if derive_next_obs and schema is not None:
             internal.plan(Schema(schema), 1, 1, True)  # fail before touching the disk
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    writer_lock = lock.WriterLock(path)
-    try:
-        if not creating:
-            layout = chosen.read_layout(path)
-            _check_matches(path, layout, capacity, schema)
-            # A copied pool may have lost its disk blocks; writing into a hole on a full disk
-            # would be a SIGBUS, so a writer allocates them now (a clean DiskFullError if it can't).
-            files.preallocate_sparse(layout.files)
-            return Store(path, chosen, writer_lock, policy, layout=layout)
-        if schema is None:
-            if mode == "w" and os.path.exists(path):
-                files.remove_path(path)  # replaced now; the new pool appears at the first write
-            return Store(path, chosen, writer_lock, policy, create=creator)
-        return Store(path, chosen, writer_lock, policy, layout=creator(Schema(schema)))
-    except BaseException:
-        writer_lock.release(remove=not os.path.exists(path))  # a failed creation leaves nothing behind
-        raise
+    # A read-only mount, an immutable file or a missing permission: ReadOnlyError, not a bare OSError.
+    with files.refusing_read_only(path):
+        if creating:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        writer_lock = lock.WriterLock(path)
+        try:
+            if not creating:
+                layout = chosen.read_layout(path)
+                writer_lock.hold_pool_file(layout.commit.path)  # before any write (see lock.py)
+                _check_matches(path, layout, capacity, schema)
+                # A copied pool may have lost its disk blocks; writing into a hole on a full disk
+                # would be a SIGBUS, so a writer allocates them now (a clean DiskFullError if it can't).
+                files.preallocate_sparse(layout.files)
+                return Store(path, chosen, writer_lock, policy, layout=layout)
+            if schema is None:
+                if mode == "w" and os.path.exists(path):
+                    # replaced now (through a symlink: its target); the new pool appears at the first write
+                    files.remove_path(os.path.realpath(path))
+                return Store(path, chosen, writer_lock, policy, create=creator)
+            return Store(path, chosen, writer_lock, policy, layout=creator(Schema(schema)))
+        except BaseException:
+            writer_lock.release(remove=not os.path.exists(path))  # a failed creation leaves nothing behind
+            raise
 
 
 def _check_max_episodes(max_episodes: Any) -> int | None:

@@ -84,6 +84,28 @@ class Store(ReplayMixin):
 
     # ------------------------------------------------------------------ set-up
     def _attach(self, layout: Layout) -> None:
+        try:
+            self._attach_unguarded(layout)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        """Undo a set-up that failed part-way: such a store must not commit or close what it never
+        opened, now or from its finaliser; the lock goes back at once."""
+        self._closed = True
+        self._append_ready = False
+        if self._idle_committer is not None:
+            self._idle_committer.stop()
+        self._release_views()
+        if self._maps is not None:
+            self._maps.close()
+        if self._lock is not None:
+            self._lock.release(remove=not os.path.exists(self.path))
+
+    def _attach_unguarded(self, layout: Layout) -> None:
+        if self._lock is not None:
+            self._lock.hold_pool_file(layout.commit.path)  # a new pool's too, before any write (lock.py)
         self._layout = layout
         self._ring = Ring(layout.meta["capacity"], layout.meta["slots"])
         self._maps = MappedPool(layout, writable=self.writable)
@@ -96,6 +118,10 @@ class Store(ReplayMixin):
             for name, field in self._fields
         ]
         self._committed = self._read_commit(warn=True)
+        if self._committed.head - self._committed.tail > self._ring.capacity:
+            # Checked before the bookkeeping set-up, which a writer may rewrite from this window.
+            raise CorruptStoreError(f"{self.path}: the commit record holds more rows than the capacity; "
+                                    "run `expstore verify` on it")
         self._seen_seq = self._committed.seq
         self._head = self._committed.head
         self._slots = self._ring.slots
@@ -103,9 +129,6 @@ class Store(ReplayMixin):
         self._schedule_commit()
         if self.writable:
             self._idle_committer = IdleCommitter(self, self._policy.interval_s)
-        if self._committed.head - self._committed.tail > self._ring.capacity:
-            raise CorruptStoreError(f"{self.path}: the commit record holds more rows than the capacity; "
-                                    "run `expstore verify` on it")
 
     def _read_commit(self, warn: bool = False) -> commit.CommitRecord:
         for attempt in range(_TORN_RETRIES):

@@ -148,6 +148,7 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
         chosen = resolve_backend(path, backend)
         report.actions += chosen.repair_container(path)
         layout = chosen.read_layout(path)
+        writer_lock.hold_pool_file(layout.commit.path)  # a writer through a hard link too
         _repair_commit(layout, reset_window, report)
         sparse = files.preallocate_sparse(layout.files)
         if sparse:

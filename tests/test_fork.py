@@ -1,6 +1,7 @@
 """A writer handle inherited across fork never writes, commits or releases the parent's lock."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -52,3 +53,18 @@ def test_forked_child_closing_leaves_lock_and_commit_alone(pool_path):
             assert len(reader) == 10  # the child committed nothing
     with expstore.open(pool_path) as reader:
         assert len(reader) == 15
+
+
+def test_forked_child_closing_keeps_the_parents_lock_on_the_pool_file(tmp_path, pool_path):
+    copy = str(tmp_path / ("copy" + os.path.splitext(pool_path)[1]))
+    with expstore.open(pool_path, "w", capacity=100, schema=pendulum_schema()) as pool:
+        pool.extend(rows_for(np.arange(10)))
+        if os.path.isdir(pool_path):
+            shutil.copytree(pool_path, copy, copy_function=os.link)  # cp -al: the same files
+        else:
+            os.link(pool_path, copy)
+        assert run_in_fork(pool.close) == RETURNED  # the child shares, then closes, the locked descriptor
+        with pytest.raises(expstore.StoreLockedError, match="another name"):
+            expstore.open(copy, "a")  # the parent still holds the lock on the pool's file
+    with expstore.open(copy, "a") as other:
+        assert len(other) == 10
