@@ -32,10 +32,39 @@ def field_stats_of(source: RowSource, name: str) -> FieldStats:
     return stats
 
 
+def image_path(out: str | os.PathLike) -> str:
+    """The file an image for ``out`` goes to: ``out`` itself, with ``.png`` added when it has no
+    extension (matplotlib's own rule, so the message names the file really written).
+
+    Raises InvalidArgumentError, before any work is done, when the extension is not an image
+    format matplotlib writes or the directory does not exist.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = os.fspath(out)
+    extension = os.path.splitext(os.path.basename(path))[1].lower()
+    if not extension:
+        path, extension = path + ".png", ".png"
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if extension[1:] not in supported:
+        raise InvalidArgumentError(f"cannot write {path}: '{extension}' is not an image format matplotlib writes; "
+                                   f"use one of {', '.join('.' + name for name in sorted(supported))}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise InvalidArgumentError(f"cannot write {path}: the directory {directory} does not exist; create it first")
+    return path
+
+
 def plot_pool(source: RowSource, out: str | os.PathLike, progress: Progress | None = None) -> dict:
-    """Write a PNG (or any format matplotlib infers from ``out``) with three panels; return counts."""
+    """Write a PNG (or the format of ``out``'s extension) with three panels.
+
+    Returns the counts plotted and ``path``, the file written (``out``, plus ``.png`` when it
+    has no extension). The image appears complete or not at all: it is drawn into a temporary
+    beside ``out`` and renamed into place, so a Ctrl-C leaves no half-written file.
+    """
     if "reward" not in source.schema:
         raise InvalidArgumentError(f"{source.path} has no 'reward' field to plot; it stores {list(source.schema)}")
+    path = image_path(out)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,6 +82,19 @@ def plot_pool(source: RowSource, out: str | os.PathLike, progress: Progress | No
     ax_reward.set(title="reward", xlabel="reward", ylabel="steps")
     fig.suptitle(os.path.basename(os.path.normpath(source.path)))
     fig.tight_layout()
-    fig.savefig(os.fspath(out), dpi=100)
+    save_atomically(fig, path)
     plt.close(fig)
-    return {"episodes": int(complete.sum()), "rows": len(source)}
+    return {"episodes": int(complete.sum()), "rows": len(source), "path": path}
+
+
+def save_atomically(figure, path: str) -> None:
+    """``figure.savefig(path)`` through a temporary in the same directory and a rename."""
+    root, extension = os.path.splitext(path)
+    temp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(root)}.tmp-{os.getpid()}{extension}")
+    try:
+        figure.savefig(temp, dpi=100)
+        os.replace(temp, path)
+    except BaseException:  # Ctrl-C included: no temporary is left behind
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
