@@ -12,7 +12,11 @@ from ..errors import InvalidArgumentError
 
 def make_env(env_id: str) -> gym.Env:
     """A Gymnasium env with a continuous (Box) action space, which the trainers need."""
-    env = gym.make(env_id)
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as exc:  # unknown id or version, a missing extra such as box2d
+        reason = " ".join(str(exc).split())
+        raise InvalidArgumentError(f"cannot make the env {env_id!r}: {reason}") from None
     if not isinstance(env.action_space, gym.spaces.Box):
         env.close()
         raise InvalidArgumentError(f"{env_id} has a {type(env.action_space).__name__} action space; the "

@@ -1,13 +1,12 @@
 """Offline TD3+BC: learn only from an existing pool (opened read-only); the env only evaluates.
 
 Batches come from a background prefetch thread (``workers=0``) or from a ``DataLoader`` whose
-worker processes each open the pool read-only. Checkpoints and resume work as online; the
-step counter is the number of gradient updates.
+worker processes each open the pool read-only. Checkpoints, resume and Ctrl-C work as online;
+the step counter is the number of gradient updates.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -30,8 +29,8 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .envs import evaluate, make_env
+from .interrupt import Interrupted, ignore_interrupts
 from .progress import (
-    CONFIG_NAME,
     METRICS_NAME,
     PLOT_NAME,
     SUMMARY_NAME,
@@ -41,6 +40,7 @@ from .progress import (
     plot_learning_curve,
     write_run_json,
 )
+from .resume import Invocation, from_record
 
 logger = logging.getLogger("expstore.train")
 _STATS_ROWS = 200_000  # observation statistics from at most this many rows
@@ -55,34 +55,13 @@ class OfflineConfig:
     checkpoint_every: int = 2_000
     eval_every: int = 2_000
     eval_episodes: int = 10
-    workers: int = 0
     prefetch_depth: int = 2
-    log_interval_s: float = 5.0
-    device: str = "cpu"
     td3bc: TD3BCConfig = field(default_factory=TD3BCConfig)
 
     @classmethod
     def from_dict(cls, values: dict) -> OfflineConfig:
-        return cls(**{**values, "td3bc": TD3BCConfig(**values["td3bc"])})
-
-
-def offline_config(args, run_dir: str, default_updates: int) -> OfflineConfig:
-    """The config from the command line, or the saved one when the run directory resumes."""
-    saved = os.path.join(run_dir, CONFIG_NAME)
-    if os.path.exists(saved):
-        with open(saved, encoding="utf-8") as stream:
-            config = OfflineConfig.from_dict(json.load(stream))
-        config.total_updates = args.total_steps or config.total_updates
-        config.device, config.log_interval_s = args.device, args.log_interval
-        return config
-    with open_pool(args.pool, "r") as pool:
-        env_id = args.env or pool.attrs.get("env_id") or "Pendulum-v1"
-    td3bc = TD3BCConfig(hidden_units=args.hidden_units, batch_size=args.batch_size, learning_rate=args.learning_rate)
-    return OfflineConfig(pool_path=os.path.abspath(args.pool), env_id=env_id,
-                         total_updates=args.total_steps or default_updates, seed=args.seed,
-                         checkpoint_every=args.checkpoint_every, eval_every=args.eval_every,
-                         eval_episodes=args.eval_episodes, workers=args.workers, log_interval_s=args.log_interval,
-                         device=args.device, td3bc=td3bc)
+        """A recorded config; keys of older versions (``device``, ``workers``, ...) are dropped."""
+        return from_record(cls, {**values, "td3bc": from_record(TD3BCConfig, values["td3bc"])})
 
 
 def observation_stats(pool) -> tuple[np.ndarray, np.ndarray]:
@@ -98,8 +77,9 @@ def observation_stats(pool) -> tuple[np.ndarray, np.ndarray]:
 
 
 class OfflineRun:
-    def __init__(self, run_dir: str, config: OfflineConfig):
+    def __init__(self, run_dir: str, config: OfflineConfig, invocation: Invocation | None = None):
         self.run_dir, self.config = run_dir, config
+        self.invocation = invocation or Invocation()
         os.makedirs(run_dir, exist_ok=True)
         remove_stale_temporaries(run_dir)
         self.checkpoint_path = os.path.join(run_dir, CHECKPOINT_NAME)
@@ -110,7 +90,7 @@ class OfflineRun:
         space, obs_units = env.action_space, int(np.prod(env.observation_space.shape))
         env.close()
         mean, std = observation_stats(self.pool)
-        self.agent = TD3BC(obs_units, space.low, space.high, mean, std, config.td3bc, config.device)
+        self.agent = TD3BC(obs_units, space.low, space.high, mean, std, config.td3bc, self.invocation.device)
         self.eval_count = 0
         checkpoint = load_checkpoint(self.checkpoint_path)
         if checkpoint is not None:
@@ -118,36 +98,39 @@ class OfflineRun:
             restore_rng(checkpoint["rng"], self.rng)
             self.eval_count = checkpoint["eval_count"]
             logger.info("resuming offline run in %s at update %d", run_dir, self.agent.updates)
-        write_run_json(run_dir, CONFIG_NAME, asdict(config))
         self.metrics = MetricsFile(os.path.join(run_dir, METRICS_NAME))
-        self.progress = Progress(config.total_updates, config.td3bc.batch_size, config.log_interval_s,
+        self.progress = Progress(config.total_updates, config.td3bc.batch_size, self.invocation.log_interval_s,
                                  self.agent.updates, self.agent.updates)
         logger.info("offline TD3+BC from %s (%d transitions, %s), evaluating on %s", config.pool_path,
                     len(self.pool), self.pool.backend, config.env_id)
 
     def batches(self) -> Iterator[dict[str, torch.Tensor]]:
         """Endless batches: prefetched uniform samples, or shuffled epochs from DataLoader workers."""
-        size = self.config.td3bc.batch_size
-        if self.config.workers == 0:
+        size, workers = self.config.td3bc.batch_size, self.invocation.workers
+        if workers == 0:
             with Prefetcher(lambda: self.pool.sample(size, rng=self.rng), depth=self.config.prefetch_depth,
-                            device=self.config.device) as prefetcher:
+                            device=self.invocation.device) as prefetcher:
                 yield from prefetcher
             return
-        loader = pool_loader(self.config.pool_path, size, num_workers=self.config.workers, drop_last=True,
+        loader = pool_loader(self.config.pool_path, size, num_workers=workers, drop_last=True,
                              fields=["obs", "action", "reward", "next_obs", "terminated"],
-                             seed=self.config.seed + self.agent.updates)
+                             seed=self.config.seed + self.agent.updates, worker_init_fn=ignore_interrupts)
         while True:
             yield from loader
 
-    def run(self) -> dict:
+    def run(self) -> dict | Interrupted:
+        """Train until ``total_updates``; a summary, or Interrupted (with a checkpoint) on Ctrl-C."""
         start_time, start_updates = time.monotonic(), self.agent.updates
         stream = self.batches()
         try:
-            while self.agent.updates < self.config.total_updates:
+            while self.agent.updates < self.config.total_updates and not self.invocation.stop_requested:
                 losses = self.agent.update(next(stream))
                 self._periodic(losses)
         finally:
             stream.close()
+        if self.agent.updates < self.config.total_updates:
+            self.checkpoint()
+            return Interrupted(self.agent.updates, "update")
         return self._finish(time.monotonic() - start_time, self.agent.updates - start_updates)
 
     def _periodic(self, losses: dict) -> None:
@@ -183,7 +166,8 @@ class OfflineRun:
                    "mean_return_last_eval_episodes": mean_last_eval_return(self.metrics.path),
                    "updates_per_s": updates / elapsed_s if elapsed_s > 0 else None}
         plot_learning_curve(self.metrics.path, os.path.join(self.run_dir, PLOT_NAME),
-                            f"TD3+BC on {self.config.env_id} from {os.path.basename(self.config.pool_path)}")
+                            f"TD3+BC on {self.config.env_id} from {os.path.basename(self.config.pool_path)}",
+                            "gradient updates")
         write_run_json(self.run_dir, SUMMARY_NAME, summary)
         return summary
 

@@ -5,6 +5,12 @@ The run directory holds the pool, ``checkpoint.pt``, ``config.json``, ``metrics.
 pool is reopened in place (mode ``a``, no copy, nothing loaded into RAM) and the agent continues
 from the checkpoint. The environment step counter is the pool's ``next_step_id``, so
 transitions committed after the last checkpoint count as collected and are trained on.
+
+Episodes are counted from the pool, which records each one: a resume adds the episodes the
+pool shows ended after the checkpoint to the checkpoint's count (all of them when there is no
+checkpoint yet), so ``summary.json`` and the episode numbers in ``metrics.jsonl`` continue
+across resumes. The pool commits at each episode end before its record is written, so no
+record names an episode a crash took back; each record carries the pool's ``episode_id``.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .envs import evaluate, make_env, obs_units, recording_env
+from .interrupt import Interrupted
 from .progress import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -41,6 +48,7 @@ from .progress import (
     plot_learning_curve,
     write_run_json,
 )
+from .resume import Invocation, from_record
 
 logger = logging.getLogger("expstore.train")
 
@@ -60,8 +68,6 @@ class OnlineConfig:
     eval_every: int = 2_000
     eval_episodes: int = 10
     prefetch_depth: int = 2
-    log_interval_s: float = 5.0
-    device: str = "cpu"
     sac: SACConfig = field(default_factory=SACConfig)
     ere: bool = False  # Emphasizing Recent Experience: sample the newest c_k rows (expstore/recency.py)
     ere_eta: float = ERE_ETA
@@ -69,7 +75,8 @@ class OnlineConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> OnlineConfig:
-        return cls(**{**values, "sac": SACConfig(**values["sac"])})
+        """A recorded config; keys of older versions (``device``, ``log_interval_s``) are dropped."""
+        return from_record(cls, {**values, "sac": from_record(SACConfig, values["sac"])})
 
 
 @dataclass
@@ -77,21 +84,21 @@ class RunState:
     """Counters a checkpoint carries besides the agent."""
 
     step: int = 0
-    episodes: int = 0
+    episodes: int = 0  # ended (terminated or truncated) before ``step``
     eval_count: int = 0
-    recent_returns: list = field(default_factory=list)
     last_eval: float | None = None
 
 
 class OnlineRun:
     """One online run in a run directory (fresh or resumed)."""
 
-    def __init__(self, run_dir: str, config: OnlineConfig):
+    def __init__(self, run_dir: str, config: OnlineConfig, invocation: Invocation | None = None):
         self.run_dir = run_dir
         os.makedirs(run_dir, exist_ok=True)
         remove_stale_temporaries(run_dir)
         self.checkpoint_path = os.path.join(run_dir, CHECKPOINT_NAME)
         self.config = config
+        self.invocation = invocation or Invocation()
         self.rng = np.random.default_rng(config.seed)
         torch.manual_seed(config.seed)
         self.env = make_env(config.env_id)
@@ -100,15 +107,14 @@ class OnlineRun:
                                      "written_by": "expstore.train (SAC)"})
         self.recorder = recording_env(self.env, self.pool)
         space = self.env.action_space
-        self.agent = SAC(obs_units(self.env), space.low, space.high, config.sac, config.device)
+        self.agent = SAC(obs_units(self.env), space.low, space.high, config.sac, self.invocation.device)
         self.state = RunState()
         self.resumed_from: int | None = None
+        self.progress = Progress(config.total_steps, config.sac.batch_size, self.invocation.log_interval_s)
         self._restore()
         self.metrics = MetricsFile(os.path.join(run_dir, METRICS_NAME))
-        self.progress = Progress(config.total_steps, config.sac.batch_size, config.log_interval_s,
-                                 self.state.step, self.agent.updates)
+        self.progress.restart(self.state.step, self.agent.updates)
         self.progress.episodes = self.state.episodes
-        self.progress.recent_returns.extend(self.state.recent_returns)
         self.progress.last_eval = self.state.last_eval
 
     def _restore(self) -> None:
@@ -116,25 +122,38 @@ class OnlineRun:
         if checkpoint is not None:
             self.agent.load_state_dict(checkpoint["agent"])
             restore_rng(checkpoint["rng"], self.rng)
-            self.state = RunState(**checkpoint["run_state"])
+            self.state = from_record(RunState, checkpoint["run_state"])
             self.resumed_from = self.state.step
+        counted_until = self.state.step  # the checkpoint counted the episodes that ended before it
+        ended = ended_episodes(self.pool)
+        self.state.episodes += int((ended["last_step_id"] >= counted_until).sum())
+        self.progress.recent_returns.extend(ended["return"].tolist())  # a bounded deque: the newest stay
         committed = self.pool.next_step_id
-        if checkpoint is not None or committed:
-            logger.info("resuming in %s: checkpoint at step %s, updates %d; the pool holds %d committed steps",
-                        self.run_dir, self.resumed_from, self.agent.updates, committed)
+        if checkpoint is not None:
+            logger.info("resuming in %s: checkpoint at step %d, updates %d; the pool holds %d committed steps "
+                        "(%d episodes ended)", self.run_dir, self.resumed_from, self.agent.updates, committed,
+                        self.state.episodes)
+        elif committed:
+            logger.info("resuming in %s: no checkpoint yet, so the agent starts afresh (0 updates); the pool "
+                        "holds %d committed steps (%d episodes ended), kept and counted", self.run_dir, committed,
+                        self.state.episodes)
         self.state.step = committed  # every committed transition was collected: count it
         self.recorder.policy_version = self.agent.updates
 
     # ------------------------------------------------------------------ the loop
-    def run(self) -> dict:
-        """Train until ``total_steps`` environment steps; returns a summary."""
+    def run(self) -> dict | Interrupted:
+        """Train until ``total_steps`` environment steps; returns a summary.
+
+        When a stop is requested (Ctrl-C) it returns Interrupted after the current step, with
+        the pool committed and a checkpoint written, so the same command resumes from there.
+        """
         config = self.config
         obs, _ = self.recorder.reset(seed=config.seed + self.state.episodes)
         self.env.action_space.seed(config.seed + self.state.step)
         episode_return, batches = 0.0, None
         start_time, start_updates = time.monotonic(), self.agent.updates
         try:
-            while self.state.step < config.total_steps:
+            while self.state.step < config.total_steps and not self.invocation.stop_requested:
                 if batches is None and self.state.step >= config.learning_starts:
                     batches = self._prefetcher()
                 obs, episode_return = self._env_step(obs, episode_return)
@@ -144,16 +163,20 @@ class OnlineRun:
         finally:
             if batches is not None:
                 batches.close()
+        if self.state.step < config.total_steps:
+            self.checkpoint()
+            return Interrupted(self.state.step, "step")
         return self._finish(time.monotonic() - start_time, self.agent.updates - start_updates)
 
     def _prefetcher(self) -> Prefetcher:
         batch_size = self.config.sac.batch_size
+        device = self.invocation.device
         if not self.config.ere:
             return Prefetcher(lambda: self.pool.sample(batch_size, rng=self.rng), depth=self.config.prefetch_depth,
-                              device=self.config.device)
+                              device=device)
         schedule = ERESchedule(self._ere_phase_updates(), self.config.ere_eta, self.config.ere_c_min)
         return Prefetcher(lambda: self.pool.sample(batch_size, rng=self.rng, recency=schedule.next()),
-                          depth=self.config.prefetch_depth, device=self.config.device)
+                          depth=self.config.prefetch_depth, device=device)
 
     def _ere_phase_updates(self) -> int:
         """K of ERE: the updates made during one episode (the paper's update phase); a resumed
@@ -177,10 +200,18 @@ class OnlineRun:
         return obs, episode_return
 
     def _end_episode(self, episode_return: float) -> None:
+        self.pool.flush(fsync=False)  # committed before its record is written (durable at the next checkpoint)
         self.state.episodes += 1
         self.progress.episodes = self.state.episodes
         self.progress.recent_returns.append(episode_return)
-        self.metrics.write("episode", self.state.step, episode=self.state.episodes, **{"return": episode_return})
+        self.metrics.write("episode", self.state.step, episode=self.state.episodes,
+                           episode_id=self._last_episode_id(), **{"return": episode_return})
+
+    def _last_episode_id(self) -> int | None:
+        """The pool's id of the episode whose last row was just appended."""
+        table = self.pool.episodes()
+        ends_here = np.flatnonzero(table["last_step_id"] == self.pool.next_step_id - 1)
+        return int(table["episode_id"][ends_here[-1]]) if ends_here.size else None
 
     def _learn(self, batches: Prefetcher) -> None:
         for _ in range(self.config.updates_per_step):
@@ -212,7 +243,6 @@ class OnlineRun:
         """Commit the pool durably, then write the checkpoint atomically (in that order, so that
         the pool always holds at least the steps the checkpoint counts)."""
         self.pool.flush(fsync=True)
-        self.state.recent_returns = list(self.progress.recent_returns)
         save_checkpoint(self.checkpoint_path, {
             "agent": self.agent.state_dict(), "rng": capture_rng(self.rng), "run_state": asdict(self.state),
             "config": asdict(self.config), "pool_path": os.path.abspath(self.pool.path),
@@ -223,12 +253,13 @@ class OnlineRun:
     def _finish(self, elapsed_s: float, updates: int) -> dict:
         if self.state.step != (self.resumed_from or 0) and self.state.step % self.config.checkpoint_every:
             self.checkpoint()
-        summary = {"steps": self.state.step, "episodes": self.state.episodes, "updates": self.agent.updates,
+        summary = {"steps": self.state.step, "episodes": self.state.episodes,
+                   "episodes_cut_off": int(self.pool.episodes()["cut_off"].sum()), "updates": self.agent.updates,
                    "mean_return_last_eval_episodes": mean_last_eval_return(self.metrics.path),
                    "updates_per_s": updates / elapsed_s if elapsed_s > 0 else None,
                    "resumed_from": self.resumed_from, "pool": os.path.abspath(self.pool.path)}
         plot_learning_curve(self.metrics.path, os.path.join(self.run_dir, PLOT_NAME),
-                            f"SAC on {self.config.env_id} (pool: {self.config.pool_name})")
+                            f"SAC on {self.config.env_id} (pool: {self.config.pool_name})", "environment steps")
         write_run_json(self.run_dir, SUMMARY_NAME, summary)
         return summary
 
@@ -238,5 +269,16 @@ class OnlineRun:
         self.pool.close()
 
 
-def save_config(run_dir: str, config: OnlineConfig | dict) -> None:
+def ended_episodes(pool) -> dict[str, np.ndarray]:
+    """The pool's episodes that ended (terminated or truncated), in the order they ended."""
+    if pool.schema is None:  # nothing recorded yet: the episode table comes with the first row
+        return {"episode_id": np.zeros(0, np.int64), "last_step_id": np.zeros(0, np.int64), "return": np.zeros(0)}
+    table = pool.episodes()
+    ended = table["terminated"] | table["truncated"]
+    order = np.argsort(table["last_step_id"][ended], kind="stable")
+    return {name: column[ended][order] for name, column in table.items()}
+
+
+def save_config(run_dir: str, config) -> None:
+    """Write the run's ``config.json`` (an OnlineConfig or OfflineConfig, or its dict)."""
     write_run_json(run_dir, CONFIG_NAME, config if isinstance(config, dict) else asdict(config))

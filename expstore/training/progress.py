@@ -26,9 +26,13 @@ def mean_last_eval_return(metrics_path: str, episodes: int = 10) -> float | None
 
 
 def write_run_json(run_dir: str, name: str, values: dict) -> None:
-    """One of a run directory's JSON files (``CONFIG_NAME``, ``SUMMARY_NAME``)."""
-    with open(os.path.join(run_dir, name), "w", encoding="utf-8") as stream:
+    """One of a run directory's JSON files (``CONFIG_NAME``, ``SUMMARY_NAME``), replaced whole:
+    a kill while writing leaves the previous file, never a torn one."""
+    path = os.path.join(run_dir, name)
+    temp = os.path.join(run_dir, f".{name}.tmp-{os.getpid()}")
+    with open(temp, "w", encoding="utf-8") as stream:
         json.dump(values, stream, indent=2)
+    os.replace(temp, path)
 
 
 class MetricsFile:
@@ -73,6 +77,10 @@ class Progress:
         self.recent_returns: deque[float] = deque(maxlen=10)
         self.last_eval: float | None = None
         self.episodes = 0
+        self.restart(step, updates)
+
+    def restart(self, step: int, updates: int) -> None:
+        """Measure rates from here (a resumed run starts at its restored counters)."""
         self._mark_time = time.monotonic()
         self._mark_step, self._mark_updates = step, updates
 
@@ -93,29 +101,33 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
-def plot_learning_curve(metrics_path: str, png_path: str, title: str) -> None:
-    """Training episode returns and evaluation means against environment steps."""
+def plot_learning_curve(metrics_path: str, png_path: str, title: str, x_label: str) -> bool:
+    """Training episode returns and evaluation means against the run's counter (``x_label``:
+    environment steps online, gradient updates offline). A run with neither an ended episode
+    nor an evaluation gets no image (an empty plot would say nothing); returns whether one
+    was written."""
+    records = read_metrics(metrics_path)
+    episodes = sorted((r["step"], r["return"]) for r in records if r["kind"] == "episode")
+    evals = sorted((r["step"], r["mean_return"]) for r in records if r["kind"] == "eval")
+    if not episodes and not evals:
+        logger.info("no episode ended and no evaluation ran: no learning curve written")
+        return False
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    records = read_metrics(metrics_path)
-    episodes = sorted((r["step"], r["return"]) for r in records if r["kind"] == "episode")
-    evals = sorted((r["step"], r["mean_return"]) for r in records if r["kind"] == "eval")
+    from ..plotting import save_atomically
+
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     if episodes:
         axes.plot(*zip(*episodes), ".", alpha=0.35, label="training episode return")
     if evals:
         axes.plot(*zip(*evals), "-o", label="evaluation mean return")
-    axes.set_xlabel("environment steps" if episodes else "updates")
-    axes.set_ylabel("return")
-    axes.set_title(title)
+    axes.set(xlabel=x_label, ylabel="return", title=title)
     axes.grid(alpha=0.3)
-    if episodes or evals:  # an empty run still gets its (empty) plot, without a legend warning
-        axes.legend(loc="lower right")
+    axes.legend(loc="lower right")
     figure.tight_layout()
-    temp = png_path + ".tmp.png"
-    figure.savefig(temp)
+    save_atomically(figure, png_path)
     plt.close(figure)
-    os.replace(temp, png_path)
+    return True
