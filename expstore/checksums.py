@@ -147,10 +147,19 @@ def _decode_segment(value, end_step: int, chunk_rows: int, n_fields: int) -> Seg
     return Segment(first_step, struct.unpack(f">{n_fields}I", raw))
 
 
+class _Entry(dict):
+    """The payload entry as this process wrote it, its segments still at hand: the writer's next
+    commit takes them from the record it committed last, without decoding them again."""
+
+    __slots__ = ("segments",)
+
+
 def decode(payload: dict, record: CommitRecord, chunk_rows: int, n_fields: int
            ) -> tuple[Segment | None, Segment | None]:
     """The head's and the tail's segments of a commit record, None where it holds none."""
     entry = payload.get(PAYLOAD_KEY)
+    if isinstance(entry, _Entry):
+        return entry.segments
     if not isinstance(entry, dict):
         return None, None
     return (_decode_segment(entry.get("head"), record.head, chunk_rows, n_fields),
@@ -181,7 +190,9 @@ def record_commit(table: np.ndarray, views: Sequence[np.ndarray], ring: Ring, ch
         tail_segment = Segment(tail, (0,) * len(views))
     else:
         tail_segment = _advance_tail(views, ring, chunk_rows, tail_segment, previous.tail, tail)
-    return {**payload, PAYLOAD_KEY: {"head": head_segment.encode(head), "tail": tail_segment.encode(tail)}}
+    entry = _Entry(head=head_segment.encode(head), tail=tail_segment.encode(tail))
+    entry.segments = (head_segment, tail_segment)
+    return {**payload, PAYLOAD_KEY: entry}
 
 
 def _restart(views, ring: Ring, chunk_rows: int, end_step: int, intact_from: int) -> Segment:

@@ -91,8 +91,9 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
             survive a killed process but not a crashed machine.
         slack: spare rows so that uncommitted writes never touch committed rows; default
             ``min(commit_every, capacity)``. A writer commits at least every ``slack`` rows.
-        checksums: record a crc32 of every chunk when it is committed, so that ``verify``
-            can prove the rows did not change on disk since (costs one pass over the bytes).
+        checksums: record crc32s of every committed row at commit time (per chunk, and for the
+            chunks the window covers in part, in the commit record), so that ``verify`` can
+            prove the rows did not change on disk since (costs two passes over the bytes).
         max_episodes: rows of the episode table (and of the final-observation table of a pool
             stored without ``next_obs``); default one per slot, enough for any layout. A smaller
             table saves disk but forgets the oldest episodes once more than this many are in

@@ -507,7 +507,7 @@ class Store(ReplayMixin):
 
         Checks the commit record (both slots), the committed window, that every file is
         preallocated, leftovers of interrupted creates, and, for pools created with
-        ``checksums=True``, every committed chunk against the checksum recorded at commit.
+        ``checksums=True``, every committed row against the checksums recorded at commit.
         ``progress``, if given, is called with the number of chunks just checked.
         """
         from .verify import verify_store

@@ -42,6 +42,7 @@ import expstore
 CADENCES = (1, 100, 10_000)
 CAPACITY = 100_000
 THIS_TREE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FSYNCS = {"off": (False,), "on": (True,), "both": (False, True)}
 
 
 def filesystem_of(path: str) -> str:
@@ -97,7 +98,7 @@ def best_of(repeats: int, *args) -> dict:
     return {**best, "ms_per_commit": statistics.median(commit_costs) if commit_costs else None}
 
 
-def run(directory: str, seconds: float, repeats: int, checksums: bool) -> list[dict]:
+def run(directory: str, seconds: float, repeats: int, checksums: bool, fsyncs: tuple[bool, ...]) -> list[dict]:
     """Every case on both backends: a dict per case, ``appends_per_s`` against ``no_commit_per_s``."""
     stream = bc.transitions(bc.make_rows(bc.PENDULUM, max(CADENCES)), max(CADENCES))
     warm_rows = bc.make_rows(bc.PENDULUM, 2 * CAPACITY, seed=1)
@@ -106,7 +107,7 @@ def run(directory: str, seconds: float, repeats: int, checksums: bool) -> list[d
         path = os.path.join(directory, f"bench{suffix}")
         baseline = best_of(repeats, path, None, False, seconds, stream, warm_rows, checksums)
         cases.append({"backend": backend, "commit": "no commit", "fsync": "-", **baseline})
-        for fsync in (False, True):
+        for fsync in fsyncs:
             for cadence in CADENCES:
                 result = best_of(repeats, path, cadence, fsync, seconds, stream, warm_rows, checksums)
                 cases.append({"backend": backend, "commit": f"every {cadence:,} rows", "fsync": "on" if fsync else "off",
@@ -125,7 +126,7 @@ def cost_table(cases: list[dict]) -> str:
 def run_tree(tree: str, args: argparse.Namespace) -> list[dict]:
     """One round of every case in a child process that imports expstore from ``tree``."""
     command = [sys.executable, os.path.abspath(__file__), "--json", "--dir", args.dir, "--seconds", str(args.seconds),
-               "--repeats", "1"] + (["--checksums"] if args.checksums else [])
+               "--repeats", "1", "--fsync", args.fsync] + (["--checksums"] if args.checksums else [])
     env = {**os.environ, "PYTHONPATH": os.path.abspath(tree)}
     out = json.loads(subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout)
     if os.path.commonpath([out["expstore"], os.path.abspath(tree)]) != os.path.abspath(tree):
@@ -158,6 +159,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="appending time per run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per case; the fastest counts")
     parser.add_argument("--checksums", action="store_true", help="create the pools with checksums=True")
+    parser.add_argument("--fsync", choices=("off", "on", "both"), default="both", help="which commit cases to run")
     parser.add_argument("--compare-with", metavar="DIR", help="another expstore source tree to measure alternately")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # a child of --compare-with
     args = parser.parse_args()
@@ -169,7 +171,7 @@ def main() -> None:
     else:
         directory = tempfile.mkdtemp(prefix="bench-commit-", dir=args.dir)
         try:
-            cases = run(directory, args.seconds, args.repeats, args.checksums)
+            cases = run(directory, args.seconds, args.repeats, args.checksums, FSYNCS[args.fsync])
         finally:
             shutil.rmtree(directory, ignore_errors=True)
         if args.json:
