@@ -27,6 +27,7 @@ its first commit (the tail's chunk is then covered once the tail reaches the nex
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import struct
 import zlib
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .commit import CommitRecord
+from .commit import MAX_PAYLOAD_NBYTES, CommitRecord
 from .ring import Ring
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ PAYLOAD_KEY = "rows_crc"
 # than this keeps whole-chunk checksums only, and leaves the payload room for the episodes.
 MAX_FIELDS = 64
 _NO_CHECKSUM = (-1, -1)
+_ENTRY_OVERHEAD_NBYTES = 120  # the entry's keys, brackets and four step ids, at most
 _STALE_RETRIES = 3
 
 # ------------------------------------------------------------------ crc32 arithmetic
@@ -174,9 +176,9 @@ def record_commit(table: np.ndarray, views: Sequence[np.ndarray], ring: Ring, ch
     Writes the table crc of every chunk it completes and returns ``payload`` with the running
     crcs of the new head's and tail's chunks. Call it before the commit record is written.
     """
-    if len(views) > MAX_FIELDS:
+    if len(views) > MAX_FIELDS or not _fits(payload, len(views)):
         record_completed(table, views, ring, chunk_rows, previous.head, head)
-        return payload
+        return {key: value for key, value in payload.items() if key != PAYLOAD_KEY}
     head_segment, tail_segment = decode(previous.payload, previous, chunk_rows, len(views))
     # Rows from this step on hold the bytes they were committed with (or were never written):
     # every writer stays within `slack` rows of its last commit, and overwrites step s - slots.
@@ -193,6 +195,24 @@ def record_commit(table: np.ndarray, views: Sequence[np.ndarray], ring: Ring, ch
     entry = _Entry(head=head_segment.encode(head), tail=tail_segment.encode(tail))
     entry.segments = (head_segment, tail_segment)
     return {**payload, PAYLOAD_KEY: entry}
+
+
+def _fits(payload: dict, n_fields: int) -> bool:
+    """Whether the running crcs fit in the commit record beside the rest of its payload (the
+    episodes of many envs can fill it): if not, this commit checksums whole chunks only, and the
+    running crcs start again at the first commit with room."""
+    rest = {key: value for key, value in payload.items() if key != PAYLOAD_KEY}
+    if len(json.dumps(rest, separators=(",", ":"))) + 16 * n_fields + _ENTRY_OVERHEAD_NBYTES <= MAX_PAYLOAD_NBYTES:
+        return True
+    _warn_payload_full(n_fields)
+    return False
+
+
+@functools.cache
+def _warn_payload_full(n_fields: int) -> None:
+    """Logged once per process and schema width, not at every commit."""
+    logger.warning("the commit record's payload is too full for the running checksums of %d fields; until it "
+                   "has room, the rows of the chunks the window covers in part have no checksum", n_fields)
 
 
 def _restart(views, ring: Ring, chunk_rows: int, end_step: int, intact_from: int) -> Segment:

@@ -194,6 +194,30 @@ def test_a_schema_wider_than_the_payload_allows_keeps_whole_chunk_checksums(pool
     assert report.ok and report.facts["chunks_checked"] > 0 and report.facts["rows_unchecked"] > 0
 
 
+def test_a_payload_full_of_open_episodes_commits_with_whole_chunk_checksums(pool_path, caplog):
+    """300 envs with an open episode each nearly fill the commit record: the running crcs step
+    aside rather than fail the commit, and come back once the episodes end."""
+    n_envs = 300
+    checksums._warn_payload_full.cache_clear()  # logged once per process: another test may have seen it
+    with expstore.open(pool_path, "w", capacity=2000, schema=pendulum_schema(), checksums=True, chunk_rows=64,
+                       fsync=False) as pool:
+        rows = rows_for(np.arange(n_envs))
+        rows["terminated"][:] = rows["truncated"][:] = False
+        pool.extend(rows, env_ids=np.arange(n_envs))
+        pool.flush()
+        assert checksums.PAYLOAD_KEY not in pool._committed.payload
+        assert "too full" in caplog.text
+        report = pool.verify()
+        assert report.ok and report.facts["rows_unchecked"] > 0
+        rows = rows_for(np.arange(n_envs, 2 * n_envs))
+        rows["terminated"][:] = True
+        pool.extend(rows, env_ids=np.arange(n_envs))  # every episode ends: room again
+        pool.flush()
+        assert checksums.PAYLOAD_KEY in pool._committed.payload
+    report = expstore.verify(pool_path)
+    assert report.ok and report.facts["partial_chunks_checked"] >= 1, report.facts
+
+
 def test_verify_finds_no_damage_in_pools_left_by_killed_writers(pool_path, backend):
     """SIGKILLed at random moments (a commit may be cut anywhere, the checksum table written
     for a chunk whose commit never came), then resumed: never a false finding."""
