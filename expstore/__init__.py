@@ -21,6 +21,7 @@ from .errors import (  # noqa: E402
     ShardsUnavailableError,
     StoreLockedError,
     StoreNotFoundError,
+    WriterOutranError,
 )
 from .opening import open  # noqa: E402,A004
 from .recency import ERE, ERESchedule, ExponentialRecency  # noqa: E402
@@ -32,7 +33,7 @@ __all__ = [
     "BackendError", "ClosedStoreError", "CorruptStoreError", "DiskFullError", "EmptyStoreError",
     "ExpstoreError", "Field", "FormatVersionError", "InvalidArgumentError", "NotAPoolError",
     "ReadOnlyError", "Schema", "SchemaError", "ShardsUnavailableError", "StepNotFoundError", "Store", "StoreExistsError",
-    "StoreLockedError", "StoreNotFoundError", "RepairReport", "VerifyReport", "__version__", "open",
+    "StoreLockedError", "StoreNotFoundError", "WriterOutranError", "RepairReport", "VerifyReport", "__version__", "open",
     "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule", "ExponentialRecency",
 ]
 

@@ -161,46 +161,67 @@ def _check_arrays(path: str, arrays: dict[str, Any], length: int, array_type: ty
                                     f"{length} rows; convert it again from its pool, or restore a copy")
 
 
-def write_archive(temp: str, backend: str, codec: str, schema: Schema, meta: dict, rows: int,
-                  slices) -> None:
-    """Write an archive at ``temp`` from ``slices`` (an iterator of (first_row, batch))."""
+def write_archive(temp: str, backend: str, codec: str, schema: Schema, meta, rows: int, slices) -> None:
+    """Write an archive at ``temp`` from ``slices`` (an iterator of (first_row, batch)).
+
+    At most ``rows`` rows: where fewer come (a copy of a pool whose writer evicted rows before
+    they were read), the arrays are cut to the rows written. ``meta`` is the metadata, or a
+    callable that gives it once the rows are written (such a copy's first step id is known then).
+    """
     chunk_rows = max(1, min(rows, (1 << 20) // max(1, max(f.row_nbytes for f in schema.values()))))
-    meta = {**meta, "archive_format": ARCHIVE_FORMAT, "codec": codec, "length": rows,
-            "chunk_rows": chunk_rows, "schema": schema.to_json()}
+    fixed = {"archive_format": ARCHIVE_FORMAT, "codec": codec, "chunk_rows": chunk_rows, "schema": schema.to_json()}
+
+    def final_meta(written: int) -> dict:
+        return {**(meta() if callable(meta) else meta), **fixed, "length": written}
+
     if backend == "zarr":
-        _write_zarr(temp, codec, schema, meta, rows, chunk_rows, slices)
+        _write_zarr(temp, codec, schema, final_meta, rows, chunk_rows, slices)
     else:
-        _write_hdf5(temp, schema, meta, rows, chunk_rows, slices)
+        _write_hdf5(temp, schema, final_meta, rows, chunk_rows, slices)
 
 
-def _write_hdf5(temp, schema, meta, rows, chunk_rows, slices) -> None:
+def _write_hdf5(temp, schema, final_meta, rows, chunk_rows, slices) -> None:
     import h5py
 
     with h5py.File(temp, "w", locking=False) as f:
         datasets = {
             name: f.create_dataset(name, shape=(rows, *field.shape), dtype=field.dtype,
                                    chunks=(chunk_rows, *field.shape) if rows else None,
+                                   maxshape=(None, *field.shape) if rows else None,
                                    compression="gzip" if rows else None, compression_opts=4,
                                    shuffle=bool(rows))
             for name, field in schema.items()
         }
-        for first, batch in slices:
-            for name, values in batch.items():
-                datasets[name][first:first + len(values)] = values
-        f.attrs[ATTR] = json.dumps(meta)
+        written = _write_slices(datasets, slices)
+        if written < rows:
+            for name, dataset in datasets.items():
+                dataset.resize((written, *schema[name].shape))
+        f.attrs[ATTR] = json.dumps(final_meta(written))
 
 
-def _write_zarr(temp, codec, schema, meta, rows, chunk_rows, slices) -> None:
+def _write_zarr(temp, codec, schema, final_meta, rows, chunk_rows, slices) -> None:
     import zarr
     from zarr.codecs import BloscCodec, ZstdCodec
 
     compressor = ZstdCodec(level=3) if codec == "zstd" else BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
-    group = zarr.create_group(store=temp, zarr_format=3, attributes={ATTR: meta})
+    group = zarr.create_group(store=temp, zarr_format=3)
     arrays = {
         name: group.create_array(name, shape=(rows, *field.shape), chunks=(max(chunk_rows, 1), *field.shape),
                                  dtype=field.dtype, compressors=compressor)
         for name, field in schema.items()
     }
+    written = _write_slices(arrays, slices)
+    if written < rows:
+        for name, array in arrays.items():
+            array.resize((written, *schema[name].shape))
+    group.update_attributes({ATTR: final_meta(written)})
+
+
+def _write_slices(arrays: dict, slices) -> int:
+    """Write each (first_row, batch) into the arrays; the rows written (one past the last)."""
+    written = 0
     for first, batch in slices:
         for name, values in batch.items():
             arrays[name][first:first + len(values)] = values
+            written = max(written, first + len(values))
+    return written

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .episodes import CUT_OFF, OPEN, decode, write_run
-from .errors import StepNotFoundError
+from .errors import WriterOutranError
 from .internal import EPISODE_TABLE, FINAL_PREFIX, ROW_ARRAYS
 
 PRIORITY_KEY = "priorities"
@@ -50,27 +50,31 @@ class SourceBook:
         self.slots = book.slots
         self.views = {name: store._maps.views[name] for name in ROW_ARRAYS}
         self.rewards = store._maps.views[book.reward] if book.reward else None
+        # The entries now: a writer appending while the rows are copied reuses old episodes' table rows.
+        ids = np.arange(self.low_id, self.next_id, dtype=np.int64)
+        self._entries = book.table[ids % book.table_rows].copy()
 
     @classmethod
     def of(cls, store, tail: int, head: int) -> SourceBook | None:
         return None if store._book is None else cls(store, tail, head)
 
-    def rows(self, start: int, stop: int) -> dict[str, np.ndarray]:
-        """The per-row bookkeeping of steps [start, stop); links past the snapshot cut."""
-        steps = np.arange(start, stop, dtype=np.int64)
+    def rows(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        """The per-row bookkeeping of ``steps``; links past the snapshot cut. Read together with
+        the rows themselves, which the caller then checks against the window (read_kept)."""
         values = {name: np.asarray(view[steps % self.slots]) for name, view in self.views.items()}
-        if self.store.first_step_id > start:  # a live writer moved past the rows meanwhile
-            raise StepNotFoundError(f"{self.store.path}: step {start} was evicted by its writer while being "
-                                    "copied; stop the writer or copy a pool that is not being written")
         delta = values["_next_delta"]
         delta[steps + delta >= self.head] = 0  # rows appended after the snapshot are not copied
         return values
+
+    def still_holds(self, step_id: int) -> bool:
+        """Whether the pool's window still holds ``step_id``: its writer did not evict it meanwhile."""
+        return self.store.first_step_id <= step_id
 
     def entries(self, first_kept: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Episode ids, table entries and an open flag of the episodes with a row from
         ``first_kept`` on; an open episode's entry holds its last step id in column 2."""
         ids = np.arange(self.low_id, self.next_id, dtype=np.int64)
-        table = self.book.table[ids % self.book.table_rows].copy()
+        table = self._entries.copy()
         is_open = np.zeros(len(ids), bool)
         for env_id, (episode_id, last_step) in self.open_episodes.items():
             position = episode_id - self.low_id
@@ -121,40 +125,53 @@ class _Segment:
 class Carry:
     """The plan of a copy: its first step id, and each source's rows and bookkeeping in it.
 
+    A source's part is fixed by ``begin`` once its first rows were read: a writer appending to a
+    source meanwhile may have evicted its oldest rows, so the copy of that source starts later.
+
     Args:
         sources: the row sources, in order (``book`` attribute: a SourceBook, or None).
-        skip: rows dropped from the start (the copy's capacity is smaller than the rows).
+        first_step_id: the copy's first step id as planned (the first source's first kept row).
         renumber: merge (True) or convert (False; one source).
     """
 
-    def __init__(self, sources, skip: int, renumber: bool):
+    def __init__(self, sources, first_step_id: int, renumber: bool):
         self.segments: list[_Segment] = []
-        books = [getattr(source, "book", None) for source in sources]
-        self.carries_bookkeeping = all(book is not None for book in books)
-        self.first_step_id = sources[0].first_step_id + min(skip, len(sources[0])) if sources else 0
-        dst_row = dst_step = next_id = 0
-        for position, source in enumerate(sources):
-            start = min(len(source), skip)
-            skip -= start
-            first_step = source.first_step_id + start
-            segment = _Segment(books[position] if self.carries_bookkeeping else None, first_step,
-                               len(source) - start, dst_row, last=position == len(sources) - 1)
-            if position and renumber:
-                segment.step_shift = dst_step - first_step
-            if position and renumber and segment.book is not None:
-                segment.id_shift = next_id - segment.book.min_episode_id(first_step)
-                ids, entries, _ = segment.book.entries(first_step)
-                segment.restart = segment.book.starts_at(first_step, ids, entries[:, 1])
-            self.segments.append(segment)
-            dst_row += segment.count
-            dst_step = first_step + segment.step_shift + segment.count
-            if segment.book is not None:
-                next_id = segment.book.next_id + segment.id_shift
+        self.sources, self.renumber = sources, renumber
+        self.books = [getattr(source, "book", None) for source in sources]
+        self.carries_bookkeeping = all(book is not None for book in self.books)
+        self.first_step_id = first_step_id
+        self._dst_row = self._dst_step = self._next_id = 0
+
+    def begin(self, position: int, first_step: int, count: int) -> None:
+        """Source ``position`` gives the copy its steps [first_step, first_step + count); call it
+        for every source, in order, before its rows are copied.
+
+        Raises:
+            WriterOutranError: the source's writer evicted ``first_step`` while its episodes were read.
+        """
+        book = self.sources[position].book if self.carries_bookkeeping else None  # of its latest snapshot
+        segment = _Segment(book, first_step, count, self._dst_row, last=position == len(self.sources) - 1)
+        if position == 0:
+            self.first_step_id = first_step
+        if position and self.renumber:
+            segment.step_shift = self._dst_step - first_step
+        if position and self.renumber and book is not None:
+            segment.id_shift = self._next_id - book.min_episode_id(first_step)
+            ids, entries, _ = book.entries(first_step)
+            segment.restart = book.starts_at(first_step, ids, entries[:, 1])
+            if not book.still_holds(first_step):  # the scans above may have read rows overwritten meanwhile
+                raise WriterOutranError(f"{book.store.path}: its writer evicted step {first_step} while the copy "
+                                        "read the episodes it starts with")
+        self.segments.append(segment)
+        self._dst_row += segment.count
+        self._dst_step = first_step + segment.step_shift + segment.count
+        if book is not None:
+            self._next_id = book.next_id + segment.id_shift
 
     def create_options(self) -> dict:
         """Options of ``expstore.open`` for the copy: step ids, and the source's table layout."""
         options = {"first_step_id": self.first_step_id}
-        book = self.segments[0].book if self.segments else None
+        book = self.books[0] if self.books and self.carries_bookkeeping else None
         if book is not None:
             views = book.store._maps.views
             options["derive_next_obs"] = any(name.startswith(FINAL_PREFIX) for name in views)
@@ -163,18 +180,16 @@ class Carry:
         return options
 
     # ------------------------------------------------------------------ while copying
-    def after_rows(self, store, first_row: int, count: int) -> None:
-        """Overwrite the tags ``extend`` gave the copy's rows [first_row, first_row + count)."""
-        if not self.carries_bookkeeping or store._book is None:
+    def after_rows(self, store, first_row: int, book_rows: dict[str, np.ndarray] | None) -> None:
+        """Overwrite the tags ``extend`` gave the copy's rows from ``first_row`` on with the
+        source's bookkeeping ``book_rows`` of them (read with the rows, see read_kept). The rows
+        come from the newest segment ``begin`` started."""
+        if not self.carries_bookkeeping or store._book is None or book_rows is None:
             return
-        for segment in self.segments:
-            start = max(first_row, segment.dst_row)
-            stop = min(first_row + count, segment.dst_row + segment.count)
-            if start < stop:
-                src_start = segment.src_step + start - segment.dst_row
-                values = self._transformed(segment, segment.book.rows(src_start, src_start + stop - start))
-                for name, column in values.items():
-                    write_run(store._maps.views[name], src_start + segment.step_shift, column, store._ring.slots)
+        segment = self.segments[-1]
+        src_start = segment.src_step + first_row - segment.dst_row
+        for name, column in self._transformed(segment, book_rows).items():
+            write_run(store._maps.views[name], src_start + segment.step_shift, column, store._ring.slots)
 
     @staticmethod
     def _transformed(segment: _Segment, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

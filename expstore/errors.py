@@ -55,6 +55,10 @@ class StepNotFoundError(ExpstoreError, IndexError):
     """A step id or index lies outside the pool's window (evicted, or not yet written)."""
 
 
+class WriterOutranError(StepNotFoundError):
+    """The writer of a pool being copied evicted rows that the copy had not read yet."""
+
+
 class ClosedStoreError(ExpstoreError, ValueError):
     """An operation on a store that was already closed."""
 

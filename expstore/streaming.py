@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -53,12 +54,16 @@ class PoolSource:
         self.capacity = store.capacity
         self.chunk_rows = store.chunk_rows or 1
         self.meta = {} if store._layout is None else dict(store._layout.meta)
-        # One snapshot of the window: a writer running meanwhile cannot shift the rows read.
-        self.first_step_id, head = store._window()
-        self._length = head - self.first_step_id
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        """Take the window to read, with the episodes and priorities at the same commit: a writer
+        running meanwhile cannot shift the rows read. A copy takes it again at its first read."""
         from .carry import SourceBook
 
-        self.book = SourceBook.of(store, self.first_step_id, head)  # episodes and priorities, same snapshot
+        self.first_step_id, head = self.store._window()
+        self._length = head - self.first_step_id
+        self.book = SourceBook.of(self.store, self.first_step_id, head)
 
     def __len__(self) -> int:
         return self._length
@@ -68,8 +73,50 @@ class PoolSource:
         rows.pop("step_id")
         return rows
 
+    def read_kept(self, start: int, stop: int) -> KeptRows:
+        """Rows ``[start, stop)`` less those that a writer appending meanwhile evicted first.
+
+        The writer evicts the oldest rows, so what it took is always a prefix. The rows and their
+        bookkeeping are gathered, then the window is read again: a row still in it was not
+        overwritten during the gather (the writer only writes slots of rows below its tail).
+        """
+        wanted = np.arange(self.first_step_id + start, self.first_step_id + stop, dtype=np.int64)
+        gone = int(np.searchsorted(wanted, self.store.first_step_id))  # evicted before the read: not read
+        steps = wanted[gone:]
+        rows = self.store._gather(steps)
+        rows.pop("step_id")
+        book = None if self.book is None else self.book.rows(steps)
+        stale = int(np.searchsorted(steps, self.store.first_step_id))  # evicted during it
+        rows = {name: values[stale:] for name, values in rows.items()}
+        book = None if book is None else {name: values[stale:] for name, values in book.items()}
+        return KeptRows(start + gone + stale, rows, book)
+
     def close(self) -> None:
         self.store.close()
+
+
+@dataclass
+class KeptRows:
+    """What ``read_kept`` got: the rows from logical index ``first`` on, and their bookkeeping
+    (SourceBook.rows; None for a source without it)."""
+
+    first: int
+    rows: dict[str, np.ndarray]
+    book: dict[str, np.ndarray] | None = None
+
+
+def evicted_now(source: RowSource) -> int:
+    """Rows of the source's snapshot that a writer appending to it has evicted by now."""
+    if not isinstance(source, PoolSource):
+        return 0
+    return min(len(source), max(0, source.store.first_step_id - source.first_step_id))
+
+
+def read_kept(source: RowSource, start: int, stop: int) -> KeptRows:
+    """``source.read_kept`` where the source can lose rows while it is read (a pool), else all rows."""
+    if isinstance(source, PoolSource):
+        return source.read_kept(start, stop)
+    return KeptRows(start, source.read(start, stop))
 
 
 def open_source(path: str | os.PathLike) -> RowSource:

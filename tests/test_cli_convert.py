@@ -14,6 +14,7 @@ from conftest import BACKENDS, pendulum_schema, rows_for
 
 import expstore
 from expstore import convert as converting
+from expstore import streaming
 
 
 def other(backend: str) -> str:
@@ -229,3 +230,191 @@ def test_overwrite_replaces_pools_archives_and_exports(tmp_path, pool_path, back
     if backend == "zarr":  # a file of the user's inside a Zarr pool stays too
         (tmp_path / "copy.zarr" / "README").write_text("what this pool is\n")
         assert_error(run("convert", pool_path, pool, "--overwrite", ok=False), "README")
+
+
+# ---------------------------------------------------------------------------- a pool being written
+def assert_rows_of_their_step_ids(path: str, first_step_id: int, next_step_id: int) -> None:
+    """The copy holds exactly steps [first_step_id, next_step_id), each row as the writer wrote it."""
+    with expstore.open(path) as pool:
+        assert (pool.first_step_id, pool.next_step_id) == (first_step_id, next_step_id)
+        rows = pool[:]
+    steps = rows.pop("step_id")
+    np.testing.assert_array_equal(steps, np.arange(first_step_id, next_step_id))
+    assert_same_rows(rows, rows_for(steps))
+
+
+def assert_episodes_follow_the_flags(path: str) -> None:
+    """The copy's episodes tile its window, one after the other, and each ends at a flagged row
+    (or where a writer reopened the pool: cut off), except the open last one."""
+    with expstore.open(path) as pool:
+        table = pool.episodes()
+        first, head = pool.first_step_id, pool.next_step_id
+    flags = rows_for(np.arange(first, head))
+    ends = first + np.flatnonzero(flags["terminated"] | flags["truncated"])
+    ended = ~table["open"] & ~table["cut_off"]
+    np.testing.assert_array_equal(table["last_step_id"][ended], ends[ends <= table["last_step_id"][ended][-1]])
+    np.testing.assert_array_equal(table["first_step_id"][1:], table["last_step_id"][:-1] + 1)
+    assert table["first_step_id"][0] + table["evicted"][0] == first and table["last_step_id"][-1] == head - 1
+
+
+class _EvictDuring:
+    """A writer in this process that appends ``rows`` rows to the source (evicting as many of
+    its oldest) whenever it is called, ``times`` times at most."""
+
+    def __init__(self, path: str, rows: int, times: int = 1):
+        self.pool = expstore.open(path, "a", fsync=False)
+        self.rows, self.times = rows, times
+
+    def __call__(self, *args, **kwargs):
+        if self.times:
+            self.times -= 1
+            head = self.pool.next_step_id
+            self.pool.extend(rows_for(np.arange(head, head + self.rows)))
+            self.pool.flush()
+
+
+def test_convert_copies_the_pool_as_it_is_once_the_destination_is_built(tmp_path, pool_path, backend,
+                                                                        monkeypatch):
+    """The writer evicts the first snapshot's oldest rows while the destination pool is built:
+    the copy takes its snapshot again before reading, and keeps the source's step ids."""
+    make_pool(pool_path, rows=3000, capacity=2000)
+    writer = _EvictDuring(pool_path, rows=700)
+    preallocate = expstore.files.preallocate
+    monkeypatch.setattr(expstore.files, "preallocate", lambda files: (writer(), preallocate(files)))
+    dst = str(tmp_path / f"copy{BACKENDS[other(backend)]}")
+    try:
+        result = converting.convert(pool_path, dst)
+    finally:
+        writer.pool.close()
+    assert (result.rows, result.evicted_rows, result.first_step_id, result.next_step_id) == (2000, 0, 1700, 3700)
+    assert_rows_of_their_step_ids(dst, 1700, 3700)
+    assert_episodes_follow_the_flags(dst)
+    assert expstore.verify(dst).ok
+
+
+@pytest.mark.parametrize("codec", [None, "auto"])
+def test_convert_starts_again_ahead_of_a_writer_that_outran_it(tmp_path, pool_path, backend, codec):
+    """After the first slice, the writer evicts more rows than were copied: the copy starts
+    again, ahead of the writer by what the first attempt measured, and keeps the newest rows."""
+    make_pool(pool_path, rows=3000, capacity=2000)
+    writer = _EvictDuring(pool_path, rows=1500)
+    dst = str(tmp_path / f"copy{BACKENDS[backend]}")
+    try:
+        result = converting.convert(pool_path, dst, progress=writer, slice_nbytes=100 * 34, compress=codec)
+    finally:
+        writer.pool.close()
+    assert result.next_step_id == 4500 and 0 < result.rows <= 500 and result.evicted_rows == 2000 - result.rows
+    if codec:  # an archive: back to a pool to read it
+        archive, dst = dst, str(tmp_path / f"back{BACKENDS[other(backend)]}")
+        converting.convert(archive, dst)
+    assert_rows_of_their_step_ids(dst, result.first_step_id, result.next_step_id)
+    if not codec:
+        assert_episodes_follow_the_flags(dst)
+
+
+def test_cli_reports_the_rows_a_writer_evicted_before_they_were_read(tmp_path, pool_path, monkeypatch):
+    make_pool(pool_path, rows=3000, capacity=2000)
+    writer = _EvictDuring(pool_path, rows=700, times=3)  # after each snapshot: the CLI's count, the open, the copy's
+    snapshot = streaming.PoolSource.snapshot
+    monkeypatch.setattr(streaming.PoolSource, "snapshot", lambda source: (snapshot(source), writer()))
+    try:
+        output = run("convert", pool_path, tmp_path / "copy.zarr").output
+    finally:
+        writer.pool.close()
+    assert output.startswith("wrote 1300 rows (steps 3100..4399) to pool (capacity 2000)"), output
+    assert "a writer evicted 700 rows of the snapshot before they were copied, so the copy starts later" in output
+    assert_rows_of_their_step_ids(str(tmp_path / "copy.zarr"), 3100, 4400)
+
+
+def test_a_writer_that_outruns_the_copy_is_a_clear_error(tmp_path, pool_path, monkeypatch):
+    make_pool(pool_path, rows=3000, capacity=2000)
+    writer = _EvictDuring(pool_path, rows=2000, times=1000)  # a whole ring
+    snapshot = streaming.PoolSource.snapshot
+    try:
+        with monkeypatch.context() as patch:  # the ring turns over before the first read, every time
+            patch.setattr(streaming.PoolSource, "snapshot", lambda source: (snapshot(source), writer()))
+            with pytest.raises(expstore.WriterOutranError, match="evicted all 2000 rows.*capacity"):
+                converting.convert(pool_path, str(tmp_path / "copy.h5"))
+            result = run("convert", pool_path, tmp_path / "copy.h5", ok=False)
+            assert_error(result, "evicted all 2000 rows", "smaller --capacity N")
+            assert "capacity=" not in result.output
+        monkeypatch.setattr(converting, "_ATTEMPTS", 1)
+        writer.rows = 500  # after the first slice: outruns the copy, and there is no second attempt
+        with pytest.raises(expstore.WriterOutranError, match="attempts: 1.*capacity=N"):
+            converting.convert(pool_path, str(tmp_path / "again.h5"), progress=writer, slice_nbytes=100 * 34)
+    finally:
+        writer.pool.close()
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(pool_path), os.path.basename(pool_path) + ".lock"])
+
+
+def test_merge_reads_a_later_source_as_its_writer_left_it(tmp_path, backend):
+    """A writer evicts rows of the second source while the first is copied: the second is read as
+    it is when its turn comes (as many rows as planned, its newest), renumbered after the first."""
+    a = make_pool(str(tmp_path / f"a{BACKENDS[backend]}"), rows=500, capacity=500)
+    b = make_pool(str(tmp_path / f"b{BACKENDS[backend]}"), rows=900, capacity=600)
+    writer = _EvictDuring(b, rows=250)  # runs after the first source's only slice
+    out = str(tmp_path / f"all{BACKENDS[other(backend)]}")
+    try:
+        result = converting.merge([a, b], out, progress=writer)
+    finally:
+        writer.pool.close()
+    assert (result.rows, result.evicted_rows, result.first_step_id, result.next_step_id) == (1100, 0, 0, 1100)
+    merged = all_rows(out)
+    np.testing.assert_array_equal(merged["reward"], -np.concatenate([np.arange(500), np.arange(550, 1150)]))
+    with expstore.open(out) as pool:
+        assert pool.episodes()["first_step_id"][-1] > 500  # the second source's episodes follow the first's
+
+
+LIVE_CAPACITY = 100_000
+
+
+def _while_writing(writer, work) -> None:
+    """Run ``work`` in a thread while reading the writer's output, so that it never blocks."""
+    import threading
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    while thread.is_alive():
+        writer.run_for(0.02)
+    thread.join()
+
+
+def test_convert_of_a_pool_that_a_writer_fills_at_full_speed(tmp_path, backend):
+    """A writer process wraps a full ring at full speed while convert copies it three ways (the
+    other backend, an archive, the same backend through the CLI): each copy holds a contiguous
+    run of the newest rows, bit for bit as written, and counts what the writer took as evicted."""
+    from crash_writer import WriterProcess
+
+    src = str(tmp_path / f"live{BACKENDS[backend]}")
+    copies = {"pool": str(tmp_path / f"copy{BACKENDS[other(backend)]}"),
+              "archive": str(tmp_path / f"archive{BACKENDS[backend]}")}
+    cli_copy = str(tmp_path / f"cli{BACKENDS[backend]}")
+    results, heads = {}, []
+    writer = WriterProcess(src, backend, LIVE_CAPACITY, commit_every=500, batch=100)
+    try:
+        writer.wait_committed()
+        while writer.last_committed < 2 * LIVE_CAPACITY:  # a full ring, wrapped once
+            writer.run_for(0.05)
+        heads.append(writer.last_committed)
+        for name, dst in copies.items():
+            codec = "auto" if name == "archive" else None
+            _while_writing(writer, lambda n=name, d=dst, c=codec: results.update({n: converting.convert(src, d,
+                                                                                                        compress=c)}))
+        _while_writing(writer, lambda: results.update(cli=run("convert", src, cli_copy)))
+        heads.append(writer.last_committed)
+    finally:
+        writer.kill()
+    assert results["cli"].output.startswith("wrote ") and "steps" in results["cli"].output
+    assert heads[1] - heads[0] > LIVE_CAPACITY // 10, heads  # the writer kept writing throughout
+    archive_back = str(tmp_path / f"back{BACKENDS[other(backend)]}")
+    converting.convert(copies["archive"], archive_back)
+    for name, dst in {"pool": copies["pool"], "archive": archive_back}.items():
+        result = results[name]
+        print(f"{name}: {result.rows} rows copied, {result.evicted_rows} evicted first; writer at {heads}")
+        assert result.rows > 0 and result.rows + result.evicted_rows == LIVE_CAPACITY, result
+        assert result.next_step_id - result.first_step_id == result.rows
+        assert_rows_of_their_step_ids(dst, result.first_step_id, result.next_step_id)
+    assert_episodes_follow_the_flags(copies["pool"])
+    with expstore.open(cli_copy) as pool:
+        assert_rows_of_their_step_ids(cli_copy, pool.first_step_id, pool.next_step_id)
+    assert expstore.verify(copies["pool"]).ok

@@ -9,7 +9,7 @@ from functools import partial
 
 import numpy as np
 import pytest
-from cli_helpers import run, run_json
+from cli_helpers import assert_error, run, run_json
 
 import expstore
 from expstore import duplicates
@@ -166,5 +166,4 @@ def test_cli_stats_duplicates_and_convert_dedup(pool_path, tmp_path):
     dst = str(tmp_path / "unique.h5")
     output = run("convert", pool_path, dst, "--dedup").output
     assert f"wrote {distinct} rows" in output and f"left out {2500 - distinct} exact duplicate rows" in output
-    assert "no 'x' field" in run_json("stats", dst, "--duplicates", "--obs-field", "x")["duplicates"][
-        "observation_clusters"]["skipped"]
+    assert_error(run("stats", dst, "--duplicates", "--obs-field", "x", ok=False), "--obs-field x", "no such field")

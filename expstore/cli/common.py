@@ -32,7 +32,7 @@ _CLI_ADVICE: list[tuple[re.Pattern, str | None, str, str]] = [
      ("stop that writer first; read-only commands (`expstore info`, `stats`, `verify`, `convert` from it) "
       "work while it writes"), ""),
     (re.compile(r"pass overwrite=True"), "overwrite", "pass --overwrite", "move it away"),
-    (re.compile(r"rerun with reset_window=True \(CLI: --reset-window\)"), None, "rerun with --reset-window", ""),
+    (re.compile(r"\S+=\S+ \(CLI: ([^)]+)\)"), None, r"\1", ""),  # messages that carry both: keep the CLI's
     (re.compile(r"; open it with mode='r' to read it"), None,
      "; read-only commands (`expstore info`, `stats`, `verify`, `convert` from it) still work", ""),
 ]

@@ -44,7 +44,8 @@ def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool, de
 
     Rows keep their order, step ids, episodes, priorities and attrs (with --dedup, episodes
     are rebuilt from the flags); DST is written aside and renamed, so a killed convert never
-    leaves a half-written DST.
+    leaves a half-written DST. SRC may be a pool that a writer is appending to: the copy is
+    its rows when convert started, less the oldest ones the writer evicted before they were read.
 
     \b
     Examples:
@@ -81,10 +82,13 @@ def merge(srcs, dst: str, capacity, compress, backend, overwrite: bool) -> None:
 
 def _report(result: converting.CopyResult) -> None:
     what = "archive" if result.compressed else f"pool (capacity {result.capacity})"
+    steps = f" (steps {result.first_step_id}..{result.next_step_id - 1})" if result.rows else ""
     dropped = f"; dropped the {result.dropped_rows} oldest rows" if result.dropped_rows else ""
-    duplicates = getattr(result, "duplicate_rows", 0)
-    dropped += f"; left out {duplicates} exact duplicate rows" if duplicates else ""
-    click.echo(f"wrote {result.rows} rows to {what} {result.path}{dropped}")
+    dropped += f"; left out {result.duplicate_rows} exact duplicate rows" if result.duplicate_rows else ""
+    if result.evicted_rows:
+        dropped += (f"; a writer evicted {result.evicted_rows} rows of the snapshot before they were copied, "
+                    "so the copy starts later")
+    click.echo(f"wrote {result.rows} rows{steps} to {what} {result.path}{dropped}")
 
 
 COMMANDS = [convert, merge]
