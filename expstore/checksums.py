@@ -32,7 +32,7 @@ import logging
 import struct
 import zlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -154,6 +154,7 @@ class _Entry(dict):
     commit takes them from the record it committed last, without decoding them again."""
 
     __slots__ = ("segments",)
+    segments: tuple[Segment | None, Segment | None]
 
 
 def decode(payload: dict, record: CommitRecord, chunk_rows: int, n_fields: int
@@ -226,7 +227,7 @@ def _advance_head(table, views, ring: Ring, chunk_rows: int, segment: Segment, p
                   head: int) -> Segment:
     """Extend the head's running crcs by the rows [previous_head, head), chunk by chunk; a
     chunk they complete gets its table row (none when its running crcs started late)."""
-    step, first_step, crcs = previous_head, segment.first_step, segment.crcs
+    step, first_step, crcs = previous_head, segment.first_step, list(segment.crcs)
     while step < head:
         chunk_end = step - step % chunk_rows + chunk_rows
         end = min(head, chunk_end)
@@ -237,7 +238,7 @@ def _advance_head(table, views, ring: Ring, chunk_rows: int, segment: Segment, p
             covered = first_step == chunk_first
             table[(chunk_first % ring.slots) // chunk_rows] = (
                 (chunk_first, _join_fields(views, crcs, chunk_rows)) if covered else _NO_CHECKSUM)
-            first_step, crcs = step, (0,) * len(views)
+            first_step, crcs = step, [0] * len(views)
     return Segment(first_step, tuple(crcs))
 
 
@@ -296,7 +297,7 @@ class PartialCheck:
     checksum covers (whole chunks included; 0 in a pool this version wrote)."""
 
     checked: int = 0
-    findings: list[str] | None = None
+    findings: list[str] = field(default_factory=list)
     rows_unchecked: int = 0
 
 
@@ -320,7 +321,7 @@ def _check_partial(table, views, ring: Ring, chunk_rows: int, names, record: Com
     head_segment, tail_segment = decode(record.payload, record, chunk_rows, len(views))
     if len(views) > MAX_FIELDS:
         head_segment = tail_segment = None
-    result = PartialCheck(findings=[], rows_unchecked=_unrecorded_chunk_rows(table, ring, chunk_rows, tail, head))
+    result = PartialCheck(rows_unchecked=_unrecorded_chunk_rows(table, ring, chunk_rows, tail, head))
     head_first, tail_first = head - head % chunk_rows, tail - tail % chunk_rows
     if tail == head:
         return result

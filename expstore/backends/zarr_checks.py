@@ -151,7 +151,7 @@ def _fill_ok(value, dtype: str) -> bool:
 
 def _codec_chain(codecs: list, dtype: str) -> list:
     """The codecs as a comparable list: defaults spelt out, one-byte types without endianness."""
-    chain = []
+    chain: list[tuple] = []
     for codec in codecs:
         name, config = codec["name"], codec.get("configuration") or {}
         if name == "bytes":
