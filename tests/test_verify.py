@@ -382,3 +382,24 @@ def test_a_damaged_zarr_shard_index_in_a_grown_file_is_left_alone(tmp_path):
     with pytest.raises(expstore.CorruptStoreError):
         expstore.repair(path)
     assert open(shard, "rb").read() == before
+
+
+@pytest.mark.parametrize("damage", ["delete", "shape"])
+def test_a_lost_zarr_field_document_is_rewritten_so_that_the_pool_opens_again(tmp_path, damage):
+    path = str(tmp_path / "pool.zarr")
+    make_pool(path, checksums=False, batches=2)
+    document = os.path.join(path, "obs", "zarr.json")
+    if damage == "delete":
+        os.remove(document)
+    else:
+        drop_a_metadata_key(path, "obs", "codecs")
+        with open(document) as fh:
+            changed = json.load(fh)
+        changed["shape"][0] -= 1
+        with open(document, "w") as fh:
+            json.dump(changed, fh)
+    with pytest.raises(expstore.CorruptStoreError):
+        expstore.open(path)
+    assert not expstore.verify(path).ok
+    assert "rewrote obs/zarr.json from the pool's metadata" in expstore.repair(path).actions
+    assert expstore.verify(path).ok and zarr_reads_committed_rows(path, "obs")

@@ -31,6 +31,7 @@ from .meta import check_meta
 
 _INDEX_ENTRY = np.dtype([("offset", "<u8"), ("nbytes", "<u8")])
 _CRC_NBYTES = 4
+_FIELD_FIX = "`expstore repair` rewrites a field's zarr.json from the pool's metadata when its data file fits it"
 
 
 def _chunk_key(ndim: int) -> str:
@@ -87,11 +88,14 @@ class ZarrBackend:
     def _field_extent(self, path, meta, schema, name) -> Extent:
         field = schema[name]
         slots, chunk_rows = meta["slots"], meta["chunk_rows"]
-        array_meta = _read_json(path, os.path.join(path, name, "zarr.json"), missing=CorruptStoreError)
+        try:
+            array_meta = _read_json(path, os.path.join(path, name, "zarr.json"), missing=CorruptStoreError)
+        except CorruptStoreError as exc:
+            raise CorruptStoreError(f"{exc} ({_FIELD_FIX})") from None
         if array_meta.get("shape") != [slots, *field.shape] or array_meta.get("data_type") != field.dtype.name:
             raise CorruptStoreError(
                 f"{path}: array {name!r} is {array_meta.get('shape')} {array_meta.get('data_type')}, the "
-                f"pool's metadata says {[slots, *field.shape]} {field.dtype.name}; the pool is damaged"
+                f"pool's metadata says {[slots, *field.shape]} {field.dtype.name}; the pool is damaged ({_FIELD_FIX})"
             )
         shard = os.path.join(path, name, _chunk_key(1 + len(field.shape)))
         data_nbytes = slots * field.row_nbytes
@@ -112,9 +116,9 @@ class ZarrBackend:
 
     def repair_container(self, path: str) -> list[str]:
         """Restore what plain zarr-python needs and the pool's metadata defines (zarr_checks.py):
-        first the shard indexes, which opening checks; the rest once the pool opens, so that the
-        data files agree with that metadata."""
-        actions = _rewrite_damaged_indexes(path)
+        first what opening checks of the fields; the rest once the pool opens, so that the data
+        files agree with that metadata."""
+        actions = _repair_fields(path)
         layout = self.read_layout(path)
         group_file = os.path.join(path, "zarr.json")
         group = _read_json(path, group_file, CorruptStoreError)
@@ -147,10 +151,11 @@ def _pool_meta(path: str) -> dict:
     return check_meta(path, meta)
 
 
-def _rewrite_damaged_indexes(path: str) -> list[str]:
-    """Rewrite each shard index whose crc32c fails, in a shard file of the exact size: it follows
-    from the metadata alone (a file cut or grown lost more than its index; a valid index that
-    differs is another program's layout, left to read_layout to report)."""
+def _repair_fields(path: str) -> list[str]:
+    """What keeps a field from opening that its metadata alone defines, in a shard file of the
+    exact size (a file cut or grown lost more than that): a shard index that fails its crc32c
+    (a valid index that differs is another program's layout, left to read_layout to report),
+    and a zarr.json that is missing, unreadable or not the one expstore writes."""
     meta, actions = _pool_meta(path), []
     for name, field in Schema.from_json(meta["schema"]).items():
         shard = os.path.join(path, name, _chunk_key(1 + len(field.shape)))
@@ -160,11 +165,20 @@ def _rewrite_damaged_indexes(path: str) -> list[str]:
             continue
         with open(shard, "r+b") as fh:
             stored = os.pread(fh.fileno(), len(index), data_nbytes)
-            if stored == index or _crc32c(stored[:-_CRC_NBYTES]) == stored[-_CRC_NBYTES:]:
-                continue
-            os.pwrite(fh.fileno(), index, data_nbytes)
-            os.fsync(fh.fileno())
-        actions.append(f"rewrote the shard index of {name!r}, which failed its checksum, from the pool's metadata")
+            if stored != index and _crc32c(stored[:-_CRC_NBYTES]) != stored[-_CRC_NBYTES:]:
+                os.pwrite(fh.fileno(), index, data_nbytes)
+                os.fsync(fh.fileno())
+                actions.append(f"rewrote the shard index of {name!r}, which failed its checksum, from the pool's "
+                               "metadata")
+        expected = zarr_checks.array_document((meta["slots"], *field.shape), field.dtype.name, meta["chunk_rows"])
+        try:
+            broken = zarr_checks.document_findings(name, _read_json(path, os.path.join(path, name, "zarr.json"),
+                                                                    CorruptStoreError), expected)
+        except CorruptStoreError:
+            broken = True
+        if broken:
+            zarr_checks.write_document(os.path.join(path, name, "zarr.json"), expected)
+            actions.append(f"rewrote {name}/zarr.json from the pool's metadata")
     return actions
 
 
