@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .episodes import CUT_OFF, OPEN, decode, write_run
+from .episodes import CUT_OFF, FINAL_STORED, OPEN, decode, write_run
 from .errors import WriterOutranError
 from .internal import EPISODE_TABLE, FINAL_PREFIX, ROW_ARRAYS
 
@@ -46,13 +46,13 @@ class SourceBook:
         self.store, self.book, self.tail, self.head = store, book, tail, head
         self.next_id, self.low_id = state["next"], state["low"]
         self.open_episodes: dict[int, tuple[int, int]] = state["open"]  # env id -> (episode id, last step)
+        self.kept = state["kept"]  # entries a newer episode took over (episodes.py)
         self.max_priority = float(payload.get(PRIORITY_KEY, {}).get("max", 1.0))
         self.slots = book.slots
         self.views = {name: store._maps.views[name] for name in ROW_ARRAYS}
         self.rewards = store._maps.views[book.reward] if book.reward else None
         # The entries now: a writer appending while the rows are copied reuses old episodes' table rows.
-        ids = np.arange(self.low_id, self.next_id, dtype=np.int64)
-        self._entries = book.table[ids % book.table_rows].copy()
+        self._entries = book.entries_of(np.arange(self.low_id, self.next_id, dtype=np.int64), self.kept)
 
     @classmethod
     def of(cls, store, tail: int, head: int) -> SourceBook | None:
@@ -79,7 +79,7 @@ class SourceBook:
         for env_id, (episode_id, last_step) in self.open_episodes.items():
             position = episode_id - self.low_id
             if 0 <= position < len(ids):
-                table[position, 2:] = (last_step, env_id * 8 + OPEN)
+                table[position, 2:4] = (last_step, env_id * 8 + OPEN)
                 is_open[position] = True
         closed = table[:, 3] % 4 != OPEN
         keep = (table[:, 0] == ids) & (is_open | closed) & (table[:, 2] >= first_kept)
@@ -177,6 +177,8 @@ class Carry:
             options["derive_next_obs"] = any(name.startswith(FINAL_PREFIX) for name in views)
             if len(views[EPISODE_TABLE]) < book.slots:
                 options["max_episodes"] = len(views[EPISODE_TABLE])
+            if options["derive_next_obs"]:
+                options["max_final_obs"] = book.book.final_table.rows
         return options
 
     # ------------------------------------------------------------------ while copying
@@ -207,7 +209,7 @@ class Carry:
         if not self.carries_bookkeeping or store._book is None:
             return
         book = store._book
-        book.table[:] = 0  # drop the entries extend made: only the sources' episodes remain
+        book.clear_entries()  # drop the entries extend made: only the sources' episodes remain
         book.open, book.committed_open = {}, {}
         written = []
         for segment in self.segments:
@@ -237,8 +239,7 @@ class Carry:
             book.open[int(entry[3]) // 8] = [int(entry[0]), int(entry[1]), int(entry[2]),
                                             int(book.episode_step[last_slot]), float(book.episode_return[last_slot])]
         entries[still_open, 2] = -1
-        rows = entries[:, 0] % book.table_rows
-        book.table[rows] = entries  # in id order: where ids share a row, the newest wins
-        for name, final in book.finals.items():
-            final[rows] = source.book.finals[name][source_ids % source.book.table_rows]
+        finals, held, _ = source.book.finals_of(source_ids, source.kept)
+        entries[:, 3] = np.where(held, entries[:, 3] | FINAL_STORED, entries[:, 3] & ~FINAL_STORED)
+        book.restore_entries(entries, finals if book.final_table else None, store._window()[0])
         return entries[:, 0]

@@ -6,11 +6,21 @@ entry per episode. Episodes are tracked per ``env_id``, so the interleaved rows 
 env keep each sub-env's episodes intact. An episode ends at a row whose ``terminated`` or
 ``truncated`` is true.
 
+The table is a ring too: episode ``id`` has row ``id % rows``, and episode ``id + rows`` takes
+that row over when it begins. One row per slot is enough for every episode that began inside
+the window, but not for one that began before the tail and is still there (a long episode,
+or a sub-env's episode while other sub-envs ran many short ones). Such an entry is kept in the
+commit payload (``kept``) before any newer episode can take its row, so it survives until its
+last row leaves the pool; there is at most one per env.
+
+The final observations of a pool that derives ``next_obs`` have a smaller table of their own,
+a ring in the order episodes end (finals.py).
+
 Crash safety: the commit payload holds the small state of the still-open episodes (env id,
-episode id, last committed step); everything else lives in arrays written in place before the
-commit that exposes them. A writer reopening after a crash marks the episodes that were open
-at the last commit as cut off (and drops their links into rows the crash discarded), so
-resuming starts new episodes and finished episodes stay intact.
+episode id, last committed step) and the kept entries; everything else lives in arrays written
+in place before the commit that exposes them. A writer reopening after a crash marks the
+episodes that were open at the last commit as cut off (and drops their links into rows the
+crash discarded), so resuming starts new episodes and finished episodes stay intact.
 """
 
 from __future__ import annotations
@@ -22,7 +32,8 @@ from typing import Any
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .internal import EPISODE_TABLE, FINAL_PREFIX, final_fields
+from .finals import FINAL_COLUMN, FinalTable
+from .internal import EPISODE_TABLE, final_fields
 from .schema import Schema
 
 logger = logging.getLogger(__name__)
@@ -38,8 +49,8 @@ _ONE_RUN = np.zeros(1, np.int64)  # the run starts of a batch that holds one epi
 class EpisodeBook:
     """The episode bookkeeping of one open pool (writer or reader)."""
 
-    def __init__(self, views: Mapping[str, np.ndarray], schema: Schema, slots: int, payload: Mapping,
-                 head: int):
+    def __init__(self, views: Mapping[str, np.ndarray], schema: Schema, slots: int, capacity: int,
+                 payload: Mapping, head: int):
         self.episode_id = views["_episode_id"]
         self.episode_step = views["_episode_step"]
         self.episode_return = views["_episode_return"]
@@ -47,26 +58,35 @@ class EpisodeBook:
         self.table = views[EPISODE_TABLE]
         self.table_rows = len(self.table)
         self.derived = final_fields(views)
-        self.finals = {name: views[FINAL_PREFIX + name] for name in self.derived}
         self.slots = slots
+        self.slack = slots - capacity  # rows a writer appends at most between two commits
         self.reward = "reward" if "reward" in schema else None
         self.terminated = "terminated" if "terminated" in schema else None
         self.truncated = "truncated" if "truncated" in schema else None
         state = decode(payload, head)
         self.next_id, self.low_id = state["next"], state["low"]
+        self.final_table = FinalTable(views, self.table, state["finals"]) if self.derived else None
         # env id -> [episode id, first step, last step, index of last row, return so far]
         self.open: dict[int, list] = {}
         self.committed_open = state["open"]  # env id -> (episode id, last step), as committed
         self.committed_head = head
+        self.kept: dict[int, np.ndarray] = state["kept"]  # episode id -> entry a newer one may take over
+        self.risk_checked = self.low_id  # writer: ids below were checked by _keep_at_risk
 
     # ------------------------------------------------------------------ writer: recovery
     def cut_off_committed_open(self) -> None:
         """Writer reopening: the episodes open at the last commit end here, cut off."""
         for env_id, (episode_id, last_step) in self.committed_open.items():
-            entry = self.table[episode_id % self.table_rows]
+            entry = self.entries_of(np.array([episode_id]), self.kept)[0]
             first_step = int(entry[1]) if entry[0] == episode_id else last_step - int(
                 self.episode_step[last_step % self.slots])
-            self.table[episode_id % self.table_rows] = (episode_id, first_step, last_step, env_id * 8 + CUT_OFF)
+            cut_off = entry.copy()
+            cut_off[:4] = (episode_id, first_step, last_step, env_id * 8 + CUT_OFF)
+            row = episode_id % self.table_rows
+            if self.table[row, 0] <= episode_id:  # else a newer episode holds the row (its entry is kept)
+                self.table[row, :4] = cut_off[:4]
+            if episode_id in self.kept:
+                self.kept[episode_id] = cut_off
             if self.committed_head - last_step <= self.slots:  # else a newer committed row holds the slot
                 self.next_delta[last_step % self.slots] = 0  # may point at a row the crash discarded
             logger.info("episode %d (env %d) was open when the writer stopped; marked cut off at step %d",
@@ -88,7 +108,7 @@ class EpisodeBook:
         state = self.open.get(env_id)
         if state is None:
             state = [self.next_id, step_id, step_id, 0, reward]
-            self.table[self.next_id % self.table_rows] = (self.next_id, step_id, -1, env_id * 8)
+            self.table[self.next_id % self.table_rows, :4] = (self.next_id, step_id, -1, env_id * 8)
             self.next_id += 1
             self.open[env_id] = state
         else:
@@ -106,14 +126,29 @@ class EpisodeBook:
 
     def _close(self, env_id: int, state: list, status: int, derived: Mapping | None) -> None:
         del self.open[env_id]
-        entry = state[0] % self.table_rows
-        if self.table[entry, 0] != state[0]:
-            return  # a newer episode took the entry over (a table smaller than the open episodes)
-        has_final = bool(self.finals) and derived is not None
-        self.table[entry, 2:] = (state[2], env_id * 8 + has_final * FINAL_STORED + status)
-        if has_final:
-            for name, final in self.finals.items():
-                final[entry] = derived[f"next_{name}"]
+        if (self.final_table is None or derived is None) and not self.kept:
+            row = state[0] % self.table_rows  # the common case, in plain Python as on_append is
+            if self.table[row, 0] == state[0]:  # else a newer episode took the row (a small table)
+                self.table[row, 2:4] = (state[2], env_id * 8 + status)
+            return
+        ids = np.array([state[0]], np.int64)
+        finals = None
+        if self.final_table is not None and derived is not None:
+            finals = {name: np.asarray(derived[f"next_{name}"])[None] for name in self.derived}
+        self._close_entries(ids, np.array([state[2]], np.int64), np.array([env_id * 8 + status], np.int64), finals)
+
+    def end_open(self, env_ids: np.ndarray, derived: Mapping[str, np.ndarray] | None) -> list[int]:
+        """End the open episodes of ``env_ids`` at their last row, as truncated: the env was
+        reset before it ended them. ``derived``: the ``next_<obs>`` after each env's last row."""
+        ended = []
+        for position, env_id in enumerate(env_ids.tolist()):
+            state = self.open.get(env_id)
+            if state is None:
+                continue
+            row = None if derived is None else {key: values[position] for key, values in derived.items()}
+            self._close(env_id, state, TRUNCATED, row)
+            ended.append(state[0])
+        return ended
 
     def on_extend(self, first_step: int, columns: Mapping[str, np.ndarray], derived: Mapping | None,
                   env_ids: np.ndarray | None) -> None:
@@ -189,26 +224,35 @@ class EpisodeBook:
         entries[:, 1] += first_step
         entries[:, 2] = -1
         entries[:, 3] = env_id * 8
-        write_run(self.table, int(new_ids[0]), entries, self.table_rows)
+        write_run(self.table[:, :4], int(new_ids[0]), entries, self.table_rows)
 
     def _close_runs(self, env_id: int, first_step: int, closed_ids: np.ndarray, end_rows: np.ndarray,
                     end_status: np.ndarray, derived: Mapping | None) -> None:
-        has_final = bool(self.finals) and derived is not None
-        finals = {name: np.asarray(derived[f"next_{name}"])[end_rows] for name in self.finals} if has_final else None
-        self._close_entries(closed_ids, first_step + end_rows, env_id * 8 + has_final * FINAL_STORED + end_status,
-                            finals)
+        has_final = self.final_table is not None and derived is not None
+        finals = {name: np.asarray(derived[f"next_{name}"])[end_rows] for name in self.derived} if has_final else None
+        self._close_entries(closed_ids, first_step + end_rows, env_id * 8 + end_status, finals)
 
     def _close_entries(self, ids: np.ndarray, last_steps: np.ndarray, infos: np.ndarray,
                        finals: Mapping[str, np.ndarray] | None) -> None:
-        """End the table entries of ``ids``, except those a newer episode already took over (a
-        table smaller than the episodes of one batch keeps only the newest)."""
+        """End the entries of ``ids`` (``infos``: env id and status), except those a newer
+        episode already took over and that are not kept (a table smaller than the episodes of
+        one batch keeps only the newest); ``finals``: their final observations, if any."""
         entries = ids % self.table_rows
         own = self.table[entries, 0] == ids
-        entries = entries[own]
-        self.table[entries, 2] = last_steps[own]
-        self.table[entries, 3] = infos[own]
-        for name, values in (finals or {}).items():
-            self.finals[name][entries] = values[own]
+        in_kept = np.isin(ids, list(self.kept)) if self.kept else np.zeros(len(ids), bool)
+        kept = np.flatnonzero(in_kept)
+        final_table = self.final_table
+        if finals is not None and final_table is not None:
+            numbers = final_table.keep(ids, last_steps, finals, own | in_kept)
+            infos = infos + (numbers >= 0) * FINAL_STORED
+            if final_table.is_ring:  # the entry names its observation before it says there is one
+                self.table[entries[own], FINAL_COLUMN] = numbers[own]
+                for position in kept:
+                    self.kept[int(ids[position])][FINAL_COLUMN] = numbers[position]
+        self.table[entries[own], 2] = last_steps[own]
+        self.table[entries[own], 3] = infos[own]
+        for position in kept:
+            self.kept[int(ids[position])][2:4] = (last_steps[position], infos[position])
 
     def _keep_open_one_env(self, env_id: int, first_step: int, state: list | None, last_id: int,
                            last_start: int, n_rows: int, last_status: int) -> None:
@@ -267,16 +311,16 @@ class EpisodeBook:
             write_run(view, first_step, values, self.slots)
 
     def _write_entries(self, runs: _Runs, ids: np.ndarray, order: np.ndarray, derived: Mapping | None) -> None:
-        entries = ids % self.table_rows
-        new = ~runs.continues_open
-        self.table[entries[new]] = np.stack(
-            [ids[new], runs.first_step[new], np.full(new.sum(), -1), runs.env[new] * 8], axis=1)
+        new = np.flatnonzero(~runs.continues_open)
+        new = new[np.argsort(ids[new], kind="stable")]  # in id order: where ids share a row, the newest wins
+        self.table[ids[new] % self.table_rows, :4] = np.stack(
+            [ids[new], runs.first_step[new], np.full(len(new), -1), runs.env[new] * 8], axis=1)
         closed = runs.last_status > 0
-        has_final = bool(self.finals) and derived is not None
+        has_final = self.final_table is not None and derived is not None
         finals = {name: np.asarray(derived[f"next_{name}"])[order][runs.last_row[closed]]
-                  for name in self.finals} if has_final else None
-        self._close_entries(ids[closed], runs.last_step[closed],
-                            runs.env[closed] * 8 + has_final * FINAL_STORED + runs.last_status[closed], finals)
+                  for name in self.derived} if has_final else None
+        self._close_entries(ids[closed], runs.last_step[closed], runs.env[closed] * 8 + runs.last_status[closed],
+                            finals)
 
     def _update_open(self, runs: _Runs, ids: np.ndarray) -> None:
         last_run_of_env = np.flatnonzero(np.r_[runs.env[1:] != runs.env[:-1], True])
@@ -294,19 +338,58 @@ class EpisodeBook:
     # ------------------------------------------------------------------ commits
     def payload(self, tail: int, head: int) -> dict:
         """This book's part of the commit payload (tail/head: the window being committed)."""
+        self._keep_at_risk(tail)
+        self._drop_gone_kept(tail)
         self._advance_low(tail)
         open_rows = sorted([env_id, self.next_id - state[0], head - state[2]] for env_id, state in self.open.items())
-        return {PAYLOAD_KEY: {"next": self.next_id, "low": self.low_id, "open": open_rows}}
+        state = {"next": self.next_id, "low": self.low_id, "open": open_rows}
+        if self.final_table is not None and self.final_table.is_ring:
+            state["finals"] = self.final_table.written
+        if self.kept:
+            state["kept"] = [self._kept_record(entry, head) for _, entry in sorted(self.kept.items())]
+        return {PAYLOAD_KEY: state}
+
+    def _kept_record(self, entry: np.ndarray, head: int) -> list[int]:
+        """A kept entry in the payload, its numbers counted back from the commit's like ``open``."""
+        record = [self.next_id - int(entry[0]), head - int(entry[1]), head - int(entry[2]) if entry[2] >= 0 else -1,
+                  int(entry[3])]
+        if len(entry) > FINAL_COLUMN and self.final_table is not None:
+            record.append(self.final_table.written - int(entry[FINAL_COLUMN]) if entry[3] & FINAL_STORED else -1)
+        return record
+
+    def _keep_at_risk(self, tail: int) -> None:
+        """Copy into ``kept`` the entries that the next ``slack`` new episodes (at most one per
+        row appended before the next commit) could take over while their episodes still have
+        rows in the pool, so that this commit's readers and a writer reopening after a crash
+        still find them. With one table row per slot these episodes all began before the tail:
+        at most one per env. Amortised O(1) per episode: each id is checked once."""
+        stop = self.next_id + self.slack - self.table_rows
+        start = max(self.risk_checked, self.low_id)
+        if start < stop:
+            ids = np.arange(start, stop, dtype=np.int64)
+            entries = self.table[ids % self.table_rows]
+            is_open = np.isin(ids, [state[0] for state in self.open.values()])
+            ended_inside = (entries[:, 3] % 4 != OPEN) & (entries[:, 2] >= tail)
+            live = (entries[:, 0] == ids) & (entries[:, 1] < tail) & (is_open | ended_inside)
+            for position in np.flatnonzero(live):
+                self.kept[int(ids[position])] = entries[position].copy()
+        self.risk_checked = max(self.risk_checked, stop)
+
+    def _drop_gone_kept(self, tail: int) -> None:
+        open_ids = {state[0] for state in self.open.values()}
+        for episode_id, entry in list(self.kept.items()):
+            if episode_id not in open_ids and entry[3] % 4 != OPEN and entry[2] < tail:
+                del self.kept[episode_id]  # its last row left the pool
 
     def _advance_low(self, tail: int) -> None:
         """Move ``low_id`` past episodes gone from the pool; vectorised over blocks of ids, and
         amortised O(1) per episode since ``low_id`` only grows."""
         open_ids = [state[0] for state in self.open.values()]
-        if self.low_id in open_ids and self.table[self.low_id % self.table_rows, 0] == self.low_id:
+        if self.low_id in open_ids:
             return  # the common case between episode ends: the oldest episode is still open
         while self.low_id < self.next_id:
             ids = np.arange(self.low_id, min(self.next_id, self.low_id + _LOW_BLOCK), dtype=np.int64)
-            entries = self.table[ids % self.table_rows]
+            entries = self.entries_of(ids, self.kept)
             live = (entries[:, 3] % 4 != OPEN) & (entries[:, 2] >= tail)  # ended, last row still in the pool
             for episode_id in open_ids:  # at most one per env
                 if ids[0] <= episode_id <= ids[-1]:
@@ -319,11 +402,69 @@ class EpisodeBook:
             self.low_id = int(ids[-1]) + 1
 
     # ------------------------------------------------------------------ queries
+    def entries_of(self, ids: np.ndarray, kept: Mapping[int, np.ndarray]) -> np.ndarray:
+        """The entries (id, first step, last step, info) of episodes ``ids``, from the table or,
+        where a newer episode took the row over, from ``kept``. An entry whose id column is not
+        its id is unknown (forgotten by a table smaller than the episodes in the pool)."""
+        entries = self.table[ids % self.table_rows]
+        lost = np.flatnonzero(entries[:, 0] != ids) if kept else ()
+        if len(lost):
+            kept_ids = np.array(sorted(kept), np.int64)
+            where = np.searchsorted(kept_ids, ids[lost]).clip(max=len(kept_ids) - 1)
+            found = kept_ids[where] == ids[lost]
+            entries[lost[found]] = np.stack([kept[int(i)] for i in kept_ids])[where[found]]
+        return entries
+
+    def finals_at(self, last_steps: np.ndarray, kept: Mapping[int, np.ndarray]) -> tuple[dict, np.ndarray]:
+        """The final observations of the episodes whose last rows are ``last_steps`` (name ->
+        values), and where they are known: the row ends its episode and its observation is kept."""
+        ids = self.episode_id[last_steps % self.slots]
+        values, held, entries = self.finals_of(ids, kept)
+        return values, held & (entries[:, 2] == last_steps)
+
+    def finals_of(self, ids: np.ndarray, kept: Mapping[int, np.ndarray]) -> tuple[dict, np.ndarray, np.ndarray]:
+        """The final observations of episodes ``ids`` (name -> values), where they are held,
+        and the episodes' entries."""
+        entries = self.entries_of(ids, kept)
+        if self.final_table is None:
+            return {}, np.zeros(len(ids), bool), entries
+        stored = (entries[:, 0] == ids) & (entries[:, 3] & FINAL_STORED > 0)
+        values, held = self.final_table.read(ids, entries, stored)
+        return values, held, entries
+
+    # ------------------------------------------------------------------ copies (carry.py)
+    def clear_entries(self) -> None:
+        """Forget every episode entry and final observation (a copy replaces them)."""
+        self.table[:] = 0
+        self.kept = {}
+        if self.final_table is not None:
+            self.final_table.clear()
+
+    def restore_entries(self, entries: np.ndarray, finals: Mapping[str, np.ndarray] | None, tail: int) -> None:
+        """Write a copy's episode entries, ``finals`` holding the final observations of those
+        flagged FINAL_STORED. Where ids share a row the newest is written; an older one that
+        began before ``tail`` (so it can still be in the pool) is kept, as ``_keep_at_risk`` does."""
+        order = np.argsort(entries[:, 0], kind="stable")
+        given = np.zeros((len(entries), self.table.shape[1]), np.int64)
+        given[:, :4] = entries[order, :4]
+        finals = None if finals is None else {name: np.asarray(values)[order] for name, values in finals.items()}
+        flagged = given[:, 3] & FINAL_STORED > 0
+        given[:, 3] &= ~FINAL_STORED  # set again below for the observations this table holds
+        ids = given[:, 0]
+        self.table[ids % self.table_rows] = given
+        displaced = (self.table[ids % self.table_rows, 0] != ids) & (given[:, 1] < tail)
+        for position in np.flatnonzero(displaced):
+            self.kept[int(ids[position])] = given[position].copy()
+        if finals is not None and flagged.any() and self.final_table is not None:
+            ended = given[flagged]
+            self._close_entries(ended[:, 0], ended[:, 2], ended[:, 3], {name: finals[name][flagged]
+                                                                      for name in self.derived})
+
     def table_view(self, tail: int, head: int, open_now: Mapping[int, tuple[int, int]], next_id: int,
-                   low_id: int) -> dict[str, np.ndarray]:
+                   low_id: int, kept: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
         """The episodes with a row in [tail, head): see ``Store.episodes``."""
         ids = np.arange(low_id, next_id, dtype=np.int64)
-        entries = self.table[ids % self.table_rows]
+        entries = self.entries_of(ids, kept)
         first, last, info = entries[:, 1].copy(), entries[:, 2].copy(), entries[:, 3].copy()
         keep = (entries[:, 0] == ids) & (info % 4 != OPEN) & (last >= tail) & (last < head)
         for env_id, (episode_id, last_step) in open_now.items():
@@ -436,9 +577,19 @@ def write_run(view: np.ndarray, first_step: int, values: np.ndarray, slots: int)
 
 
 def decode(payload: Mapping, head: int) -> dict:
-    """The episode state of a commit payload: next id, low id, open episodes by env."""
+    """The episode state of a commit payload: next id, low id, open episodes by env, and the
+    kept entries by episode id."""
     state = payload.get(PAYLOAD_KEY) or {}
     next_id = int(state.get("next", 0))
     open_episodes = {int(env_id): (next_id - int(id_back), head - int(head_back))
                      for env_id, id_back, head_back in state.get("open", [])}
-    return {"next": next_id, "low": int(state.get("low", 0)), "open": open_episodes}
+    finals = int(state.get("finals", 0))
+    kept = {}
+    for record in state.get("kept", []):
+        id_back, first_back, last_back, info = (int(value) for value in record[:4])
+        entry = [next_id - id_back, head - first_back, head - last_back if last_back >= 0 else -1, info]
+        if len(record) > FINAL_COLUMN:
+            entry.append(finals - int(record[FINAL_COLUMN]) if int(record[FINAL_COLUMN]) >= 0 else 0)
+        kept[entry[0]] = np.array(entry, np.int64)
+    return {"next": next_id, "low": int(state.get("low", 0)), "open": open_episodes, "kept": kept,
+            "finals": finals}

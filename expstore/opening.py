@@ -36,6 +36,7 @@ class _Creator:
     checksums: bool = False
     max_episodes: int | None = None
     derive_next_obs: bool = False
+    max_final_obs: int | None = None
     first_step_id: int = 0
 
     def __call__(self, schema: Schema) -> Layout:
@@ -43,8 +44,9 @@ class _Creator:
         chunk_rows = self.chunk_rows or default_chunk_rows(widest, self.capacity + self.slack)
         slots = plan_slots(self.capacity, self.slack, chunk_rows)
         meta = build_meta(schema, self.capacity, slots, chunk_rows, self.attrs, self.checksums)
-        meta["internal"] = internal.plan(schema, slots, _episode_rows(self.max_episodes, slots),
-                                         self.derive_next_obs)
+        episode_rows = _episode_rows(self.max_episodes, slots)
+        meta["internal"] = internal.plan(schema, slots, episode_rows, self.derive_next_obs,
+                                         _final_rows(self.max_final_obs, self.capacity + self.slack, episode_rows))
         files.check_free_space(self.path, self.backend.disk_nbytes(schema, slots) + internal_nbytes(meta))
         files.build_aside(
             self.path,
@@ -71,6 +73,7 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
     checksums: bool = False,
     max_episodes: int | None = None,
     derive_next_obs: bool = False,
+    max_final_obs: int | None = None,
     first_step_id: int = 0,
 ) -> Store:
     """Open or create a pool.
@@ -94,14 +97,17 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
         checksums: record crc32s of every committed row at commit time (per chunk, and for the
             chunks the window covers in part, in the commit record), so that ``verify`` can
             prove the rows did not change on disk since (costs two passes over the bytes).
-        max_episodes: rows of the episode table (and of the final-observation table of a pool
-            stored without ``next_obs``); default one per slot, enough for any layout. A smaller
-            table saves disk but forgets the oldest episodes once more than this many are in
-            the pool (their rows stay; ``episodes()`` no longer lists them).
+        max_episodes: rows of the episode table; default one per slot, enough for any layout.
+            A smaller table saves disk but forgets the oldest episodes once more than this many
+            are in the pool (their rows stay; ``episodes()`` no longer lists them).
         derive_next_obs: create a pool that stores ``obs`` (and ``obs_*``) without ``next_obs``
             and derives it from the next row of the same episode; the observation after an
             episode's last row is kept in a small table. Appends may still pass ``next_obs``
             (only the episode-final ones are kept); samples include it.
+        max_final_obs: rows of that table (only with ``derive_next_obs``): the final
+            observations of the newest this many episode ends are kept; default one per 16 rows
+            of ``capacity + slack``, plus 64, at most ``max_episodes``. An older episode keeps
+            its rows, but its last row's ``next_obs`` is unknown, so that row is not sampled.
         first_step_id: step id of the first transition of a new pool (default 0); a copy made
             by ``expstore convert`` keeps its source's step ids this way. Used only at creation.
 
@@ -126,6 +132,7 @@ def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
                            bool(checksums))
         creator.max_episodes = _check_max_episodes(max_episodes)
         creator.derive_next_obs = bool(derive_next_obs)
+        creator.max_final_obs = _check_max_final_obs(max_final_obs, creator.derive_next_obs)
         creator.first_step_id = _check_first_step_id(first_step_id)
         if derive_next_obs and schema is not None:
             internal.plan(Schema(schema), 1, 1, True)  # fail before touching the disk
@@ -169,6 +176,28 @@ def _check_first_step_id(first_step_id: Any) -> int:
 
 def _episode_rows(max_episodes: int | None, slots: int) -> int:
     return slots if max_episodes is None else min(slots, max_episodes)
+
+
+# The default final-observation table: the ends of episodes of 16 rows on average in the window
+# and the rows a writer appends before its next commit, plus 64 so that a small pool keeps all.
+_ROWS_PER_FINAL = 16
+_FINALS_MARGIN = 64
+
+
+def _final_rows(max_final_obs: int | None, rows: int, episode_rows: int) -> int:
+    wanted = -(-rows // _ROWS_PER_FINAL) + _FINALS_MARGIN if max_final_obs is None else max_final_obs
+    return min(wanted, episode_rows)  # more rows than episode entries could never be used
+
+
+def _check_max_final_obs(max_final_obs: Any, derive_next_obs: bool) -> int | None:
+    if max_final_obs is None:
+        return None
+    if not isinstance(max_final_obs, int) or isinstance(max_final_obs, bool) or max_final_obs < 1:
+        raise InvalidArgumentError(f"max_final_obs={max_final_obs!r} must be a positive int (episodes) or None")
+    if not derive_next_obs:
+        raise InvalidArgumentError("max_final_obs sizes the final-observation table of a pool created with "
+                                   "derive_next_obs=True; pass derive_next_obs=True or drop max_final_obs")
+    return max_final_obs
 
 
 def _commit_policy(commit_every: Any, commit_interval_s: Any, fsync: Any) -> CommitPolicy:

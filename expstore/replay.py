@@ -8,13 +8,14 @@ priority tree (priorities.py) and the samplers (sampling.py) wired to the store'
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from . import age, internal, sampling
 from .casting import as_rows
-from .episodes import FINAL_STORED, EpisodeBook, decode, write_run
+from .episodes import EpisodeBook, decode, write_run
 from .errors import EmptyStoreError, ExpstoreError, InvalidArgumentError, SchemaError, StepNotFoundError
 from .priorities import PriorityIndex
 
@@ -27,9 +28,22 @@ def _generator(rng: int | np.random.Generator | None) -> np.random.Generator:
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
 
 
+@dataclass(frozen=True)
+class EpisodeState:
+    """The episode bookkeeping as one handle sees it: the writer's own, or a reader's commit."""
+
+    tail: int
+    head: int
+    open_now: Mapping[int, tuple[int, int]]  # env id -> (episode id, last step)
+    next_id: int
+    low_id: int
+    kept: Mapping[int, np.ndarray]  # episode id -> entry that a newer episode may have taken over
+
+
 class ReplayMixin:
     _book: EpisodeBook | None = None
     _derived: tuple[str, ...] = ()
+    _decoded: tuple[int, dict] | None = None  # a reader's decoded commit payload, by sequence number
 
     # ------------------------------------------------------------------ set-up and commits
     def _init_replay(self) -> None:
@@ -38,7 +52,8 @@ class ReplayMixin:
             self._book = None
             return
         payload = self._committed.payload
-        self._book = EpisodeBook(views, self._layout.schema, self._ring.slots, payload, self._committed.head)
+        self._book = EpisodeBook(views, self._layout.schema, self._ring.slots, self._ring.capacity, payload,
+                                 self._committed.head)
         if self.writable:
             self._book.cut_off_committed_open()
         self._derived = tuple(self._book.derived)
@@ -85,15 +100,64 @@ class ReplayMixin:
         return self._book
 
     # ------------------------------------------------------------------ episodes
-    def _episode_state(self) -> tuple[int, int, dict, int, int]:
-        """tail, head, open episodes {env: (id, last step)}, next id, low id: as this handle sees them."""
+    def _episode_state(self) -> EpisodeState:
         book = self._need_book()
         low, high = self._window()
         if self.writable:
             open_now = {env: (state[0], state[2]) for env, state in book.open.items()}
-            return low, high, open_now, book.next_id, book.low_id
-        state = decode(self._committed.payload, self._committed.head)
-        return low, high, state["open"], state["next"], state["low"]
+            return EpisodeState(low, high, open_now, book.next_id, book.low_id, book.kept)
+        state = self._committed_state()
+        return EpisodeState(low, high, state["open"], state["next"], state["low"], state["kept"])
+
+    def _committed_state(self) -> dict:
+        """A reader's decoded episode payload of its current commit (decoded once per commit)."""
+        seq = self._committed.seq
+        if self._decoded is None or self._decoded[0] != seq:
+            self._decoded = (seq, decode(self._committed.payload, self._committed.head))
+        return self._decoded[1]
+
+    def _kept_now(self) -> Mapping[int, np.ndarray]:
+        return self._book.kept if self.writable else self._committed_state()["kept"]
+
+    def end_episodes(self, env_ids=None, *, next_obs: Mapping[str, Any] | None = None) -> np.ndarray:
+        """End the open episodes of ``env_ids`` (one int or several; default: every env) at
+        their last appended row, as truncated. Returns the ids of the episodes ended.
+
+        For an env reset before its episode ended (a time limit outside the env, an evaluation
+        harness, a curriculum): ``episodes()`` then reports the episode truncated, n-step
+        returns and sequence windows stop at its last row, and the env's next row begins a new
+        episode. The rows keep the flags the env returned (``terminated`` and ``truncated``
+        stay False), so a TD target bootstraps from the row's next observation as it should.
+
+        Args:
+            env_ids: the envs whose episodes end; envs with no open episode are skipped.
+            next_obs: the observation that followed each env's last row, as a batch of the
+                pool's ``next_<obs>`` fields (one row per env id). A pool that derives
+                ``next_obs`` keeps it as the episode's final observation (without it, that row's
+                ``next_obs`` is unknown and the row is not sampled); a pool that stores
+                ``next_obs`` has it in the row already and only checks it.
+        """
+        with self._write_lock:
+            self._check_writable()
+            if self._layout is None:
+                return np.zeros(0, np.int64)
+            book = self._need_book()
+            env_ids = np.array(sorted(book.open), np.int64) if env_ids is None else np.atleast_1d(np.asarray(env_ids))
+            checked = book.check_env_ids(env_ids, len(env_ids))
+            derived = None if next_obs is None else self._final_rows(next_obs, len(checked))
+            return np.array(book.end_open(checked, derived), np.int64)
+
+    def _final_rows(self, next_obs: Mapping[str, Any], n_rows: int) -> dict[str, np.ndarray] | None:
+        """The ``next_<obs>`` rows given to ``end_episodes``, checked; those a deriving pool keeps."""
+        schema = self._layout.schema
+        observed = [name for name in schema if name == "obs" or name.startswith("obs_")]
+        expected = {f"next_{name}" for name in observed}
+        if not isinstance(next_obs, Mapping) or set(next_obs) != expected:
+            given = sorted(next_obs) if isinstance(next_obs, Mapping) else type(next_obs).__name__
+            raise InvalidArgumentError(f"next_obs must map {sorted(expected)} to one row per env id, got {given}")
+        rows = {key: as_rows(key, schema[key[5:]], value, n_rows) for key, value in next_obs.items()}
+        derived = {key: rows[key] for key in (f"next_{name}" for name in self._derived)}
+        return derived or None
 
     def episodes(self) -> dict[str, np.ndarray]:
         """The episodes with at least one row in the pool, ordered by first step id.
@@ -104,15 +168,16 @@ class ReplayMixin:
         ``truncated``, ``open`` (still running), ``evicted`` (rows the ring dropped),
         ``cut_off`` (open when its writer stopped without closing), ``env_id``, ``last_step_id``.
         """
-        tail, head, open_now, next_id, low_id = self._episode_state()
-        table = self._book.table_view(tail, head, open_now, next_id, low_id)
+        state = self._episode_state()
+        table = self._book.table_view(state.tail, state.head, state.open_now, state.next_id, state.low_id, state.kept)
         order = np.argsort(table["first_step_id"], kind="stable")
         return {name: column[order] for name, column in table.items()}
 
     def episode(self, episode_id: int) -> dict[str, np.ndarray]:
         """The rows of one episode still in the pool, in order, plus ``step_id``."""
-        tail, head, open_now, next_id, low_id = self._episode_state()
-        table = self._book.table_view(tail, head, open_now, next_id, low_id)
+        state = self._episode_state()
+        tail, head = state.tail, state.head
+        table = self._book.table_view(tail, head, state.open_now, state.next_id, state.low_id, state.kept)
         position = np.flatnonzero(table["episode_id"] == int(episode_id))
         if not position.size:
             raise StepNotFoundError(f"episode {episode_id} has no row in the pool (episodes with rows: "
@@ -128,17 +193,16 @@ class ReplayMixin:
         book = self._book
         slots = self._ring.slots
         following = sampling.next_in_episode(last, high, slots, book.next_delta, book.episode_id)
-        episode_ids = book.episode_id[last % slots]
-        entries = episode_ids % book.table_rows
-        info = book.table[entries, 3]
-        ends = (book.table[entries, 0] == episode_ids) & (book.table[entries, 2] == last) & (info & FINAL_STORED > 0)
-        values = {}
-        for name in self._derived:
-            from_row = self._maps.views[name][np.where(following >= 0, following, last) % slots]
-            final = book.finals[name][entries]
-            chosen = np.where((following >= 0).reshape(-1, *[1] * (from_row.ndim - 1)), from_row, final)
-            values[f"next_{name}"] = chosen
-        return values, (following >= 0) | ends
+        values = {f"next_{name}": self._maps.views[name][np.where(following >= 0, following, last) % slots]
+                  for name in self._derived}
+        known = following >= 0
+        ends = np.flatnonzero(~known)  # an episode's last row, or the newest row of an open one
+        if ends.size:
+            finals, found = book.finals_at(last[ends], self._kept_now())
+            for name, final in finals.items():
+                values[f"next_{name}"][ends] = final
+            known[ends] = found
+        return values, known
 
     def _transitions(self, steps: np.ndarray, n_step: int, gamma: float, high: int) -> tuple[dict, np.ndarray]:
         """The batch for start rows ``steps``, and which rows are usable (next obs known)."""

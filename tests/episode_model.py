@@ -99,11 +99,13 @@ class Model:
                 "next_obs": last.values()["next_obs"], "terminated": last.terminated,
                 "truncated": last.truncated, "discount": gamma ** len(chain)}
 
-    def next_obs_known(self, step: int) -> bool:
-        """Whether a pool deriving next_obs knows the observation after this row."""
+    def next_obs_known(self, step: int, final_rows: int | None = None) -> bool:
+        """Whether a pool deriving next_obs knows the observation after this row; with a
+        final-observation table of ``final_rows`` rows, only the newest ends keep theirs."""
         row = self.rows[step]
         if row.terminated or row.truncated:
-            return True
+            ends = [r.step for r in self.rows if r.terminated or r.truncated]
+            return final_rows is None or step in ends[-final_rows:]
         return any(r.step > step for r in self.episode_rows(row.episode))
 
 

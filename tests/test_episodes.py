@@ -41,6 +41,10 @@ def check_episode_rows(pool, model: Model) -> None:
 @SETTINGS
 @given(capacity=st.integers(3, 30), operations=ops)
 @example(capacity=3, operations=[("extend", [(0, 0, 0), (1, 0, 0), (1, 0, 0), (1, 0, 0)])])  # open, all evicted
+# Env 0's episode stays open across a batch of short env-1 episodes, is cut off at the reopen and
+# keeps one row in the window, while the episode after it takes its table row over.
+@example(capacity=4, operations=[("extend", [(0, 0, 0), (1, 1, 0), (1, 1, 0), (1, 1, 0), (1, 1, 0), (2, 0, 0),
+                                             (0, 0, 0), (1, 1, 0), (1, 0, 0)]), ("reopen",), ("append", (0, 0, 0))])
 def test_episodes_match_the_model(tmp_path_factory, backend, capacity, operations):
     path = str(tmp_path_factory.mktemp("ep") / ("pool" + (".h5" if backend == "hdf5" else ".zarr")))
     expstore.open(path, "w", capacity=capacity, schema=SCHEMA, commit_every=5).close()

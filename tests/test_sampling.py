@@ -34,6 +34,9 @@ def check_n_step(batch, model: Model, n: int, gamma: float) -> None:
 # Env 1 idles for longer than the ring (8 slots) while env 0 fills it: env 1's next row must not
 # relink the slot its old row left, which now holds env 0's row 8 (found by hypothesis).
 IDLE_ENV_OUTLIVES_THE_RING = [("append", (1, 0, 0)), ("extend", [(0, 0, 0)] * 8)]
+# Env 1's episode outlives eight one-row episodes of env 0 and ends last: its final observation
+# must be kept although newer episodes ended before it (found by hypothesis).
+LONG_EPISODE_ENDS_LAST = [("append", (1, 0, 0)), ("extend", [(0, 1, 0)] * 7 + [(0, 0, 0)])]
 
 
 @SETTINGS
@@ -83,6 +86,7 @@ def test_sequences_match_the_model(tmp_path_factory, backend, capacity, operatio
 @SETTINGS
 @given(capacity=st.integers(3, 30), operations=ops, n=st.integers(1, 4))
 @example(capacity=3, operations=IDLE_ENV_OUTLIVES_THE_RING, n=1)
+@example(capacity=3, operations=LONG_EPISODE_ENDS_LAST, n=1)
 def test_derived_next_obs_gives_identical_samples(tmp_path_factory, backend, capacity, operations, n):
     operations = [op for op in operations if op[0] != "reopen"] or [("append", (0, 0, 1))]
     stored = _pool(tmp_path_factory, backend, capacity)
@@ -101,6 +105,68 @@ def test_derived_next_obs_gives_identical_samples(tmp_path_factory, backend, cap
         seq_one, seq_two = a.sample_sequences(8, 3, rng=4), b.sample_sequences(8, 3, rng=4)
         for name in seq_one:
             np.testing.assert_array_equal(seq_one[name], seq_two[name], err_msg=name)
+
+
+@SETTINGS
+@given(capacity=st.integers(3, 30), operations=ops, final_rows=st.integers(1, 4))
+def test_a_small_final_table_keeps_the_newest_ends(tmp_path_factory, backend, capacity, operations, final_rows):
+    """max_final_obs below the episodes in the pool: the final observations of the newest ends
+    are kept (a ring in the order episodes end), an older end's row is not sampled, and every
+    row sampled is exactly the model's."""
+    path = _pool(tmp_path_factory, backend, capacity, schema=DERIVED_SCHEMA, derive_next_obs=True,
+                 max_final_obs=final_rows)
+    model = Model(capacity)
+    run_ops(model, lambda: [expstore.open(path, "a", commit_every=5)], operations)[0].close()
+    with expstore.open(path, "r") as reader:
+        usable = {s for s in range(model.tail, len(model.rows)) if model.next_obs_known(s, final_rows)}
+        batches = list(reader.iter_epoch(7, rng=0)) if model.rows else []
+    seen = np.concatenate([b["step_id"] for b in batches]) if batches else np.zeros(0, np.int64)
+    assert sorted(seen.tolist()) == sorted(usable)
+    for batch in batches:
+        for i, step in enumerate(batch["step_id"]):
+            assert (batch["next_obs"][i] == model.rows[int(step)].values()["next_obs"]).all()
+
+
+def test_max_final_obs_sizes_the_table_and_needs_derive_next_obs(tmp_path, backend):
+    suffix = SUFFIX[backend]
+    with expstore.open(tmp_path / f"a{suffix}", "w", capacity=10_000, schema=DERIVED_SCHEMA,
+                       derive_next_obs=True) as pool:
+        assert pool._book.final_table.rows == 20_000 // 16 + 64  # capacity + slack (commit_every) rows
+        assert len(pool._book.table) == pool._ring.slots  # the episode table keeps one row per slot
+    with expstore.open(tmp_path / f"b{suffix}", "w", capacity=100, schema=DERIVED_SCHEMA, derive_next_obs=True,
+                       max_final_obs=10**6) as pool:
+        assert pool._book.final_table.rows == pool._ring.slots  # never more rows than episode entries
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(expstore.InvalidArgumentError, match="max_final_obs"):
+            expstore.open(tmp_path / f"c{suffix}", "w", capacity=10, schema=DERIVED_SCHEMA, derive_next_obs=True,
+                          max_final_obs=bad)
+    with pytest.raises(expstore.InvalidArgumentError, match="derive_next_obs=True"):
+        expstore.open(tmp_path / f"d{suffix}", "w", capacity=10, schema=SCHEMA, max_final_obs=5)
+    assert not (tmp_path / f"c{suffix}").exists() and not (tmp_path / f"d{suffix}").exists()
+
+
+def test_pools_made_before_the_final_table_had_its_own_size_keep_working(tmp_path_factory, backend, monkeypatch):
+    """Their layout (final rows = episode rows, by episode id, no owner column, four-column
+    table) is what creation plans without a final_rows; they keep opening, sampling and growing."""
+    from expstore import opening
+    monkeypatch.setattr(opening, "_final_rows", lambda *args: None)
+    derived = _pool(tmp_path_factory, backend, 20, schema=DERIVED_SCHEMA, derive_next_obs=True)
+    monkeypatch.undo()
+    stored = _pool(tmp_path_factory, backend, 20)
+    operations = [("extend", [(0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 0, 2), (2, 0, 0), (1, 2, 1)]),
+                  ("append", (2, 1, 1)), ("reopen",), ("extend", [(0, 1, 1), (1, 0, 0), (1, 1, 0)] * 4)]
+    model = Model(20)
+    pools = lambda: [expstore.open(stored, "a", commit_every=5), expstore.open(derived, "a", commit_every=5)]
+    for pool in run_ops(model, pools, operations, close_all=True):
+        pool.close()
+    with expstore.open(stored, "r") as a, expstore.open(derived, "r") as b:
+        assert b._book.table.shape[1] == 4 and not b._book.final_table.is_ring
+        for options in ({}, {"n_step": 3, "gamma": 0.9}):
+            one, two = a.sample(32, rng=3, **options), b.sample(32, rng=3, **options)
+            for name in one:
+                np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+        np.testing.assert_array_equal(a.episodes()["episode_id"], b.episodes()["episode_id"])
+    assert expstore.verify(derived).ok
 
 
 def test_derived_pool_skips_rows_whose_next_obs_is_unknown(tmp_path_factory, backend):
