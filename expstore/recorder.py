@@ -4,6 +4,11 @@ Each step becomes one row: ``obs*``, ``action*``, ``reward``, ``next_obs*``, ``t
 ``truncated``, the info fields asked for, and ``policy_version`` when the pool has that field.
 A vector env (``SyncVectorEnv``/``AsyncVectorEnv``) writes one row per sub-env and step with
 the sub-env's index as the row's env id, so each sub-env's episodes stay intact in the pool.
+
+A ``reset()`` before an episode ended (Gymnasium allows one at any time) ends the interrupted
+episode as truncated, as Minari's ``DataCollector`` does: ``Store.end_episodes`` closes it at
+its last row and keeps the env's last observation as its final one. A vector env's ``reset()``
+does so for every sub-env whose episode was running (only those in ``reset_mask`` if given).
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class _Recording:
         self.policy_version = policy_version
         self._recorded_obs_space, self._recorded_action_space = observation_space, action_space
         self._obs: dict[str, np.ndarray] | None = None
+        self._last_next: dict[str, np.ndarray] | None = None  # the flattened next_obs of the last step
 
     def _rows(self, obs, action, reward, next_obs: dict, terminated, truncated, info, batched: bool) -> dict:
         """One row (or a batch of rows), ``obs``/``next_obs`` already flattened."""
@@ -102,6 +108,9 @@ class RecordEpisodes(gym.Wrapper, _Recording):
         self._setup(pool, info_fields, policy_version, env.observation_space, env.action_space)
 
     def reset(self, **kwargs):
+        if self._last_next is not None:  # the episode is still running: the reset interrupts it
+            self.pool.end_episodes([0], next_obs={name: value[None] for name, value in self._last_next.items()})
+            self._last_next = None
         obs, info = self.env.reset(**kwargs)
         self._obs = flatten("obs", self._recorded_obs_space, obs)
         return obs, info
@@ -113,6 +122,7 @@ class RecordEpisodes(gym.Wrapper, _Recording):
         next_flat = flatten("next_obs", self._recorded_obs_space, next_obs)
         self.pool.append(self._rows(self._obs, action, reward, next_flat, terminated, truncated, info, False))
         self._obs = {"obs" + name[8:]: value for name, value in next_flat.items()}
+        self._last_next = None if terminated or truncated else next_flat
         return next_obs, reward, terminated, truncated, info
 
 
@@ -126,11 +136,13 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         mode = (getattr(env, "metadata", None) or {}).get("autoreset_mode", "NextStep")
         self._mode = str(getattr(mode, "value", mode))  # an AutoresetMode, or its value
         self._resetting = np.zeros(env.num_envs, bool)
+        self._running = np.zeros(env.num_envs, bool)  # sub-envs whose recorded episode has not ended
 
     def reset(self, **kwargs):
+        mask = (kwargs.get("options") or {}).get("reset_mask")
+        self._end_interrupted(self._running if mask is None else self._running & np.asarray(mask, bool))
         obs, info = self.env.reset(**kwargs)
         batch = flatten("obs", self._recorded_obs_space, obs)
-        mask = (kwargs.get("options") or {}).get("reset_mask")
         if self._obs is None or mask is None:
             self._obs = batch
         else:
@@ -150,9 +162,20 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
             self.pool.extend({name: np.asarray(values)[keep] for name, values in rows.items()},
                              env_ids=np.flatnonzero(keep))
         self._obs = flatten("obs", self._recorded_obs_space, next_obs)
+        ended = np.asarray(terminated) | np.asarray(truncated)
+        self._running = keep & ~ended
+        self._last_next = final
         if "NextStep" in self._mode:
-            self._resetting = np.asarray(terminated) | np.asarray(truncated)
+            self._resetting = ended
         return next_obs, rewards, terminated, truncated, info
+
+    def _end_interrupted(self, interrupted: np.ndarray) -> None:
+        """End the episodes of the sub-envs a reset interrupts, at their last recorded row."""
+        if interrupted.any() and self._last_next is not None:
+            self.pool.end_episodes(np.flatnonzero(interrupted),
+                                   next_obs={name: np.asarray(values)[interrupted]
+                                             for name, values in self._last_next.items()})
+            self._running &= ~interrupted
 
     def _final_observations(self, next_obs, info) -> dict[str, np.ndarray]:
         """Flattened next observations; SAME_STEP autoreset returns the reset observation of a
