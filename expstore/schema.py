@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keyword
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -55,7 +56,7 @@ class Field:
 
     @property
     def row_nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # exact: an int64 product could wrap
 
     def to_json(self) -> dict:
         return {"shape": list(self.shape), "dtype": self.dtype.name}

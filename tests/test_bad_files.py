@@ -348,3 +348,71 @@ def _h5_attr(path: str) -> str:
 
     with h5py.File(path, "r", locking=False) as f:
         return f.attrs["expstore"]
+
+
+# ---------------------------------------------------------------------------- where HDF5 keeps the metadata
+def test_hdf5_metadata_is_under_a_checksum(tmp_path):
+    """A pool keeps its metadata JSON in the root group's object header, which HDF5 checksums: one
+    digit changed in it is refused, although the value it makes (capacity 1001) would be valid."""
+    pool = make_pool_at(tmp_path, "hdf5")
+    with open(pool, "rb") as fh:
+        data = fh.read()
+    digits = data.index(b'"capacity": 1000') + len(b'"capacity": 100')
+    with open(pool, "r+b") as fh:
+        os.pwrite(fh.fileno(), b"1", digits)
+    check_results(open_in_child([{"name": "capacity 1000 -> 1001", "path": pool, "modes": ["r", "a"]}]),
+                  ("CorruptStoreError",), may_open=False)
+
+
+def legacy_hdf5_pool(tmp_path) -> str:
+    """A pool as earlier versions wrote it: the metadata a variable-length string, whose bytes HDF5
+    keeps in a global heap collection (no checksum there)."""
+    import h5py
+
+    pool = make_pool_at(tmp_path, "hdf5")
+    with h5py.File(pool, "r+", locking=False) as f:
+        text = json.loads(f.attrs["expstore"])
+        del f.attrs["expstore"]
+        f.attrs["expstore"] = json.dumps(text)
+        assert h5py.check_string_dtype(f.attrs.get_id("expstore").dtype).length is None
+    return pool
+
+
+def global_heap_damage(pool: str, workdir) -> list[dict]:
+    """Copies whose metadata heap collection is damaged after the JSON object, where HDF5 looks
+    for the free-space record; zeroed, HDF5 reads a record of size 0 and loops forever."""
+    with open(pool, "rb") as fh:
+        data = fh.read()
+    json_at = data.index(b'{"format_version"')
+    heap = data.rindex(b"GCOL", 0, json_at)
+    size = int.from_bytes(data[heap + 8:heap + 16], "little")
+    json_nbytes = int.from_bytes(data[json_at - 8:json_at], "little")  # from the object's record
+    after_json = json_at + -(-json_nbytes // 8) * 8
+    damages = {"free-space record zeroed": (after_json, bytes(heap + size - after_json)),
+               "free-space record of size 0": (after_json, bytes(16)),
+               "free-space record too large": (after_json + 8, (1 << 40).to_bytes(8, "little")),
+               "JSON object record zeroed": (json_at - 16, bytes(16)),
+               "collection zeroed after its header": (heap + 16, bytes(size - 16))}
+    cases = []
+    for i, (name, (offset, content)) in enumerate(damages.items()):
+        damaged = copy_pool(pool, os.path.join(workdir, f"heap{i}.h5"))
+        with open(damaged, "r+b") as fh:
+            os.pwrite(fh.fileno(), content, offset)
+        cases.append({"name": name, "path": damaged, "modes": ["r", "a"]})
+    return cases
+
+
+def test_legacy_hdf5_metadata_still_opens(tmp_path):
+    pool = legacy_hdf5_pool(tmp_path)
+    check_results(open_in_child([{"name": "legacy", "path": pool, "modes": ["r", "a"]}]), (), may_open=True)
+    with expstore.open(pool) as opened:
+        assert len(opened) == CAPACITY
+
+
+def test_damaged_legacy_hdf5_metadata_heap_is_refused_without_a_hang(tmp_path):
+    pool = legacy_hdf5_pool(tmp_path)
+    cases = global_heap_damage(pool, tmp_path)
+    results = open_in_child(cases)
+    check_results(results, ("CorruptStoreError", "NotAPoolError"), may_open=False)
+    zeroed = [result for result in results if result["name"] == "free-space record zeroed"]
+    assert all("global heap" in result["message"] for result in zeroed), zeroed

@@ -303,21 +303,26 @@ def test_directory_where_an_hdf5_file_should_be(tmp_path, mode):
 
 
 # ---------------------------------------------------------------------------- damaged and newer pools
-def _set_format_version(path: str, backend: str, version) -> None:
+def _edit_meta(path: str, backend: str, change) -> None:
+    """Apply ``change`` to the pool's metadata dict in place, as another program would."""
     if backend == "hdf5":
         import h5py
 
         with h5py.File(path, "r+") as f:
             meta = json.loads(f.attrs["expstore"])
-            meta["format_version"] = version
+            change(meta)
             f.attrs["expstore"] = json.dumps(meta)
     else:
         group_json = os.path.join(path, "zarr.json")
         with open(group_json) as fh:
             group = json.load(fh)
-        group["attributes"]["expstore"]["format_version"] = version
+        change(group["attributes"]["expstore"])
         with open(group_json, "w") as fh:
             json.dump(group, fh)
+
+
+def _set_format_version(path: str, backend: str, version) -> None:
+    _edit_meta(path, backend, lambda meta: meta.update(format_version=version))
 
 
 @pytest.mark.parametrize("mode", ["r", "r+", "a"])
@@ -410,6 +415,108 @@ def test_damaged_zarr_metadata(tmp_path, broken):
     with pytest.raises(expstore.CorruptStoreError) as info:
         expstore.open(path)
     check_error(info, expstore.CorruptStoreError, ValueError, [path, "damaged"])
+
+
+def _setting(*keys, value):
+    """A change that sets meta[keys[0]][keys[1]]... to ``value`` (``DELETE``: removes the key)."""
+    def change(meta: dict) -> None:
+        parent = meta
+        for key in keys[:-1]:
+            parent = parent[key]
+        if value is DELETE:
+            del parent[keys[-1]]
+        else:
+            parent[keys[-1]] = value
+    return change
+
+
+DELETE = object()
+SLOTS = 12  # of the writer fixture's pool: capacity 8 + slack 4, in chunks of 4 rows
+
+# Values this version never writes: the pool's metadata is damaged (issue 15, point 2), and the key is named.
+DAMAGED_METADATA = {
+    "dtype flipped to int65": (("internal", "_episode_step", "dtype"), "int65",
+                               ["internal._episode_step.dtype", "'int65'", "int64"]),
+    # HDF5 names the missing offset key; Zarr the missing table file (its message has no backup hint).
+    "checksums claimed by a pool without them": (("checksums",), True, ["checksums"], []),
+    "attrs a number": (("attrs",), 1.5, ["attrs", "1.5", "JSON object"]),
+    "bookkeeping shape empty": (("internal", "_episode_step", "shape"), [], ["internal._episode_step.shape", "[]"]),
+    "field dtype unknown": (("schema", "obs", "dtype"), "float33", ["schema.obs.dtype", "'float33'"]),
+    "field shape of strings": (("schema", "obs", "shape"), ["3"], ["schema.obs.shape", "['3']"]),
+    "checksums a string": (("checksums",), "yes", ["checksums", "'yes'", "true or false"]),
+    "bookkeeping a list": (("internal",), [], ["internal", "[]"]),
+    "bookkeeping dtype another valid one": (("internal", "_next_delta", "dtype"), "int32",
+                                            ["internal._next_delta.dtype", "'int32'", "'int64'"]),
+}
+# Bookkeeping arrays whose shape does not fit the ring or the episode table (issue 15, point 3).
+MISFIT_BOOKKEEPING = {
+    "row array shorter than the ring": (("internal", "_episode_step", "shape"), [4],
+                                        ["internal._episode_step.shape", "[4]", f"[{SLOTS}]"]),
+    "row array longer than the ring": (("internal", "_priority", "shape"), [SLOTS + 1],
+                                       ["internal._priority.shape", f"[{SLOTS + 1}]", f"[{SLOTS}]"]),
+    "row array two-dimensional": (("internal", "_episode_id", "shape"), [SLOTS, 1], ["internal._episode_id.shape"]),
+    "episode table larger than the ring": (("internal", "_episodes", "shape"), [2 * SLOTS, 4],
+                                           ["internal._episodes.shape", f"at most {SLOTS} rows"]),
+    "episode table without its columns": (("internal", "_episodes", "shape"), [SLOTS], ["internal._episodes.shape"]),
+    "bookkeeping array missing": (("internal", "_next_delta"), DELETE, ["internal", "'_next_delta'"]),
+    "unknown bookkeeping array": (("internal", "_extra"), {"shape": [SLOTS], "dtype": "int64"}, ["internal._extra"]),
+}
+
+
+@pytest.mark.parametrize("keys, value, problem, fix", [
+    pytest.param(*case, *([["backup"]] if len(case) == 3 else []), id=name)
+    for name, case in {**DAMAGED_METADATA, **MISFIT_BOOKKEEPING}.items()
+])
+@pytest.mark.parametrize("mode", ["r", "a"])
+def test_damaged_metadata_is_named_at_open(writer, backend, mode, keys, value, problem, fix):
+    writer.close()
+    _edit_meta(writer.path, backend, _setting(*keys, value=value))
+    before = snapshot(writer.path)
+    with pytest.raises(expstore.CorruptStoreError) as info:
+        expstore.open(writer.path, mode)
+    check_error(info, expstore.CorruptStoreError, ValueError, [writer.path, "damaged", *problem], fix)
+    assert snapshot(writer.path) == before
+    report = expstore.verify(writer.path)  # verify reports what open refuses, and raises nothing
+    assert not report.ok and any(problem[0] in finding for finding in report.findings), report.findings
+
+
+@pytest.mark.parametrize("keys, value", [
+    pytest.param(*DAMAGED_METADATA[name][:2], id=name) for name in
+    ("dtype flipped to int65", "checksums claimed by a pool without them", "attrs a number", "bookkeeping shape empty")
+] + [pytest.param(*MISFIT_BOOKKEEPING["row array shorter than the ring"][:2], id="row array shorter than the ring")])
+def test_damaged_metadata_is_one_line_in_the_cli(writer, backend, keys, value):
+    from cli_helpers import assert_error, run
+
+    writer.close()
+    _edit_meta(writer.path, backend, _setting(*keys, value=value))
+    for command in (["info"], ["verify"], ["sample"], ["episodes"], ["head"], ["stats"], ["repair"]):
+        result = run(command[0], writer.path, ok=False)
+        if command == ["verify"]:
+            assert result.exit_code == 1 and "Traceback" not in result.output and "damaged" in result.output
+        else:
+            assert_error(result, "damaged")
+
+
+@pytest.mark.parametrize("key, value", [("offsets", "4096"), ("commit_offset", 1.5), ("commit_offset", 10**12),
+                                        ("checksums_offset", 0), ("internal_offsets", 7)])
+def test_damaged_hdf5_offsets(tmp_path, key, value):
+    """The byte offsets recorded in an HDF5 pool's metadata: ints, inside the file, and where the
+    datasets really are (a wrong one within the file would map another array's bytes)."""
+    path = str(tmp_path / "pool.h5")
+    with expstore.open(path, "w", capacity=CAPACITY, schema=SCHEMA, checksums=True) as pool:
+        pool.extend(rows(range(5)))
+
+    def change(meta):
+        if key == "offsets":
+            meta["offsets"]["obs"] = value
+        elif key == "internal_offsets":
+            meta["internal_offsets"]["_priority"] = meta["internal_offsets"]["_priority"] + 8 * value
+        else:
+            meta[key] = value
+    _edit_meta(path, "hdf5", change)
+    with pytest.raises(expstore.CorruptStoreError) as info:
+        expstore.open(path)
+    check_error(info, expstore.CorruptStoreError, ValueError, [path, "damaged"], ["backup"])
 
 
 # ---------------------------------------------------------------------------- creation arguments

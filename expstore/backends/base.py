@@ -7,11 +7,13 @@ so a backend never holds a file open for writing.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 
+from ..commit import SLOT_NBYTES
 from ..schema import Schema
 
 FORMAT_VERSION = 1
@@ -64,8 +66,28 @@ def internal_arrays(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
 
 
 def internal_nbytes(meta: dict) -> int:
-    return sum(int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-               for shape, dtype in internal_arrays(meta).values())
+    return sum(array_nbytes(internal_arrays(meta)).values())
+
+
+def array_specs(meta: dict, schema: Schema) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every array of the container, name -> (shape, dtype name), fields and bookkeeping alike."""
+    slots = meta["slots"]
+    arrays = {name: ((slots, *field.shape), field.dtype.name) for name, field in schema.items()}
+    arrays["_commit"] = ((2, SLOT_NBYTES), "uint8")
+    if meta.get("checksums"):
+        arrays["_checksums"] = ((slots // meta["chunk_rows"], 2), "int64")
+    arrays.update({name: (shape, np.dtype(dtype).name) for name, (shape, dtype) in internal_arrays(meta).items()})
+    return arrays
+
+
+def array_nbytes(specs: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, int]:
+    """Bytes of each array of ``specs`` (exact: Python ints never wrap, whatever the shape)."""
+    return {name: math.prod(shape) * np.dtype(dtype).itemsize for name, (shape, dtype) in specs.items()}
+
+
+def expected_arrays(layout: Layout) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every array the container of an open layout holds (see array_specs)."""
+    return array_specs(layout.meta, layout.schema)
 
 
 class Backend(Protocol):
@@ -85,16 +107,7 @@ class Backend(Protocol):
     def repair_container(self, path: str) -> list[str]:
         """Restore what a plain reader needs and the metadata defines; one sentence per action."""
 
-
-def expected_arrays(layout: Layout) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Every array of the container, name -> (shape, dtype), fields and bookkeeping alike."""
-    meta = layout.meta
-    arrays = {name: ((meta["slots"], *field.shape), field.dtype.name) for name, field in layout.schema.items()}
-    arrays["_commit"] = ((2, layout.commit.nbytes // 2), "uint8")
-    if layout.checksums is not None:
-        arrays["_checksums"] = ((meta["slots"] // meta["chunk_rows"], 2), "int64")
-    arrays.update({name: (shape, np.dtype(dtype).name) for name, (shape, dtype) in internal_arrays(meta).items()})
-    return arrays
-
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         """About how many bytes a container of this size takes on disk."""
+
+

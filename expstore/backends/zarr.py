@@ -144,7 +144,8 @@ class ZarrBackend:
 
 def _pool_meta(path: str) -> dict:
     group = _read_json(path, os.path.join(path, "zarr.json"), missing=NotAPoolError)
-    meta = group.get("attributes", {}).get("expstore") if isinstance(group, dict) else None
+    attributes = group.get("attributes")
+    meta = attributes.get("expstore") if isinstance(attributes, dict) else None
     if not isinstance(meta, dict):
         raise NotAPoolError(f"{path} is a Zarr group but not an expstore pool (no 'expstore' attribute)"
                            f"{NOT_A_POOL_FIX}")
@@ -254,6 +255,9 @@ def _read_json(path: str, file: str, missing) -> dict:
     except FileNotFoundError:
         what = "not a Zarr v3 group" if missing is NotAPoolError else "damaged"
         raise missing(f"{path}: {os.path.relpath(file, path)} is missing, the pool is {what}") from None
+    except IsADirectoryError:
+        raise CorruptStoreError(f"{path}: {os.path.relpath(file, path)} is a directory, not a JSON file; "
+                                "the pool is damaged") from None
     except NotADirectoryError:
         raise missing(f"{path}: {os.path.dirname(file)} is a file, not a directory; a Zarr pool is a "
                       "directory (a one-file pool needs the .h5 suffix or backend='hdf5')") from None
@@ -270,6 +274,9 @@ def _check_size(path: str, file: str, nbytes: int, what: str) -> None:
     except FileNotFoundError:
         raise CorruptStoreError(f"{path}: the {what} file {os.path.relpath(file, path)} is missing; "
                                 "the pool is damaged") from None
+    if not os.path.isfile(file):  # a directory in its place: mapping it would be a bare OSError
+        raise CorruptStoreError(f"{path}: the {what} file {os.path.relpath(file, path)} is not a regular file; "
+                                "the pool is damaged")
     if size < nbytes:
         raise CorruptStoreError(f"{path}: the {what} file is {size} bytes, expected {nbytes}; it was truncated and "
                                 "its rows are lost: restore the pool from a copy")
