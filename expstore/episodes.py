@@ -25,12 +25,14 @@ crash discarded), so resuming starts new episodes and finished episodes stay int
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from .commit import MAX_PAYLOAD_NBYTES
 from .errors import InvalidArgumentError
 from .finals import FINAL_COLUMN, FinalTable
 from .internal import EPISODE_TABLE, final_fields
@@ -43,6 +45,8 @@ FINAL_STORED = 4  # flag in an entry's info: the final observation is in the fin
 PAYLOAD_KEY = "episodes"
 _SCAN_ROWS = 1 << 16
 _LOW_BLOCK = 1024  # episode ids checked per step when the oldest live episode moves on
+_KEPT_NBYTES = 1024  # the payload's room for kept entries (about 40), leaving the rest to open episodes
+_PAYLOAD_RESERVE_NBYTES = 512  # for what the store adds to the payload (priorities, checksums)
 _ONE_RUN = np.zeros(1, np.int64)  # the run starts of a batch that holds one episode run
 
 
@@ -346,8 +350,28 @@ class EpisodeBook:
         if self.final_table is not None and self.final_table.is_ring:
             state["finals"] = self.final_table.written
         if self.kept:
-            state["kept"] = [self._kept_record(entry, head) for _, entry in sorted(self.kept.items())]
+            state["kept"] = self._kept_records(head, len(json.dumps(state, separators=(",", ":"))))
         return {PAYLOAD_KEY: state}
+
+    def _kept_records(self, head: int, state_nbytes: int) -> list[list[int]]:
+        """The kept entries that fit the payload, the running episodes and the newest ends first.
+        More than fit takes an env whose episode outlives a whole ring of other episodes in
+        each of dozens of envs; the entries left out are forgotten, like a small table's."""
+        room = min(_KEPT_NBYTES, MAX_PAYLOAD_NBYTES - _PAYLOAD_RESERVE_NBYTES - state_nbytes)
+        newest_first = sorted(self.kept.items(), key=lambda item: (item[1][2] >= 0, -item[1][2]))
+        records, used = [], 0
+        for episode_id, entry in newest_first:
+            record = self._kept_record(entry, head)
+            used += len(json.dumps(record, separators=(",", ":"))) + 1
+            if used > room:
+                logger.warning("the commit payload has room for %d of %d episode entries that newer episodes "
+                               "took over; episode %d and %d older ones are forgotten by episodes()",
+                               len(records), len(self.kept), episode_id, len(newest_first) - len(records) - 1)
+                for forgotten, _ in newest_first[len(records):]:
+                    del self.kept[forgotten]
+                break
+            records.append(record)
+        return sorted(records)
 
     def _kept_record(self, entry: np.ndarray, head: int) -> list[int]:
         """A kept entry in the payload, its numbers counted back from the commit's like ``open``."""

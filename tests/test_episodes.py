@@ -157,3 +157,23 @@ def test_a_small_episode_table_keeps_the_newest_episodes_intact(tmp_path, backen
         match = int(np.flatnonzero(full["episode_id"] == episode_id)[0])
         for key in ("first_step_id", "length", "return", "terminated", "open", "last_step_id"):
             assert small[key][position] == full[key][match], (key, int(episode_id))
+
+
+def test_kept_entries_never_overflow_the_commit_payload(tmp_path, backend, caplog):
+    """150 sub-envs whose open episodes outlive a ring of one-row episodes of another env: their
+    entries cannot all be kept in the payload beside the open episodes; the commit still
+    succeeds, keeping what fits and saying what is forgotten."""
+    path = str(tmp_path / ("pool" + (".h5" if backend == "hdf5" else ".zarr")))
+    model = Model(8)
+    with expstore.open(path, "w", capacity=8, schema=SCHEMA, commit_every=8) as pool:
+        for env in range(1, 151):
+            pool.append(model.add(env, 0, 1.0).values(), env_id=env)
+        for _ in range(40):
+            pool.append(model.add(0, 1, 1.0).values(), env_id=0)
+        with caplog.at_level("WARNING", logger="expstore.episodes"):
+            pool.flush()
+        assert "forgotten by episodes()" in caplog.text
+        pool.append(model.add(1, 0, 1.0).values(), env_id=1)  # env 1's episode is running: it was kept
+        table = pool.episodes()
+        position = int(np.flatnonzero(table["episode_id"] == 0)[0])
+        assert table["first_step_id"][position] == 0 and table["length"][position] == 2
