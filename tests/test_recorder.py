@@ -274,3 +274,20 @@ def test_end_episodes_checks_what_it_is_given(pool_path):
         assert len(next(pool.iter_epoch(10))["step_id"]) == 3  # the last row's next_obs is kept
     with expstore.open(pool_path, "r") as reader, pytest.raises(expstore.ReadOnlyError):
         reader.end_episodes()
+
+
+def test_vector_reset_with_a_mask_ends_only_the_masked_sub_envs_episodes(pool_path):
+    venv = gym.make_vec("CartPole-v1", num_envs=3, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.DISABLED})
+    with expstore.open(pool_path, "w", capacity=100) as pool:
+        env = expstore.RecordEpisodes(venv, pool)
+        env.reset(seed=0)
+        for _ in range(5):
+            env.step(np.zeros(3, int))
+        env.reset(options={"reset_mask": np.array([True, False, False])})
+        for _ in range(3):
+            env.step(np.zeros(3, int))
+        table = pool.episodes()
+    venv.close()
+    assert list(table["env_id"]) == [0, 1, 2, 0] and list(table["length"]) == [5, 8, 8, 3]
+    assert list(table["truncated"]) == [True, False, False, False] and list(table["open"]) == [False, True, True, True]
