@@ -194,8 +194,15 @@ class ExpstoreFsync(ExpstoreSystem):
     persistence = "as expstore-hdf5, with the default fsync'ed commits every 10,000 rows"
 
 
-class ExpstoreNoNextObs(ExpstoreSystem):
-    persistence = "as expstore-hdf5, the pool stores no next_obs column"
+class ExpstoreDerivedNextObs(ExpstoreSystem):
+    persistence = "as expstore-hdf5, derive_next_obs=True: only episodes' final next_obs stored"
+
+    def __init__(self, schema, capacity, directory):
+        System.__init__(self, schema, capacity, directory)
+        import expstore
+        stored = {name: spec for name, spec in schema.items() if name != "next_obs"}
+        self.pool = expstore.open(self._path(directory), "w", capacity=capacity, schema=stored,
+                                  derive_next_obs=True, fsync=self.fsync)
 
 
 # ---------------------------------------------------------------------- peers
@@ -412,7 +419,7 @@ class ZarrSystem(_ArrayRing):
 SYSTEMS: dict[str, type[System]] = {}
 for _cls, _name in [(NumpySystem, "numpy"), (MemmapSystem, "memmap"), (ExpstoreSystem, "expstore-hdf5"),
                     (ExpstoreZarr, "expstore-zarr"), (ExpstoreFsync, "expstore-hdf5-fsync"),
-                    (ExpstoreNoNextObs, "expstore-hdf5-no-next-obs"), (TorchRLSystem, "torchrl"),
+                    (ExpstoreDerivedNextObs, "expstore-hdf5-derived-next-obs"), (TorchRLSystem, "torchrl"),
                     (SB3System, "sb3"), (CpprbSystem, "cpprb"), (H5pySystem, "h5py"), (ZarrSystem, "zarr")]:
     _cls.name = _name
     SYSTEMS[_name] = _cls
