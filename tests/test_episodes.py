@@ -177,3 +177,46 @@ def test_kept_entries_never_overflow_the_commit_payload(tmp_path, backend, caplo
         table = pool.episodes()
         position = int(np.flatnonzero(table["episode_id"] == 0)[0])
         assert table["first_step_id"][position] == 0 and table["length"][position] == 2
+
+
+_LAPPING_WRITER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import expstore
+    from episode_model import SCHEMA, Model
+    model = Model(8)
+    pool = expstore.open({path!r}, "w", capacity=8, schema=SCHEMA, commit_every=4, commit_interval_s=1000)
+    pool.append(model.add(1, 0, 1.0).values(), env_id=1)          # episode 0 (env 1) stays open
+    for _ in range(28):
+        pool.append(model.add(0, 1, 1.0).values(), env_id=0)      # one-row episodes 1..28
+    pool.append(model.add(1, 0, 1.0).values(), env_id=1)          # episode 0's second row, step 29
+    pool.append(model.add(0, 1, 1.0).values(), env_id=0)
+    pool.flush()
+    print("COMMITTED", flush=True)
+    for _ in range(3):                                            # uncommitted: they reuse table rows
+        pool.append(model.add(0, 1, 1.0).values(), env_id=0)
+    sys.stdin.read()
+""")
+
+
+def test_a_kept_entry_survives_a_crash_after_newer_episodes_took_its_row(pool_path):
+    """Episode 0 began long before the tail and still has a row in the pool; after the commit the
+    writer's newer episodes take its table row, then it is killed: the entry comes back from
+    the commit payload, and the reopening writer cuts the episode off with its true first step."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.Popen([sys.executable, "-c", _LAPPING_WRITER.format(tests=tests, path=pool_path)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "COMMITTED"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    with expstore.open(pool_path, "r") as reader:
+        table = reader.episodes()
+        assert table["episode_id"][0] == 0 and table["open"][0] and table["first_step_id"][0] == 0
+    with expstore.open(pool_path, "a") as pool:
+        table = pool.episodes()
+        assert table["episode_id"][0] == 0 and table["cut_off"][0] and table["length"][0] == 2
+        assert list(pool.episode(0)["step_id"]) == [29]
+        pool.append(Model(8).add(1, 0, 1.0).values(), env_id=1)
+        assert pool.episodes()["episode_id"][-1] == 30  # the ids the crash discarded are given again
