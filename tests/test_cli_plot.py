@@ -57,10 +57,16 @@ def test_plot_replaces_an_existing_image(tmp_path, pool_path):
     assert matplotlib.image.imread(out).shape[0] > 100
 
 
+# READY is printed once the plot command runs (inside click's handler), so the signal can never
+# land in the child's own lines before main() took over.
 CHILD = """
 import sys
-from expstore.cli import main
-print("READY", flush=True)
+from expstore.cli import main, plot as plot_module
+open_source = plot_module.open_source
+def announced(*args, **kwargs):
+    print("READY", flush=True)
+    return open_source(*args, **kwargs)
+plot_module.open_source = announced
 sys.argv = ["expstore", "plot", *sys.argv[1:]]
 main()
 """
