@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
+from ._version import __version__
+from .core.hooks import register_hook as _register_hook
+from .core.opening import open  # noqa: E402,A004
+from .core.store import Store  # noqa: E402
 from .errors import (  # noqa: E402
     BackendError,
     ClosedStoreError,
@@ -16,18 +18,22 @@ from .errors import (  # noqa: E402
     NotAPoolError,
     ReadOnlyError,
     SchemaError,
+    ShardsUnavailableError,
     StepNotFoundError,
     StoreExistsError,
-    ShardsUnavailableError,
     StoreLockedError,
     StoreNotFoundError,
     WriterOutranError,
 )
-from .opening import open  # noqa: E402,A004
-from .recency import ERE, ERESchedule, ExponentialRecency  # noqa: E402
+from .inspect.age import store_stats as _store_stats
+from .maintenance.verify import verify_store as _verify_store
+from .sampling.recency import ERE, ERESchedule, ExponentialRecency  # noqa: E402
 from .schema import Field, Schema  # noqa: E402
-from .store import Store  # noqa: E402
 from .verify import RepairReport, VerifyReport, repair, verify  # noqa: E402
+
+# Store.verify() and Store.stats() are served from the layers above the core (core/hooks.py).
+_register_hook("verify", _verify_store)
+_register_hook("stats", _store_stats)
 
 __all__ = [
     "BackendError", "ClosedStoreError", "CorruptStoreError", "DiskFullError", "EmptyStoreError",
@@ -41,7 +47,7 @@ __all__ = [
 def __getattr__(name: str):
     # The recorder needs gymnasium, an optional dependency: import it only when asked for.
     if name in ("RecordEpisodes", "RecordVectorEpisodes"):
-        from . import recorder
+        from .integrations import recorder
 
         return getattr(recorder, name)
     raise AttributeError(f"module 'expstore' has no attribute {name!r}")

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
+import os
+from pathlib import Path
+
 import pytest
 
-BACKENDS = {"hdf5": ".h5", "zarr": ".zarr"}
+from tests.helpers.pools import BACKENDS
+
+# The child processes tests start import tests.helpers and this checkout's expstore, from
+# whatever folder they run in: put the checkout first on their import path.
+_CHECKOUT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join([_CHECKOUT, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
 def pytest_addoption(parser):
@@ -30,22 +37,3 @@ def backend(request) -> str:
 @pytest.fixture
 def pool_path(tmp_path, backend) -> str:
     return str(tmp_path / f"pool{BACKENDS[backend]}")
-
-
-def pendulum_schema() -> dict:
-    return {"obs": ((3,), "float32"), "action": ((1,), "float32"), "reward": ((), "float32"),
-            "next_obs": ((3,), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
-
-
-def rows_for(step_ids) -> dict[str, np.ndarray]:
-    """Rows whose every value is derived from its step id, so any row can be checked alone."""
-    steps = np.asarray(step_ids, dtype=np.int64)
-    base = steps.astype(np.float32)
-    return {
-        "obs": np.stack([base, base + 0.25, base + 0.5], axis=1),
-        "action": (base * 2)[:, None],
-        "reward": -base,
-        "next_obs": np.stack([base + 1, base + 1.25, base + 1.5], axis=1),
-        "terminated": steps % 5 == 0,
-        "truncated": steps % 7 == 0,
-    }

@@ -112,7 +112,7 @@ def run(directory: str, seconds: float, repeats: int, checksums: bool, fsyncs: t
                 result = best_of(repeats, path, cadence, fsync, seconds, stream, warm_rows, checksums)
                 cases.append({"backend": backend, "commit": f"every {cadence:,} rows", "fsync": "on" if fsync else "off",
                               **result, "no_commit_per_s": baseline["appends_per_s"]})
-        expstore.files.remove_path(path)
+        expstore.backends.files.remove_path(path)
     return cases
 
 

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 import expstore
-from expstore.torch_feed import Prefetcher, to_tensors
+from expstore.integrations.torch_feed import Prefetcher, to_tensors
 
 WORKLOADS = {
     "pendulum": ({"obs": ((3,), "float32"), "action": ((1,), "float32"), "reward": ((), "float32"),

@@ -38,7 +38,7 @@ from bench_common import (
 )
 
 import expstore
-from expstore.sharding import ShardedPool, SharedShards, create_shards
+from expstore.integrations.sharding import ShardedPool, SharedShards, create_shards
 
 WORKLOADS = [("pendulum", PENDULUM, 100_000, 256), ("pendulum", PENDULUM, 100_000, 4096),
              ("atari", ATARI, 5_000, 64)]

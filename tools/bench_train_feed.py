@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 import expstore
-from expstore.sac import SAC, SACConfig
-from expstore.torch_feed import Prefetcher, to_tensors
+from expstore.integrations.torch_feed import Prefetcher, to_tensors
+from expstore.training.sac import SAC, SACConfig
 
 FIELDS = ("obs", "action", "reward", "next_obs", "terminated")
 

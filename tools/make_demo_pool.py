@@ -18,7 +18,8 @@ import argparse
 import os
 import tempfile
 
-from expstore import convert, train
+from expstore.maintenance import convert
+from expstore.training import main as train
 
 
 def record(out: str, steps: int, learning_starts: int, seed: int) -> convert.CopyResult:

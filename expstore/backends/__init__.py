@@ -7,7 +7,7 @@ import os
 from ..errors import BackendError
 from .base import FORMAT_VERSION, Backend, Extent, Layout
 from .hdf5 import HDF5Backend
-from .zarr import ZarrBackend
+from .zarr_v3 import ZarrBackend
 
 BACKENDS: dict[str, Backend] = {"hdf5": HDF5Backend(), "zarr": ZarrBackend()}
 

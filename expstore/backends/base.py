@@ -13,10 +13,11 @@ from typing import Protocol
 
 import numpy as np
 
-from ..commit import SLOT_NBYTES
 from ..schema import Schema
 
 FORMAT_VERSION = 1
+# Bytes of each of the commit record's two slots (core/commit.py encodes them).
+SLOT_NBYTES = 4096
 # What to do about a file that is not a pool, appended to every NotAPoolError.
 NOT_A_POOL_FIX = ("; pick another path for a new pool, or use mode='w' to replace it "
                   "(`expstore import` reads D4RL and Minari datasets)")
@@ -60,7 +61,7 @@ def internal_arrays(meta: dict) -> dict[str, tuple[tuple[int, ...], str]]:
     """The pool's bookkeeping arrays (names start with ``_``): name -> (full shape, dtype).
 
     They are stored contiguously and uncompressed beside the fields and start zeroed; which
-    ones exist is decided at creation (see expstore/internal.py) and recorded in the metadata.
+    ones exist is decided at creation (see expstore/backends/internal.py) and recorded in the metadata.
     """
     return {name: (tuple(spec["shape"]), spec["dtype"]) for name, spec in meta.get("internal", {}).items()}
 

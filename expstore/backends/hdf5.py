@@ -13,11 +13,11 @@ import os
 
 import numpy as np
 
-from ..commit import SLOT_NBYTES
 from ..errors import CorruptStoreError, ExpstoreError, NotAPoolError
 from ..schema import Schema
 from .base import (
     NOT_A_POOL_FIX,
+    SLOT_NBYTES,
     Extent,
     Layout,
     array_nbytes,
@@ -39,6 +39,7 @@ _CONTAINER_FIX = ("restore the pool from a copy, or copy it into a new pool with
 
 
 def _h5py():
+    # h5py loads on first use: its import is slow, and a program on Zarr pools never needs it.
     import h5py
 
     return h5py

@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from typing import TypeGuard
 
-from .. import internal
+from .._version import __version__
 from ..errors import CorruptStoreError, FormatVersionError, SchemaError
 from ..schema import SUPPORTED_DTYPES, Schema, check_field_name
 from .base import FORMAT_VERSION, array_nbytes, array_specs
+from .internal import EPISODE_COLUMNS, EPISODE_TABLE, FINAL_PREFIX, plan, planned_final_rows
 
 _REQUIRED = ("format_version", "capacity", "slots", "chunk_rows", "schema", "attrs", "checksums")
 _DTYPE_NAMES = tuple(dtype.name for dtype in SUPPORTED_DTYPES)
@@ -25,8 +26,6 @@ _SHOWN_CHARS = 60
 
 def build_meta(schema: Schema, capacity: int, slots: int, chunk_rows: int, attrs: dict,
                checksums: bool = False) -> dict:
-    from .. import __version__
-
     return {
         "format_version": FORMAT_VERSION,
         "expstore_version": __version__,
@@ -82,8 +81,6 @@ def _is_int(value: object) -> TypeGuard[int]:
 def _check_version(path: str, meta: dict) -> None:
     version = meta.get("format_version")
     if _is_int(version) and version > FORMAT_VERSION:
-        from .. import __version__
-
         raise FormatVersionError(
             f"{path} has format_version {version}, this expstore {__version__} reads up to "
             f"{FORMAT_VERSION}; upgrade expstore (pip install -U expstore)"
@@ -156,10 +153,10 @@ def _check_internal(path: str, meta: dict, schema: Schema) -> None:
         raise _damaged(path, "internal", f"is {_shown(arrays)}, expected an object of array name -> shape and dtype")
     for name, spec in arrays.items():
         _check_array_spec(path, f"internal.{name}", spec)
-    finals = sorted(name for name in arrays if name.startswith(internal.FINAL_PREFIX))
+    finals = sorted(name for name in arrays if name.startswith(FINAL_PREFIX))
     try:
-        expected = internal.plan(schema, meta["slots"], _episode_rows(path, arrays, meta["slots"]),
-                                 derive_next_obs=bool(finals), final_rows=internal.planned_final_rows(arrays))
+        expected = plan(schema, meta["slots"], _episode_rows(path, arrays, meta["slots"]),
+                                 derive_next_obs=bool(finals), final_rows=planned_final_rows(arrays))
     except SchemaError:
         raise _damaged(path, "internal", f"holds final-observation tables {finals}, but the schema stores "
                                          "next_ for every observation") from None
@@ -177,13 +174,13 @@ def _check_internal(path: str, meta: dict, schema: Schema) -> None:
 
 def _episode_rows(path: str, arrays: dict, slots: int) -> int:
     """Rows of the episode table: chosen at creation, between one and one per slot."""
-    table = arrays.get(internal.EPISODE_TABLE)
+    table = arrays.get(EPISODE_TABLE)
     if table is None:
-        raise _damaged(path, "internal", f"lacks the episode table {internal.EPISODE_TABLE!r}")
+        raise _damaged(path, "internal", f"lacks the episode table {EPISODE_TABLE!r}")
     shape = table["shape"]
-    columns = (internal.EPISODE_COLUMNS, internal.EPISODE_COLUMNS + 1)  # the fifth: see internal.py
+    columns = (EPISODE_COLUMNS, EPISODE_COLUMNS + 1)  # the fifth: see core/internal.py
     if len(shape) != 2 or shape[0] > slots or shape[1] not in columns:
-        raise _damaged(path, f"internal.{internal.EPISODE_TABLE}.shape",
+        raise _damaged(path, f"internal.{EPISODE_TABLE}.shape",
                        f"is {shape}, expected [rows, {columns[0]} or {columns[1]}] with at most "
                        f"{slots} rows (the ring's slots)")
     return shape[0]

@@ -23,8 +23,8 @@ import os
 
 import numpy as np
 
-from ..files import fsync_dir, temp_sibling
 from .base import Layout, expected_arrays
+from .files import fsync_dir, temp_sibling
 
 REQUIRED_KEYS = ("zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding",
                  "fill_value", "codecs")

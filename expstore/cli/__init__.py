@@ -17,6 +17,7 @@ from typing import NoReturn
 import click
 
 from ..errors import ExpstoreError
+from . import check, convert, inspect, interchange, plot
 from .common import cli_advice
 
 
@@ -69,8 +70,6 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from . import check, convert, inspect, interchange, plot
-
     for module in (inspect, check, convert, interchange, plot):
         for command in module.COMMANDS:
             cli.add_command(command)

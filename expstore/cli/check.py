@@ -6,9 +6,9 @@ import sys
 
 import click
 
-from ..streaming import read_backend
-from ..verify import repair as repair_pool
-from ..verify import verify as verify_pool
+from ..inspect.streaming import read_backend
+from ..maintenance.verify import repair as repair_pool
+from ..maintenance.verify import verify as verify_pool
 from .common import cli_advice, echo_json, progress_bar
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..backends.base import NOT_A_POOL_FIX
 from ..errors import InvalidArgumentError
-from ..streaming import Progress
+from ..inspect.streaming import Progress
 
 # The library's messages tell a Python caller which argument to pass (``backend='zarr'``,
 # ``mode='w'``); a command-line user needs the flag instead, or other advice where the command

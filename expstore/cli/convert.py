@@ -6,8 +6,8 @@ from contextlib import closing
 
 import click
 
-from .. import convert as converting
-from ..streaming import open_source
+from ..inspect.streaming import open_source
+from ..maintenance import convert as converting
 from .common import progress_bar
 
 COMPRESS = click.option(

@@ -7,9 +7,13 @@ from contextlib import closing
 import click
 import numpy as np
 
-from .. import summary
-from ..errors import InvalidArgumentError
-from ..streaming import open_source, read_backend
+from ..backends.archive import is_archive
+from ..core.opening import open as open_store
+from ..errors import InvalidArgumentError, NotAPoolError
+from ..inspect import summary
+from ..inspect.age import age_distribution
+from ..inspect.duplicates import duplicate_report
+from ..inspect.streaming import open_source, read_backend
 from .common import cell, check_count, echo_json, parse_fields, progress_bar, rows_table, table
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
@@ -128,8 +132,6 @@ def stats(path: str, as_json: bool, with_duplicates: bool, obs_field: str | None
       expstore stats data/demo_pool.h5 --json
       expstore stats runs/sac-pendulum/pool.h5 --duplicates
     """
-    from ..age import age_distribution
-
     if obs_field is not None and not with_duplicates:
         raise InvalidArgumentError("--obs-field chooses the field that --duplicates clusters; pass --duplicates too")
     with closing(open_source(path)) as source:
@@ -160,8 +162,6 @@ def stats(path: str, as_json: bool, with_duplicates: bool, obs_field: str | None
 
 
 def _duplicates(source, obs_field: str) -> dict:
-    from ..duplicates import duplicate_report
-
     with progress_bar(len(source), "duplicates") as progress:
         return duplicate_report(source, obs_field=obs_field, progress=progress)
 
@@ -237,10 +237,6 @@ def sample(path: str, count: int, seed: int | None, max_age: int | None, age_uni
       expstore sample data/demo_pool.h5 -n 4 --seed 0
       expstore sample data/demo_pool.h5 -n 4 --max-age 200 --fields policy_version
     """
-    from ..archive import is_archive
-    from ..errors import NotAPoolError
-    from ..opening import open as open_store
-
     if is_archive(path):
         raise NotAPoolError(f"{path} is a compressed archive, which cannot be sampled in place; "
                             f"`expstore convert {path} POOL` makes a pool of it")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from .. import interchange
+from ..inspect.streaming import open_source
 from .common import progress_bar
 
 FORMAT = click.option("--format", "fmt", type=click.Choice(["d4rl", "minari"]), default=None,
@@ -26,8 +29,6 @@ def export_cmd(pool: str, dst: str, fmt, dataset_id, overwrite: bool) -> None:
       expstore export data/demo_pool.h5 runs/demo.hdf5 --format d4rl
       expstore export data/demo_pool.h5 "$MINARI_DATASETS_PATH/pendulum/demo-v0" --format minari
     """
-    from ..streaming import open_source
-
     fmt = fmt or ("d4rl" if dst.lower().endswith((".h5", ".hdf5")) else "minari")
     source = open_source(pool)
     rows = len(source)
@@ -66,8 +67,6 @@ def import_cmd(src: str, pool: str, fmt, capacity, backend, overwrite: bool) -> 
 
 
 def _exists(path: str) -> bool:
-    import os
-
     return os.path.exists(path)
 
 

@@ -6,8 +6,8 @@ from contextlib import closing
 
 import click
 
-from ..plotting import image_path, plot_pool
-from ..streaming import open_source
+from ..inspect.plotting import image_path, plot_pool
+from ..inspect.streaming import open_source
 from .common import progress_bar
 
 

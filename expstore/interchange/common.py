@@ -14,9 +14,6 @@ from ..schema import Schema, check_field_name
 D4RL_NAMES = {"obs": "observations", "action": "actions", "reward": "rewards",
               "next_obs": "next_observations", "terminated": "terminals", "truncated": "timeouts"}
 REQUIRED = ("obs", "action", "reward", "terminated", "truncated")
-# The source pool's schema and attrs ride along in exported files so that an import restores
-# field order, dtypes and attrs exactly.
-SAVED_KEY = "expstore"
 
 
 def detect_format(path: str) -> str:

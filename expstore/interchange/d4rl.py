@@ -12,13 +12,13 @@ from contextlib import closing
 
 import numpy as np
 
-from .. import files
-from ..convert import build_pool, make_parent
-from ..destination import check_destination
+from ..backends import files, resolve_backend
 from ..errors import InvalidArgumentError, NotAPoolError
+from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
+from ..maintenance.convert import build_pool, make_parent
+from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import SUPPORTED_DTYPES, Field
-from ..streaming import Progress, iter_slices, open_source, slice_rows
-from .common import D4RL_NAMES, SAVED_KEY, check_required, field_name, restore, saved_json
+from .common import D4RL_NAMES, check_required, field_name, restore, saved_json
 
 _FROM_D4RL = {d4rl: pool for pool, d4rl in D4RL_NAMES.items()}
 _D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")
@@ -34,6 +34,7 @@ def export_d4rl(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
         rows = len(source)
 
         def build(temp: str) -> list[str]:
+            # h5py loads on first use: its import is slow, and a program on Zarr pools never needs it.
             import h5py
 
             with h5py.File(temp, "w", locking=False) as f:
@@ -58,6 +59,7 @@ def import_d4rl(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int
     ``timeouts`` may be missing (read as all false); ``next_observations`` is imported when
     present. Numeric ``infos/*`` arrays with one row per step become fields of the same name.
     """
+    # h5py loads on first use: its import is slow, and a program on Zarr pools never needs it.
     import h5py
 
     src, dst = os.fspath(src), os.fspath(dst)
@@ -124,6 +126,4 @@ def _read_rows(datasets, schema, first: int, last: int, progress: Progress | Non
 
 
 def _backend(dst: str, backend: str | None) -> str:
-    from ..backends import resolve_backend
-
     return resolve_backend(dst, backend).name

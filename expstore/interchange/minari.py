@@ -16,18 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import closing
 
 import numpy as np
 
-from .. import files
-from ..convert import build_pool, make_parent
-from ..destination import check_destination
-from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError
+from ..backends import files, resolve_backend
+from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError, StoreNotFoundError
+from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
+from ..maintenance.convert import build_pool, make_parent
+from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
-from ..streaming import Progress, iter_slices, open_source, slice_rows
-from . import minari_fields
-from .common import REQUIRED, SAVED_KEY, check_required, restore
+from .common import REQUIRED, check_required, restore
+from .minari_fields import check_episode, field_layouts, read_rows
 
 MINARI_VERSION = "0.5.4"  # the newest dataset version this layout matches
 _STANDARD = ("obs", "action", "reward", "next_obs", "terminated", "truncated")
@@ -65,8 +66,6 @@ def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id:
 
 
 def _check_dataset_id(dataset_id: str) -> None:
-    import re
-
     if not re.fullmatch(r"(?:[\w.-]+/)?[\w.-]+-v\d+", dataset_id):
         raise InvalidArgumentError(f"Minari dataset id {dataset_id!r} must look like 'name-v0' or "
                                    "'namespace/name-v0'; pass --dataset-id or rename the destination")
@@ -104,6 +103,7 @@ def _widen(bounds: dict, name: str, values: np.ndarray) -> None:
 
 
 def _write_episodes(path: str, source, ends: np.ndarray, progress) -> None:
+    # h5py loads on first use: its import is slow, and a program on Zarr pools never needs it.
     import h5py
 
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
@@ -187,9 +187,8 @@ def import_minari(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: i
     dataset's spaces, env spec and description are kept in ``attrs["minari"]``, so an export
     writes them back.
     """
+    # h5py loads on first use: its import is slow, and a program on Zarr pools never needs it.
     import h5py
-
-    from ..backends import resolve_backend
 
     dst = os.fspath(dst)
     check_destination(dst, overwrite)
@@ -201,10 +200,10 @@ def import_minari(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: i
                             "is supported")
     with h5py.File(os.path.join(data_dir, "main_data.hdf5"), "r", locking=False) as f:
         episodes = _episode_groups(src, f, metadata)
-        layouts = minari_fields.field_layouts(os.fspath(src), metadata, episodes[0])
+        layouts = field_layouts(os.fspath(src), metadata, episodes[0])
         schema, attrs = _import_schema(src, metadata, episodes[0], layouts)
         per_step = _per_step_layout(episodes[0], schema)
-        rows = sum(minari_fields.check_episode(os.fspath(src), k, ep, layouts, per_step)
+        rows = sum(check_episode(os.fspath(src), k, ep, layouts, per_step)
                    for k, ep in enumerate(episodes))
         build_pool(dst, resolve_backend(dst, backend).name, schema, capacity or max(1, rows), attrs,
                    _episode_slices(src, episodes, schema, layouts, progress), overwrite=overwrite)
@@ -231,8 +230,6 @@ def _data_dir(src: str) -> str:
         if os.path.exists(os.path.join(candidate, "metadata.json")) and \
                 os.path.exists(os.path.join(candidate, "main_data.hdf5")):
             return candidate
-    from ..errors import StoreNotFoundError
-
     if not os.path.exists(src):
         raise StoreNotFoundError(f"no Minari dataset at {src}; pass its directory or a dataset id "
                                  "under $MINARI_DATASETS_PATH")
@@ -272,9 +269,9 @@ def _episode_slices(src, episodes, schema: Schema, layouts: dict, progress):
         steps = int(ep["rewards"].shape[0])
         for lo in range(0, steps, step):
             hi = min(steps, lo + step)
-            observations = minari_fields.read_rows(ep["observations"], lo, hi + 1, layouts["observations"], where)
+            observations = read_rows(ep["observations"], lo, hi + 1, layouts["observations"], where)
             batch = {"obs": observations[:-1], "next_obs": observations[1:],
-                     "action": minari_fields.read_rows(ep["actions"], lo, hi, layouts["actions"], where),
+                     "action": read_rows(ep["actions"], lo, hi, layouts["actions"], where),
                      "reward": ep["rewards"][lo:hi], "terminated": ep["terminations"][lo:hi],
                      "truncated": ep["truncations"][lo:hi]}
             for name in schema:

@@ -154,6 +154,7 @@ def _check_layout(where: str, dataset, layout: FieldLayout, rows: int) -> None:
 
 
 def _is_vlen_bytes(dataset) -> bool:
+    # h5py loads on first use: its import is slow, and a program on Zarr pools never needs it.
     import h5py
 
     base = h5py.check_vlen_dtype(dataset.dtype)
@@ -190,6 +191,7 @@ def decode_jpeg(encoded: np.ndarray, shape: tuple[int, ...], where: str) -> np.n
 
 def _pillow():
     try:
+        # Pillow is optional (the interchange extra): loaded only for JPEG-encoded observations.
         from PIL import Image
     except ImportError as exc:
         raise ImportError("decoding Minari's JPEG-encoded image observations needs Pillow: "

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..backends.files import fsync_dir
 from ..errors import CorruptStoreError
-from ..files import fsync_dir
 
 logger = logging.getLogger(__name__)
 

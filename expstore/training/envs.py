@@ -8,6 +8,7 @@ import gymnasium as gym
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..integrations.recorder import RecordEpisodes
 
 
 def make_env(env_id: str) -> gym.Env:
@@ -48,6 +49,4 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
 
 def recording_env(env: gym.Env, pool) -> gym.Env:
     """``env`` wrapped so that every step is appended to ``pool``, stamped with a policy version."""
-    from ..recorder import RecordEpisodes
-
     return RecordEpisodes(env, pool, policy_version=0)

@@ -16,10 +16,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
+from ..core.opening import open as open_pool
 from ..errors import InvalidArgumentError
-from ..opening import open as open_pool
-from ..td3bc import TD3BC, TD3BCConfig
-from ..torch_feed import Prefetcher, pool_loader
+from ..integrations.torch_feed import Prefetcher, pool_loader
 from .checkpoint import (
     CHECKPOINT_NAME,
     capture_rng,
@@ -41,6 +40,7 @@ from .progress import (
     write_run_json,
 )
 from .resume import Invocation, from_record
+from .td3bc import TD3BC, TD3BCConfig
 
 logger = logging.getLogger("expstore.train")
 _STATS_ROWS = 200_000  # observation statistics from at most this many rows

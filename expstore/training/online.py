@@ -23,10 +23,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from ..opening import open as open_pool
-from ..recency import ERE_C_MIN, ERE_ETA, ERESchedule
-from ..sac import SAC, SACConfig
-from ..torch_feed import Prefetcher
+from ..core.opening import open as open_pool
+from ..integrations.torch_feed import Prefetcher
+from ..sampling.recency import ERE_C_MIN, ERE_ETA, ERESchedule
 from .checkpoint import (
     CHECKPOINT_NAME,
     capture_rng,
@@ -49,6 +48,7 @@ from .progress import (
     write_run_json,
 )
 from .resume import Invocation, from_record
+from .sac import SAC, SACConfig
 
 logger = logging.getLogger("expstore.train")
 
@@ -69,7 +69,7 @@ class OnlineConfig:
     eval_episodes: int = 10
     prefetch_depth: int = 2
     sac: SACConfig = field(default_factory=SACConfig)
-    ere: bool = False  # Emphasizing Recent Experience: sample the newest c_k rows (expstore/recency.py)
+    ere: bool = False  # Emphasizing Recent Experience: sample the newest c_k rows (expstore/sampling/recency.py)
     ere_eta: float = ERE_ETA
     ere_c_min: int = ERE_C_MIN
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from ..inspect.plotting import save_atomically
+
 logger = logging.getLogger("expstore.train")
 
 METRICS_NAME = "metrics.jsonl"
@@ -112,12 +114,12 @@ def plot_learning_curve(metrics_path: str, png_path: str, title: str, x_label: s
     if not episodes and not evals:
         logger.info("no episode ended and no evaluation ran: no learning curve written")
         return False
+    # matplotlib (the train extra) is optional and slow to import: loaded only to draw.
     import matplotlib
 
     matplotlib.use("Agg")
+    # pyplot after choosing the Agg backend above, which draws without a display.
     from matplotlib import pyplot as plt
-
-    from ..plotting import save_atomically
 
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     if episodes:

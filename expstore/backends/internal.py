@@ -1,0 +1,97 @@
+"""The bookkeeping arrays a pool gets at creation, beside the user's fields.
+
+Per row (``slots`` rows, indexed like the fields):
+
+- ``_episode_id`` int64: the episode the row belongs to;
+- ``_episode_step`` int64: the row's index inside its episode (0 for the first row);
+- ``_episode_return`` float64: the episode's summed reward up to and including the row;
+- ``_next_delta`` int64: step-id distance to the next row of the same episode, 0 while there
+  is none (episode end, or the next row not appended yet). Readers trust a link only when
+  its target is committed and carries the same episode id;
+- ``_priority`` float32: the row's priority for prioritized replay (new rows get the max).
+
+Per episode (``episode_rows`` rows, indexed by ``episode_id % episode_rows``):
+
+- ``_episodes`` int64 (rows, 4): episode id, first step id, last step id (-1 while open),
+  ``env_id * 8 + 4 * (final observation stored) + status`` (status: 0 open, 1 terminated,
+  2 truncated, 3 cut off by a crash); in a pool that derives ``next_obs``, a fifth column: the
+  number of the episode's final observation (see below).
+
+Only in pools created with ``derive_next_obs=True``, a ring of ``final_rows`` rows in the order
+episodes end (the ``k``-th final observation kept is in row ``k % final_rows``; finals.py):
+
+- ``_finals_owner`` int64: the number ``k`` of the final observation the row holds;
+- ``_final_<obs>``, for each observation field stored without its ``next_<obs>`` field: the
+  observation that followed the episode's last row.
+
+Pools created before the final-observation table had a size of its own have neither
+``_finals_owner`` nor the fifth column; their ``_final_<obs>`` rows are the episode table's
+(row ``episode_id % episode_rows``).
+
+All start zeroed. Names starting with ``_`` are never user fields, so they cannot collide.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..errors import SchemaError
+from ..schema import Schema
+
+ROW_ARRAYS = {
+    "_episode_id": "int64",
+    "_episode_step": "int64",
+    "_episode_return": "float64",
+    "_next_delta": "int64",
+    "_priority": "float32",
+}
+EPISODE_TABLE = "_episodes"
+EPISODE_COLUMNS = 4  # a fifth in pools whose final-observation table is a ring of its own
+FINAL_PREFIX = "_final_"
+FINAL_OWNER = "_finals_owner"  # outside FINAL_PREFIX: it is no observation's table
+
+
+def derived_fields(schema: Schema) -> list[str]:
+    """Observation fields (``obs``, ``obs_*``) whose ``next_`` field the pool does not store."""
+    return [name for name in schema if (name == "obs" or name.startswith("obs_")) and f"next_{name}" not in schema]
+
+
+def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: bool = False,
+         final_rows: int | None = None) -> dict:
+    """The ``internal`` entry of a new pool's metadata: name -> {shape, dtype}.
+
+    ``final_rows``: rows of the final-observation table, with its owner column; None plans the
+    layout of pools made before it had a size of its own (``episode_rows`` rows, no owner).
+    """
+    episode_rows = slots if episode_rows is None else episode_rows
+    ring = derive_next_obs and final_rows is not None
+    arrays = {name: {"shape": [slots], "dtype": dtype} for name, dtype in ROW_ARRAYS.items()}
+    arrays[EPISODE_TABLE] = {"shape": [episode_rows, EPISODE_COLUMNS + ring], "dtype": "int64"}
+    if derive_next_obs and not derived_fields(schema):
+        raise SchemaError(f"derive_next_obs=True needs an observation field ('obs' or 'obs_*') stored without "
+                          f"its 'next_' field; the schema has {list(schema)}")
+    if ring:
+        arrays[FINAL_OWNER] = {"shape": [final_rows], "dtype": "int64"}
+    for name in derived_fields(schema) if derive_next_obs else []:
+        field = schema[name]
+        rows = episode_rows if final_rows is None else final_rows
+        arrays[FINAL_PREFIX + name] = {"shape": [rows, *field.shape], "dtype": field.dtype.name}
+    return arrays
+
+
+def planned_final_rows(arrays: dict) -> int | None:
+    """The ``final_rows`` that ``plan`` was given for a pool's ``internal`` arrays (None: the
+    layout without an owner column)."""
+    owner = arrays.get(FINAL_OWNER)
+    if not isinstance(owner, dict) or not isinstance(owner.get("shape"), list) or not owner["shape"]:
+        return None
+    return owner["shape"][0]
+
+
+def final_fields(views: Mapping) -> list[str]:
+    """The observation fields whose next value a pool derives (it has their final-obs table)."""
+    return [name[len(FINAL_PREFIX):] for name in views if name.startswith(FINAL_PREFIX)]
+
+
+def has_bookkeeping(views: dict) -> bool:
+    return all(name in views for name in ROW_ARRAYS) and EPISODE_TABLE in views

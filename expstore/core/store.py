@@ -1,0 +1,642 @@
+"""Store: append, extend, read and sample transitions of one pool.
+
+A writer appends rows in place through the memory maps and publishes them with a commit
+(see commit.py); it sees its own rows at once, committed or not. A reader sees the last
+commit, polls for newer ones before every read, and after each gather re-checks the window
+so that a row overwritten by the writer during the gather is never returned.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ..backends import Backend, Layout
+from ..errors import (
+    ClosedStoreError,
+    CorruptStoreError,
+    EmptyStoreError,
+    ExpstoreError,
+    InvalidArgumentError,
+    ReadOnlyError,
+    SchemaError,
+    StepNotFoundError,
+)
+from ..schema import Field, Schema
+from . import checksums, commit, lock
+from .casting import as_rows, to_numpy
+from .coldread import ColdReads
+from .hooks import call_hook
+from .idle import IdleCommitter
+from .mapping import MappedPool
+from .replay import ReplayMixin
+from .ring import Ring
+
+logger = logging.getLogger("expstore.store")  # its name before the layered layout
+
+_TORN_RETRIES = 3
+_STALE_REDRAWS = 100
+_open_writers: weakref.WeakSet = weakref.WeakSet()
+
+
+class CommitPolicy:
+    """When a writer commits on its own: every ``every_rows`` rows or ``interval_s`` seconds."""
+
+    def __init__(self, every_rows: int, interval_s: float, fsync: bool):
+        self.every_rows = every_rows
+        self.interval_s = interval_s
+        self.fsync = fsync
+
+
+class Store(ReplayMixin):
+    """One open pool. Create it with :func:`expstore.open`, not directly."""
+
+    def __init__(self, path: str, backend: Backend, writer_lock: lock.WriterLock | None,
+                 policy: CommitPolicy, layout: Layout | None = None, create=None):
+        self.path = path
+        self._backend = backend
+        self._lock = writer_lock
+        self._policy = policy
+        self._create = create  # builds the container on the first write when no schema was given
+        self._maps: MappedPool | None = None
+        self._closed = False
+        self._failure: BaseException | None = None
+        self.cold_reads = ColdReads()  # prefetch of sampled rows' pages when the pool reads cold
+        self._append_ready = False  # set once the checks append's hot path skips have passed
+        self._owner_pid = os.getpid()
+        self._write_lock = threading.Lock()
+        self._finalizing = False  # closing from __del__: no thread pools (see files.in_parallel)
+        self._idle_committer: IdleCommitter | None = None
+        self._layout: Layout | None = None
+        self._committed = commit.CommitRecord(1, 0, 0, 0.0)
+        self._head = 0
+        if layout is not None:
+            self._attach(layout)
+        if writer_lock is not None:
+            _open_writers.add(self)
+
+    # ------------------------------------------------------------------ set-up
+    def _attach(self, layout: Layout) -> None:
+        try:
+            self._attach_unguarded(layout)
+        except BaseException:
+            self._discard()
+            raise
+
+    def _discard(self) -> None:
+        """Undo a set-up that failed part-way: such a store must not commit or close what it never
+        opened, now or from its finaliser; the lock goes back at once."""
+        self._closed = True
+        self._append_ready = False
+        if self._idle_committer is not None:
+            self._idle_committer.stop()
+        self._release_views()
+        if self._maps is not None:
+            self._maps.close()
+        if self._lock is not None:
+            self._lock.release(remove=not os.path.exists(self.path))
+
+    def _attach_unguarded(self, layout: Layout) -> None:
+        if self._lock is not None:
+            self._lock.hold_pool_file(layout.commit.path)  # a new pool's too, before any write (lock.py)
+        self._layout = layout
+        self._ring = Ring(layout.meta["capacity"], layout.meta["slots"])
+        self._maps = MappedPool(layout, writable=self.writable)
+        self._fields = list(layout.schema.items())
+        self._views = [self._maps.views[name] for name, _ in self._fields]
+        self._names = dict.fromkeys(layout.schema).keys()  # a dict view: C-speed key comparison in append
+        self._row_specs = [
+            (name, field, field.dtype, field.shape,
+             float(np.finfo(field.dtype).max) if field.dtype.kind == "f" else None, self._maps.views[name])
+            for name, field in self._fields
+        ]
+        self._committed = self._read_commit(warn=True)
+        if self._committed.head - self._committed.tail > self._ring.capacity:
+            # Checked before the bookkeeping set-up, which a writer may rewrite from this window.
+            raise CorruptStoreError(f"{self.path}: the commit record holds more rows than the capacity; "
+                                    "run `expstore verify` on it")
+        self._seen_seq = self._committed.seq
+        self._head = self._committed.head
+        self._slots = self._ring.slots
+        self._init_replay()  # episode bookkeeping and priorities (replay.py)
+        self._schedule_commit()
+        if self.writable:
+            self._idle_committer = IdleCommitter(self, self._policy.interval_s)
+
+    def _read_commit(self, warn: bool = False) -> commit.CommitRecord:
+        for attempt in range(_TORN_RETRIES):
+            try:
+                record, torn = commit.newest(self._maps.commit_slots())
+            except CorruptStoreError as exc:
+                if attempt + 1 == _TORN_RETRIES:
+                    raise CorruptStoreError(f"{self.path}: {exc}") from None
+                torn = True
+            if not torn:
+                return record
+            time.sleep(0.001)  # a writer in another process may be mid-commit: look again
+        if warn:
+            logger.warning("%s: one commit slot is damaged (a commit torn by a crash?); using the "
+                           "older valid one, committed at seq %d", self.path, record.seq)
+        return record
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    @property
+    def backend(self) -> str:
+        return self._backend.name
+
+    @property
+    def schema(self) -> Schema | None:
+        return None if self._layout is None else self._layout.schema
+
+    @property
+    def capacity(self) -> int:
+        return self._create.capacity if self._layout is None else self._ring.capacity
+
+    @property
+    def attrs(self) -> dict:
+        source = self._create.attrs if self._layout is None else self._layout.meta["attrs"]
+        return dict(source)
+
+    @property
+    def chunk_rows(self) -> int | None:
+        return None if self._layout is None else self._layout.meta["chunk_rows"]
+
+    @property
+    def format_version(self) -> int | None:
+        return None if self._layout is None else self._layout.meta["format_version"]
+
+    @property
+    def next_step_id(self) -> int:
+        """Transitions ever appended: uncommitted ones too in the writer, committed in a reader."""
+        self._check_open()
+        if not self.writable:
+            self._refresh()
+        return self._head if self.writable else self._committed.head
+
+    @property
+    def first_step_id(self) -> int:
+        """Step id of the oldest transition still in the pool."""
+        return self._window()[0]
+
+    @property
+    def last_commit_time(self) -> float | None:
+        """Unix time of the last commit, None before the first."""
+        self._refresh()
+        return self._committed.time_unix or None
+
+    def __len__(self) -> int:
+        low, high = self._window()
+        return high - low
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("writer" if self.writable else "reader")
+        return f"<expstore.Store {self.path!r} {self.backend} {state} len={len(self) if not self._closed else '?'}>"
+
+    # ------------------------------------------------------------------ window
+    def _window(self) -> tuple[int, int]:
+        self._check_open()
+        if self._layout is None:
+            return 0, 0
+        if self.writable:
+            return self._ring.tail_for(self._head, self._committed.tail), self._head
+        self._refresh()
+        return self._committed.tail, self._committed.head
+
+    def _refresh(self) -> None:
+        """Readers: take a newer commit if the writer made one (a poll of two integers)."""
+        if self.writable or self._maps is None:
+            return
+        seq = self._maps.poll_seq()
+        if seq != self._seen_seq:
+            record = self._read_commit()
+            if record.seq > self._committed.seq:
+                self._committed = record
+            if record.seq == seq:
+                self._seen_seq = seq
+
+    # ------------------------------------------------------------------ writing
+    def append(self, transition: Mapping[str, Any], *, env_id: int = 0) -> None:
+        """Append one transition: a mapping of field name -> row value.
+
+        ``env_id`` names the environment (e.g. the sub-env of a vector env) that produced it:
+        episodes are tracked per env id, and end at a row with ``terminated`` or ``truncated``.
+
+        Values are checked before any is written, so a bad transition writes nothing. This is
+        the env-loop hot path: the common value types are checked inline, without calls.
+        """
+        with self._write_lock:  # uncontended: only an idle writer's commit thread takes it too
+            if not self._append_ready:
+                self._prepare_append(transition)
+            derived = None
+            try:
+                keys = transition.keys()
+            except AttributeError:
+                raise _not_a_mapping("append", transition) from None
+            if keys != self._names:
+                transition, derived = self._split_derived(transition, None)
+            converted = None
+            for name, field, dtype, shape, float_limit, _ in self._row_specs:
+                value = transition[name]
+                kind = type(value)
+                if kind is np.ndarray:
+                    if value.dtype is dtype and value.shape == shape:
+                        continue
+                elif kind is float:
+                    if float_limit is not None and not shape and -float_limit <= value <= float_limit:
+                        continue
+                elif kind is bool and dtype.kind == "b" and not shape:
+                    continue
+                if converted is None:
+                    converted = {}
+                converted[name] = as_rows(name, field, value, None)
+            if converted is not None:
+                transition = {**transition, **converted}
+            slot = self._head % self._slots
+            for name, _, _, _, _, view in self._row_specs:
+                view[slot] = transition[name]
+            self._tag_row(self._head, slot, transition, derived, env_id)
+            self._head += 1
+            # A commit whenever `slack` rows are pending keeps the next write off committed rows.
+            if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
+                self._commit(self._policy.fsync)
+
+    def _prepare_append(self, transition: Mapping[str, Any]) -> None:
+        """The slow checks the hot path skips once they passed: open, writable, created."""
+        self._check_writable()
+        if not isinstance(transition, Mapping):
+            raise _not_a_mapping("append", transition)
+        if self._layout is None:
+            self._create_from(transition, n_rows=None)
+        self._append_ready = True
+
+    def extend(self, batch: Mapping[str, Any], *, env_ids=None) -> None:
+        """Append a batch: a mapping of field name -> values with a leading batch dimension.
+
+        ``env_ids`` (one int per row, or one for all) names the env of each row, as in append.
+
+        The whole batch is checked before anything is written: a bad batch writes nothing.
+        """
+        with self._write_lock:
+            self._check_writable()
+            if not isinstance(batch, Mapping):
+                raise _not_a_mapping("extend", batch)
+            if self._layout is None:
+                self._create_from(batch, n_rows=_batch_length(batch))
+            n_rows = _batch_length(batch)
+            derived = None
+            if batch.keys() != self._names:
+                batch, derived = self._split_derived(batch, n_rows)
+            columns = [self._column(spec, batch[spec[0]], n_rows) for spec in self._row_specs]
+            env_ids = self._check_env_ids(env_ids, n_rows)
+            done = 0
+            while done < n_rows:
+                room = self._ring.slack - (self._head - self._committed.head)
+                if room < min(n_rows - done, self._ring.slack) and self._head > self._committed.head:
+                    # Commit what is pending rather than split the batch: one commit either way,
+                    # and a batch written in one piece costs one round of bookkeeping.
+                    self._commit(self._policy.fsync)
+                    continue
+                take = min(room, n_rows - done)
+                for offset, slot, length in self._ring.runs(self._head, take):
+                    for view, column in zip(self._views, columns):
+                        view[slot:slot + length] = column[done + offset:done + offset + length]
+                part = slice(done, done + take)
+                self._tag_rows(self._head, {name: column[part] for name, column in zip(self._names, columns)},
+                               derived and {name: values[part] for name, values in derived.items()},
+                               None if env_ids is None else env_ids[part])
+                self._head += take
+                done += take
+            self._maybe_commit()
+
+    @staticmethod
+    def _column(spec: tuple, value: Any, n_rows: int) -> np.ndarray:
+        """One field of an extend, checked and cast; an array already in shape skips the calls."""
+        name, field, dtype, shape, _, _ = spec
+        if type(value) is np.ndarray and value.dtype is dtype and value.shape[1:] == shape and len(value) == n_rows:
+            return value
+        return as_rows(name, field, value, n_rows)
+
+    def flush(self, fsync: bool | None = None) -> None:
+        """Commit every appended transition now; with fsync (the default) it is durable on return."""
+        self._check_writable()
+        if self._layout is not None:
+            with self._write_lock:
+                self._commit(self._policy.fsync if fsync is None else fsync)
+
+    def _commit_if_idle(self) -> None:
+        """The idle-commit thread's check (idle.py): rows pending longer than the interval."""
+        with self._write_lock:
+            if self._closed or self._failure is not None or self._layout is None:
+                return
+            if self._head > self._committed.head and time.monotonic() >= self._commit_due_s:
+                self._commit(self._policy.fsync)
+
+    def _maybe_commit(self) -> None:
+        if self._head >= self._commit_due_head or (
+            self._head > self._committed.head and time.monotonic() >= self._commit_due_s
+        ):
+            self._commit(self._policy.fsync)
+
+    def _commit(self, fsync: bool) -> None:
+        previous = self._committed
+        try:
+            tail = self._ring.tail_for(self._head, previous.tail)
+            payload = self._commit_payload(previous.payload, tail)
+            if self._head == previous.head and payload == previous.payload:
+                if fsync:  # nothing new, but earlier commits may have skipped the fsync
+                    self._maps.sync_data(parallel=not self._finalizing)
+                    self._maps.sync_commit()
+                return
+            if self._maps.checksum_table is not None:
+                payload = checksums.record_commit(self._maps.checksum_table, self._views, self._ring,
+                                                  self._layout.meta["chunk_rows"], previous, self._head, tail, payload)
+            record = commit.CommitRecord(
+                seq=previous.seq + 1, head=self._head, tail=tail, time_unix=time.time(), payload=payload,
+            )
+            if fsync:
+                # Rows reach the disk before the record that exposes them.
+                self._maps.sync_data(parallel=not self._finalizing)
+            self._maps.write_commit(record)
+            if fsync:
+                self._maps.sync_commit()
+        except OSError as exc:
+            # Linux marks pages clean after a failed writeback, so a retry could "succeed"
+            # without the data: stop writing, and let a reopen recover from the last commit.
+            self._failure = exc
+            self._append_ready = False
+            raise
+        self._committed = record
+        self._schedule_commit()
+
+    def _schedule_commit(self) -> None:
+        self._commit_due_head = self._committed.head + min(self._policy.every_rows, self._ring.slack)
+        self._commit_due_s = time.monotonic() + self._policy.interval_s
+
+    def _create_from(self, mapping: Mapping[str, Any], n_rows: int | None) -> None:
+        fields = {}
+        for name, value in mapping.items():
+            arr = to_numpy(str(name), value)
+            if n_rows is not None and arr.ndim == 0:
+                raise SchemaError(f"field {name!r} is a scalar; extend takes arrays with a leading batch dimension")
+            fields[name] = Field(arr.shape if n_rows is None else arr.shape[1:], arr.dtype)
+        self._attach(self._create(Schema(fields)))
+
+    # ------------------------------------------------------------------ reading
+    def __getitem__(self, key: int | slice) -> dict[str, Any]:
+        low, high = self._window()
+        count = high - low
+        if isinstance(key, slice):
+            start, stop, step = key.indices(count)
+            return self._read_checked(low + np.arange(start, stop, step, dtype=np.int64))
+        if not isinstance(key, (int, np.integer)):
+            raise TypeError(f"store indices are ints or slices, not {type(key).__name__}")
+        index = int(key) + count if key < 0 else int(key)
+        if not 0 <= index < count:
+            raise StepNotFoundError(f"index {key} is out of range for a pool of {count} transitions")
+        batch = self._read_checked(np.array([low + index], dtype=np.int64))
+        return {name: values[0] for name, values in batch.items()}
+
+    def read(self, step_ids) -> dict[str, np.ndarray]:
+        """The rows of the given step ids, in that order, plus ``step_id``."""
+        steps = _as_step_ids(step_ids)
+        low, high = self._window()
+        outside = steps[(steps < low) | (steps >= high)]
+        if outside.size:
+            raise StepNotFoundError(
+                f"step id {int(outside[0])} is not in the pool, which holds steps {low}..{high - 1}"
+                if high > low else f"step id {int(outside[0])} is not in the pool, which is empty"
+            )
+        return self._read_checked(steps)
+
+    def _read_checked(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        batch = self._gather(steps)
+        stale = self._stale(steps)
+        if stale is not None and stale.any():
+            raise StepNotFoundError(
+                f"step id {int(steps[stale][0])} was evicted by the writer while it was being read")
+        return batch
+
+    def sample(self, batch_size: int, *, rng: int | np.random.Generator | None = None, n_step: int = 1,
+               gamma: float = 0.99, prioritized: bool = False, alpha: float = 0.6,
+               beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
+               current_version: int | None = None, recency=None) -> dict[str, np.ndarray]:
+        """A random batch (with replacement) of committed transitions, plus ``step_id``.
+
+        Args:
+            batch_size: rows to draw.
+            rng: a seed or a ``numpy.random.Generator``; the same seed on the same pool gives
+                the same batch.
+            n_step: with n > 1, ``reward`` is the discounted sum of up to n rewards of the
+                episode, ``next_obs``/``terminated``/``truncated`` those of the last row summed,
+                and ``discount`` is gamma ** (rows summed). It stops at an episode end and at
+                the newest committed row; truncation does not set ``terminated``.
+            gamma: discount factor of the n-step sum.
+            prioritized: draw rows in proportion to ``priority ** alpha`` (see
+                ``update_priorities``) and add ``weights``, the importance weights
+                ``(N * P) ** -beta`` divided by their batch maximum.
+            alpha, beta: the exponents of prioritized replay.
+            max_age: draw only rows at most this old, counted from the newest committed row
+                (see ``age_unit``); never returns an older row, also while a writer appends.
+            age_unit: "policy_versions" (by the ``policy_version`` field), "steps" (by step
+                id), or "auto": policy versions when the pool has that field, else steps.
+            current_version: with policy versions, count age from this version instead of
+                the newest row's (e.g. the learner's current update count).
+            recency: weight recent rows: ``expstore.ERE(k, K)`` (Emphasizing Recent
+                Experience; ``ERESchedule`` tracks k) or ``expstore.ExponentialRecency(half_life)``.
+                Not combinable with ``prioritized``. See expstore/sampling/recency.py.
+        """
+        if max_age is not None or recency is not None:
+            selection = {"max_age": max_age, "age_unit": age_unit, "current_version": current_version,
+                         "recency": recency}
+            return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta, selection)
+        _check_batch_size(batch_size)
+        if n_step != 1 or prioritized or self._derived:
+            return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta)
+        generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+        low, high = self._window()
+        if high == low:
+            raise EmptyStoreError(f"{self.path} holds no committed transition yet; append and flush first")
+        steps = generator.integers(low, high, size=int(batch_size), dtype=np.int64)
+        batch = self._gather(steps)
+        unconfirmed = None  # rows whose gather the window has not confirmed yet; None: all
+        for _ in range(_STALE_REDRAWS):
+            stale = self._stale(steps if unconfirmed is None else steps[unconfirmed])
+            if stale is None or not stale.any():
+                return batch
+            # The writer overwrote these rows during the gather: draw them again from the new
+            # window. Rows confirmed before stay: their bytes were read before any overwrite.
+            unconfirmed = np.flatnonzero(stale) if unconfirmed is None else unconfirmed[stale]
+            steps[unconfirmed] = generator.integers(self._committed.tail, self._committed.head,
+                                                    size=len(unconfirmed), dtype=np.int64)
+            redrawn = self._gather(steps[unconfirmed])
+            for name, values in redrawn.items():
+                batch[name][unconfirmed] = values
+        raise ExpstoreError(f"{self.path}: the writer kept overwriting sampled rows; sample a smaller batch")
+
+    def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        if self._layout is None:  # no schema yet, so nothing was ever written: no field to read
+            return {"step_id": steps}
+        columns = self.cold_reads.gather(self._views, self._ring.slots_of(steps))
+        batch = {name: column for (name, _), column in zip(self._fields, columns)}
+        batch["step_id"] = steps
+        return batch
+
+    def _stale(self, steps: np.ndarray) -> np.ndarray | None:
+        """Readers: which gathered steps the writer may have overwritten meanwhile."""
+        if self.writable:
+            return None
+        before = self._committed.tail
+        self._refresh()
+        if self._committed.tail == before:
+            return None
+        return steps < self._committed.tail
+
+    def verify(self, progress=None):
+        """Check the pool's integrity; returns a report with ``ok`` and ``findings``.
+
+        Checks the commit record (both slots), the committed window, that every file is
+        preallocated, leftovers of interrupted creates, and, for pools created with
+        ``checksums=True``, every committed row against the checksums recorded at commit.
+        ``progress``, if given, is called with the number of chunks just checked.
+        """
+        self._check_open()
+        return call_hook("verify", self, progress)
+
+    def stats(self, *, duplicates: bool = False) -> dict:
+        """Rows, window, and the age distribution of the pool (in steps, and in policy
+        versions when rows carry a ``policy_version`` field); with ``duplicates``, also exact
+        duplicate transitions and observation clusters. One bounded-memory pass; see inspect/age.py."""
+        self._check_open()
+        return call_hook("stats", self, duplicates)
+
+    # ------------------------------------------------------------------ life cycle
+    def close(self) -> None:
+        """Commit (durably, unless the store was opened with fsync=False) and release the pool."""
+        if self._closed:
+            return
+        forked = os.getpid() != self._owner_pid
+        if self._idle_committer is not None:
+            self._idle_committer.stop()
+        try:
+            if self.writable and self._layout is not None and self._failure is None and not forked:
+                with self._write_lock:
+                    self._commit(self._policy.fsync)
+        finally:
+            self._closed = True
+            self._append_ready = False
+            self._release_views()
+            if self._maps is not None:
+                self._maps.close()
+            if self._lock is not None and not forked:  # the lock belongs to the parent
+                self._lock.release(remove=not os.path.exists(self.path))  # no pool was ever created
+            _open_writers.discard(self)
+
+    def _release_views(self) -> None:
+        """Drop this store's own views of the mappings, so that closing unmaps the files; a view
+        a caller still holds keeps its mapping alive instead (see mapping.py)."""
+        self._views, self._row_specs = [], []
+        self._book = self._priority_view = self._priority_index = None
+        self.cold_reads = ColdReads(self.cold_reads.mode)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self._finalizing = True
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - nothing can be raised from a finaliser
+            logger.exception("closing %s at garbage collection failed", self.path)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedStoreError(f"{self.path} was closed; open it again with expstore.open")
+
+    def _check_writable(self) -> None:
+        self._check_open()
+        if not self.writable:
+            raise ReadOnlyError(f"{self.path} is open read-only; open it with mode='a' or 'r+' to write")
+        if self._failure is not None:
+            raise ExpstoreError(f"{self.path}: an earlier write failed ({self._failure}); "
+                                "close and reopen the pool, it recovers from the last commit")
+        if os.getpid() != self._owner_pid:
+            raise ReadOnlyError(f"{self.path}: this writer handle was inherited across fork; only the process "
+                                "that opened it may write. Open the pool with mode='r' in the child")
+
+    def _names_error(self, mapping: Mapping[str, Any]) -> SchemaError:
+        missing = [n for n in self._names if n not in mapping]
+        extra = [str(n) for n in mapping.keys() if n not in self._names]
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])
+        return SchemaError(f"fields do not match the pool's schema: {', '.join(parts)}; "
+                           f"the pool stores {list(self._names)}")
+
+
+def _not_a_mapping(method: str, value: Any) -> SchemaError:
+    example = "{'obs': obs, 'reward': r, ...}" if method == "append" else "{'obs': obs_batch, ...}"
+    return SchemaError(f"{method} takes a mapping of field name -> values, not {type(value).__name__}; "
+                       f"pass a dict such as {example}")
+
+
+def _check_batch_size(batch_size: Any) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int (rows to draw), "
+                                   "e.g. pool.sample(256)")
+
+
+def _as_step_ids(step_ids: Any) -> np.ndarray:
+    steps = np.asarray(step_ids).reshape(-1)
+    if steps.size and steps.dtype.kind not in "iu":
+        raise InvalidArgumentError(f"step ids must be integers, got {steps.dtype} values such as {steps[0]!r}; "
+                                   "pass the int64 `step_id` column of a sample or episode")
+    return steps.astype(np.int64, copy=False)
+
+
+def _batch_length(batch: Mapping[str, Any]) -> int:
+    lengths = {}
+    for name, value in batch.items():
+        shape = getattr(value, "shape", None)
+        if shape is None:
+            shape = np.shape(value)
+        if not shape:
+            raise SchemaError(f"field {name!r} is a scalar; extend takes arrays with a leading batch dimension")
+        lengths[name] = shape[0]
+    if len(set(lengths.values())) > 1:
+        raise SchemaError(f"batch fields have different lengths {lengths}; every field needs one row per transition")
+    return next(iter(lengths.values()), 0)
+
+
+def _forbid_writes_after_fork() -> None:
+    """A forked child inherits writer objects but not the right to write: re-arm the checks."""
+    for store in list(_open_writers):
+        store._append_ready = False
+        # The parent's idle-commit thread may have held the lock at the fork; it does not run
+        # here, so a fresh lock lets the child's writes reach their ReadOnlyError.
+        store._write_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forbid_writes_after_fork)
+
+
+@atexit.register
+def _commit_open_writers() -> None:
+    """A normal interpreter exit commits what every still-open writer appended."""
+    for store in list(_open_writers):
+        try:
+            store.close()
+        except Exception:  # noqa: BLE001 - keep closing the others
+            logger.exception("committing %s at exit failed", store.path)

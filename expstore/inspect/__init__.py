@@ -1,0 +1,2 @@
+"""Inspection: whole pools read in bounded slices; summaries, age statistics, duplicates, plots.
+"""

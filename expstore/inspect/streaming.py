@@ -1,0 +1,177 @@
+"""Row sources read in bounded slices: a pool, or a compressed archive, in logical order.
+
+Tools that walk a whole pool (convert, merge, export, stats) never hold a whole field in
+memory: they read ``slice_rows`` rows at a time (about 64 MiB), so a pool far larger than RAM
+streams through in constant anonymous memory. Pages read through a pool's memory maps are
+file-backed and the kernel reclaims them under pressure.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from ..backends import BACKENDS, archive
+from ..core.opening import open as open_store
+from ..core.snapshot import SourceBook
+from ..errors import InvalidArgumentError, StoreNotFoundError
+from ..schema import Schema
+
+SLICE_NBYTES = 64 << 20
+Progress = Callable[[int], None]
+
+
+class RowSource(Protocol):
+    """Rows in logical order (0 = oldest), readable by slices."""
+
+    path: str
+    kind: str  # "pool" or "archive"
+    schema: Schema
+    attrs: dict
+    capacity: int
+    chunk_rows: int
+    first_step_id: int
+
+    def __len__(self) -> int: ...
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` of the logical order, without ``step_id``."""
+
+    def close(self) -> None: ...
+
+
+class PoolSource:
+    """A pool opened read-only, as a row source."""
+
+    kind = "pool"
+
+    def __init__(self, store):
+        self.store = store
+        self.path = store.path
+        self.schema = store.schema
+        self.attrs = store.attrs
+        self.capacity = store.capacity
+        self.chunk_rows = store.chunk_rows or 1
+        self.meta = {} if store._layout is None else dict(store._layout.meta)
+        self.snapshot()
+
+    def snapshot(self) -> None:
+        """Take the window to read, with the episodes and priorities at the same commit: a writer
+        running meanwhile cannot shift the rows read. A copy takes it again at its first read."""
+        self.first_step_id, head = self.store._window()
+        self._length = head - self.first_step_id
+        self.book = SourceBook.of(self.store, self.first_step_id, head)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        rows = self.store.read(np.arange(self.first_step_id + start, self.first_step_id + stop, dtype=np.int64))
+        rows.pop("step_id")
+        return rows
+
+    def read_kept(self, start: int, stop: int) -> KeptRows:
+        """Rows ``[start, stop)`` less those that a writer appending meanwhile evicted first.
+
+        The writer evicts the oldest rows, so what it took is always a prefix. The rows and their
+        bookkeeping are gathered, then the window is read again: a row still in it was not
+        overwritten during the gather (the writer only writes slots of rows below its tail).
+        """
+        wanted = np.arange(self.first_step_id + start, self.first_step_id + stop, dtype=np.int64)
+        gone = int(np.searchsorted(wanted, self.store.first_step_id))  # evicted before the read: not read
+        steps = wanted[gone:]
+        rows = self.store._gather(steps)
+        rows.pop("step_id")
+        book = None if self.book is None else self.book.rows(steps)
+        stale = int(np.searchsorted(steps, self.store.first_step_id))  # evicted during it
+        rows = {name: values[stale:] for name, values in rows.items()}
+        book = None if book is None else {name: values[stale:] for name, values in book.items()}
+        return KeptRows(start + gone + stale, rows, book)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+@dataclass
+class KeptRows:
+    """What ``read_kept`` got: the rows from logical index ``first`` on, and their bookkeeping
+    (SourceBook.rows; None for a source without it)."""
+
+    first: int
+    rows: dict[str, np.ndarray]
+    book: dict[str, np.ndarray] | None = None
+
+
+def evicted_now(source: RowSource) -> int:
+    """Rows of the source's snapshot that a writer appending to it has evicted by now."""
+    if not isinstance(source, PoolSource):
+        return 0
+    return min(len(source), max(0, source.store.first_step_id - source.first_step_id))
+
+
+def read_kept(source: RowSource, start: int, stop: int) -> KeptRows:
+    """``source.read_kept`` where the source can lose rows while it is read (a pool), else all rows."""
+    if isinstance(source, PoolSource):
+        return source.read_kept(start, stop)
+    return KeptRows(start, source.read(start, stop))
+
+
+def open_source(path: str | os.PathLike) -> RowSource:
+    """Open a pool or a compressed archive read-only.
+
+    Raises:
+        StoreNotFoundError: nothing at ``path``.
+        NotAPoolError, CorruptStoreError: ``path`` is neither a pool nor an archive.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise StoreNotFoundError(f"no pool at {path}; check the path")
+    if archive.is_archive(path):
+        return archive.ArchiveSource(path)
+    return PoolSource(open_store(path, "r", backend=read_backend(path)))
+
+
+def read_backend(path: str | os.PathLike) -> str | None:
+    """The backend of an existing pool whose name does not tell it (``backup.pool``): Zarr for a
+    directory, HDF5 for a file. None where the suffix tells it, or nothing is there: the suffix
+    then decides, as it does for a pool being created."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(os.path.normpath(path))[1].lower()
+    if any(suffix in backend.suffixes for backend in BACKENDS.values()) or not os.path.exists(path):
+        return None
+    return "zarr" if os.path.isdir(path) else "hdf5"
+
+
+def slice_rows(schema: Schema, chunk_rows: int = 1, target_nbytes: int = SLICE_NBYTES) -> int:
+    """Rows per slice: about ``target_nbytes`` of rows, a whole number of chunks when possible."""
+    rows = max(1, target_nbytes // max(1, schema.row_nbytes))
+    if rows >= chunk_rows:
+        rows -= rows % chunk_rows
+    return rows
+
+
+def iter_slices(source: RowSource, start: int = 0, stop: int | None = None, *,
+                fields: list[str] | None = None, slice_nbytes: int = SLICE_NBYTES,
+                progress: Progress | None = None) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """Yield ``(first_index, rows)`` for consecutive slices of ``[start, stop)``.
+
+    Args:
+        fields: keep only these fields of each slice (all by default).
+        progress: called with the number of rows after each slice.
+    """
+    stop = len(source) if stop is None else stop
+    if not 0 <= start <= stop <= len(source):
+        raise InvalidArgumentError(f"rows {start}..{stop} are outside the {len(source)} rows of {source.path}")
+    step = slice_rows(source.schema, source.chunk_rows, slice_nbytes)
+    for first in range(start, stop, step):
+        last = min(stop, first + step)
+        rows = source.read(first, last)
+        if fields is not None:
+            rows = {name: rows[name] for name in fields}
+        yield first, rows
+        if progress is not None:
+            progress(last - first)

@@ -1,0 +1,379 @@
+"""Stable-Baselines3 replay buffers whose transitions live in an expstore pool.
+
+Pass the class to any off-policy algorithm (SAC, TD3, DDPG, DQN) and a pool path::
+
+    model = SAC("MlpPolicy", env, replay_buffer_class=DiskReplayBuffer,
+                replay_buffer_kwargs={"path": "pool.h5"})
+
+Every transition of every sub-env is one pool row (``obs``, ``action``, ``reward``,
+``next_obs``, ``terminated``, ``truncated``, ``env_index``), so the pool is also an ordinary
+offline dataset. The buffer keeps no data of its own: SB3's ``pos``/``full`` are derived from
+the pool's step ids, the pool commits as training goes (every ``commit_every`` rows or
+``commit_interval_s`` seconds) and at a normal exit. A buffer built on a path that already
+holds transitions continues that pool only when asked (``mode="a"``: after a crash, or in
+``SAC.load``), and ``load_replay_buffer`` (which pickles only the path) always does; either
+way it holds every transition the pool committed, and logs how many it adopted.
+
+Sampling draws the same random numbers, from numpy's global generator, as SB3's own buffers,
+so with the same seeds a run with a disk buffer is the run with SB3's buffer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any
+
+import numpy as np
+
+try:
+    from gymnasium import spaces
+    from stable_baselines3.common.buffers import DictReplayBuffer, ReplayBuffer
+    from stable_baselines3.common.preprocessing import get_action_dim, get_obs_shape
+    from stable_baselines3.common.type_aliases import DictReplayBufferSamples, ReplayBufferSamples
+    from stable_baselines3.common.utils import get_device
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("expstore.sb3 needs Stable-Baselines3: pip install 'expstore[sb3]'") from exc
+
+import inspect
+
+from ..core.opening import open as open_pool
+from ..errors import EmptyStoreError, InvalidArgumentError, SchemaError, StoreExistsError, StoreLockedError
+from ..schema import check_field_name
+
+__all__ = ["DiskDictReplayBuffer", "DiskReplayBuffer"]
+
+logger = logging.getLogger("expstore.sb3")  # its name before the layered layout
+
+# Buffers of this process by pool path: a second buffer on the same path (SAC.load,
+# load_replay_buffer) takes the pool over from the first instead of failing on its lock.
+_open_buffers: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+_MODES = ("x", "w-", "a")  # "w-" is h5py's spelling of "x"
+
+
+class DiskReplayBuffer(ReplayBuffer):
+    """SB3's ``ReplayBuffer`` (and ``DictReplayBuffer``) kept in a persistent pool.
+
+    Args:
+        buffer_size: transitions kept in all, as in SB3 (``buffer_size // n_envs`` per env).
+        observation_space: a Box/Discrete/MultiDiscrete/MultiBinary space, or a Dict of them.
+        action_space: the action space.
+        device: where sampled tensors go.
+        n_envs: sub-envs of the vector env.
+        optimize_memory_usage: store observations once: the next observation of a row is the
+            observation of the same env's next row, as in SB3 (halves the disk used).
+        handle_timeout_termination: sample ``dones`` as terminations only, so a time limit
+            does not cut bootstrapping (SB3's default). The pool records both flags anyway.
+        path: the pool (``.h5`` or ``.zarr``).
+        mode: ``"x"`` (default): a new pool; a pool at ``path`` that holds transitions is an
+            error (one that holds none, left by a run that stopped before its first commit, is
+            reused). ``"a"``: continue the pool at ``path`` (created if missing) and train on
+            what it holds; the adopted transitions are logged. ``SAC.load`` builds the buffer
+            from the saved ``replay_buffer_kwargs``: pass ``mode="a"`` there or to ``SAC.load``.
+        backend: ``"hdf5"`` or ``"zarr"``; by default from the suffix.
+        commit_every: commit every this many transitions (rounded up to whole env steps)...
+        commit_interval_s: ...or when this many seconds passed.
+        fsync: whether commits are durable against power loss.
+    """
+
+    def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space,
+                 device: Any = "auto", n_envs: int = 1, optimize_memory_usage: bool = False,
+                 handle_timeout_termination: bool = True, *, path: str | os.PathLike, mode: str = "x",
+                 backend: str | None = None, commit_every: int = 10_000, commit_interval_s: float = 5.0,
+                 fsync: bool = True):
+        if path is None:
+            raise InvalidArgumentError("DiskReplayBuffer needs a pool path: replay_buffer_kwargs={'path': 'pool.h5'}")
+        if mode not in _MODES:
+            raise InvalidArgumentError(f"DiskReplayBuffer mode {mode!r}: use 'x' (a new pool, the default) or 'a' "
+                                       "(continue the pool at path); to start over, delete the pool or choose "
+                                       "another path")
+        if optimize_memory_usage and handle_timeout_termination:
+            raise InvalidArgumentError(
+                "optimize_memory_usage=True cannot honour handle_timeout_termination=True (the next observation "
+                "of a time-limited step is not stored), as in SB3; pass handle_timeout_termination=False")
+        self._config = {
+            "buffer_size": buffer_size, "observation_space": observation_space, "action_space": action_space,
+            "n_envs": n_envs, "optimize_memory_usage": optimize_memory_usage,
+            "handle_timeout_termination": handle_timeout_termination, "path": os.path.abspath(os.fspath(path)),
+            "mode": mode, "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s, "fsync": fsync,
+        }
+        self.device = get_device(device)
+        self._set_up(self._config, pending_next_obs=None, mode="a" if mode == "a" else "x")
+
+    # ------------------------------------------------------------------ set-up
+    def _set_up(self, config: dict, pending_next_obs: Any, mode: str) -> None:
+        self.observation_space = config["observation_space"]
+        self.action_space = config["action_space"]
+        self.obs_shape = get_obs_shape(self.observation_space)
+        self.action_dim = get_action_dim(self.action_space)
+        self.n_envs = config["n_envs"]
+        self.buffer_size = max(config["buffer_size"] // self.n_envs, 1)
+        self.optimize_memory_usage = config["optimize_memory_usage"]
+        self.handle_timeout_termination = config["handle_timeout_termination"]
+        self.path = config["path"]
+        self._obs_fields = _obs_fields(self.observation_space)
+        self._pool = _open_taking_over(self, config, self._schema(), mode)
+        # Rows are grouped in env steps of n_envs rows from the step id the pool had at open.
+        self._origin = self._pool.next_step_id % self.n_envs
+        self._pending_next_obs = pending_next_obs  # optimize_memory_usage: the newest step's next obs
+        self._with_env_ids = _extend_takes_env_ids(self._pool)
+
+    def _schema(self) -> dict:
+        schema = {}
+        for name, key in self._obs_fields.items():
+            space = self.observation_space[key] if key is not None else self.observation_space
+            schema[name] = (_shape_of(self.obs_shape, key), space.dtype)
+        if not self.optimize_memory_usage:
+            schema.update({"next_" + name: spec for name, spec in schema.items()})
+        schema["action"] = ((self.action_dim,), self._maybe_cast_dtype(self.action_space.dtype))
+        schema["reward"] = ((), np.float32)
+        schema["terminated"] = ((), np.bool_)
+        schema["truncated"] = ((), np.bool_)
+        schema["env_index"] = ((), np.int32)
+        return schema
+
+    @property
+    def pool(self):
+        """The :class:`expstore.Store` holding the transitions."""
+        return self._pool
+
+    # ------------------------------------------------------------------ SB3's view of the ring
+    def _step_range(self) -> tuple[int, int]:
+        """Env steps (groups of n_envs rows) wholly in the pool, as block numbers [first, end)."""
+        low, high = self._pool.first_step_id, self._pool.next_step_id
+        return -(-(low - self._origin) // self.n_envs), (high - self._origin) // self.n_envs
+
+    @property
+    def pos(self) -> int:
+        """SB3's next write position, derived from the pool."""
+        return self._step_range()[1] % self.buffer_size
+
+    @pos.setter
+    def pos(self, value: int) -> None:
+        raise InvalidArgumentError("a DiskReplayBuffer's position follows its pool; it cannot be set")
+
+    @property
+    def full(self) -> bool:
+        """Whether the pool holds buffer_size env steps."""
+        first, end = self._step_range()
+        return end - first >= self.buffer_size
+
+    @full.setter
+    def full(self, value: bool) -> None:
+        raise InvalidArgumentError("a DiskReplayBuffer's fullness follows its pool; it cannot be set")
+
+    def size(self) -> int:
+        """Env steps held (SB3's size: transitions per env)."""
+        first, end = self._step_range()
+        return min(end - first, self.buffer_size)
+
+    def reset(self) -> None:
+        raise InvalidArgumentError(f"{self.path}: a disk buffer is not emptied in place; "
+                                   "delete the pool or give the buffer a new path")
+
+    # ------------------------------------------------------------------ writing
+    def add(self, obs: Any, next_obs: Any, action: np.ndarray, reward: np.ndarray, done: np.ndarray,
+            infos: list[dict[str, Any]]) -> None:
+        """Append one env step: one row per sub-env, in env order."""
+        batch = self._obs_columns(obs, "")
+        if not self.optimize_memory_usage:
+            batch.update(self._obs_columns(next_obs, "next_"))
+        done = np.asarray(done).reshape(self.n_envs).astype(bool)
+        timeouts = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos], dtype=bool)
+        batch["action"] = np.asarray(action).reshape(self.n_envs, self.action_dim)
+        batch["reward"] = np.asarray(reward, dtype=np.float32).reshape(self.n_envs)
+        batch["terminated"] = done & ~timeouts
+        batch["truncated"] = done & timeouts
+        batch["env_index"] = np.arange(self.n_envs, dtype=np.int32)
+        batch["action"] = batch["action"].astype(self._pool.schema["action"].dtype, copy=False)
+        if self._with_env_ids:
+            self._pool.extend(batch, env_ids=batch["env_index"])
+        else:
+            self._pool.extend(batch)
+        if self.optimize_memory_usage:
+            self._pending_next_obs = self._obs_columns(next_obs, "")
+
+    def _obs_columns(self, obs: Any, prefix: str) -> dict[str, np.ndarray]:
+        """Observations as (n_envs, *shape) arrays of the field dtype; copies, as SB3 does."""
+        columns = {}
+        for name, key in self._obs_fields.items():
+            field = self._pool.schema[name]
+            value = obs[key] if key is not None else obs
+            columns[prefix + name] = np.array(value, dtype=field.dtype).reshape(self.n_envs, *field.shape)
+        return columns
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, batch_size: int, env: Any = None):
+        """A batch of ``batch_size`` transitions, drawn as SB3's buffers draw them."""
+        first, end = self._step_range()
+        held = min(end - first, self.buffer_size)
+        if held == self.buffer_size:
+            if not self.optimize_memory_usage:
+                positions = np.random.randint(0, self.buffer_size, size=batch_size)
+            else:  # as SB3: not the oldest step, whose slot SB3 gives to the newest next obs
+                high = self.buffer_size - (self._pending_next_obs is None)
+                positions = (np.random.randint(1, high, size=batch_size) + self.pos) % self.buffer_size
+        else:
+            usable = held - (self.optimize_memory_usage and self._pending_next_obs is None)
+            if usable <= 0:
+                raise EmptyStoreError(f"{self.path} holds no transition to sample yet; add some first")
+            positions = np.random.randint(0, usable, size=batch_size)
+        return self._get_samples(positions, env=env)
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Any = None):
+        env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
+        step_ids = self._step_ids(batch_inds, env_indices)
+        rows = self._pool.read(step_ids)
+        obs = self._gather_obs(rows, "")
+        next_obs = self._next_obs(step_ids, env_indices) if self.optimize_memory_usage else self._gather_obs(rows, "next_")
+        dones = rows["terminated"] if self.handle_timeout_termination else rows["terminated"] | rows["truncated"]
+        dones = dones.astype(np.float32).reshape(-1, 1)
+        rewards = self._normalize_reward(rows["reward"].reshape(-1, 1), env)
+        obs, next_obs = self._normalize_obs(obs, env), self._normalize_obs(next_obs, env)
+        if isinstance(self.observation_space, spaces.Dict):
+            return DictReplayBufferSamples(
+                observations={key: self.to_torch(value) for key, value in obs.items()},
+                actions=self.to_torch(rows["action"]),
+                next_observations={key: self.to_torch(value) for key, value in next_obs.items()},
+                dones=self.to_torch(dones), rewards=self.to_torch(rewards))
+        return ReplayBufferSamples(*map(self.to_torch, (obs, rows["action"], next_obs, dones, rewards)))
+
+    def _step_ids(self, positions: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
+        """Pool step ids of SB3 ring positions (as SB3 numbers its rows) and env indices."""
+        first, end = self._step_range()
+        if end - first >= self.buffer_size:
+            blocks = end - self.buffer_size + (positions - end) % self.buffer_size
+        else:
+            blocks = first + positions
+        return self._origin + blocks.astype(np.int64) * self.n_envs + env_indices
+
+    def _next_obs(self, step_ids: np.ndarray, env_indices: np.ndarray) -> Any:
+        """optimize_memory_usage: the next obs is the same env's obs one env step later."""
+        successors = step_ids + self.n_envs
+        stored = successors < self._pool.next_step_id
+        rows = self._pool.read(successors[stored])
+        result = {}
+        for name in self._obs_fields:
+            values = np.empty((len(step_ids), *self._pool.schema[name].shape), self._pool.schema[name].dtype)
+            values[stored] = rows[name]
+            if not stored.all():
+                values[~stored] = self._pending_next_obs[name][env_indices[~stored]]
+            result[name] = values
+        return self._as_observation(result)
+
+    def _gather_obs(self, rows: dict, prefix: str) -> Any:
+        return self._as_observation({name: rows[prefix + name] for name in self._obs_fields})
+
+    def _as_observation(self, columns: dict[str, np.ndarray]) -> Any:
+        if isinstance(self.observation_space, spaces.Dict):
+            return {key: columns[name] for name, key in self._obs_fields.items()}
+        return columns["obs"]
+
+    # ------------------------------------------------------------------ life cycle
+    def flush(self) -> None:
+        """Commit every added transition now (durably, unless fsync=False)."""
+        self._pool.flush()
+
+    def close(self) -> None:
+        """Commit and release the pool; the buffer cannot be used afterwards."""
+        self._pool.close()
+
+    def __getstate__(self) -> dict:
+        """Pickle (``save_replay_buffer``) the path and settings only; the data stays in the pool."""
+        if self._pool.writable:
+            self._pool.flush()
+        return {"config": self._config, "device": str(self.device), "pending_next_obs": self._pending_next_obs}
+
+    def __setstate__(self, state: dict) -> None:
+        self._config = state["config"]
+        self.device = get_device(state["device"])
+        # The pickle is this pool's own buffer (load_replay_buffer): it continues the pool whatever its mode.
+        self._set_up(self._config, state["pending_next_obs"], mode="a")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.path!r} steps={self.size()} n_envs={self.n_envs}>"
+
+
+class DiskDictReplayBuffer(DiskReplayBuffer, DictReplayBuffer):
+    """:class:`DiskReplayBuffer` for Dict observations; also an SB3 ``DictReplayBuffer``.
+
+    Each key ``k`` of the observation space is stored as the fields ``obs_k`` and
+    ``next_obs_k``. Unlike SB3's, it supports ``optimize_memory_usage``.
+    """
+
+    def __init__(self, buffer_size: int, observation_space: spaces.Dict, action_space: spaces.Space, *args,
+                 **kwargs):
+        if not isinstance(observation_space, spaces.Dict):
+            raise InvalidArgumentError(f"DiskDictReplayBuffer needs a Dict observation space, got "
+                                       f"{observation_space}; use DiskReplayBuffer")
+        super().__init__(buffer_size, observation_space, action_space, *args, **kwargs)
+
+
+def _obs_fields(space: spaces.Space) -> dict[str, str | None]:
+    """Pool field name -> Dict key (None for a plain space)."""
+    if not isinstance(space, spaces.Dict):
+        return {"obs": None}
+    fields = {}
+    for key in space.spaces:
+        try:
+            fields[check_field_name(f"obs_{key}")] = key
+        except SchemaError:
+            raise SchemaError(f"observation key {key!r} cannot name a pool field (obs_{key}); "
+                              "use keys that are Python identifiers") from None
+    return fields
+
+
+def _shape_of(obs_shape: Any, key: str | None) -> tuple[int, ...]:
+    return tuple(obs_shape[key] if key is not None else obs_shape)
+
+
+def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict, mode: str):
+    """Open (or create) the pool; a buffer of this process holding it hands it over first."""
+    path, n_envs = config["path"], config["n_envs"]
+    previous = _open_buffers.get(path)
+    previous_pool = getattr(previous, "_pool", None) if previous is not buffer else None
+    if previous_pool is not None and previous_pool._closed:
+        previous_pool = None
+    if mode == "x":
+        _refuse_a_pool_with_transitions(path, previous_pool)
+    if previous_pool is not None:
+        logger.info("%s: a new replay buffer takes the pool over; the previous buffer is closed", path)
+        previous_pool.close()
+    commit_every = -(-config["commit_every"] // n_envs) * n_envs
+    attrs = {"sb3": {"n_envs": n_envs, "buffer_size": config["buffer_size"],
+                     "observation_space": str(config["observation_space"]),
+                     "action_space": str(config["action_space"])}}
+    try:
+        pool = open_pool(path, "a", capacity=max(config["buffer_size"] // n_envs, 1) * n_envs, schema=schema,
+                         backend=config["backend"], attrs=attrs, commit_every=commit_every,
+                         commit_interval_s=config["commit_interval_s"], fsync=config["fsync"])
+    except StoreLockedError as exc:
+        raise StoreLockedError(f"{exc}; another process (or an SB3 model of this process that was not "
+                               "closed) is writing this pool: close it, or give this buffer another path") from None
+    if len(pool):
+        logger.info("%s: the replay buffer adopted %d transitions (step ids %d to %d) already in the pool",
+                    path, len(pool), pool.first_step_id, pool.next_step_id - 1)
+    _open_buffers[path] = buffer
+    return pool
+
+
+def _refuse_a_pool_with_transitions(path: str, open_pool_of_this_process) -> None:
+    """Mode "x": a pool that holds transitions is another run's data, never taken over unasked."""
+    if open_pool_of_this_process is not None:
+        held = open_pool_of_this_process.next_step_id - open_pool_of_this_process.first_step_id
+    elif os.path.exists(path):
+        with open_pool(path, "r") as existing:  # a reader takes no lock and reads the committed window
+            held = len(existing)
+    else:
+        return
+    if held:
+        raise StoreExistsError(
+            f"{path} already holds {held} transitions (an earlier run's pool); to train on them pass "
+            f"replay_buffer_kwargs={{'path': {path!r}, 'mode': 'a'}} (to SAC.load as well), to start over "
+            "delete the pool or give the buffer another path")
+
+
+def _extend_takes_env_ids(pool) -> bool:
+    """Pools with episode bookkeeping track episodes per env id when extend is told them."""
+    return "env_ids" in inspect.signature(pool.extend).parameters

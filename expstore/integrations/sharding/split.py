@@ -1,0 +1,54 @@
+"""Pure helpers of sharded sampling: split a batch across shards, join the parts.
+
+No I/O and no Ray: the Ray client (client.py) and the shared-filesystem reader (shared_fs.py)
+both draw their per-shard counts here and join the shards' answers the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from ...errors import EmptyStoreError
+
+SHARD_KEY = "shard"
+
+
+def split_batch(rng: np.random.Generator, batch_size: int, lengths: Sequence[int]) -> np.ndarray:
+    """Rows to draw from each shard: a multinomial split of ``batch_size`` by shard length.
+
+    Every row of the batch picks its shard with probability ``length / total``, so each stored
+    transition is equally likely to be drawn, whichever shard holds it (the same distribution
+    as uniform sampling of one pool holding all of them).
+
+    Raises:
+        EmptyStoreError: every shard is empty.
+    """
+    sizes = np.asarray(lengths, dtype=np.float64)
+    total = sizes.sum()
+    if total <= 0:
+        raise EmptyStoreError(f"every shard is empty (lengths {list(map(int, sizes))}); "
+                              "record and flush some transitions first")
+    return rng.multinomial(int(batch_size), sizes / total).astype(np.int64)
+
+
+def join_parts(parts: Sequence[tuple[int, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Concatenate per-shard batches into one, with a ``shard`` column of shard indices.
+
+    ``parts`` holds ``(shard_index, batch)`` pairs; a batch's ``step_id`` stays the shard's own
+    step id, so ``(shard, step_id)`` names a row across the sharded pool.
+    """
+    parts = [(index, batch) for index, batch in parts if batch is not None and len(batch["step_id"])]
+    if not parts:
+        raise EmptyStoreError("no shard returned any row; record and flush some transitions first")
+    names = list(parts[0][1])
+    joined = {name: np.concatenate([batch[name] for _, batch in parts]) for name in names}
+    joined[SHARD_KEY] = np.concatenate(
+        [np.full(len(batch["step_id"]), index, dtype=np.int64) for index, batch in parts])
+    return joined
+
+
+def derive_seeds(rng: np.random.Generator, count: int) -> list[int]:
+    """One independent seed per shard, drawn from the caller's generator (reproducible runs)."""
+    return [int(seed) for seed in rng.integers(0, 2**63 - 1, size=count, dtype=np.int64)]

@@ -1,0 +1,240 @@
+"""Feed PyTorch training from a pool: tensors, a background prefetcher, a DataLoader dataset.
+
+- :func:`to_tensors` wraps a sampled batch with ``torch.from_numpy`` (no copy), and optionally
+  pins it and moves it to a device with ``non_blocking=True``.
+- :class:`Prefetcher` runs a sampling function in a background thread and keeps a bounded
+  queue of ready batches, so that the gather from disk overlaps the training step.
+- :class:`PoolDataset` serves rows to ``torch.utils.data.DataLoader`` workers; every worker
+  process opens its own read-only handle lazily, so no file handle ever crosses a fork.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any, Self
+
+import numpy as np
+
+try:
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError("expstore.torch_feed needs PyTorch: pip install torch==2.13.0 "
+                      "(or pip install 'expstore[train]' after installing torch)") from exc
+
+from ..core.opening import open as open_pool
+from ..errors import ClosedStoreError, InvalidArgumentError
+
+logger = logging.getLogger("expstore.torch_feed")  # its name before the layered layout
+
+Batch = dict[str, "torch.Tensor"]
+_POLL_S = 0.1  # how often a blocked producer or consumer looks at the stop flag
+
+
+def to_tensors(batch: Mapping[str, np.ndarray], device: str | torch.device | None = None,
+               pin_memory: bool = False) -> Batch:
+    """A batch of numpy arrays as torch tensors sharing their memory.
+
+    Args:
+        batch: field name -> array, as ``Store.sample`` returns.
+        device: where the tensors should live; ``None`` keeps them on the CPU (no copy at all).
+        pin_memory: pin the CPU tensors first, so that the copy to a CUDA device runs
+            asynchronously (``non_blocking=True``). Ignored without CUDA.
+    """
+    target = torch.device(device) if device is not None else None
+    pin = pin_memory and torch.cuda.is_available()
+    tensors = {}
+    for name, values in batch.items():
+        # from_numpy refuses non-writable arrays and bool needs no conversion: both are rare.
+        tensor = torch.from_numpy(values if values.flags.writeable else values.copy())
+        if pin:
+            tensor = tensor.pin_memory()
+        if target is not None and tensor.device != target:
+            tensor = tensor.to(target, non_blocking=pin)
+        tensors[name] = tensor
+    return tensors
+
+
+class _Failure:
+    """What the producer thread puts in the queue when sampling raised."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+class Prefetcher:
+    """Keep up to ``depth`` batches ready in a background thread.
+
+    Example::
+
+        with Prefetcher(lambda: pool.sample(256, rng=rng), depth=2) as batches:
+            for _ in range(updates):
+                agent.update(next(batches))
+
+    An error raised by ``sample_fn`` is re-raised by the next ``next()`` in the caller's
+    thread. ``close()`` (or leaving the ``with`` block) stops the thread and waits for it.
+
+    Args:
+        sample_fn: returns one batch (mapping of numpy arrays) per call; runs in the thread.
+        depth: batches kept ready (bounded queue size), at least 1.
+        device: device for the tensors (see :func:`to_tensors`).
+        pin_memory: pin before moving to a CUDA device.
+    """
+
+    def __init__(self, sample_fn: Callable[[], Mapping[str, np.ndarray]], depth: int = 2,
+                 device: str | torch.device | None = None, pin_memory: bool = False):
+        if depth < 1:
+            raise InvalidArgumentError(f"depth must be at least 1, got {depth}")
+        self._sample_fn = sample_fn
+        self._device = device
+        self._pin_memory = pin_memory
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._produce, name="expstore-prefetch", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item: Any = to_tensors(self._sample_fn(), self._device, self._pin_memory)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, not swallowed
+                item = _Failure(exc)
+            if not self._put(item) or isinstance(item, _Failure):
+                return
+
+    def _put(self, item: Any) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        if self._closed:
+            raise ClosedStoreError("this Prefetcher was closed; create a new one")
+        while True:
+            try:
+                item = self._queue.get(timeout=_POLL_S)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("the prefetch thread stopped without a batch or an error") from None
+        if isinstance(item, _Failure):
+            self.close()
+            raise item.error
+        return item
+
+    def close(self) -> None:
+        """Stop the thread, drop the ready batches, and wait for the thread to end."""
+        self._closed = True
+        self._stop.set()
+        while True:  # unblock a producer waiting on a full queue
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True):
+            self._stop.set()
+
+
+class PoolDataset(Dataset):
+    """The rows of a pool, by logical index, for ``torch.utils.data.DataLoader``.
+
+    The pool is opened read-only on first use in each process (and reopened after a fork), so
+    ``DataLoader(num_workers>0)`` workers each hold their own handle. With a batch sampler the
+    DataLoader calls :meth:`__getitems__`, which gathers the whole batch in one vectorised read;
+    use :func:`pool_loader`, which sets the matching ``collate_fn``.
+
+    Index ``i`` is the ``i``-th oldest transition present when the dataset was created; the
+    pool should not evict rows while the dataset is in use (train offline from a finished pool,
+    or keep the writer's ring from wrapping).
+
+    Args:
+        path: the pool.
+        fields: the fields to return (default: all), ``step_id`` always included.
+    """
+
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str] | None = None):
+        self.path = os.fspath(path)
+        with open_pool(self.path, "r") as pool:
+            self._first_step_id = pool.first_step_id
+            self._length = len(pool)
+            names = list(pool.schema.keys()) if pool.schema is not None else []
+        unknown = sorted(set(fields or ()) - set(names))
+        if unknown:
+            raise InvalidArgumentError(f"fields {unknown} are not in {self.path}, which stores {names}")
+        self.fields = list(fields) if fields is not None else names
+        self._pool = None
+        self._pool_pid: int | None = None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _handle(self):
+        if self._pool is None or self._pool_pid != os.getpid():
+            self._pool = open_pool(self.path, "r")  # a forked child opens its own handle
+            self._pool_pid = os.getpid()
+        return self._pool
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        logical = np.asarray(indices, dtype=np.int64)
+        if logical.size and (logical.min() < 0 or logical.max() >= self._length):
+            raise InvalidArgumentError(f"indices must lie in 0..{self._length - 1}, got "
+                                       f"{int(logical.min())}..{int(logical.max())}")
+        rows = self._handle().read(self._first_step_id + logical)
+        return to_tensors({name: rows[name] for name in (*self.fields, "step_id")})
+
+    def __getitem__(self, index: int) -> Batch:
+        return {name: values[0] for name, values in self.__getitems__([index]).items()}
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_pool"], state["_pool_pid"] = None, None  # handles never travel to other processes
+        return state
+
+    @staticmethod
+    def collate(batch: Batch) -> Batch:
+        """``collate_fn`` for batches that :meth:`__getitems__` already gathered."""
+        return batch
+
+
+def pool_loader(path: str | os.PathLike, batch_size: int, *, shuffle: bool = True, num_workers: int = 2,
+                fields: Sequence[str] | None = None, seed: int | None = None, **loader_kwargs) -> DataLoader:
+    """A ``DataLoader`` over a pool: one vectorised read per batch, in worker processes.
+
+    Args:
+        path: the pool (opened read-only in each worker).
+        batch_size: rows per batch.
+        shuffle: epoch order without replacement (True) or oldest first.
+        num_workers: worker processes (0 reads in the calling process).
+        fields: fields to load (default: all).
+        seed: seeds the shuffle order.
+        **loader_kwargs: passed to ``DataLoader`` (``pin_memory``, ``prefetch_factor``, ...).
+    """
+    generator = None
+    if seed is not None:
+        generator = torch.Generator().manual_seed(seed)
+    dataset = PoolDataset(path, fields)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
+                      collate_fn=PoolDataset.collate, generator=generator,
+                      persistent_workers=num_workers > 0, **loader_kwargs)

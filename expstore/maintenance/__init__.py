@@ -1,0 +1,3 @@
+"""Maintenance: verify and repair, convert and merge, archives, the bookkeeping carried into
+copies.
+"""

@@ -1,0 +1,352 @@
+"""Convert and merge pools: stream rows into a new pool or archive built aside, then rename.
+
+The destination is built at a temporary sibling (see files.build_aside) and renamed into
+place only when complete and fsynced, so a killed convert leaves the old destination (or
+nothing) plus a temporary that ``expstore repair`` removes, never a half-written pool.
+Rows keep their order (oldest first) and attrs are copied unchanged. A converted pool keeps
+its source's step ids, episodes (vector-env sub-envs included) and priorities; a merged one
+renumbers them, the sources following each other (see carry.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends import archive, files, resolve_backend
+from ..core import commit, lock
+from ..core.opening import open as open_store
+from ..errors import InvalidArgumentError, SchemaError, WriterOutranError
+from ..inspect.duplicates import DedupSource
+from ..inspect.streaming import (
+    SLICE_NBYTES,
+    PoolSource,
+    Progress,
+    RowSource,
+    evicted_now,
+    open_source,
+    read_kept,
+    slice_rows,
+)
+from .carry import Carry
+from .destination import check_destination
+
+logger = logging.getLogger("expstore.convert")  # its name before the layered layout
+
+_DEFAULT_SLACK = 10_000
+_ATTEMPTS = 3  # copies of a pool whose writer outran the copy, each starting further ahead
+_OUTRUN_FIX = "pause the writer, or copy only the newest rows with a smaller capacity=N (CLI: --capacity N)"
+
+
+@dataclass
+class CopyResult:
+    """What a convert or merge wrote: ``rows`` rows, steps [first_step_id, next_step_id) of the copy."""
+
+    path: str
+    rows: int
+    capacity: int
+    dropped_rows: int  # the oldest rows left out for a smaller capacity
+    compressed: bool
+    duplicate_rows: int = 0  # exact duplicates left out (dedup)
+    first_step_id: int = 0
+    next_step_id: int = 0
+    evicted_rows: int = 0  # rows of the sources' snapshots that a writer evicted before they were copied
+
+
+def convert(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | None = None,
+            backend: str | None = None, compress: str | None = None, overwrite: bool = False,
+            progress: Progress | None = None, slice_nbytes: int | None = None, dedup: bool = False) -> CopyResult:
+    """Copy the pool (or archive) ``src`` into a new pool or compressed archive ``dst``.
+
+    Args:
+        capacity: the new pool's capacity (default: the source's); smaller than the source's
+            length keeps the newest rows.
+        backend: ``hdf5`` or ``zarr``; by default from ``dst``'s suffix.
+        compress: write a compressed archive with this codec (``auto``, ``gzip`` for HDF5,
+            ``zstd``/``blosc`` for Zarr) instead of a pool.
+        overwrite: replace an existing ``dst``.
+        progress: called with the number of rows copied after each slice.
+        dedup: leave out rows equal to an older row (exact duplicates, see inspect/duplicates.py),
+            keeping the order; the copy's bookkeeping is rebuilt from the rows' flags.
+    """
+    return merge([src], dst, capacity=capacity, backend=backend, compress=compress,
+                 overwrite=overwrite, progress=progress, slice_nbytes=slice_nbytes, dedup=dedup)
+
+
+def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity: int | None = None,
+          backend: str | None = None, compress: str | None = None, overwrite: bool = False,
+          progress: Progress | None = None, slice_nbytes: int | None = None, dedup: bool = False) -> CopyResult:
+    """Concatenate pools with the same schema into ``dst``, in the order given.
+
+    Args:
+        capacity: the new capacity (default: the sum of the sources' lengths, at least 1);
+            when smaller than the rows given, the oldest rows are dropped.
+        Others as in :func:`convert` (``dedup`` drops duplicates within each source). Attrs
+        come from the first source.
+
+    Raises:
+        SchemaError: the sources' schemas differ.
+        StoreExistsError: ``dst`` exists and ``overwrite`` is false.
+    """
+    dst = os.fspath(dst)
+    if not srcs:
+        raise InvalidArgumentError("merge needs at least one source pool")
+    chosen = resolve_backend(dst, backend)
+    codec = None if compress is None else archive.check_codec(chosen.name, compress)
+    _check_destination(dst, [os.fspath(s) for s in srcs], overwrite)
+    sources = [open_source(s) for s in srcs]
+    try:
+        if dedup:
+            sources = deduplicated(sources)
+        _check_same_schema(sources)
+        result = _copy(sources, dst, chosen.name, capacity, codec, overwrite, progress, slice_nbytes)
+        result.duplicate_rows = sum(getattr(source, "dropped_rows", 0) for source in sources)
+        return result
+    finally:
+        for source in sources:
+            source.close()
+
+
+def deduplicated(sources: list[RowSource]) -> list[RowSource]:
+    """Each source without its exact duplicates (closing one closes its source)."""
+    return [DedupSource(source) for source in sources]
+
+
+def make_parent(dst: str) -> None:
+    """Create the directory that will hold ``dst`` (the temporary is built beside it)."""
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+
+
+def _check_destination(dst: str, srcs: list[str], overwrite: bool) -> None:
+    if any(os.path.realpath(dst) == os.path.realpath(s) for s in srcs):
+        raise InvalidArgumentError(f"the destination {dst} is also a source; write to a new path")
+    check_destination(dst, overwrite)
+
+
+def _check_same_schema(sources: list[RowSource]) -> None:
+    first = sources[0]
+    for other in sources[1:]:
+        if other.schema != first.schema:
+            raise SchemaError(f"cannot merge {other.path} into {first.path}: it stores {other.schema}, "
+                              f"not {first.schema}; merge pools with the same schema only")
+
+
+def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nbytes) -> CopyResult:
+    total = sum(len(s) for s in sources)
+    if capacity is None:
+        capacity = sources[0].capacity if len(sources) == 1 else max(1, total)
+    if not isinstance(capacity, int) or capacity < 1:
+        raise InvalidArgumentError(f"capacity={capacity!r} must be a positive int (transitions)")
+    dropped = max(0, total - capacity)
+    first = sources[0]
+    attrs = dict(first.attrs)
+    if len(sources) > 1:
+        attrs["merged_from"] = [s.path for s in sources]
+    make_parent(dst)
+    rates: dict[int, tuple[float, float]] = {}
+    for attempt in range(1, _ATTEMPTS + 1):
+        carry = Carry(sources, _planned_first_step(sources, dropped), renumber=len(sources) > 1)
+        rows = CopyRows(sources, carry, dropped, progress, slice_nbytes, rates)
+        try:
+            if codec is not None:
+                _build_archive(dst, backend, codec, first.schema, capacity, attrs, total - dropped, rows, carry,
+                               overwrite)
+            else:
+                build_pool(dst, backend, first.schema, capacity, attrs, rows, overwrite=overwrite,
+                           meta=first.meta if first.kind == "pool" else {}, carry=carry)
+            break
+        except WriterOutranError as exc:
+            if attempt == _ATTEMPTS or rows.outran is None:
+                raise _outran_error(exc, rows, attempt) from None
+            rates[rows.outran] = rows.rates()
+            logger.info("%s; copying again from a later row (attempt %d)", exc, attempt + 1)
+    logger.info("wrote %d rows to %s (%d oldest dropped, %d evicted by a writer before they were copied)",
+                rows.copied, dst, dropped, rows.evicted)
+    return CopyResult(dst, rows.copied, capacity, dropped, codec is not None, first_step_id=carry.first_step_id,
+                      next_step_id=carry.first_step_id + rows.copied, evicted_rows=rows.evicted)
+
+
+def _build_archive(dst, backend, codec, schema, capacity, attrs, rows, copy_rows, carry, overwrite) -> None:
+    def meta() -> dict:  # once the rows are written: the copy's first step id is known then
+        return {"attrs": attrs, "capacity": capacity, "first_step_id": carry.first_step_id}
+
+    slices = ((row, batch) for row, batch, _bookkeeping in copy_rows)
+    files.build_aside(dst, lambda temp: archive.write_archive(temp, backend, codec, schema, meta, rows, slices) or [],
+                      replace=overwrite)
+
+
+def _fresh_snapshot(source, start: int) -> int:
+    """Take a pool's snapshot again right before its first rows are read, and where to start in it.
+
+    Building the destination takes a while (a large pool, the first import of a backend), and a
+    writer appending meanwhile evicts the first snapshot's oldest rows, on a fast writer all of them.
+    The new snapshot holds as many rows as were planned from the first one: its newest ones.
+    """
+    if not isinstance(source, PoolSource):
+        return start
+    planned = len(source) - start
+    source.snapshot()
+    return max(0, len(source) - planned)
+
+
+def _planned_first_step(sources, skip: int) -> int:
+    return sources[0].first_step_id + min(skip, len(sources[0])) if sources else 0
+
+
+def _outran_error(exc: WriterOutranError, rows: CopyRows, attempts: int) -> WriterOutranError:
+    copy_rate, writer_rate = rows.rates() if rows.outran is not None else (0.0, 0.0)
+    speeds = f"; it wrote {writer_rate:,.0f} rows/s, the copy read {copy_rate:,.0f}" if writer_rate else ""
+    return WriterOutranError(f"{exc} (attempts: {attempts}{speeds}); {_OUTRUN_FIX}")
+
+
+class CopyRows:
+    """The rows of one attempt at a copy, source after source, as (copy row, rows, bookkeeping).
+
+    The oldest ``skip`` rows are left out (a capacity smaller than the rows). A writer appending
+    to a source meanwhile evicts its oldest rows, maybe before they are read: those are left out
+    too. At a source's start that is where its copy begins (``Carry.begin``); later it means the
+    writer outran the copy, and reading stops with WriterOutranError. On a retry, ``rates`` holds
+    (copy, writer) rows per second of each source that outran the copy: its copy then starts far
+    enough ahead of the writer to end before the writer catches up (see _ahead_of_writer).
+    """
+
+    def __init__(self, sources, carry: Carry, skip: int, progress: Progress | None, slice_nbytes: int | None,
+                 rates: dict[int, tuple[float, float]]):
+        self.sources, self.carry, self.skip, self.progress = sources, carry, skip, progress
+        self.slice_nbytes = slice_nbytes or SLICE_NBYTES
+        self.known_rates = rates
+        self.copied = self.evicted = 0
+        self.outran: int | None = None  # the source whose writer outran the copy
+        self._started = (0.0, 0, 0)  # monotonic time, live first index and copied rows at the source's start
+
+    def __iter__(self) -> Iterator[tuple[int, dict[str, np.ndarray], dict[str, np.ndarray] | None]]:
+        skip = self.skip
+        for position, source in enumerate(self.sources):
+            start = min(len(source), skip)
+            skip -= start
+            yield from self._source_rows(position, source, start)
+        if self.evicted and not self.copied:  # before the copy replaces anything: no empty copy
+            self.outran = None
+            raise WriterOutranError(f"{', '.join(s.path for s in self.sources)}: the writer evicted all "
+                                    f"{self.evicted} rows of the snapshot before they were copied")
+
+    def _source_rows(self, position: int, source, start: int):
+        step = slice_rows(source.schema, source.chunk_rows, self.slice_nbytes)
+        planned = start = _fresh_snapshot(source, start)
+        first, began = max(start, evicted_now(source), self._ahead_of_writer(position, source)), False
+        while first < len(source):
+            stop = min(len(source), first + step)
+            kept = read_kept(source, first, stop)
+            if not began and kept.first == stop:  # all evicted during the read: on from the writer's tail
+                first = max(stop, evicted_now(source))
+                continue
+            if not began:
+                self._begin(position, source, planned, kept.first)
+                began = True
+            elif kept.first != first:
+                self.outran = position
+                raise WriterOutranError(f"{source.path}: its writer evicted step {source.first_step_id + first} "
+                                        "before the copy read it")
+            yield self.copied, kept.rows, kept.book
+            self.copied += stop - kept.first
+            if self.progress is not None:
+                self.progress(stop - kept.first)
+            first = stop
+        if not began:
+            self._begin(position, source, planned, len(source))
+
+    def _begin(self, position: int, source, planned: int, first_kept: int) -> None:
+        self.evicted += first_kept - planned
+        self._started = (time.monotonic(), first_kept, self.copied)
+        self.carry.begin(position, source.first_step_id + first_kept, len(source) - first_kept)
+
+    def _ahead_of_writer(self, position: int, source) -> int:
+        """Where a retry starts copying a source whose writer outran the last attempt: far enough
+        ahead of the writer's tail that copying up to the snapshot's head ends before the writer
+        gets there, with a quarter to spare (a copy at least that much faster starts at the tail)."""
+        if position not in self.known_rates:
+            return 0
+        copy_rate, writer_rate = self.known_rates[position]
+        live = evicted_now(source)
+        ahead = len(source) - (len(source) - live) * copy_rate / (1.25 * max(writer_rate, 1e-9))
+        return int(min(len(source), max(live, ahead)))
+
+    def rates(self) -> tuple[float, float]:
+        """(copy, writer) rows per second on the source that outran the copy, since its start."""
+        began, live_then, copied_then = self._started
+        seconds = max(time.monotonic() - began, 1e-6)
+        source = self.sources[self.outran]
+        return (self.copied - copied_then) / seconds, max(0, evicted_now(source) - live_then) / seconds
+
+
+def build_pool(dst: str, backend: str, schema, capacity: int, attrs: dict, slices, *, overwrite: bool = False,
+               meta: dict | None = None, carry: Carry | None = None) -> None:
+    """Build a pool at ``dst`` aside from ``slices`` (iterator of (first_row, batch), or of
+    (first_row, batch, bookkeeping) from CopyRows), then rename.
+
+    ``meta`` of a source pool carries over its slack, chunk_rows and checksums setting;
+    ``carry`` the sources' step ids, episodes and priorities.
+    """
+    make_parent(dst)
+    files.build_aside(dst, lambda temp: _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {},
+                                                    carry) or [], replace=overwrite)
+
+
+def _write_pool(temp: str, backend: str, schema, capacity: int, attrs: dict, slices, meta: dict,
+                carry: Carry | None) -> None:
+    slack = _slack(meta, capacity)
+    writing = {"backend": backend, "commit_every": slack, "fsync": False}
+    store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs,
+                       chunk_rows=_chunk_rows(meta, capacity + slack), slack=slack,
+                       checksums=bool(meta.get("checksums", False)), **writing,
+                       **(carry.create_options() if carry else {}))
+    try:
+        for first, batch, *bookkeeping in slices:
+            store = _starting_at(store, carry, writing)
+            store.extend(batch)
+            if carry:
+                carry.after_rows(store, first, *bookkeeping)
+        store = _starting_at(store, carry, writing)
+        if carry:
+            carry.finish(store)
+        store.flush(fsync=True)
+    finally:
+        store.close()
+        files.remove_path(lock.lock_path(temp))
+
+
+def _starting_at(store, carry: Carry | None, writing: dict):
+    """The new, still empty pool ``store``, whose first step id is the copy's (``carry``).
+
+    It was created before the first rows were read, at the planned first step id: building a
+    large pool takes a while, and a writer appending to the source meanwhile would evict more.
+    When the copy then starts later, the empty pool's commit record is rewritten as a creation at
+    that step id would have written it, and the pool is opened again.
+    """
+    if carry is None or len(store) or store.next_step_id == carry.first_step_id:
+        return store
+    path, extent = store.path, store._layout.commit
+    store.close()
+    fd = os.open(extent.path, os.O_RDWR)
+    try:
+        os.pwrite(fd, commit.initial_slots(carry.first_step_id), extent.offset)
+    finally:
+        os.close(fd)
+    return open_store(path, "r+", **writing)
+
+
+def _slack(meta: dict, capacity: int) -> int:
+    if "slots" in meta and "capacity" in meta:
+        return max(1, min(meta["slots"] - meta["capacity"], capacity))
+    return min(_DEFAULT_SLACK, capacity)
+
+
+def _chunk_rows(meta: dict, rows: int) -> int | None:
+    if "chunk_rows" not in meta:
+        return None  # an archive: let the pool pick its default
+    return max(1, min(int(meta["chunk_rows"]), rows))

@@ -1,0 +1,103 @@
+"""Age of data: the ``max_age`` window that sampling draws within.
+
+Age is measured from the newest committed row at the moment of the call (a snapshot), in one
+of two units:
+
+- ``"policy_versions"``: ``newest row's policy_version - row's policy_version`` (or
+  ``current_version - row's`` when the caller names the current version). Writers stamp the
+  version in a ``policy_version`` int field (``RecordEpisodes(policy_version=...)``; the
+  reference trainer stamps its SAC update count).
+- ``"steps"``: ``newest step id - row's step id``, i.e. how many transitions were appended
+  after it. The newest row has age 0.
+
+``"auto"`` counts policy versions when the pool has a ``policy_version`` field, else steps.
+
+Finding where a version window starts is a binary search over step ids (O(log pool) element
+reads) that relies on versions not decreasing along step ids, as one trainer writes them.
+Whatever the search finds, every drawn row is checked against the limit on the values
+actually read, so an older row is never returned, even with versions out of order or a writer
+appending meanwhile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import InvalidArgumentError, SchemaError
+
+VERSION_FIELD = "policy_version"
+AGE_UNITS = ("auto", "policy_versions", "steps")
+
+
+@dataclass(frozen=True)
+class AgeLimit:
+    """Where a ``max_age`` window starts, for one sample call.
+
+    Attributes:
+        low: the oldest step id worth drawing (rows below it are too old, or evicted).
+        min_version: rows need ``policy_version >= min_version`` (None: counting steps).
+    """
+
+    low: int
+    min_version: int | None = None
+
+    def admits(self, batch: dict) -> np.ndarray:
+        """Which gathered rows are young enough (checked on the values actually read)."""
+        if self.min_version is None:
+            return batch["step_id"] >= self.low
+        return np.asarray(batch[VERSION_FIELD]) >= self.min_version
+
+
+def resolve_age_unit(age_unit: str, field_names) -> str:
+    """``"auto"`` -> ``"policy_versions"`` when the pool stamps versions, else ``"steps"``."""
+    if age_unit not in AGE_UNITS:
+        raise InvalidArgumentError(f"age_unit={age_unit!r} is not one of {AGE_UNITS}")
+    if age_unit == "auto":
+        return "policy_versions" if VERSION_FIELD in field_names else "steps"
+    if age_unit == "policy_versions" and VERSION_FIELD not in field_names:
+        raise SchemaError(f"age_unit='policy_versions' needs a {VERSION_FIELD!r} field, the pool stores "
+                          f"{list(field_names)}; record with RecordEpisodes(policy_version=...) or use "
+                          "age_unit='steps'")
+    return age_unit
+
+
+def age_limit(max_age: int, unit: str, low: int, high: int, versions: np.ndarray | None, slots: int,
+              current_version: int | None = None) -> AgeLimit:
+    """The window of rows at most ``max_age`` old in the committed window [low, high).
+
+    Args:
+        max_age: the largest age allowed (0: only the newest row, or the newest version).
+        unit: "policy_versions" or "steps" (see :func:`resolve_age_unit`).
+        low, high: the committed window (high exclusive, high > low).
+        versions: the ``policy_version`` column indexed by slot (policy_versions only).
+        slots: ring slots (slot = step id % slots).
+        current_version: age is counted from this version instead of the newest row's.
+    """
+    if not _is_int(max_age) or max_age < 0:
+        raise InvalidArgumentError(f"max_age={max_age!r} must be an int >= 0")
+    if unit == "steps":
+        return AgeLimit(max(low, high - 1 - int(max_age)))
+    newest = int(versions[(high - 1) % slots]) if current_version is None else int(current_version)
+    min_version = newest - int(max_age)
+    return AgeLimit(first_version_at_least(versions, slots, low, high, min_version), min_version)
+
+
+def first_version_at_least(versions: np.ndarray, slots: int, low: int, high: int, min_version: int) -> int:
+    """The first step id in [low, high) whose version is >= min_version (high if none).
+
+    A binary search: it assumes versions do not decrease along step ids.
+    """
+    lo, hi = low, high
+    while lo < hi:
+        middle = (lo + hi) // 2
+        if int(versions[middle % slots]) >= min_version:
+            hi = middle
+        else:
+            lo = middle + 1
+    return lo
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

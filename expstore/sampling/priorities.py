@@ -1,0 +1,111 @@
+"""Proportional prioritized replay: a vectorised sum tree over the pool's slots.
+
+Raw priorities live in the pool (the ``_priority`` array, written in place and committed with
+the rows); the tree holds ``priority ** alpha`` per slot, 0 outside the window, and is rebuilt
+from the array when a handle first samples with priorities (O(slots), once), then kept in step
+with the window incrementally. Updates and draws cost O(batch * log slots), all in numpy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import draws as sampling
+
+
+class SumTree:
+    """A complete binary tree of float64 sums over ``leaves`` values (leaf i at size + i)."""
+
+    def __init__(self, leaves: int):
+        self.size = 1 << max(0, int(leaves - 1).bit_length())
+        self.tree = np.zeros(2 * self.size, dtype=np.float64)
+
+    @property
+    def total(self) -> float:
+        return float(self.tree[1])
+
+    def leaf_values(self, leaves: np.ndarray) -> np.ndarray:
+        return self.tree[self.size + leaves]
+
+    def build(self, values: np.ndarray) -> None:
+        """Set every leaf at once (values shorter than the tree are padded with zeros)."""
+        self.tree[:] = 0.0
+        self.tree[self.size:self.size + len(values)] = values
+        level = self.size
+        while level > 1:
+            self.tree[level // 2:level] = self.tree[level:2 * level:2] + self.tree[level + 1:2 * level:2]
+            level //= 2
+
+    def update(self, leaves: np.ndarray, values: np.ndarray) -> None:
+        """Set some leaves and refresh their ancestors, one vectorised pass per level."""
+        if len(leaves) == 0:
+            return
+        nodes = self.size + np.asarray(leaves, dtype=np.int64)
+        self.tree[nodes] = values
+        nodes = np.unique(nodes // 2)
+        while nodes[0] >= 1:
+            self.tree[nodes] = self.tree[2 * nodes] + self.tree[2 * nodes + 1]
+            if nodes[0] == 1:
+                break
+            nodes = np.unique(nodes // 2)
+
+    def find(self, targets: np.ndarray) -> np.ndarray:
+        """For each target in [0, total): the leaf whose cumulative range holds it."""
+        nodes = np.ones(len(targets), dtype=np.int64)
+        remaining = np.asarray(targets, dtype=np.float64).copy()
+        while nodes[0] < self.size:
+            left = 2 * nodes
+            left_sum = self.tree[left]
+            go_right = (remaining >= left_sum) & (self.tree[left + 1] > 0)
+            remaining = np.where(go_right, remaining - left_sum, remaining)
+            nodes = np.where(go_right, left + 1, left)
+        return nodes - self.size
+
+
+class PriorityIndex:
+    """The sum tree of one store handle, kept in step with the window it last saw."""
+
+    def __init__(self, priorities: np.ndarray, slots: int):
+        self.priorities = priorities
+        self.slots = slots
+        self.tree: SumTree | None = None
+        self.alpha: float | None = None
+        self.low = self.high = 0
+        self.version = None
+
+    def sync(self, low: int, high: int, alpha: float, version=None) -> None:
+        """Bring the tree to the window [low, high); rebuild when alpha or ``version`` changed."""
+        rebuild = (self.tree is None or alpha != self.alpha or version != self.version
+                   or low >= self.high or high - self.high > self.slots)
+        if rebuild:
+            self.tree = self.tree or SumTree(self.slots)
+            values = np.zeros(self.slots)
+            steps = np.arange(low, high, dtype=np.int64)
+            values[steps % self.slots] = self._scaled(steps % self.slots, alpha)
+            self.tree.build(values)
+        else:
+            gone = np.arange(self.low, min(low, self.high), dtype=np.int64) % self.slots
+            self.tree.update(gone, np.zeros(len(gone)))
+            new = np.arange(max(self.high, low), high, dtype=np.int64) % self.slots
+            self.tree.update(new, self._scaled(new, alpha))
+        self.low, self.high, self.alpha, self.version = low, high, alpha, version
+
+    def _scaled(self, slots: np.ndarray, alpha: float) -> np.ndarray:
+        return np.asarray(self.priorities[slots], dtype=np.float64) ** alpha
+
+    def set(self, steps: np.ndarray, values: np.ndarray) -> None:
+        """New priorities of steps already written to the array; only those in the tree's window."""
+        if self.tree is None:
+            return
+        inside = (steps >= self.low) & (steps < self.high)
+        self.tree.update(steps[inside] % self.slots, np.asarray(values, np.float64)[inside] ** self.alpha)
+
+    def draw(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """Step ids drawn in proportion to priority ** alpha, and each one's probability."""
+        total = self.tree.total
+        population = self.high - self.low
+        if not total > 0:
+            # every priority is zero: proportional replay is undefined, fall back to uniform
+            return sampling.uniform(rng, self.low, self.high, count), np.full(count, 1.0 / population)
+        slots = self.tree.find(sampling.stratified_targets(rng, total, count))
+        return sampling.steps_of_slots(slots, self.low, self.slots), self.tree.leaf_values(slots) / total

@@ -1,0 +1,1 @@
+"""The test suite: its folders mirror the package's layers; tests/helpers holds what the tests share."""

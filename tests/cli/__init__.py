@@ -1,0 +1,1 @@
+"""Tests of the expstore command line (expstore/cli)."""

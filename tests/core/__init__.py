@@ -1,0 +1,1 @@
+"""Tests of the core store (expstore/core, expstore/backends)."""

@@ -1,0 +1,1 @@
+"""Tests of crashes, concurrent processes, damaged files and fuzzing."""

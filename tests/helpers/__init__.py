@@ -1,0 +1,1 @@
+"""What the tests share: pools and rows, the CLI runner, the episode model, the crash writer."""

@@ -1,0 +1,1 @@
+"""Tests of expstore/sampling and the sample() front."""
