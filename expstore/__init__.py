@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from ._version import __version__
 from .core.hooks import register_hook as _register_hook
-from .core.opening import open  # noqa: E402,A004
-from .core.store import Store  # noqa: E402
-from .errors import (  # noqa: E402
+from .core.opening import open
+from .core.store import Store
+from .errors import (
     BackendError,
     ClosedStoreError,
     CorruptStoreError,
@@ -27,9 +27,9 @@ from .errors import (  # noqa: E402
 )
 from .inspect.age import store_stats as _store_stats
 from .maintenance.verify import verify_store as _verify_store
-from .sampling.recency import ERE, ERESchedule, ExponentialRecency  # noqa: E402
-from .schema import Field, Schema  # noqa: E402
-from .verify import RepairReport, VerifyReport, repair, verify  # noqa: E402
+from .sampling.recency import ERE, ERESchedule, ExponentialRecency
+from .schema import Field, Schema
+from .verify import RepairReport, VerifyReport, repair, verify
 
 # Store.verify() and Store.stats() are served from the layers above the core (core/hooks.py).
 _register_hook("verify", _verify_store)
@@ -38,9 +38,10 @@ _register_hook("stats", _store_stats)
 __all__ = [
     "BackendError", "ClosedStoreError", "CorruptStoreError", "DiskFullError", "EmptyStoreError",
     "ExpstoreError", "Field", "FormatVersionError", "InvalidArgumentError", "NotAPoolError",
-    "ReadOnlyError", "Schema", "SchemaError", "ShardsUnavailableError", "StepNotFoundError", "Store", "StoreExistsError",
-    "StoreLockedError", "StoreNotFoundError", "WriterOutranError", "RepairReport", "VerifyReport", "__version__", "open",
-    "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule", "ExponentialRecency",
+    "ReadOnlyError", "Schema", "SchemaError", "ShardsUnavailableError", "StepNotFoundError", "Store",
+    "StoreExistsError", "StoreLockedError", "StoreNotFoundError", "WriterOutranError", "RepairReport", "VerifyReport",
+    "__version__", "open", "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule",
+    "ExponentialRecency",
 ]
 
 

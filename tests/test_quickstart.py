@@ -16,15 +16,15 @@ def readme_block(marker: str) -> str:
 def test_readme_quickstart_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(readme_block("quickstart"), "README quickstart", "exec"), namespace)  # noqa: S102 - the README's code
+    exec(compile(readme_block("quickstart"), "README quickstart", "exec"), namespace)  # the README's code
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # nothing else in the working directory
 
 
 def test_readme_plain_h5py_recipe_finds_the_committed_rows(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_block("quickstart"), "README quickstart", "exec"), {})  # noqa: S102 - the README's code
+    exec(compile(readme_block("quickstart"), "README quickstart", "exec"), {})  # the README's code
     namespace: dict = {}
-    exec(compile(readme_block("plain-h5py"), "README plain h5py", "exec"), namespace)  # noqa: S102 - the README's code
+    exec(compile(readme_block("plain-h5py"), "README plain h5py", "exec"), namespace)  # the README's code
     assert namespace["head"] - namespace["tail"] == 1_500
     assert len(namespace["rewards"]) == 1_500
 

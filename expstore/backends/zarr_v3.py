@@ -145,7 +145,8 @@ class ZarrBackend:
             size = os.path.getsize(file)
             if size > sizes[name] or (size < sizes[name] and name == "_commit"):  # a cut data file fails to open
                 fix_size(file, sizes[name])
-                done = f"cut {size - sizes[name]} bytes past the data" if size > sizes[name] else "zero-filled its cut end"
+                cut = size - sizes[name]
+                done = f"cut {cut} bytes past the data" if size > sizes[name] else "zero-filled its cut end"
                 actions.append(f"{os.path.relpath(file, path)}: {done}, so that plain zarr-python reads it")
         return actions
 
@@ -271,7 +272,8 @@ def _read_json(path: str, file: str, missing) -> dict:
         raise missing(f"{path}: {os.path.dirname(file)} is a file, not a directory; a Zarr pool is a "
                       "directory (a one-file pool needs the .h5 suffix or backend='hdf5')") from None
     except ValueError:
-        raise CorruptStoreError(f"{path}: {os.path.relpath(file, path)} is not valid JSON; the pool is damaged") from None
+        name = os.path.relpath(file, path)
+        raise CorruptStoreError(f"{path}: {name} is not valid JSON; the pool is damaged") from None
     if not isinstance(value, dict):
         raise CorruptStoreError(f"{path}: {os.path.relpath(file, path)} is not a JSON object; the pool is damaged")
     return value

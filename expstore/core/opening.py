@@ -57,7 +57,7 @@ class _Creator:
         return self.backend.read_layout(self.path)
 
 
-def open(  # noqa: A001 - mirrors h5py.File / zarr.open naming on purpose
+def open(  # mirrors h5py.File / zarr.open naming on purpose
     path: str | os.PathLike,
     mode: str = "r",
     *,
@@ -210,7 +210,9 @@ def _commit_policy(commit_every: Any, commit_interval_s: Any, fsync: Any) -> Com
 
 def _creator(path, backend, capacity, schema, chunk_rows, attrs, slack, policy, replace, checksums) -> _Creator:
     if capacity is None:
-        raise InvalidArgumentError(f"creating {path} needs a capacity, e.g. expstore.open(path, 'w', capacity=1_000_000)")
+        raise InvalidArgumentError(
+            f"creating {path} needs a capacity, e.g. expstore.open(path, 'w', capacity=1_000_000)"
+        )
     if not isinstance(capacity, int) or isinstance(capacity, bool) or capacity < 1:
         raise InvalidArgumentError(f"capacity={capacity!r} must be a positive int (transitions)")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):

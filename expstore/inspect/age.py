@@ -79,7 +79,8 @@ def store_stats(store, duplicates: bool = False) -> dict:
     """What ``Store.stats()`` returns: the window, the age distribution, and optionally the
     duplicate report (see duplicates.py)."""
     if store.schema is None:  # created without a schema and never written
-        return {"rows": 0, "first_step_id": 0, "next_step_id": 0, "age": {"steps": {"rows": 0}, "policy_versions": None}}
+        return {"rows": 0, "first_step_id": 0, "next_step_id": 0,
+                "age": {"steps": {"rows": 0}, "policy_versions": None}}
     source = PoolSource(store)
     stats = {"rows": len(source), "first_step_id": source.first_step_id,
              "next_step_id": source.first_step_id + len(source), "age": age_distribution(source)}

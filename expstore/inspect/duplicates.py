@@ -140,7 +140,8 @@ def count_duplicates(source: RowSource, fields: Sequence[str] | None = None, *, 
         passes += 1
     rows = len(source)
     # Rows of such a pool hold no next observation: equal rows may still differ in it.
-    return {"rows": rows, "derived_not_compared": derived_fields(source), "distinct": distinct, "duplicate_rows": rows - distinct,
+    return {"rows": rows, "derived_not_compared": derived_fields(source), "distinct": distinct,
+            "duplicate_rows": rows - distinct,
             "duplicate_fraction": (rows - distinct) / rows if rows else 0.0,
             "groups_with_duplicates": groups_repeated, "largest_group": largest, "fields": names,
             "passes": passes}

@@ -93,7 +93,8 @@ def plot_pool(source: RowSource, out: str | os.PathLike, progress: Progress | No
 def save_atomically(figure, path: str) -> None:
     """``figure.savefig(path)`` through a temporary in the same directory and a rename."""
     root, extension = os.path.splitext(path)
-    temp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(root)}.tmp-{os.getpid()}{extension}")
+    temp_name = f".{os.path.basename(root)}.tmp-{os.getpid()}{extension}"
+    temp = os.path.join(os.path.dirname(os.path.abspath(path)), temp_name)
     try:
         figure.savefig(temp, dpi=100)
         os.replace(temp, path)

@@ -96,7 +96,8 @@ class DiskReplayBuffer(ReplayBuffer):
             "buffer_size": buffer_size, "observation_space": observation_space, "action_space": action_space,
             "n_envs": n_envs, "optimize_memory_usage": optimize_memory_usage,
             "handle_timeout_termination": handle_timeout_termination, "path": os.path.abspath(os.fspath(path)),
-            "mode": mode, "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s, "fsync": fsync,
+            "mode": mode, "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s,
+            "fsync": fsync,
         }
         self.device = get_device(device)
         self._set_up(self._config, pending_next_obs=None, mode="a" if mode == "a" else "x")
@@ -226,7 +227,10 @@ class DiskReplayBuffer(ReplayBuffer):
         step_ids = self._step_ids(batch_inds, env_indices)
         rows = self._pool.read(step_ids)
         obs = self._gather_obs(rows, "")
-        next_obs = self._next_obs(step_ids, env_indices) if self.optimize_memory_usage else self._gather_obs(rows, "next_")
+        if self.optimize_memory_usage:
+            next_obs = self._next_obs(step_ids, env_indices)
+        else:
+            next_obs = self._gather_obs(rows, "next_")
         dones = rows["terminated"] if self.handle_timeout_termination else rows["terminated"] | rows["truncated"]
         dones = dones.astype(np.float32).reshape(-1, 1)
         rewards = self._normalize_reward(rows["reward"].reshape(-1, 1), env)

@@ -102,7 +102,7 @@ class Prefetcher:
         while not self._stop.is_set():
             try:
                 item: Any = to_tensors(self._sample_fn(), self._device, self._pin_memory)
-            except BaseException as exc:  # noqa: BLE001 - handed to the consumer, not swallowed
+            except BaseException as exc:  # handed to the consumer, not swallowed
                 item = _Failure(exc)
             if not self._put(item) or isinstance(item, _Failure):
                 return

@@ -236,8 +236,10 @@ class PoolStorage(TensorStorage):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if os.path.abspath(state_dict.get("path", "")) != self.path:
-            raise InvalidArgumentError(f"this state belongs to the pool at {state_dict.get('path')!r}, not {self.path}; "
-                                       "build the storage on that path")
+            raise InvalidArgumentError(
+                f"this state belongs to the pool at {state_dict.get('path')!r}, not {self.path}; "
+                "build the storage on that path"
+            )
 
     def dumps(self, path: str | os.PathLike) -> None:
         """``rb.dumps``: commit the pool and record where it is (the rows are not copied)."""
@@ -304,7 +306,9 @@ def _dict_leaves(data: dict, prefix: tuple):
 def _field_name(key: tuple) -> str:
     name = _SEPARATOR.join(str(part) for part in key)
     if any(_SEPARATOR in str(part) or str(part).startswith("_") for part in key):
-        raise SchemaError(f"key {key!r} cannot name a pool field: keys may not contain '{_SEPARATOR}' or start with '_'")
+        raise SchemaError(
+            f"key {key!r} cannot name a pool field: keys may not contain '{_SEPARATOR}' or start with '_'"
+        )
     try:
         return check_field_name(name)
     except SchemaError:

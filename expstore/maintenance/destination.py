@@ -72,7 +72,7 @@ def _file_kind(path: str) -> tuple[str | None, str]:
         with h5py.File(path, "r", locking=False) as f:
             attrs, names = dict(f.attrs), sorted(f.keys())
         marker = json.loads(attrs["expstore"]) if "expstore" in attrs else None
-    except Exception as exc:  # noqa: BLE001 - h5py reports damaged headers as KeyError, OSError, RuntimeError...
+    except Exception as exc:  # h5py reports damaged headers as KeyError, OSError, RuntimeError...
         return None, f"an HDF5 file that cannot be read ({type(exc).__name__}), so not known to be expstore's"
     if archive.ATTR in attrs:
         return "archive", "an archive"
@@ -109,7 +109,7 @@ def _zarr_kind(path: str) -> str | None:
 
 
 def _minari_kind(path: str, files_in: list[str]) -> str | None:
-    
+
     try:
         with open(os.path.join(path, "data", "metadata.json"), "rb") as fh:
             metadata = json.loads(fh.read())

@@ -42,7 +42,7 @@ def load_checkpoint(path: str) -> dict[str, Any] | None:
     try:
         # The checkpoint holds numpy RNG states and plain dicts besides tensors.
         return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad file
+    except Exception as exc:  # torch raises many types for a bad file
         raise CorruptStoreError(f"cannot read the checkpoint {path} ({exc}); move it away to "
                                 "start the agent afresh (the pool in the run directory is kept)") from None
 

@@ -56,7 +56,8 @@ class TD3BC:
         self.config = config or TD3BCConfig()
         self.device = torch.device(device)
         hidden = self.config.hidden_units
-        self.actor = DeterministicActor(obs_units, np.asarray(action_low), np.asarray(action_high), hidden).to(self.device)
+        actor = DeterministicActor(obs_units, np.asarray(action_low), np.asarray(action_high), hidden)
+        self.actor = actor.to(self.device)
         self.actor_target = copy.deepcopy(self.actor).requires_grad_(False)
         self.critic = TwinQ(obs_units, self.actor.action_scale.numel(), hidden).to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)

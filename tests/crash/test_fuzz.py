@@ -266,7 +266,7 @@ def attempt(call) -> tuple[str, object]:
         return "ok", call()
     except expstore.ExpstoreError as exc:
         return f"E:{type(exc).__name__}", None
-    except Exception as exc:  # noqa: BLE001 - any other exception is what this test looks for
+    except Exception as exc:  # any other exception is what this test looks for
         frame = traceback.extract_tb(exc.__traceback__)[-1]
         where = f"{os.path.relpath(frame.filename, os.path.dirname(TESTS_DIR))}:{frame.lineno} in {frame.name}"
         return f"RAW:{type(exc).__name__}: {' '.join(str(exc).split())[:200]} at {where}", None

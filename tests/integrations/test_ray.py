@@ -276,7 +276,7 @@ def test_readme_example_runs(cluster, tmp_path, monkeypatch):
     assert match, "README.md lost its code block marked with <!-- ray-example -->"
     monkeypatch.chdir(tmp_path)
     code = compile(match.group(1), "README ray example", "exec")
-    exec(code, {"__name__": "readme_ray_example"})  # noqa: S102 - the README's own code, run as written
+    exec(code, {"__name__": "readme_ray_example"})  # the README's own code, run as written
     for index, rows in enumerate([1000, 2000, 3000]):
         assert committed_on_disk(str(tmp_path / "runs" / "shards" / f"shard{index}.h5")) == rows
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # nothing else in the working directory

@@ -236,7 +236,7 @@ def test_readme_sb3_example_runs(tmp_path, monkeypatch):
     block = block.replace('"Pendulum-v1", seed=0,', '"Pendulum-v1", seed=0, learning_starts=100, batch_size=16,')
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(block, "README sb3 example", "exec"), namespace)  # noqa: S102 - the README's own code
+    exec(compile(block, "README sb3 example", "exec"), namespace)  # the README's own code
     assert namespace["model"].replay_buffer.size() == 120
     assert (tmp_path / "runs" / "sac_pendulum.zip").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # nothing else in the working directory

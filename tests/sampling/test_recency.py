@@ -296,7 +296,7 @@ def test_readme_recency_example_runs(tmp_path, monkeypatch):
     assert match, "README.md lost its code block marked with <!-- recency -->"
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
-    exec(compile(match.group(1), "README recency", "exec"), namespace)  # noqa: S102 - the README's own code
+    exec(compile(match.group(1), "README recency", "exec"), namespace)  # the README's own code
     assert namespace["fresh"]["policy_version"].min() >= 94
     assert namespace["newest"]["step_id"].min() >= 4000
     assert namespace["schedule"].k == 1
