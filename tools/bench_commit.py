@@ -110,7 +110,8 @@ def run(directory: str, seconds: float, repeats: int, checksums: bool, fsyncs: t
         for fsync in fsyncs:
             for cadence in CADENCES:
                 result = best_of(repeats, path, cadence, fsync, seconds, stream, warm_rows, checksums)
-                cases.append({"backend": backend, "commit": f"every {cadence:,} rows", "fsync": "on" if fsync else "off",
+                cases.append({"backend": backend, "commit": f"every {cadence:,} rows",
+                              "fsync": "on" if fsync else "off",
                               **result, "no_commit_per_s": baseline["appends_per_s"]})
         expstore.backends.files.remove_path(path)
     return cases
@@ -120,7 +121,8 @@ def cost_table(cases: list[dict]) -> str:
     rows = [[c["backend"], c["commit"], c["fsync"],
              _ms(c), bc.human(c["appends_per_s"]),
              bc.ratio(c["appends_per_s"], c.get("no_commit_per_s", c["appends_per_s"]))] for c in cases]
-    return bc.markdown_table(["backend", "commit", "fsync", "ms per commit (median)", "appends/s", "vs no commit"], rows)
+    header = ["backend", "commit", "fsync", "ms per commit (median)", "appends/s", "vs no commit"]
+    return bc.markdown_table(header, rows)
 
 
 def run_tree(tree: str, args: argparse.Namespace) -> list[dict]:
@@ -140,11 +142,11 @@ def compare(args: argparse.Namespace) -> str:
     for _ in range(args.repeats):
         rounds["before"].append(run_tree(args.compare_with, args))
         rounds["after"].append(run_tree(THIS_TREE, args))
-    best = {side: [max(case_rounds, key=lambda c: c["appends_per_s"]) for case_rounds in zip(*runs)]
+    best = {side: [max(case_rounds, key=lambda c: c["appends_per_s"]) for case_rounds in zip(*runs, strict=True)]
             for side, runs in rounds.items()}
     rows = [[b["backend"], b["commit"], b["fsync"], _ms(b), _ms(a), bc.human(b["appends_per_s"]),
              bc.human(a["appends_per_s"]), bc.ratio(a["appends_per_s"], b["appends_per_s"])]
-            for b, a in zip(best["before"], best["after"])]
+            for b, a in zip(best["before"], best["after"], strict=True)]
     return bc.markdown_table(["backend", "commit", "fsync", "ms per commit before", "ms per commit after",
                               "appends/s before", "appends/s after", "after vs before"], rows)
 

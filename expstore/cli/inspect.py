@@ -212,7 +212,8 @@ def episodes(path: str, limit: int | None, as_json: bool) -> None:
     if limit is not None:
         found = {key: values[max(0, len(values) - limit):] for key, values in found.items()}
     if as_json:
-        echo_json({"episodes": [dict(zip(found, row)) for row in zip(*(v.tolist() for v in found.values()))]})
+        rows = zip(*(values.tolist() for values in found.values()), strict=True)
+        echo_json({"episodes": [dict(zip(found, row, strict=True)) for row in rows]})
         return
     columns = list(found)
     click.echo(table(columns, [[cell(found[k][i]) for k in columns] for i in range(len(found["length"]))]))

@@ -106,13 +106,14 @@ def field_crcs(views: Sequence[np.ndarray], first_slot: int, n_rows: int,
                start: Sequence[int] | None = None) -> list[int]:
     """Per field, the crc32 of ``n_rows`` rows from ``first_slot`` on, continuing ``start``."""
     start = start or (0,) * len(views)
-    return [zlib.crc32(view[first_slot:first_slot + n_rows], crc) for view, crc in zip(views, start)]
+    return [zlib.crc32(view[first_slot:first_slot + n_rows], crc)
+            for view, crc in zip(views, start, strict=True)]
 
 
 def _join_fields(views: Sequence[np.ndarray], crcs: Sequence[int], n_rows: int) -> int:
     """The crc32 of the fields' bytes of ``n_rows`` rows one after another, from each field's crc."""
     joined = crcs[0]
-    for view, crc in zip(views[1:], crcs[1:]):
+    for view, crc in zip(views[1:], crcs[1:], strict=True):
         joined = crc32_combine(joined, crc, n_rows * view.strides[0])
     return joined
 
@@ -120,7 +121,8 @@ def _join_fields(views: Sequence[np.ndarray], crcs: Sequence[int], n_rows: int) 
 def _join_rows(views: Sequence[np.ndarray], before: Sequence[int], after: Sequence[int], n_rows_after: int
                ) -> list[int]:
     """Per field, the crc32 of two runs of rows, one after the other, from the crc of each."""
-    return [crc32_combine(a, b, n_rows_after * view.strides[0]) for view, a, b in zip(views, before, after)]
+    return [crc32_combine(a, b, n_rows_after * view.strides[0])
+            for view, a, b in zip(views, before, after, strict=True)]
 
 
 # ------------------------------------------------------------------ the payload's running crcs
@@ -350,7 +352,7 @@ def _check_head(views, ring: Ring, names, segment: Segment | None, head_first: i
     result.rows_unchecked += segment.first_step - head_first
     result.checked += 1
     found = field_crcs(views, segment.first_step % ring.slots, head - segment.first_step)
-    for name, crc, recorded in zip(names, found, segment.crcs):
+    for name, crc, recorded in zip(names, found, segment.crcs, strict=True):
         if crc != recorded:
             result.findings.append(f"field {name!r} of steps {segment.first_step}..{head - 1} (the head's chunk) "
                                    "fails its checksum: its rows changed after they were committed")
@@ -382,7 +384,7 @@ def _check_one_chunk(views, ring: Ring, names, head_segment: Segment | None, tai
     result.checked += 1
     live = field_crcs(views, tail % ring.slots, head - tail)
     joined = _join_rows(views, tail_segment.crcs, live, head - tail)
-    for name, crc, recorded in zip(names, joined, head_segment.crcs):
+    for name, crc, recorded in zip(names, joined, head_segment.crcs, strict=True):
         if crc != recorded:
             result.findings.append(f"field {name!r} of steps {tail}..{head - 1} (a window inside one chunk) "
                                    "fails its checksum: its rows changed after they were committed")

@@ -13,6 +13,7 @@ not megabytes of read-around.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mmap
 import time
@@ -83,7 +84,8 @@ class ColdReads:
         if prefetched:
             plan.prefetch(slots)
         start_s = time.perf_counter()
-        columns = [view.take(slots, axis=0) if take else view[slots] for view, take in zip(views, plan.use_take)]
+        columns = [view.take(slots, axis=0) if take else view[slots]
+                   for view, take in zip(views, plan.use_take, strict=True)]
         if self._mode == "auto" and plan.can_prefetch:
             self._observe(time.perf_counter() - start_s, plan, len(slots), prefetched)
         return columns
@@ -144,9 +146,10 @@ class _Plan:
         self.pool_nbytes = sum(view.nbytes for view in self.views)
         row_nbytes = [view.strides[0] if view.ndim else 0 for view in self.views]
         self.pages_per_row = sum(-(-n // _PAGE_NBYTES) for n in row_nbytes) or 1
-        self.use_take = [view.ndim > 1 and n <= _TAKE_MAX_ROW_NBYTES for view, n in zip(self.views, row_nbytes)]
+        self.use_take = [view.ndim > 1 and n <= _TAKE_MAX_ROW_NBYTES
+                         for view, n in zip(self.views, row_nbytes, strict=True)]
         by_mapping: dict[int, tuple[mmap.mmap, list[tuple[int, int]]]] = {}
-        for view, nbytes in zip(self.views, row_nbytes):
+        for view, nbytes in zip(self.views, row_nbytes, strict=True):
             mapping = _mapping_of(view)
             if mapping is None or nbytes == 0 or not view.flags.c_contiguous:
                 continue
@@ -156,7 +159,7 @@ class _Plan:
         self.can_prefetch = bool(self.mappings) and hasattr(mmap.mmap, "madvise")
 
     def covers(self, views: Sequence[np.ndarray]) -> bool:
-        return len(views) == len(self.views) and all(a is b for a, b in zip(views, self.views))
+        return len(views) == len(self.views) and all(a is b for a, b in zip(views, self.views, strict=True))
 
     def prefetch(self, slots: np.ndarray) -> None:
         slots = np.asarray(slots, dtype=np.int64).reshape(-1)
@@ -165,17 +168,15 @@ class _Plan:
         for mapping, fields in self.mappings:
             first_page, stop_page = _page_runs(slots, fields)
             try:
-                for first, stop in zip(first_page.tolist(), stop_page.tolist()):
+                for first, stop in zip(first_page.tolist(), stop_page.tolist(), strict=True):
                     mapping.madvise(mmap.MADV_WILLNEED, first * _PAGE_NBYTES, (stop - first) * _PAGE_NBYTES)
             except (OSError, ValueError):
                 return  # advice only: a closed mapping or a refusing kernel just means a plain gather
 
     def advise_all(self, advice: int) -> None:
         for mapping, _ in self.mappings:
-            try:
+            with contextlib.suppress(OSError, ValueError):  # advice only, as in prefetch
                 mapping.madvise(advice)
-            except (OSError, ValueError):
-                pass
 
 
 def _page_runs(slots: np.ndarray, fields: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:

@@ -123,9 +123,9 @@ def plot_learning_curve(metrics_path: str, png_path: str, title: str, x_label: s
 
     figure, axes = plt.subplots(figsize=(7, 4), dpi=100)
     if episodes:
-        axes.plot(*zip(*episodes), ".", alpha=0.35, label="training episode return")
+        axes.plot(*zip(*episodes, strict=True), ".", alpha=0.35, label="training episode return")
     if evals:
-        axes.plot(*zip(*evals), "-o", label="evaluation mean return")
+        axes.plot(*zip(*evals, strict=True), "-o", label="evaluation mean return")
     axes.set(xlabel=x_label, ylabel="return", title=title)
     axes.grid(alpha=0.3)
     axes.legend(loc="lower right")

@@ -85,7 +85,7 @@ class TwinQ(nn.Module):
 def soft_update(target: nn.Module, source: nn.Module, tau: float) -> None:
     """Polyak averaging: target <- (1 - tau) target + tau source."""
     with torch.no_grad():
-        for target_param, param in zip(target.parameters(), source.parameters()):
+        for target_param, param in zip(target.parameters(), source.parameters(), strict=True):
             target_param.lerp_(param, tau)
 
 

@@ -130,7 +130,7 @@ def test_merge_renumbers_and_keeps_each_sources_episodes(tmp_path, backend):
         assert table["open"].sum() == 3 and table["open"][~from_a].sum() == 3
         shift = first.next_step_id - second.first_step_id
         rebased = 0
-        for episode_id, start in zip(table_b["episode_id"], table_b["first_step_id"]):
+        for episode_id, start in zip(table_b["episode_id"], table_b["first_step_id"], strict=True):
             rows = second.episode(int(episode_id))
             first_row = int(rows["step_id"][0]) + shift
             merged_id = int(merged._book.episode_id[first_row % merged._ring.slots])

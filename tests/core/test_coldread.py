@@ -75,7 +75,7 @@ def test_rows_identical_with_and_without_prefetch(pool):
     plain = [pool.sample(256, rng=seed) for seed in range(3)] + [pool[:], pool[-5:], pool.read([N_ROWS + 499])]
     pool.cold_reads.mode = "on"
     prefetched = [pool.sample(256, rng=seed) for seed in range(3)] + [pool[:], pool[-5:], pool.read([N_ROWS + 499])]
-    for a, b in zip(plain, prefetched):
+    for a, b in zip(plain, prefetched, strict=True):
         _same(a, b)
     _same(pool[:], rows_for(np.arange(500, N_ROWS + 500)) | {"step_id": np.arange(500, N_ROWS + 500)})
 
@@ -188,7 +188,7 @@ def test_page_runs_cover_exactly_the_pages_of_the_rows(seed):
     first, stop = coldread._page_runs(slots, fields)
     expected = {p for offset, nbytes in fields for s in slots.tolist()
                 for p in range((offset + s * nbytes) // page, (offset + (s + 1) * nbytes - 1) // page + 1)}
-    covered = [p for a, b in zip(first.tolist(), stop.tolist()) for p in range(a, b)]
+    covered = [p for a, b in zip(first.tolist(), stop.tolist(), strict=True) for p in range(a, b)]
     assert sorted(covered) == sorted(expected)  # no page twice, none missing, none extra
     assert np.all(first[1:] > stop[:-1])  # runs that touch are merged
 
@@ -212,4 +212,4 @@ def test_page_runs_of_a_slice_read_are_one_range_per_field():
     assert len(first) == 2
     for offset, nbytes in fields:
         lo, hi = (offset + 1000 * nbytes) // page, (offset + int(slots[-1] + 1) * nbytes - 1) // page
-        assert any(a <= lo and hi < b for a, b in zip(first.tolist(), stop.tolist()))
+        assert any(a <= lo and hi < b for a, b in zip(first.tolist(), stop.tolist(), strict=True))

@@ -89,7 +89,7 @@ def run_readers_against_writer(path: str, backend: str, seconds: float) -> tuple
     finally:
         last_committed = writer.kill()
     outputs = [reader.communicate(timeout=60) for reader in readers]
-    for reader, (_stdout, stderr) in zip(readers, outputs):
+    for reader, (_stdout, stderr) in zip(readers, outputs, strict=True):
         assert reader.returncode == 0, stderr
     return [json.loads(stdout) for stdout, _stderr in outputs], last_committed
 

@@ -64,7 +64,7 @@ def test_join_adds_the_shard_column_and_keeps_step_ids():
 
 def test_shared_filesystem_shards_sample_in_proportion(tmp_path, backend):
     paths = [str(tmp_path / f"shard{index}{BACKENDS[backend]}") for index in range(3)]
-    for path, count in zip(paths, [100, 300, 600]):
+    for path, count in zip(paths, [100, 300, 600], strict=True):
         fill(path, count)
     with SharedShards(paths, rng=1) as shards:
         assert shards.lengths() == [100, 300, 600]
@@ -197,7 +197,7 @@ def test_three_loops_and_a_learner_survive_a_killed_shard(cluster, tmp_path, how
     pool.flush()
 
     assert finals[victim] >= committed_before + 100
-    for path, final in zip(paths, finals):
+    for path, final in zip(paths, finals, strict=True):
         with expstore.open(path, "r") as reader:
             assert (reader.first_step_id, reader.next_step_id) == (0, final)  # every committed row, no gap
             assert_rows_match(reader[:])
@@ -244,7 +244,7 @@ def test_a_hung_shard_is_skipped_with_a_warning_and_all_down_raises(cluster, tmp
         pool.sample(16)
     assert isinstance(caught.value, ConnectionError)
     assert pool.lengths() == [None, None, None]
-    for path, count in zip(paths, [100, 200, 300]):  # the files outlive their actors
+    for path, count in zip(paths, [100, 200, 300], strict=True):  # the files outlive their actors
         assert committed_on_disk(path) == count
 
 

@@ -89,7 +89,7 @@ def test_vector_env_keeps_each_sub_env_episodes_intact(pool_path, mode):
         assert len(pool) == 450 - resets
         table = pool.episodes()
         assert (~table["open"]).sum() == finished and set(table["env_id"].tolist()) == {0, 1, 2}
-        for episode, env_id in zip(table["episode_id"], table["env_id"]):
+        for episode in table["episode_id"]:
             rows = pool.episode(int(episode))
             assert np.array_equal(rows["obs"][1:], rows["next_obs"][:-1])  # consecutive steps
             assert np.abs(rows["obs"][0]).max() <= 0.05  # starts at a reset observation
@@ -113,7 +113,7 @@ def test_async_vector_env_and_derived_next_obs(pool_path):
             following = {}  # step id -> obs of the next row of its episode
             for episode in pool.episodes()["episode_id"]:
                 rows = pool.episode(int(episode))
-                following.update(zip(rows["step_id"][:-1].tolist(), rows["obs"][1:]))
+                following.update(zip(rows["step_id"][:-1].tolist(), rows["obs"][1:], strict=True))
             checked = 0
             for i, step in enumerate(batch["step_id"].tolist()):
                 if step in following:
@@ -172,7 +172,8 @@ def _record_cartpole_reset_at_19(path: str, derive: bool) -> list[np.ndarray]:
 
 
 def test_reset_mid_episode_ends_it_truncated(tmp_path, backend):
-    paths = {derive: str(tmp_path / f"{'derived' if derive else 'stored'}{SUFFIX[backend]}") for derive in (False, True)}
+    paths = {derive: str(tmp_path / f"{'derived' if derive else 'stored'}{SUFFIX[backend]}")
+             for derive in (False, True)}
     seen = {derive: _record_cartpole_reset_at_19(path, derive) for derive, path in paths.items()}
     with expstore.open(paths[False]) as stored, expstore.open(paths[True]) as derived:
         assert "next_obs" in stored.schema and "next_obs" not in derived.schema
@@ -227,7 +228,8 @@ def _record_vector_reset_at_10(path: str, derive: bool, mode: str) -> tuple[np.n
 
 @pytest.mark.parametrize("mode", ["NextStep", "SameStep"])
 def test_vector_reset_mid_episode_ends_every_running_episode(tmp_path, backend, mode):
-    paths = {derive: str(tmp_path / f"{'derived' if derive else 'stored'}{SUFFIX[backend]}") for derive in (False, True)}
+    paths = {derive: str(tmp_path / f"{'derived' if derive else 'stored'}{SUFFIX[backend]}")
+             for derive in (False, True)}
     recorded = {derive: _record_vector_reset_at_10(path, derive, mode) for derive, path in paths.items()}
     after_ten, running = recorded[True]
     assert running.all()  # CartPole's random episodes outlast ten steps with this seed

@@ -166,7 +166,7 @@ def test_sac_learns_the_same_with_the_disk_buffer_and_resumes_from_it(tmp_path):
     pool = str(tmp_path / "sac.h5")
     with_sb3 = train()
     with_disk = train(replay_buffer_class=DiskReplayBuffer, replay_buffer_kwargs={"path": pool})
-    for a, b in zip(with_sb3.policy.parameters(), with_disk.policy.parameters()):
+    for a, b in zip(with_sb3.policy.parameters(), with_disk.policy.parameters(), strict=True):
         assert torch.equal(a, b)
     with_disk.save(tmp_path / "sac")
     with_disk.save_replay_buffer(tmp_path / "buffer.pkl")

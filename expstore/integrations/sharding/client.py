@@ -57,7 +57,7 @@ def create_shards(paths: Sequence[str | os.PathLike], *, node_ids: Sequence[str]
     node_ids = _per_shard(node_ids, paths, "node_ids") or [ray.get_runtime_context().get_node_id()] * len(paths)
     names = _per_shard(names, paths, "names") or [None] * len(paths)
     handles = []
-    for path, node_id, name in zip(paths, node_ids, names):
+    for path, node_id, name in zip(paths, node_ids, names, strict=True):
         options = {"max_restarts": max_restarts, "max_task_retries": max_task_retries, "num_cpus": num_cpus,
                    "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
         if name is not None:
@@ -190,7 +190,7 @@ class ShardedPool:
         seeds = derive_seeds(self._rng, len(live))
         # Every live shard is asked, even for 0 rows: its answer carries its current length.
         requests = {getattr(shard.handle, method).remote(int(rows), seed, options): shard
-                    for shard, rows, seed in zip(live, counts, seeds)}
+                    for shard, rows, seed in zip(live, counts, seeds, strict=True)}
         parts = []
         for index, (batch, length) in self._ask(requests, self.timeout_s).items():
             self._shards[index].length = int(length)
@@ -290,7 +290,7 @@ class ShardedPool:
     def _call_each(self, call) -> list:
         refs = [call(shard.handle) for shard in self._shards]
         results = []
-        for shard, ref in zip(self._shards, refs):
+        for shard, ref in zip(self._shards, refs, strict=True):
             try:
                 results.append(ray.get(ref))
             except _UNAVAILABLE as exc:

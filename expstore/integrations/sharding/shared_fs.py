@@ -67,7 +67,7 @@ class SharedShards:
         counts = split_batch(self._rng, batch_size, self.lengths())
         seeds = derive_seeds(self._rng, len(self._pools))
         parts = [(index, draw(pool, int(count), seed))
-                 for index, (pool, count, seed) in enumerate(zip(self._pools, counts, seeds)) if count]
+                 for index, (pool, count, seed) in enumerate(zip(self._pools, counts, seeds, strict=True)) if count]
         return join_parts(parts)
 
     def close(self) -> None:
