@@ -13,8 +13,9 @@ Per row (``slots`` rows, indexed like the fields):
 Per episode (``episode_rows`` rows, indexed by ``episode_id % episode_rows``):
 
 - ``_episodes`` int64 (rows, 4): episode id, first step id, last step id (-1 while open),
-  ``env_id * 8 + 4 * (final observation stored) + status`` (status: 0 open, 1 terminated,
-  2 truncated, 3 cut off by a crash); in a pool that derives ``next_obs``, a fifth column: the
+  the entry's *info* word ``env_id * 8 + 4 * (final observation stored) + status`` (an
+  ``EpisodeStatus``: 0 open, 1 terminated, 2 truncated, 3 cut off by a crash; packed and read
+  with ``episode_info``, ``info_status`` and ``info_env``); in a pool that derives ``next_obs``, a fifth column: the
   number of the episode's final observation (see below).
 
 Only in pools created with ``derive_next_obs=True``, a ring of ``final_rows`` rows in the order
@@ -34,6 +35,10 @@ All start zeroed. Names starting with ``_`` are never user fields, so they canno
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import IntEnum
+from typing import TypeVar
+
+import numpy as np
 
 from ..errors import SchemaError
 from ..schema import Schema
@@ -49,6 +54,37 @@ EPISODE_TABLE = "_episodes"
 EPISODE_COLUMNS = 4  # a fifth in pools whose final-observation table is a ring of its own
 FINAL_PREFIX = "_final_"
 FINAL_OWNER = "_finals_owner"  # outside FINAL_PREFIX: it is no observation's table
+
+
+class EpisodeStatus(IntEnum):
+    """How an episode stands, in the low two bits of its table entry's info word."""
+
+    OPEN = 0
+    TERMINATED = 1
+    TRUNCATED = 2
+    CUT_OFF = 3  # open when its writer stopped without closing it
+
+
+FINAL_STORED = 4  # flag in an entry's info word: the final observation is in the final-obs table
+_STATUS_BITS = 4  # the status values and FINAL_STORED fit below this
+_ENV_STRIDE = 8  # info = env_id * _ENV_STRIDE + FINAL_STORED flag + status
+
+Info = TypeVar("Info", int, "np.ndarray")
+
+
+def episode_info(env_id: Info, status: Info | EpisodeStatus = EpisodeStatus.OPEN) -> Info:
+    """The info word of an entry of ``env_id`` with ``status`` (ints or arrays of them)."""
+    return env_id * _ENV_STRIDE + status
+
+
+def info_status(info: Info) -> Info:
+    """The ``EpisodeStatus`` values of info words (ints or arrays)."""
+    return info % _STATUS_BITS
+
+
+def info_env(info: Info) -> Info:
+    """The env ids of info words (ints or arrays)."""
+    return info // _ENV_STRIDE
 
 
 def derived_fields(schema: Schema) -> list[str]:

@@ -27,12 +27,21 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..backends.internal import EPISODE_TABLE, final_fields
+from ..backends.internal import (
+    EPISODE_TABLE,
+    FINAL_STORED,
+    EpisodeStatus,
+    episode_info,
+    final_fields,
+    info_env,
+    info_status,
+)
 from ..errors import InvalidArgumentError
 from ..schema import Schema
 from .commit import MAX_PAYLOAD_NBYTES
@@ -40,14 +49,24 @@ from .finals import FINAL_COLUMN, FinalTable
 
 logger = logging.getLogger("expstore.episodes")  # its name before the layered layout
 
-OPEN, TERMINATED, TRUNCATED, CUT_OFF = 0, 1, 2, 3
-FINAL_STORED = 4  # flag in an entry's info: the final observation is in the final-obs table
+OPEN, TERMINATED, TRUNCATED, CUT_OFF = EpisodeStatus  # short names for the module's many comparisons
 PAYLOAD_KEY = "episodes"
 _SCAN_ROWS = 1 << 16
 _LOW_BLOCK = 1024  # episode ids checked per step when the oldest live episode moves on
 _KEPT_NBYTES = 1024  # the payload's room for kept entries (about 40), leaving the rest to open episodes
 _PAYLOAD_RESERVE_NBYTES = 512  # for what the store adds to the payload (priorities, checksums)
 _ONE_RUN = np.zeros(1, np.int64)  # the run starts of a batch that holds one episode run
+
+
+@dataclass(slots=True)
+class OpenEpisode:
+    """A writer's running episode of one env; updated in place on every row it appends."""
+
+    episode_id: int
+    first_step: int
+    last_step: int
+    last_index: int  # index of the last row inside the episode (0 for its first row)
+    total_return: float  # summed reward up to and including the last row
 
 
 class EpisodeBook:
@@ -70,8 +89,7 @@ class EpisodeBook:
         state = decode(payload, head)
         self.next_id, self.low_id = state["next"], state["low"]
         self.final_table = FinalTable(views, self.table, state["finals"]) if self.derived else None
-        # env id -> [episode id, first step, last step, index of last row, return so far]
-        self.open: dict[int, list] = {}
+        self.open: dict[int, OpenEpisode] = {}  # by env id
         self.committed_open = state["open"]  # env id -> (episode id, last step), as committed
         self.committed_head = head
         self.kept: dict[int, np.ndarray] = state["kept"]  # episode id -> entry a newer one may take over
@@ -85,7 +103,7 @@ class EpisodeBook:
             first_step = int(entry[1]) if entry[0] == episode_id else last_step - int(
                 self.episode_step[last_step % self.slots])
             cut_off = entry.copy()
-            cut_off[:4] = (episode_id, first_step, last_step, env_id * 8 + CUT_OFF)
+            cut_off[:4] = (episode_id, first_step, last_step, episode_info(env_id, CUT_OFF))
             row = episode_id % self.table_rows
             if self.table[row, 0] <= episode_id:  # else a newer episode holds the row (its entry is kept)
                 self.table[row, :4] = cut_off[:4]
@@ -98,7 +116,7 @@ class EpisodeBook:
         self.committed_open = {}
 
     # ------------------------------------------------------------------ writer: appends
-    def status_of(self, transition: Mapping[str, Any]) -> int:
+    def status_of(self, transition: Mapping[str, Any]) -> EpisodeStatus:
         if self.terminated is not None and transition[self.terminated]:
             return TERMINATED
         if self.truncated is not None and transition[self.truncated]:
@@ -111,35 +129,36 @@ class EpisodeBook:
         reward = float(transition[self.reward]) if self.reward is not None else 0.0
         state = self.open.get(env_id)
         if state is None:
-            state = [self.next_id, step_id, step_id, 0, reward]
-            self.table[self.next_id % self.table_rows, :4] = (self.next_id, step_id, -1, env_id * 8)
+            state = OpenEpisode(self.next_id, step_id, step_id, 0, reward)
+            self.table[self.next_id % self.table_rows, :4] = (self.next_id, step_id, -1, episode_info(env_id))
             self.next_id += 1
             self.open[env_id] = state
         else:
-            self._link(state[2], step_id)
-            state[2] = step_id
-            state[3] += 1
-            state[4] += reward
-        self.episode_id[slot] = state[0]
-        self.episode_step[slot] = state[3]
-        self.episode_return[slot] = state[4]
+            self._link(state.last_step, step_id)
+            state.last_step = step_id
+            state.last_index += 1
+            state.total_return += reward
+        self.episode_id[slot] = state.episode_id
+        self.episode_step[slot] = state.last_index
+        self.episode_return[slot] = state.total_return
         self.next_delta[slot] = 0
         status = self.status_of(transition)
         if status:
             self._close(env_id, state, status, derived)
 
-    def _close(self, env_id: int, state: list, status: int, derived: Mapping | None) -> None:
+    def _close(self, env_id: int, state: OpenEpisode, status: EpisodeStatus, derived: Mapping | None) -> None:
         del self.open[env_id]
         if (self.final_table is None or derived is None) and not self.kept:
-            row = state[0] % self.table_rows  # the common case, in plain Python as on_append is
-            if self.table[row, 0] == state[0]:  # else a newer episode took the row (a small table)
-                self.table[row, 2:4] = (state[2], env_id * 8 + status)
+            row = state.episode_id % self.table_rows  # the common case, in plain Python as on_append is
+            if self.table[row, 0] == state.episode_id:  # else a newer episode took the row (a small table)
+                self.table[row, 2:4] = (state.last_step, episode_info(env_id, status))
             return
-        ids = np.array([state[0]], np.int64)
+        ids = np.array([state.episode_id], np.int64)
         finals = None
         if self.final_table is not None and derived is not None:
             finals = {name: np.asarray(derived[f"next_{name}"])[None] for name in self.derived}
-        self._close_entries(ids, np.array([state[2]], np.int64), np.array([env_id * 8 + status], np.int64), finals)
+        self._close_entries(ids, np.array([state.last_step], np.int64),
+                            np.array([episode_info(env_id, status)], np.int64), finals)
 
     def end_open(self, env_ids: np.ndarray, derived: Mapping[str, np.ndarray] | None) -> list[int]:
         """End the open episodes of ``env_ids`` at their last row, as truncated: the env was
@@ -151,7 +170,7 @@ class EpisodeBook:
                 continue
             row = None if derived is None else {key: values[position] for key, values in derived.items()}
             self._close(env_id, state, TRUNCATED, row)
-            ended.append(state[0])
+            ended.append(state.episode_id)
         return ended
 
     def on_extend(self, first_step: int, columns: Mapping[str, np.ndarray], derived: Mapping | None,
@@ -183,7 +202,7 @@ class EpisodeBook:
         ends = status.nonzero()[0]  # rows that end an episode
         state = self.open.get(env_id)
         continuing = state is not None
-        first_id = state[0] if continuing else self.next_id
+        first_id = state.episode_id if state is not None else self.next_id
         if ends.size == 0 or (ends.size == 1 and ends[0] == n_rows - 1):
             starts = _ONE_RUN  # one episode run: tags without per-run indexing
             ids = np.full(n_rows, first_id, np.int64)
@@ -202,11 +221,11 @@ class EpisodeBook:
         next_delta = np.ones(n_rows, np.int64)
         next_delta[ends] = 0
         next_delta[-1] = 0
-        if continuing:
+        if state is not None:
             first_run = slice(0, starts[1] if len(starts) > 1 else n_rows)
-            index[first_run] += state[3] + 1
-            returns[first_run] += state[4]
-            self._link(state[2], first_step)
+            index[first_run] += state.last_index + 1
+            returns[first_run] += state.total_return
+            self._link(state.last_step, first_step)
         for view, values in ((self.episode_id, ids), (self.episode_step, index),
                              (self.episode_return, returns), (self.next_delta, next_delta)):
             write_run(view, first_step, values, self.slots)
@@ -227,14 +246,14 @@ class EpisodeBook:
         entries[:, 1] = first_rows
         entries[:, 1] += first_step
         entries[:, 2] = -1
-        entries[:, 3] = env_id * 8
+        entries[:, 3] = episode_info(env_id)
         write_run(self.table[:, :4], int(new_ids[0]), entries, self.table_rows)
 
     def _close_runs(self, env_id: int, first_step: int, closed_ids: np.ndarray, end_rows: np.ndarray,
                     end_status: np.ndarray, derived: Mapping | None) -> None:
         has_final = self.final_table is not None and derived is not None
         finals = {name: np.asarray(derived[f"next_{name}"])[end_rows] for name in self.derived} if has_final else None
-        self._close_entries(closed_ids, first_step + end_rows, env_id * 8 + end_status, finals)
+        self._close_entries(closed_ids, first_step + end_rows, episode_info(env_id, end_status), finals)
 
     def _close_entries(self, ids: np.ndarray, last_steps: np.ndarray, infos: np.ndarray,
                        finals: Mapping[str, np.ndarray] | None) -> None:
@@ -258,16 +277,19 @@ class EpisodeBook:
         for position in kept:
             self.kept[int(ids[position])][2:4] = (last_steps[position], infos[position])
 
-    def _keep_open_one_env(self, env_id: int, first_step: int, state: list | None, last_id: int,
+    def _keep_open_one_env(self, env_id: int, first_step: int, state: OpenEpisode | None, last_id: int,
                            last_start: int, n_rows: int, last_status: int) -> None:
         if last_status:
             self.open.pop(env_id, None)
             return
-        first = state[1] if state is not None and last_start == 0 else first_step + last_start
-        last_step = first_step + n_rows - 1
-        slot = last_step % self.slots  # read back: the running return as stored (float32)
-        self.open[env_id] = [int(last_id), first, last_step, int(self.episode_step[slot]),
-                             float(self.episode_return[slot])]
+        first = state.first_step if state is not None and last_start == 0 else first_step + last_start
+        self.open[env_id] = self.open_at(last_id, first, first_step + n_rows - 1)
+
+    def open_at(self, episode_id: int, first_step: int, last_step: int) -> OpenEpisode:
+        """The open episode whose last row is ``last_step``, its index and return read back as stored."""
+        slot = last_step % self.slots
+        return OpenEpisode(int(episode_id), int(first_step), int(last_step), int(self.episode_step[slot]),
+                           float(self.episode_return[slot]))
 
     def _status_column(self, columns: Mapping[str, np.ndarray], n_rows: int) -> np.ndarray:
         status = np.zeros(n_rows, np.int64)
@@ -282,7 +304,7 @@ class EpisodeBook:
         ids = np.empty(runs.count, np.int64)
         continuing = runs.continues_open
         for run in np.flatnonzero(continuing):
-            ids[run] = self.open[int(runs.env[run])][0]
+            ids[run] = self.open[int(runs.env[run])].episode_id
         new = np.flatnonzero(~continuing)
         rank = np.argsort(np.argsort(runs.first_step[new], kind="stable"), kind="stable")
         ids[new] = self.next_id + rank
@@ -291,7 +313,7 @@ class EpisodeBook:
 
     def _link_open(self, runs: _Runs, ids: np.ndarray) -> None:
         for run in np.flatnonzero(runs.continues_open):
-            self._link(self.open[int(runs.env[run])][2], int(runs.first_step[run]))
+            self._link(self.open[int(runs.env[run])].last_step, int(runs.first_step[run]))
 
     def _link(self, from_step: int, to_step: int) -> None:
         """Point row ``from_step`` at ``to_step``, the next row of its episode, unless the ring
@@ -304,7 +326,7 @@ class EpisodeBook:
         base_return = np.zeros(runs.count)
         for run in np.flatnonzero(runs.continues_open):
             state = self.open[int(runs.env[run])]
-            base_index[run], base_return[run] = state[3] + 1, state[4]
+            base_index[run], base_return[run] = state.last_index + 1, state.total_return
         columns = ((self.episode_id, ids[runs.run_of_row]),
                    (self.episode_step, runs.index_in_run + base_index[runs.run_of_row]),
                    (self.episode_return, runs.return_in_run + base_return[runs.run_of_row]),
@@ -318,13 +340,13 @@ class EpisodeBook:
         new = np.flatnonzero(~runs.continues_open)
         new = new[np.argsort(ids[new], kind="stable")]  # in id order: where ids share a row, the newest wins
         self.table[ids[new] % self.table_rows, :4] = np.stack(
-            [ids[new], runs.first_step[new], np.full(len(new), -1), runs.env[new] * 8], axis=1)
+            [ids[new], runs.first_step[new], np.full(len(new), -1), episode_info(runs.env[new])], axis=1)
         closed = runs.last_status > 0
         has_final = self.final_table is not None and derived is not None
         finals = {name: np.asarray(derived[f"next_{name}"])[order][runs.last_row[closed]]
                   for name in self.derived} if has_final else None
-        self._close_entries(ids[closed], runs.last_step[closed], runs.env[closed] * 8 + runs.last_status[closed],
-                            finals)
+        self._close_entries(ids[closed], runs.last_step[closed],
+                            episode_info(runs.env[closed], runs.last_status[closed]), finals)
 
     def _update_open(self, runs: _Runs, ids: np.ndarray) -> None:
         last_run_of_env = np.flatnonzero(np.r_[runs.env[1:] != runs.env[:-1], True])
@@ -333,11 +355,8 @@ class EpisodeBook:
             if runs.last_status[run]:
                 self.open.pop(env_id, None)
                 continue
-            first = (self.open[env_id][1] if runs.continues_open[run] else int(runs.first_step[run]))
-            row = runs.last_row[run]
-            slot = int(runs.steps[row]) % self.slots
-            self.open[env_id] = [int(ids[run]), first, int(runs.steps[row]), int(self.episode_step[slot]),
-                                 float(self.episode_return[slot])]
+            first = (self.open[env_id].first_step if runs.continues_open[run] else int(runs.first_step[run]))
+            self.open[env_id] = self.open_at(int(ids[run]), first, int(runs.steps[runs.last_row[run]]))
 
     # ------------------------------------------------------------------ commits
     def payload(self, tail: int, head: int) -> dict:
@@ -345,7 +364,8 @@ class EpisodeBook:
         self._keep_at_risk(tail)
         self._drop_gone_kept(tail)
         self._advance_low(tail)
-        open_rows = sorted([env_id, self.next_id - state[0], head - state[2]] for env_id, state in self.open.items())
+        open_rows = sorted([env_id, self.next_id - state.episode_id, head - state.last_step]
+                           for env_id, state in self.open.items())
         state = {"next": self.next_id, "low": self.low_id, "open": open_rows}
         if self.final_table is not None and self.final_table.is_ring:
             state["finals"] = self.final_table.written
@@ -392,29 +412,29 @@ class EpisodeBook:
         if start < stop:
             ids = np.arange(start, stop, dtype=np.int64)
             entries = self.table[ids % self.table_rows]
-            is_open = np.isin(ids, [state[0] for state in self.open.values()])
-            ended_inside = (entries[:, 3] % 4 != OPEN) & (entries[:, 2] >= tail)
+            is_open = np.isin(ids, [state.episode_id for state in self.open.values()])
+            ended_inside = (info_status(entries[:, 3]) != OPEN) & (entries[:, 2] >= tail)
             live = (entries[:, 0] == ids) & (entries[:, 1] < tail) & (is_open | ended_inside)
             for position in np.flatnonzero(live):
                 self.kept[int(ids[position])] = entries[position].copy()
         self.risk_checked = max(self.risk_checked, stop)
 
     def _drop_gone_kept(self, tail: int) -> None:
-        open_ids = {state[0] for state in self.open.values()}
+        open_ids = {state.episode_id for state in self.open.values()}
         for episode_id, entry in list(self.kept.items()):
-            if episode_id not in open_ids and entry[3] % 4 != OPEN and entry[2] < tail:
+            if episode_id not in open_ids and info_status(entry[3]) != OPEN and entry[2] < tail:
                 del self.kept[episode_id]  # its last row left the pool
 
     def _advance_low(self, tail: int) -> None:
         """Move ``low_id`` past episodes gone from the pool; vectorised over blocks of ids, and
         amortised O(1) per episode since ``low_id`` only grows."""
-        open_ids = [state[0] for state in self.open.values()]
+        open_ids = [state.episode_id for state in self.open.values()]
         if self.low_id in open_ids:
             return  # the common case between episode ends: the oldest episode is still open
         while self.low_id < self.next_id:
             ids = np.arange(self.low_id, min(self.next_id, self.low_id + _LOW_BLOCK), dtype=np.int64)
             entries = self.entries_of(ids, self.kept)
-            live = (entries[:, 3] % 4 != OPEN) & (entries[:, 2] >= tail)  # ended, last row still in the pool
+            live = (info_status(entries[:, 3]) != OPEN) & (entries[:, 2] >= tail)  # ended, last row still in the pool
             for episode_id in open_ids:  # at most one per env
                 if ids[0] <= episode_id <= ids[-1]:
                     live[episode_id - ids[0]] = True
@@ -490,26 +510,26 @@ class EpisodeBook:
         ids = np.arange(low_id, next_id, dtype=np.int64)
         entries = self.entries_of(ids, kept)
         first, last, info = entries[:, 1].copy(), entries[:, 2].copy(), entries[:, 3].copy()
-        keep = (entries[:, 0] == ids) & (info % 4 != OPEN) & (last >= tail) & (last < head)
+        keep = (entries[:, 0] == ids) & (info_status(info) != OPEN) & (last >= tail) & (last < head)
         for env_id, (episode_id, last_step) in open_now.items():
             position = episode_id - low_id
             if 0 <= position < len(ids) and entries[position, 0] == episode_id:
-                last[position], info[position], keep[position] = last_step, env_id * 8 + OPEN, last_step >= tail
+                last[position], info[position], keep[position] = last_step, episode_info(env_id), last_step >= tail
         ids, first, last, info = ids[keep], first[keep], last[keep], info[keep]
         last_slots = last % self.slots
-        status = info % 4
+        status = info_status(info)
         return {
             "episode_id": ids, "first_step_id": first, "length": self.episode_step[last_slots] + 1,
             "return": self.episode_return[last_slots].astype(np.float64),
             "terminated": status == TERMINATED, "truncated": status == TRUNCATED, "open": status == OPEN,
             "evicted": self._evicted(ids, first, tail, head), "cut_off": status == CUT_OFF,
-            "env_id": info // 8, "last_step_id": last,
+            "env_id": info_env(info), "last_step_id": last,
         }
 
     def _evicted(self, ids: np.ndarray, first: np.ndarray, tail: int, head: int) -> np.ndarray:
         evicted = np.zeros(len(ids), np.int64)
         straddling = np.flatnonzero(first < tail)
-        for position, step_id in zip(straddling, self.oldest_rows(ids[straddling], tail, head)):
+        for position, step_id in zip(straddling, self.oldest_rows(ids[straddling], tail, head), strict=True):
             evicted[position] = self.episode_step[step_id % self.slots] if step_id >= 0 else 0
         return evicted
 
@@ -558,7 +578,7 @@ class _Runs:
     one episode inside the batch."""
 
     def __init__(self, steps: np.ndarray, env: np.ndarray, status: np.ndarray, rewards: np.ndarray,
-                 open_episodes: Mapping[int, Sequence]):
+                 open_episodes: Mapping[int, OpenEpisode]):
         self.steps = steps
         n_rows = len(steps)
         group_start = np.ones(n_rows, bool)

@@ -106,7 +106,7 @@ class ReplayMixin:
         book = self._need_book()
         low, high = self._window()
         if self.writable:
-            open_now = {env: (state[0], state[2]) for env, state in book.open.items()}
+            open_now = {env: (state.episode_id, state.last_step) for env, state in book.open.items()}
             return EpisodeState(low, high, open_now, book.next_id, book.low_id, book.kept)
         state = self._committed_state()
         return EpisodeState(low, high, state["open"], state["next"], state["low"], state["kept"])

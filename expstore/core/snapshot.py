@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backends.internal import ROW_ARRAYS
-from .episodes import OPEN, decode
+from ..backends.internal import ROW_ARRAYS, EpisodeStatus, episode_info, info_status
+from .episodes import decode
 
 PRIORITY_KEY = "priorities"
 _SCAN_ROWS = 1 << 20
@@ -62,9 +62,9 @@ class SourceBook:
         for env_id, (episode_id, last_step) in self.open_episodes.items():
             position = episode_id - self.low_id
             if 0 <= position < len(ids):
-                table[position, 2:4] = (last_step, env_id * 8 + OPEN)
+                table[position, 2:4] = (last_step, episode_info(env_id))
                 is_open[position] = True
-        closed = table[:, 3] % 4 != OPEN
+        closed = info_status(table[:, 3]) != EpisodeStatus.OPEN
         keep = (table[:, 0] == ids) & (is_open | closed) & (table[:, 2] >= first_kept)
         return ids[keep], table[keep], is_open[keep]
 
@@ -81,7 +81,7 @@ class SourceBook:
         early = ids[firsts < first_kept]
         oldest = self.book.oldest_rows(early, first_kept, self.head)
         found = {}
-        for episode_id, step_id in zip(early, oldest):
+        for episode_id, step_id in zip(early, oldest, strict=True):
             if step_id < 0:
                 continue
             slot = step_id % self.slots

@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -54,6 +54,18 @@ class CommitPolicy:
         self.every_rows = every_rows
         self.interval_s = interval_s
         self.fsync = fsync
+
+
+class RowSpec(NamedTuple):
+    """What append and extend check a field's values against, and where they go. A tuple, so
+    append's per-row loop unpacks it at C speed; its field order is that loop's."""
+
+    name: str
+    field: Field
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    float_limit: float | None  # the dtype's largest finite value for float fields: a Python float fits
+    view: np.ndarray  # the field's memory map, indexed by slot
 
 
 class Store(ReplayMixin):
@@ -114,8 +126,8 @@ class Store(ReplayMixin):
         self._views = [self._maps.views[name] for name, _ in self._fields]
         self._names = dict.fromkeys(layout.schema).keys()  # a dict view: C-speed key comparison in append
         self._row_specs = [
-            (name, field, field.dtype, field.shape,
-             float(np.finfo(field.dtype).max) if field.dtype.kind == "f" else None, self._maps.views[name])
+            RowSpec(name, field, field.dtype, field.shape,
+                    float(np.finfo(field.dtype).max) if field.dtype.kind == "f" else None, self._maps.views[name])
             for name, field in self._fields
         ]
         self._committed = self._read_commit(warn=True)
@@ -247,7 +259,7 @@ class Store(ReplayMixin):
             if keys != self._names:
                 transition, derived = self._split_derived(transition, None)
             converted = None
-            for name, field, dtype, shape, float_limit, _ in self._row_specs:
+            for name, field, dtype, shape, float_limit, _ in self._row_specs:  # RowSpec, unpacked for speed
                 value = transition[name]
                 kind = type(value)
                 if kind is np.ndarray:
@@ -264,7 +276,7 @@ class Store(ReplayMixin):
             if converted is not None:
                 transition = {**transition, **converted}
             slot = self._head % self._slots
-            for name, _, _, _, _, view in self._row_specs:
+            for name, _, _, _, _, view in self._row_specs:  # RowSpec, unpacked for speed
                 view[slot] = transition[name]
             self._tag_row(self._head, slot, transition, derived, env_id)
             self._head += 1
@@ -298,7 +310,7 @@ class Store(ReplayMixin):
             derived = None
             if batch.keys() != self._names:
                 batch, derived = self._split_derived(batch, n_rows)
-            columns = [self._column(spec, batch[spec[0]], n_rows) for spec in self._row_specs]
+            columns = [self._column(spec, batch[spec.name], n_rows) for spec in self._row_specs]
             env_ids = self._check_env_ids(env_ids, n_rows)
             done = 0
             while done < n_rows:
@@ -321,12 +333,12 @@ class Store(ReplayMixin):
             self._maybe_commit()
 
     @staticmethod
-    def _column(spec: tuple, value: Any, n_rows: int) -> np.ndarray:
+    def _column(spec: RowSpec, value: Any, n_rows: int) -> np.ndarray:
         """One field of an extend, checked and cast; an array already in shape skips the calls."""
-        name, field, dtype, shape, _, _ = spec
-        if type(value) is np.ndarray and value.dtype is dtype and value.shape[1:] == shape and len(value) == n_rows:
+        if (type(value) is np.ndarray and value.dtype is spec.dtype and value.shape[1:] == spec.shape
+                and len(value) == n_rows):
             return value
-        return as_rows(name, field, value, n_rows)
+        return as_rows(spec.name, spec.field, value, n_rows)
 
     def flush(self, fsync: bool | None = None) -> None:
         """Commit every appended transition now; with fsync (the default) it is durable on return."""

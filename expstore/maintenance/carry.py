@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.internal import EPISODE_TABLE, FINAL_PREFIX
-from ..core.episodes import CUT_OFF, FINAL_STORED, write_run
+from ..backends.internal import EPISODE_TABLE, FINAL_PREFIX, FINAL_STORED, EpisodeStatus, info_env
+from ..core.episodes import write_run
 from ..core.snapshot import SourceBook
 from ..errors import WriterOutranError
 
@@ -155,12 +155,10 @@ class Carry:
             if int(episode_id) in segment.restart:
                 entries[position, 1] = segment.restart[int(episode_id)][0] + segment.step_shift
         closed_now = is_open & (not segment.last)
-        entries[closed_now, 3] += CUT_OFF  # open entries hold env_id * 8 + OPEN (0)
+        entries[closed_now, 3] += EpisodeStatus.CUT_OFF  # open entries hold episode_info(env_id), status OPEN (0)
         still_open = is_open & segment.last
         for entry in entries[still_open]:
-            last_slot = int(entry[2]) % book.slots
-            book.open[int(entry[3]) // 8] = [int(entry[0]), int(entry[1]), int(entry[2]),
-                                            int(book.episode_step[last_slot]), float(book.episode_return[last_slot])]
+            book.open[int(info_env(entry[3]))] = book.open_at(int(entry[0]), int(entry[1]), int(entry[2]))
         entries[still_open, 2] = -1
         finals, held, _ = source.book.finals_of(source_ids, source.kept)
         entries[:, 3] = np.where(held, entries[:, 3] | FINAL_STORED, entries[:, 3] & ~FINAL_STORED)
