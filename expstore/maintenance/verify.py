@@ -85,9 +85,6 @@ def verify_store(store, progress: Callable[[int], None] | None = None) -> Verify
                         writer=lock.holder(store.path), checksums=store._maps.checksum_table is not None)
     if store._maps.checksum_table is not None:
         _verify_checksums(store, report, progress)
-    extra = getattr(store, "_verify_derived", None)
-    if extra is not None:
-        report.findings += extra()
     return report
 
 
@@ -156,7 +153,6 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
     finally:
         # A lock file this repair made goes again: a path that is no pool keeps no trace of it.
         writer_lock.release(remove=not had_lock_file or not os.path.exists(path))
-    _rebuild_derived(path, backend, report)
     return report
 
 
@@ -183,13 +179,6 @@ def _repair_commit(layout, reset_window: bool, report: RepairReport) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _rebuild_derived(path: str, backend: str | None, report: RepairReport) -> None:
-    with open_store(path, "r+", backend=backend) as store:
-        rebuild = getattr(store, "_rebuild_derived", None)
-        if rebuild is not None:
-            report.actions += rebuild()
 
 
 def _newest_commit(maps) -> tuple[commit.CommitRecord, bool]:
