@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._version import __version__
+from .core.episodes import EpisodeTable
 from .core.hooks import register_hook as _register_hook
 from .core.opening import open
 from .core.store import Store
@@ -41,7 +42,7 @@ __all__ = [
     "ReadOnlyError", "Schema", "SchemaError", "ShardsUnavailableError", "StepNotFoundError", "Store",
     "StoreExistsError", "StoreLockedError", "StoreNotFoundError", "WriterOutranError", "RepairReport", "VerifyReport",
     "__version__", "open", "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule",
-    "ExponentialRecency",
+    "ExponentialRecency", "EpisodeTable",
 ]
 
 

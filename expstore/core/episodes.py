@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
 from dataclasses import dataclass
 from typing import Any
 
@@ -571,6 +571,73 @@ class EpisodeBook:
             raise InvalidArgumentError(f"env_ids must be {n_rows} non-negative ints (one per row), "
                                        f"got {values.dtype} of shape {values.shape}")
         return values.astype(np.int64)
+
+
+class EpisodeTable:
+    """The episodes of a pool, one row each, as ``Store.episodes`` returns them.
+
+    A small column table: ``table["episode_id"]`` is a column (a numpy array), ``len(table)``
+    the number of episodes. Like a pandas DataFrame (and the dict of columns it replaces),
+    iterating it yields the column names, and ``keys``/``values``/``items`` walk the columns,
+    so ``dict(table)``, ``np.savez(path, **table)`` and ``pandas.DataFrame(dict(table))`` work;
+    ``to_pandas`` makes the DataFrame when pandas is installed.
+    """
+
+    __slots__ = ("_columns", "_rows")
+
+    def __init__(self, columns: Mapping[str, np.ndarray]):
+        self._columns = {name: np.asarray(values) for name, values in columns.items()}
+        lengths = {len(values) for values in self._columns.values()}
+        if len(lengths) > 1:
+            raise ValueError(f"episode table columns differ in length: {sorted(lengths)}")
+        self._rows = lengths.pop() if lengths else 0
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The column names, in order."""
+        return tuple(self._columns)
+
+    def __len__(self) -> int:
+        return self._rows
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self._columns[name]
+        except (KeyError, TypeError):
+            raise KeyError(f"the episode table has no column {name!r}; its columns: {list(self._columns)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._columns
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._columns)
+
+    def keys(self) -> KeysView[str]:
+        return self._columns.keys()
+
+    def values(self) -> ValuesView[np.ndarray]:
+        return self._columns.values()
+
+    def items(self) -> ItemsView[str, np.ndarray]:
+        return self._columns.items()
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self._columns.get(name, default)
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        """The columns as a plain dict (name -> array; the arrays are shared, not copied)."""
+        return dict(self._columns)
+
+    def to_pandas(self) -> Any:
+        """The table as a ``pandas.DataFrame``, one row per episode (needs pandas)."""
+        try:
+            import pandas  # optional dependency: only this method needs it
+        except ImportError:
+            raise ImportError("EpisodeTable.to_pandas needs pandas: pip install pandas") from None
+        return pandas.DataFrame(self._columns)
+
+    def __repr__(self) -> str:
+        return f"EpisodeTable({self._rows} episodes; columns {', '.join(self._columns)})"
 
 
 class _Runs:

@@ -19,7 +19,7 @@ from ..sampling import age_window
 from ..sampling import draws as sampling
 from ..sampling.priorities import PriorityIndex
 from .casting import as_rows
-from .episodes import EpisodeBook, decode, write_run
+from .episodes import EpisodeBook, EpisodeTable, decode, write_run
 
 _REDRAWS = 100
 _CANDIDATES = 1024
@@ -161,10 +161,11 @@ class ReplayMixin:
         derived = {key: rows[key] for key in (f"next_{name}" for name in self._derived)}
         return derived or None
 
-    def episodes(self) -> dict[str, np.ndarray]:
+    def episodes(self) -> EpisodeTable:
         """The episodes with at least one row in the pool, ordered by first step id.
 
-        Read from the episode table, without scanning the pool. Columns (numpy arrays):
+        Read from the episode table, without scanning the pool. An :class:`EpisodeTable`:
+        ``len(table)`` episodes, ``table[name]`` a column. Columns (numpy arrays):
         ``episode_id``, ``first_step_id`` (may be evicted), ``length`` (rows ever appended,
         evicted ones included), ``return`` (their summed reward), ``terminated``,
         ``truncated``, ``open`` (still running), ``evicted`` (rows the ring dropped),
@@ -173,7 +174,7 @@ class ReplayMixin:
         state = self._episode_state()
         table = self._book.table_view(state.tail, state.head, state.open_now, state.next_id, state.low_id, state.kept)
         order = np.argsort(table["first_step_id"], kind="stable")
-        return {name: column[order] for name, column in table.items()}
+        return EpisodeTable({name: column[order] for name, column in table.items()})
 
     def episode(self, episode_id: int) -> dict[str, np.ndarray]:
         """The rows of one episode still in the pool, in order, plus ``step_id``."""

@@ -22,6 +22,7 @@ SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=list(H
 def check_episodes(pool, model: Model) -> None:
     table = pool.episodes()
     expected = model.episodes()
+    assert len(table) == len(expected)
     assert list(table["episode_id"]) == [e["episode_id"] for e in expected]
     for name in ("first_step_id", "length", "terminated", "truncated", "open", "cut_off", "evicted", "env_id"):
         assert list(table[name]) == [e[name] for e in expected], name
@@ -55,6 +56,37 @@ def test_episodes_match_the_model(tmp_path_factory, backend, capacity, operation
         check_episodes(reader, model)
         check_episode_rows(reader, model)
     pool.close()
+
+
+def test_episode_table_counts_episodes_and_names_its_columns(pool_path, monkeypatch):
+    with expstore.open(pool_path, "w", capacity=100, schema=SCHEMA) as pool:
+        model = Model(100)
+        assert len(pool.episodes()) == 0
+        for env, end in [(0, 0), (1, 0), (0, 2), (1, 0), (1, 1), (0, 0), (2, 1)]:
+            pool.append(model.add(env, end, 1.0).values(), env_id=env)
+        table = pool.episodes()
+    assert isinstance(table, expstore.EpisodeTable)
+    assert len(table) == 4 and len(table["episode_id"]) == 4
+    assert table.columns[:2] == ("episode_id", "first_step_id") and len(table.columns) == 11
+    assert list(table) == list(table.keys()) == list(table.columns)  # iterating yields column names, as pandas
+    assert dict(table.items())["env_id"] is table["env_id"] and {**table}.keys() == set(table.columns)
+    assert "open" in table and "nope" not in table
+    with pytest.raises(KeyError, match="no column 'nope'.*episode_id"):
+        table["nope"]
+    assert "4 episodes" in repr(table)
+    monkeypatch.setitem(sys.modules, "pandas", None)
+    with pytest.raises(ImportError, match="pip install pandas"):
+        table.to_pandas()
+
+
+def test_episode_table_to_pandas(pool_path):
+    pandas = pytest.importorskip("pandas")
+    with expstore.open(pool_path, "w", capacity=100, schema=SCHEMA) as pool:
+        model = Model(100)
+        for env, end in [(0, 0), (0, 1), (1, 0)]:
+            pool.append(model.add(env, end, 1.0).values(), env_id=env)
+        frame = pool.episodes().to_pandas()
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == 2 and list(frame["env_id"]) == [0, 1]
 
 
 def test_episode_table_is_ordered_and_reports_truncation_apart(pool_path):
@@ -143,7 +175,8 @@ def test_a_small_episode_table_keeps_the_newest_episodes_intact(tmp_path, backen
     ends[[4, 9, 14, 19, 29, 44]] = True  # more episodes than the table holds
     batch = {"obs": np.arange(n_rows, dtype=np.float32)[:, None], "reward": np.ones(n_rows, np.float32),
              "terminated": ends, "truncated": np.zeros(n_rows, bool)}
-    schema = {"obs": ((1,), "float32"), "reward": ((), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+    schema = {"obs": ((1,), "float32"), "reward": ((), "float32"),
+              "terminated": ((), "bool"), "truncated": ((), "bool")}
     ids = None if env_ids is None else np.arange(n_rows) % 2
     tables = {}
     for name, max_episodes in (("small", 3), ("full", None)):
