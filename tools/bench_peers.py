@@ -137,7 +137,8 @@ def child(mode: str, system: str, workload: str, directory: str, args, variant: 
           prefix: list[str] | None = None) -> dict:
     command = [sys.executable, os.path.abspath(__file__), f"--{mode}", system, workload, directory,
                "--budget-s", str(args.budget_s), "--appends", str(args.appends),
-               "--capacity-json", json.dumps(args.capacity), "--torch-threads", str(args.torch_threads), "--variant", variant, "--cold-batches", str(cold)]
+               "--capacity-json", json.dumps(args.capacity), "--torch-threads", str(args.torch_threads),
+               "--variant", variant, "--cold-batches", str(cold)]
     if args.quiet_wait:
         bc.wait_for_quiet(args.quiet_wait)
     busy, own, start = bc.cpu_busy_s(), bc.children_cpu_s(), time.monotonic()

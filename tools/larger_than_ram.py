@@ -12,6 +12,7 @@ Used by bench_peers.py; ``python tools/larger_than_ram.py`` runs it alone, and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mmap
 import os
@@ -79,10 +80,8 @@ def capped_child(path: str, mode: str, budget_nbytes: int) -> dict:
         result["within_budget"] = "error" not in result and (peak is None or peak <= budget_nbytes)
         return result
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(directory)
-        except OSError:
-            pass
 
 
 def _run(command: list[str]) -> dict:

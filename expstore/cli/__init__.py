@@ -9,6 +9,7 @@ quietly when the reader of its output has gone.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -51,10 +52,8 @@ def _end_on_closed_pipe() -> NoReturn:
     status of a process that SIGPIPE ended, as Unix tools do (Python ignores SIGPIPE, so the
     write raised instead). Output still buffered goes to /dev/null, or the interpreter's last
     flush would fail again and print that it did."""
-    try:
+    with contextlib.suppress(OSError, ValueError):  # no file descriptor behind stdout (a test runner's capture)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    except (OSError, ValueError):  # no file descriptor behind stdout (a test runner's capture)
-        pass
     sys.exit(128 + signal.SIGPIPE)
 
 

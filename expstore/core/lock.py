@@ -17,6 +17,7 @@ locks of this kind exist on Linux only; elsewhere the second lock is skipped (se
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import logging
@@ -176,10 +177,8 @@ def _write_record(fd: int, text: str) -> None:
 
 
 def _unlink_quietly(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def holder(path: str) -> str | None:

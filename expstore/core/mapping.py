@@ -8,6 +8,7 @@ beyond what the checksum catches) and are read back through the mapping.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import struct
@@ -103,10 +104,8 @@ class MappedPool:
         self.views = {}
         self.checksum_table = None
         for path, mapping in list(self._maps.items()):
-            try:
+            with contextlib.suppress(BufferError):  # a caller still holds a view; the mapping goes when that view does
                 mapping.close()
-            except BufferError:
-                pass  # a caller still holds a view; the mapping goes when that view does
             del self._maps[path]
         for path, fd in list(self._fds.items()):
             os.close(fd)

@@ -68,10 +68,7 @@ def observation_stats(pool) -> tuple[np.ndarray, np.ndarray]:
     """Mean and standard deviation of ``obs`` (TD3+BC normalises states with them)."""
     if len(pool) == 0:
         raise InvalidArgumentError(f"{pool.path} holds no transition to train from")
-    if len(pool) > _STATS_ROWS:
-        obs = pool.sample(_STATS_ROWS, rng=0)["obs"]
-    else:
-        obs = pool[0:len(pool)]["obs"]
+    obs = pool.sample(_STATS_ROWS, rng=0)["obs"] if len(pool) > _STATS_ROWS else pool[0:len(pool)]["obs"]
     obs = obs.reshape(obs.shape[0], -1).astype(np.float64)
     return obs.mean(axis=0), obs.std(axis=0) + 1e-3
 

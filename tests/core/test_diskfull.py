@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 import expstore
+from expstore.backends.files import TEMP_MARK
 from tests.helpers.pools import BACKENDS, pendulum_schema, rows_for
 
 # Children run in the tests directory: they import conftest from it, and expstore as we do.
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
-from expstore.backends.files import TEMP_MARK
 
 TMPFS_NBYTES = 8 << 20
 SLACK = 1000

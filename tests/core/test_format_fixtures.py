@@ -18,15 +18,16 @@ NAMES = ["plain.h5", "plain.zarr", "derived.h5", "derived.zarr"]
 
 
 def _maker():
-    spec = importlib.util.spec_from_file_location(
-        "make_format_fixtures", os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "tools", "make_format_fixtures.py"))
+    script = os.path.join(os.path.dirname(__file__), os.pardir, os.pardir, "tools", "make_format_fixtures.py")
+    spec = importlib.util.spec_from_file_location("make_format_fixtures", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 MAKER = _maker()
-EXPECTED = json.load(open(os.path.join(FIXTURES, "expected.json")))
+with open(os.path.join(FIXTURES, "expected.json")) as _expected:
+    EXPECTED = json.load(_expected)
 
 
 @pytest.fixture(params=NAMES)

@@ -83,7 +83,8 @@ def test_symlink_to_a_pool_is_the_same_pool_for_the_lock(tmp_path, backend, real
     link = str(tmp_path / f"link{BACKENDS[backend]}")
     os.symlink(real_pool, link)
     with expstore.open(real_pool, "a"):
-        assert writers_in_child(link)[0].startswith(f"LOCKED {link} is being written by another process (pid={os.getpid()}")
+        expected = f"LOCKED {link} is being written by another process (pid={os.getpid()}"
+        assert writers_in_child(link)[0].startswith(expected)
     with expstore.open(link, "a"):
         assert writers_in_child(real_pool)[0].startswith(f"LOCKED {real_pool} is being written by another process "
                                                          f"(pid={os.getpid()}")

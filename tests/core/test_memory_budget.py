@@ -196,7 +196,8 @@ def _v2_parent(own: dict[str, str]) -> tuple[str | None, str]:
 def _v1_parent(own: dict[str, str]) -> tuple[str | None, str]:
     """This process's cgroup v1 memory directory, else a reason."""
     cgroup = next((path for controllers, path in own.items() if "memory" in controllers.split(",")), None)
-    mounts = [(root, point) for root, point, fs_type, options in _mounts() if fs_type == "cgroup" and "memory" in options]
+    mounts = [(root, point) for root, point, fs_type, options in _mounts()
+              if fs_type == "cgroup" and "memory" in options]
     if cgroup is None or not mounts:
         return None, "no cgroup v1 memory hierarchy"
     parent = _directory(*mounts[0], cgroup)

@@ -322,24 +322,28 @@ def test_properties_in_a_reader_process_see_the_committed_count(pool_path, backe
 
 
 def test_reader_follows_the_writer_commits(pool_path):
-    with create(pool_path, capacity=4, slack=8, commit_every=1000, commit_interval_s=3600) as pool:
-        with expstore.open(pool_path, "r") as reader:
-            assert len(reader) == 0
-            pool.extend(rows_for(range(6)))
-            assert len(reader) == 0 and reader.next_step_id == 0
-            pool.flush()
-            assert (len(reader), reader.first_step_id, reader.next_step_id) == (4, 2, 6)
-            assert_rows(reader[:], range(2, 6))
+    with (
+        create(pool_path, capacity=4, slack=8, commit_every=1000, commit_interval_s=3600) as pool,
+        expstore.open(pool_path, "r") as reader,
+    ):
+        assert len(reader) == 0
+        pool.extend(rows_for(range(6)))
+        assert len(reader) == 0 and reader.next_step_id == 0
+        pool.flush()
+        assert (len(reader), reader.first_step_id, reader.next_step_id) == (4, 2, 6)
+        assert_rows(reader[:], range(2, 6))
 
 
 def test_auto_commit_every_n_rows(pool_path):
-    with create(pool_path, capacity=50, commit_every=4, commit_interval_s=3600) as pool:
-        with expstore.open(pool_path, "r") as reader:
-            for step in range(10):
-                pool.append(one_row(step))
-            assert reader.next_step_id == 8  # commits at 4 and 8, 2 rows still pending
-            pool.extend(rows_for(range(10, 13)))
-            assert reader.next_step_id == 13
+    with (
+        create(pool_path, capacity=50, commit_every=4, commit_interval_s=3600) as pool,
+        expstore.open(pool_path, "r") as reader,
+    ):
+        for step in range(10):
+            pool.append(one_row(step))
+        assert reader.next_step_id == 8  # commits at 4 and 8, 2 rows still pending
+        pool.extend(rows_for(range(10, 13)))
+        assert reader.next_step_id == 13
 
 
 # ---------------------------------------------------------------------------- reading
@@ -427,12 +431,13 @@ def test_sampling_an_empty_pool_is_a_clear_error(pool_path):
         with pytest.raises(expstore.EmptyStoreError, match="no committed transition"):
             pool.sample(4, rng=0)
         pool.append(one_row(0))
-        with expstore.open(pool_path) as reader:  # nothing committed yet
-            with pytest.raises(expstore.EmptyStoreError):
-                reader.sample(4, rng=0)
-    with expstore.open(str(pool_path) + "-none" + os.path.splitext(pool_path)[1], "w", capacity=3) as pool:
-        with pytest.raises(expstore.EmptyStoreError):
-            pool.sample(1)
+        with expstore.open(pool_path) as reader, pytest.raises(expstore.EmptyStoreError):  # nothing committed yet
+            reader.sample(4, rng=0)
+    with (
+        expstore.open(str(pool_path) + "-none" + os.path.splitext(pool_path)[1], "w", capacity=3) as pool,
+        pytest.raises(expstore.EmptyStoreError),
+    ):
+        pool.sample(1)
 
 
 # ---------------------------------------------------------------------------- ring semantics
@@ -497,10 +502,9 @@ def test_close_commits_and_releases(pool_path):
 
 
 def test_context_manager_closes_even_on_error(pool_path):
-    with pytest.raises(RuntimeError):
-        with create(pool_path, commit_every=1000, commit_interval_s=3600) as pool:
-            pool.extend(rows_for(range(2)))
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), create(pool_path, commit_every=1000, commit_interval_s=3600) as pool:
+        pool.extend(rows_for(range(2)))
+        raise RuntimeError("boom")
     with expstore.open(pool_path, "a") as again:
         assert_rows(again[:], range(2))
 

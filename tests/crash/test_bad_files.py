@@ -60,8 +60,8 @@ def open_in_child(cases: list[dict]) -> list[dict]:
     """Open every case in a child process; one result per (case, mode)."""
     stdin = "".join(json.dumps(case) + "\n" for case in cases)
     try:
-        done = subprocess.run([sys.executable, "-c", OPEN_EACH], input=stdin, capture_output=True, text=True, check=False,
-                              cwd=TESTS_DIR, timeout=CHILD_TIMEOUT_S)
+        done = subprocess.run([sys.executable, "-c", OPEN_EACH], input=stdin, capture_output=True, text=True,
+                              check=False, cwd=TESTS_DIR, timeout=CHILD_TIMEOUT_S)
     except subprocess.TimeoutExpired as exc:
         finished = (exc.stdout or b"").decode().count("\n") if isinstance(exc.stdout, bytes) else 0
         pytest.fail(f"opening damaged pools hung: no answer within {CHILD_TIMEOUT_S} s after {finished} results")
@@ -116,7 +116,9 @@ def check_results(results: list[dict], allowed_errors: tuple[str, ...], may_open
 # ---------------------------------------------------------------------------- pools cut short
 def cut_points(size: int, many: bool, rng: random.Random) -> list[int]:
     """Where to cut a file: its ends, its middle, and (for a one-file pool) random offsets."""
-    points = {0, size // 2, size - 1} | ({1, 8, 512, size // 3} | {rng.randrange(size) for _ in range(8)} if many else set())
+    points = {0, size // 2, size - 1}
+    if many:
+        points |= {1, 8, 512, size // 3} | {rng.randrange(size) for _ in range(8)}
     return sorted(p for p in points if 0 <= p < size)
 
 

@@ -104,7 +104,8 @@ def test_prioritized_sampler_follows_updated_priorities(pool_path, segment_trees
     rb.update_priority(torch.tensor([17]), torch.tensor([1e3]))
     batch = rb.sample()
     assert (batch["index"] == 17).float().mean() > 0.9
-    assert torch.equal(batch["observation"][batch["index"] == 17][:, 0], torch.full(((batch["index"] == 17).sum(),), 17.0))
+    heavy = batch["index"] == 17
+    assert torch.equal(batch["observation"][heavy][:, 0], torch.full((heavy.sum(),), 17.0))
     assert "priority_weight" in batch
 
 

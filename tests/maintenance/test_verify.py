@@ -130,8 +130,8 @@ def test_repair_removes_leftover_temporaries_of_dead_processes(pool_path, tmp_pa
 
 def test_repair_clears_the_lock_record_of_a_killed_writer(pool_path):
     make_pool(pool_path, checksums=False)
-    code = ("import expstore, os, signal; p = expstore.open(%r, 'a'); "
-            "os.kill(os.getpid(), signal.SIGKILL)" % pool_path)
+    code = (f"import expstore, os, signal; p = expstore.open({pool_path!r}, 'a'); "
+            "os.kill(os.getpid(), signal.SIGKILL)")
     subprocess.run([sys.executable, "-c", code])
     assert lock.holder(pool_path) is None  # the kernel dropped the flock at once
     assert lock.stale_record(pool_path).startswith("pid=")
@@ -142,9 +142,8 @@ def test_repair_clears_the_lock_record_of_a_killed_writer(pool_path):
 
 def test_repair_refuses_while_a_writer_runs(pool_path):
     make_pool(pool_path, checksums=False)
-    with expstore.open(pool_path, "a"):
-        with pytest.raises(expstore.StoreLockedError, match="another process|being written"):
-            expstore.repair(pool_path)
+    with expstore.open(pool_path, "a"), pytest.raises(expstore.StoreLockedError, match="another process|being written"):
+        expstore.repair(pool_path)
 
 
 def sparse_copy(pool_path) -> str:
@@ -378,10 +377,12 @@ def test_a_damaged_zarr_shard_index_in_a_grown_file_is_left_alone(tmp_path):
         fh.write(b"\xff")
         fh.seek(0, os.SEEK_END)
         fh.write(b"extra")
-    before = open(shard, "rb").read()
+    with open(shard, "rb") as fh:
+        before = fh.read()
     with pytest.raises(expstore.CorruptStoreError):
         expstore.repair(path)
-    assert open(shard, "rb").read() == before
+    with open(shard, "rb") as fh:
+        assert fh.read() == before
 
 
 @pytest.mark.parametrize("damage", ["delete", "shape"])

@@ -156,7 +156,9 @@ def test_pools_made_before_the_final_table_had_its_own_size_keep_working(tmp_pat
     operations = [("extend", [(0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 0, 2), (2, 0, 0), (1, 2, 1)]),
                   ("append", (2, 1, 1)), ("reopen",), ("extend", [(0, 1, 1), (1, 0, 0), (1, 1, 0)] * 4)]
     model = Model(20)
-    pools = lambda: [expstore.open(stored, "a", commit_every=5), expstore.open(derived, "a", commit_every=5)]
+    def pools():
+        return [expstore.open(stored, "a", commit_every=5), expstore.open(derived, "a", commit_every=5)]
+
     for pool in run_ops(model, pools, operations, close_all=True):
         pool.close()
     with expstore.open(stored, "r") as a, expstore.open(derived, "r") as b:

@@ -153,7 +153,8 @@ def test_episodes_are_counted_from_the_pool_across_resumes(tmp_path, backend, mo
     assert [r["episode_id"] for r in records] == table["episode_id"][ended].tolist()
     assert [r["step"] for r in records] == (table["last_step_id"][ended] + 1).tolist() == [200, 400, 650, 850]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["episodes"] == 4 and summary["episodes_cut_off"] == table["cut_off"].sum() == 1  # the episode open at 450
+    assert summary["episodes"] == 4
+    assert summary["episodes_cut_off"] == table["cut_off"].sum() == 1  # the episode open at 450
 
 
 @pytest.mark.parametrize(("args", "message"), [
