@@ -1,32 +1,42 @@
-"""Backend registry: the container formats, looked up by name or by path suffix."""
+"""Backends: the container formats, registered by name and path suffix (registry.py).
+
+A new backend is a module in this folder implementing base.Backend (its archive form
+included), registered below with ``register_backend``; nothing outside this folder names one.
+"""
 
 from __future__ import annotations
 
-import os
-
 from ..errors import BackendError
-from .base import FORMAT_VERSION, Backend, Extent, Layout
+from .base import FORMAT_VERSION, ArchiveForm, Backend, Extent, Layout
 from .hdf5 import HDF5Backend
+from .registry import (
+    BACKENDS,
+    backend_holding,
+    backend_names,
+    get_backend,
+    has_known_suffix,
+    primary_suffix,
+    register_backend,
+    resolve_backend,
+)
 from .zarr_v3 import ZarrBackend
 
-BACKENDS: dict[str, Backend] = {"hdf5": HDF5Backend(), "zarr": ZarrBackend()}
+register_backend("hdf5", HDF5Backend(), suffixes=(".h5", ".hdf5"))
+register_backend("zarr", ZarrBackend(), suffixes=(".zarr",))
 
-
-def resolve_backend(path: str, name: str | None) -> Backend:
-    """The backend called ``name``, or the one whose suffix ``path`` ends with."""
-    if name is not None:
-        if name not in BACKENDS:
-            raise BackendError(f"unknown backend {name!r}; choose one of {sorted(BACKENDS)}")
-        return BACKENDS[name]
-    suffix = os.path.splitext(os.path.normpath(path))[1].lower()
-    for backend in BACKENDS.values():
-        if suffix in backend.suffixes:
-            return backend
-    choices = ", ".join(f"{s} -> {b.name}" for b in BACKENDS.values() for s in b.suffixes)
-    raise BackendError(
-        f"cannot tell the backend of {path!r} from its suffix ({choices}); "
-        "rename the path or pass backend='hdf5' or backend='zarr'"
-    )
-
-
-__all__ = ["BACKENDS", "FORMAT_VERSION", "Backend", "BackendError", "Extent", "Layout", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "FORMAT_VERSION",
+    "ArchiveForm",
+    "Backend",
+    "BackendError",
+    "Extent",
+    "Layout",
+    "backend_holding",
+    "backend_names",
+    "get_backend",
+    "has_known_suffix",
+    "primary_suffix",
+    "register_backend",
+    "resolve_backend",
+]

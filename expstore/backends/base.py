@@ -8,8 +8,9 @@ so a backend never holds a file open for writing.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -91,9 +92,35 @@ def expected_arrays(layout: Layout) -> dict[str, tuple[tuple[int, ...], str]]:
     return array_specs(layout.meta, layout.schema)
 
 
+class ArchiveForm(Protocol):
+    """How a backend writes and reads a compressed archive (see archive.py): a pool's rows in
+    logical order, one compressed array per field, and the archive's metadata at the top."""
+
+    codecs: tuple[str, ...]  # the compressors it offers; the first is the default
+
+    def read_marker(self, path: str) -> Any:
+        """The raw archive metadata (JSON text or a dict), or None when ``path`` is not an archive
+        of this form; cheap, and may raise on damaged bytes (archive.is_archive catches that)."""
+
+    def write(self, temp: str, codec: str, schema: Schema, final_meta: Callable[[int], dict], rows: int,
+              chunk_rows: int, slices: Iterable[tuple[int, dict[str, np.ndarray]]]) -> None:
+        """Write at most ``rows`` rows from ``slices`` at ``temp``, cut to the rows written, then
+        ``final_meta(rows written)`` as the marker."""
+
+    def open_arrays(self, path: str, schema: Schema) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """Each field's array (sliceable along rows) and a function that closes them, or None."""
+
+
 class Backend(Protocol):
+    """A container format: registered with backends.register_backend under ``name``."""
+
     name: str
-    suffixes: tuple[str, ...]
+    suffixes: tuple[str, ...]  # path suffixes a new pool of this backend ends with; the first is the usual one
+    archive: ArchiveForm
+
+    def holds(self, path: str) -> bool:
+        """Whether the existing ``path`` has this backend's container form (a file, a directory):
+        how a pool whose suffix says nothing (``backup.pool``) finds its backend. Never raises."""
 
     def create(self, path: str, meta: dict, schema: Schema, slots: int, chunk_rows: int,
                commit_slots: bytes) -> list[str]:
@@ -103,12 +130,10 @@ class Backend(Protocol):
         """Read the metadata and the byte extents, without scanning the data."""
 
     def container_findings(self, path: str, layout: Layout) -> list[str]:
-        """What a plain h5py/zarr reader would trip on: arrays missing or unreadable."""
+        """What a plain reader of the format would trip on: arrays missing or unreadable."""
 
     def repair_container(self, path: str) -> list[str]:
         """Restore what a plain reader needs and the metadata defines; one sentence per action."""
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         """About how many bytes a container of this size takes on disk."""
-
-

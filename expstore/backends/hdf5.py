@@ -18,6 +18,7 @@ from ..schema import Schema
 from .base import (
     NOT_A_POOL_FIX,
     SLOT_NBYTES,
+    ArchiveForm,
     Extent,
     Layout,
     array_nbytes,
@@ -26,6 +27,7 @@ from .base import (
     expected_arrays,
     internal_arrays,
 )
+from .hdf5_archive import HDF5Archive
 from .hdf5_heap import damaged_heap
 from .meta import check_meta, hdf5_offset_keys
 
@@ -46,8 +48,12 @@ def _h5py():
 
 
 class HDF5Backend:
-    name = "hdf5"
-    suffixes = (".h5", ".hdf5")
+    name: str = "hdf5"
+    suffixes: tuple[str, ...] = (".h5", ".hdf5")
+    archive: ArchiveForm = HDF5Archive()
+
+    def holds(self, path: str) -> bool:
+        return os.path.isfile(path)  # one file; a file that is not HDF5 is then reported by read_layout
 
     def create(self, path, meta, schema, slots, chunk_rows, commit_slots):
         h5py = _h5py()

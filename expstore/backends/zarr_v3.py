@@ -21,6 +21,7 @@ from ..schema import Schema
 from .base import (
     NOT_A_POOL_FIX,
     SLOT_NBYTES,
+    ArchiveForm,
     Extent,
     Layout,
     checksum_table_bytes,
@@ -28,6 +29,7 @@ from .base import (
     internal_nbytes,
 )
 from .meta import check_meta
+from .zarr_archive import ZarrArchive
 from .zarr_checks import (
     array_document,
     document_findings,
@@ -49,8 +51,12 @@ def _chunk_key(ndim: int) -> str:
 
 
 class ZarrBackend:
-    name = "zarr"
-    suffixes = (".zarr",)
+    name: str = "zarr"
+    suffixes: tuple[str, ...] = (".zarr",)
+    archive: ArchiveForm = ZarrArchive()
+
+    def holds(self, path: str) -> bool:
+        return os.path.isdir(path)  # one directory; a directory that is not Zarr is then reported by read_layout
 
     def create(self, path, meta, schema, slots, chunk_rows, commit_slots):
         # zarr loads on first use: its import is slow, and a program on HDF5 pools never needs it.
@@ -185,8 +191,8 @@ def _repair_fields(path: str) -> list[str]:
                                "metadata")
         expected = array_document((meta["slots"], *field.shape), field.dtype.name, meta["chunk_rows"])
         try:
-            broken = document_findings(name, _read_json(path, os.path.join(path, name, "zarr.json"),
-                                                                    CorruptStoreError), expected)
+            broken = bool(document_findings(name, _read_json(path, os.path.join(path, name, "zarr.json"),
+                                                                         CorruptStoreError), expected))
         except CorruptStoreError:
             broken = True
         if broken:

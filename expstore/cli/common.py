@@ -6,11 +6,12 @@ import contextlib
 import json
 import re
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import click
 import numpy as np
 
+from ..backends import backend_names, primary_suffix
 from ..backends.base import NOT_A_POOL_FIX
 from ..errors import InvalidArgumentError
 from ..inspect.streaming import Progress
@@ -19,9 +20,10 @@ from ..inspect.streaming import Progress
 # ``mode='w'``); a command-line user needs the flag instead, or other advice where the command
 # has no such flag. Each entry: the library's words, the option the CLI form needs, the CLI form
 # (a re.sub template), and the words to use where the command lacks that option.
-_CLI_ADVICE: list[tuple[re.Pattern, str | None, str, str]] = [
-    (re.compile(r"pass backend='(\w+)' or backend='(\w+)'"), "backend", r"pass --backend \1 or --backend \2",
-     "rename it to end in .h5 (a file) or .zarr (a directory)"),
+_CLI_ADVICE: list[tuple[re.Pattern, str | None, str | Callable[[re.Match], str], str | Callable[[], str]]] = [
+    (re.compile(r"pass ((?:backend='\w+', )*backend='\w+' or backend='\w+')"), "backend",
+     lambda found: "pass " + re.sub(r"backend='(\w+)'", r"--backend \1", found.group(1)),
+     lambda: "rename it to end in " + " or ".join(primary_suffix(name) for name in backend_names())),
     (re.compile(r" or backend='(\w+)'"), "backend", r" or --backend \1", ""),
     (re.compile(re.escape(" ".join(NOT_A_POOL_FIX.split()))), None,
      "; check the path (`expstore import` reads D4RL and Minari datasets)", ""),
@@ -42,8 +44,28 @@ def cli_advice(text: str, command: click.Command | None = None) -> str:
     """``text`` (a library message) with its API advice in the words of the command line."""
     options = set() if command is None else {param.name for param in command.params}
     for pattern, option, with_option, without in _CLI_ADVICE:
-        text = pattern.sub(with_option if option is None or option in options else without, text)
+        if option is None or option in options:
+            text = pattern.sub(with_option, text)
+        else:  # advice without the flag may depend on the registry: built when needed
+            text = pattern.sub(without() if callable(without) else without, text)
     return text
+
+
+class RegisteredChoice(click.Choice):
+    """A click choice of the names a registry holds when the command runs (backends, formats),
+    so that one registered after the CLI was built is offered too."""
+
+    def __init__(self, names: Callable[[], list[str]], *extra: str):
+        self._names, self._extra = names, extra
+        super().__init__(())
+
+    @property  # click.Choice stores a tuple; this reads the registry instead
+    def choices(self) -> tuple[str, ...]:
+        return (*self._extra, *self._names())
+
+    @choices.setter
+    def choices(self, value) -> None:
+        pass  # set by click.Choice.__init__; the registry is the source
 
 
 def check_count(value: int | None, option: str, minimum: int = 0) -> None:

@@ -6,18 +6,20 @@ from contextlib import closing
 
 import click
 
+from ..backends import archive, backend_names
 from ..inspect.streaming import open_source
 from ..maintenance import convert as converting
-from .common import progress_bar
+from .common import RegisteredChoice, progress_bar
 
 COMPRESS = click.option(
-    "--compress", type=click.Choice(["auto", "gzip", "zstd", "blosc"]), default=None, is_flag=False,
+    "--compress", type=RegisteredChoice(archive.all_codecs, "auto"), default=None, is_flag=False,
     flag_value="auto",
-    help="Write a compressed archive instead of a pool (HDF5: gzip; Zarr: zstd or blosc). "
-         "Archives are for storage and transfer: convert them back to a pool to sample.")
+    help="Write a compressed archive instead of a pool (" + "; ".join(
+        f"{name}: {' or '.join(archive.codecs(name))}" for name in backend_names()) + "; auto: the first). "
+    "Archives are for storage and transfer: convert them back to a pool to sample.")
 CAPACITY = click.option("--capacity", type=click.IntRange(min=1), default=None,
                         help="Capacity of the new pool; smaller than the rows keeps the newest.")
-BACKEND = click.option("--backend", type=click.Choice(["hdf5", "zarr"]), default=None,
+BACKEND = click.option("--backend", type=RegisteredChoice(backend_names), default=None,
                        help="Backend of the destination (default: from its suffix).")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
 

@@ -1,4 +1,5 @@
-"""Commands that exchange data with other tools: export and import (D4RL, Minari)."""
+"""Commands that exchange data with other tools: export and import, one ``--format`` per
+registered interchange format (expstore/interchange: D4RL, Minari, and any registered later)."""
 
 from __future__ import annotations
 
@@ -7,41 +8,58 @@ import os
 import click
 
 from .. import interchange
+from ..backends import backend_names
 from ..inspect.streaming import open_source
-from .common import progress_bar
+from .common import RegisteredChoice, progress_bar
 
-FORMAT = click.option("--format", "fmt", type=click.Choice(["d4rl", "minari"]), default=None,
-                      help="d4rl (one HDF5 file) or minari (a dataset directory); default: from the path.")
+FORMAT = click.option("--format", "fmt", type=RegisteredChoice(interchange.format_names), default=None,
+                      help="The dataset's format (d4rl: one HDF5 file, minari: a dataset directory, or any "
+                           "registered format); default: from the path.")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
+
+
+def _format_options(command):
+    """The export options of the formats registered now (minari's --dataset-id), as click options."""
+    for fmt in reversed(list(interchange.FORMATS.values())):
+        for option in fmt.export_options:
+            flag = "--" + option.name.replace("_", "-")
+            command = click.option(flag, option.name, default=None, help=f"{fmt.name}: {option.help}")(command)
+    return command
 
 
 @click.command(name="export")
 @click.argument("pool")
 @click.argument("dst")
 @FORMAT
-@click.option("--dataset-id", help="Minari dataset id, e.g. pendulum/random-v0 (default: DST's name).")
+@_format_options
 @OVERWRITE
-def export_cmd(pool: str, dst: str, fmt, dataset_id, overwrite: bool) -> None:
-    """Export POOL as a D4RL HDF5 file or a Minari dataset directory.
+def export_cmd(pool: str, dst: str, fmt, overwrite: bool, **options) -> None:
+    """Export POOL as a D4RL HDF5 file, a Minari dataset directory, or another registered format.
 
     \b
     Examples:
       expstore export data/demo_pool.h5 runs/demo.hdf5 --format d4rl
       expstore export data/demo_pool.h5 "$MINARI_DATASETS_PATH/pendulum/demo-v0" --format minari
     """
-    fmt = fmt or ("d4rl" if dst.lower().endswith((".h5", ".hdf5")) else "minari")
+    chosen = interchange.get_format(fmt) if fmt else interchange.format_for_destination(dst)
     source = open_source(pool)
     rows = len(source)
     source.close()
-    passes = 2 if fmt == "minari" else 1
-    with progress_bar(rows * passes, f"export {fmt}") as progress:
-        if fmt == "d4rl":
-            interchange.export_d4rl(pool, dst, overwrite=overwrite, progress=progress)
-            click.echo(f"wrote {rows} rows to the D4RL file {dst}")
-        else:
-            rows, episodes = interchange.export_minari(pool, dst, dataset_id=dataset_id, overwrite=overwrite,
-                                                       progress=progress)
-            click.echo(f"wrote {rows} rows in {episodes} episodes to the Minari dataset {dst}")
+    # Only the options this format takes and the user gave: another format's are refused below.
+    given = {name: value for name, value in options.items() if value is not None}
+    _refuse_foreign_options(chosen, given)
+    with progress_bar(rows * chosen.export_passes, f"export {chosen.name}") as progress:
+        result = chosen.export_pool(pool, dst, overwrite=overwrite, progress=progress, **given)
+    episodes = "" if result.episodes is None else f" in {result.episodes} episodes"
+    click.echo(f"wrote {result.rows} rows{episodes} to the {chosen.description} {dst}")
+
+
+def _refuse_foreign_options(chosen: interchange.Format, given: dict) -> None:
+    taken = {option.name for option in chosen.export_options}
+    foreign = sorted(set(given) - taken)
+    if foreign:
+        flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
+        raise click.UsageError(f"{flags} does not apply to --format {chosen.name}")
 
 
 @click.command(name="import")
@@ -49,25 +67,26 @@ def export_cmd(pool: str, dst: str, fmt, dataset_id, overwrite: bool) -> None:
 @click.argument("pool")
 @FORMAT
 @click.option("--capacity", type=click.IntRange(min=1), default=None, help="Capacity (default: the rows imported).")
-@click.option("--backend", type=click.Choice(["hdf5", "zarr"]), default=None, help="Default: from POOL's suffix.")
+@click.option("--backend", type=RegisteredChoice(backend_names), default=None, help="Default: from POOL's suffix.")
 @OVERWRITE
 def import_cmd(src: str, pool: str, fmt, capacity, backend, overwrite: bool) -> None:
-    """Create POOL from a D4RL HDF5 file or a Minari dataset (directory or id).
+    """Create POOL from a D4RL HDF5 file, a Minari dataset (directory or id), or another registered format.
 
     \b
     Examples:
       expstore import hopper-medium-v2.hdf5 runs/hopper.h5
       expstore import mujoco/pusher/expert-v0 runs/pusher.zarr --format minari
     """
-    fmt = fmt or (interchange.detect_format(src) if _exists(src) else "minari")
-    with progress_bar(0, f"import {fmt}") as progress:
-        run = interchange.import_d4rl if fmt == "d4rl" else interchange.import_minari
-        rows = run(src, pool, capacity=capacity, backend=backend, overwrite=overwrite, progress=progress)
+    if fmt:
+        chosen = interchange.get_format(fmt)
+    elif os.path.exists(src):
+        chosen = interchange.get_format(interchange.detect_format(src))
+    else:  # a dataset id (mujoco/pusher/expert-v0): the directory format looks it up
+        chosen = interchange.directory_format(src)
+    with progress_bar(0, f"import {chosen.name}") as progress:
+        rows = chosen.import_pool(src, pool, capacity=capacity, backend=backend, overwrite=overwrite,
+                                  progress=progress)
     click.echo(f"imported {rows} rows into {pool}")
-
-
-def _exists(path: str) -> bool:
-    return os.path.exists(path)
 
 
 COMMANDS = [export_cmd, import_cmd]

@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..backends import BACKENDS, archive
+from ..backends import archive, backend_holding, has_known_suffix
 from ..core.opening import open as open_store
 from ..core.snapshot import SourceBook
 from ..errors import InvalidArgumentError, StoreNotFoundError
@@ -136,14 +136,15 @@ def open_source(path: str | os.PathLike) -> RowSource:
 
 
 def read_backend(path: str | os.PathLike) -> str | None:
-    """The backend of an existing pool whose name does not tell it (``backup.pool``): Zarr for a
-    directory, HDF5 for a file. None where the suffix tells it, or nothing is there: the suffix
+    """The backend of an existing pool whose name does not tell it (``backup.pool``): the one
+    whose container form it has (Zarr: a directory, HDF5: a file; backends.backend_holding).
+    None where the suffix tells it, or nothing is there: the suffix
     then decides, as it does for a pool being created."""
     path = os.fspath(path)
-    suffix = os.path.splitext(os.path.normpath(path))[1].lower()
-    if any(suffix in backend.suffixes for backend in BACKENDS.values()) or not os.path.exists(path):
+    if has_known_suffix(path) or not os.path.exists(path):
         return None
-    return "zarr" if os.path.isdir(path) else "hdf5"
+    holder = backend_holding(path)
+    return None if holder is None else holder.name
 
 
 def slice_rows(schema: Schema, chunk_rows: int = 1, target_nbytes: int = SLICE_NBYTES) -> int:

@@ -1,9 +1,39 @@
-"""Import and export of the common offline-RL layouts: D4RL HDF5 files and Minari datasets."""
+"""Import and export of other tools' layouts, one registered format per module (base.Format):
+D4RL HDF5 files (d4rl.py) and Minari datasets (minari.py)."""
 
 from __future__ import annotations
 
-from .common import detect_format
-from .d4rl import export_d4rl, import_d4rl
-from .minari import export_minari, import_minari
+from .base import (
+    FORMATS,
+    ExportOption,
+    ExportResult,
+    Format,
+    detect_format,
+    directory_format,
+    format_for_destination,
+    format_names,
+    get_format,
+    register_format,
+)
+from .d4rl import D4RLFormat, export_d4rl, import_d4rl
+from .minari import MinariFormat, export_minari, import_minari
 
-__all__ = ["detect_format", "export_d4rl", "export_minari", "import_d4rl", "import_minari"]
+register_format("d4rl", D4RLFormat())
+register_format("minari", MinariFormat())
+
+__all__ = [
+    "FORMATS",
+    "ExportOption",
+    "ExportResult",
+    "Format",
+    "detect_format",
+    "directory_format",
+    "export_d4rl",
+    "export_minari",
+    "format_for_destination",
+    "format_names",
+    "get_format",
+    "import_d4rl",
+    "import_minari",
+    "register_format",
+]

@@ -1,32 +1,16 @@
-"""What the interchange formats share: field names, format detection, the saved schema."""
+"""What the interchange formats share: field names, the required fields, the saved schema."""
 
 from __future__ import annotations
 
 import json
-import os
 
-import numpy as np
-
-from ..errors import InvalidArgumentError, NotAPoolError, SchemaError
-from ..schema import Schema, check_field_name
+from ..errors import SchemaError
+from ..schema import Field, Schema, check_field_name
 
 # Pool field -> name in the D4RL layout. Pools recorded by expstore use the left names.
 D4RL_NAMES = {"obs": "observations", "action": "actions", "reward": "rewards",
               "next_obs": "next_observations", "terminated": "terminals", "truncated": "timeouts"}
 REQUIRED = ("obs", "action", "reward", "terminated", "truncated")
-
-
-def detect_format(path: str) -> str:
-    """``minari`` for a Minari dataset directory, ``d4rl`` for an HDF5 file."""
-    if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "metadata.json")) or os.path.exists(
-                os.path.join(path, "data", "metadata.json")):
-            return "minari"
-        raise NotAPoolError(f"{path} is a directory without metadata.json, so not a Minari dataset; "
-                            "pass a Minari dataset directory or a D4RL .hdf5 file")
-    if os.path.splitext(path)[1].lower() in (".h5", ".hdf5"):
-        return "d4rl"
-    raise InvalidArgumentError(f"cannot tell the format of {path}; pass --format d4rl or --format minari")
 
 
 def check_required(schema: Schema, path: str, what: str, required=REQUIRED) -> None:
@@ -40,11 +24,11 @@ def saved_json(schema: Schema, attrs: dict) -> str:
     return json.dumps({"schema": schema.to_json(), "attrs": attrs})
 
 
-def restore(columns: dict[str, np.dtype | tuple], saved: str | dict | None) -> tuple[Schema, dict]:
+def restore(columns: dict[str, Field], saved: str | bytes | dict | None) -> tuple[Schema, dict]:
     """The pool schema for imported ``columns`` (name -> Field), in the saved order if any."""
     if isinstance(saved, (str, bytes)):
         saved = json.loads(saved)
-    if not saved:
+    if not isinstance(saved, dict) or not saved:
         return Schema(columns), {}
     schema = Schema.from_json(saved["schema"])
     if set(schema) != set(columns):

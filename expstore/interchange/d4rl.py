@@ -18,6 +18,7 @@ from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import build_pool, make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import SUPPORTED_DTYPES, Field
+from .base import ExportOption, ExportResult
 from .common import D4RL_NAMES, check_required, field_name, restore, saved_json
 
 _FROM_D4RL = {d4rl: pool for pool, d4rl in D4RL_NAMES.items()}
@@ -127,3 +128,24 @@ def _read_rows(datasets, schema, first: int, last: int, progress: Progress | Non
 
 def _backend(dst: str, backend: str | None) -> str:
     return resolve_backend(dst, backend).name
+
+
+class D4RLFormat:
+    """The D4RL layout as a registered interchange format (base.Format)."""
+
+    name: str = "d4rl"
+    description: str = "D4RL file"
+    suffixes: tuple[str, ...] = (".h5", ".hdf5")
+    export_passes: int = 1
+    export_options: tuple[ExportOption, ...] = ()
+
+    def recognises(self, path: str) -> bool:
+        return os.path.isfile(path) and os.path.splitext(path)[1].lower() in self.suffixes
+
+    def export_pool(self, src: str, dst: str, *, overwrite: bool = False, progress: Progress | None = None,
+                    **options) -> ExportResult:
+        return ExportResult(export_d4rl(src, dst, overwrite=overwrite, progress=progress, **options))
+
+    def import_pool(self, src: str, dst: str, *, capacity: int | None = None, backend: str | None = None,
+                    overwrite: bool = False, progress: Progress | None = None) -> int:
+        return import_d4rl(src, dst, capacity=capacity, backend=backend, overwrite=overwrite, progress=progress)

@@ -27,6 +27,7 @@ from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import build_pool, make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
+from .base import ExportOption, ExportResult
 from .common import REQUIRED, check_required, restore
 from .minari_fields import check_episode, field_layouts, read_rows
 
@@ -73,7 +74,9 @@ def _check_dataset_id(dataset_id: str) -> None:
 
 def _segment(source, progress) -> tuple[np.ndarray, dict]:
     """Episode ends (exclusive row indices), and min/max of obs and action for the spaces."""
-    ends, bounds, carry = [], {}, None
+    ends: list[int] = []
+    bounds: dict[str, tuple] = {}
+    carry = None
     for first, rows in iter_slices(source, fields=list(_STANDARD), progress=progress):
         n = len(rows["reward"])
         obs, next_obs = _as_bytes(rows["obs"]), _as_bytes(rows["next_obs"])
@@ -112,7 +115,8 @@ def _write_episodes(path: str, source, ends: np.ndarray, progress) -> None:
         groups = [_episode_group(f, k, int(ends[k] - starts[k]), source.schema, extras) for k in range(len(ends))]
         for first, rows in iter_slices(source, progress=progress):
             last = first + len(rows["reward"])
-            for k in range(np.searchsorted(ends, first, side="right"), np.searchsorted(ends, last - 1, side="right") + 1):
+            first_episode = np.searchsorted(ends, first, side="right")
+            for k in range(first_episode, np.searchsorted(ends, last - 1, side="right") + 1):
                 if k >= len(ends):
                     break
                 lo, hi = max(first, int(starts[k])), min(last, int(ends[k]))
@@ -148,8 +152,10 @@ def _fill(group, rows, lo: int, hi: int, at: int, closes: bool, extras: list[str
 
 def _space(field: Field, bounds: tuple | None) -> dict:
     if not field.shape and field.dtype.kind in "iu":
-        low, high = (0, 0) if bounds is None else (int(bounds[0]), int(bounds[1]))
-        return {"type": "Discrete", "dtype": "int64", "start": low, "n": high - low + 1}
+        start, stop = (0, 0) if bounds is None else (int(bounds[0]), int(bounds[1]))
+        return {"type": "Discrete", "dtype": "int64", "start": start, "n": stop - start + 1}
+    low: float
+    high: float
     if field.dtype.kind == "f":
         low, high = -np.inf, np.inf
     elif field.dtype.kind in "iu":
@@ -166,7 +172,8 @@ def _metadata(source, dataset_id: str, episodes: int, bounds: dict) -> dict:
     metadata = {
         "dataset_id": dataset_id, "minari_version": MINARI_VERSION, "data_format": "hdf5",
         "total_episodes": episodes, "total_steps": len(source), "jpeg_encoding": False,
-        "observation_space": saved.get("observation_space") or json.dumps(_space(source.schema["obs"], bounds.get("obs"))),
+        "observation_space": (saved.get("observation_space")
+                              or json.dumps(_space(source.schema["obs"], bounds.get("obs")))),
         "action_space": saved.get("action_space") or json.dumps(_space(source.schema["action"], bounds.get("action"))),
         SAVED_KEY: {"schema": source.schema.to_json(), "attrs": source.attrs},
     }
@@ -281,3 +288,26 @@ def _episode_slices(src, episodes, schema: Schema, layouts: dict, progress):
             written += hi - lo
             if progress is not None:
                 progress(hi - lo)
+
+
+class MinariFormat:
+    """Minari datasets as a registered interchange format (base.Format)."""
+
+    name: str = "minari"
+    description: str = "Minari dataset"
+    suffixes: tuple[str, ...] = ()  # a dataset is a directory (or an id under $MINARI_DATASETS_PATH)
+    export_passes: int = 2  # one to find the episodes, one to write them
+    export_options: tuple[ExportOption, ...] = (
+        ExportOption("dataset_id", "Minari dataset id, e.g. pendulum/random-v0 (default: DST's name)."),)
+
+    def recognises(self, path: str) -> bool:
+        return any(os.path.exists(os.path.join(path, *parts, "metadata.json")) for parts in ((), ("data",)))
+
+    def export_pool(self, src: str, dst: str, *, overwrite: bool = False, progress: Progress | None = None,
+                    **options) -> ExportResult:
+        rows, episodes = export_minari(src, dst, overwrite=overwrite, progress=progress, **options)
+        return ExportResult(rows, episodes)
+
+    def import_pool(self, src: str, dst: str, *, capacity: int | None = None, backend: str | None = None,
+                    overwrite: bool = False, progress: Progress | None = None) -> int:
+        return import_minari(src, dst, capacity=capacity, backend=backend, overwrite=overwrite, progress=progress)

@@ -176,8 +176,12 @@ def _build_archive(dst, backend, codec, schema, capacity, attrs, rows, copy_rows
         return {"attrs": attrs, "capacity": capacity, "first_step_id": carry.first_step_id}
 
     slices = ((row, batch) for row, batch, _bookkeeping in copy_rows)
-    files.build_aside(dst, lambda temp: archive.write_archive(temp, backend, codec, schema, meta, rows, slices) or [],
-                      replace=overwrite)
+
+    def build(temp: str) -> list[str]:
+        archive.write_archive(temp, backend, codec, schema, meta, rows, slices)
+        return []  # nothing to preallocate: compressed arrays have no fixed size (build_aside fsyncs the tree)
+
+    files.build_aside(dst, build, replace=overwrite)
 
 
 def _fresh_snapshot(source, start: int) -> int:

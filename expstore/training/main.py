@@ -26,6 +26,7 @@ import os
 import sys
 from typing import Any
 
+from ..backends import backend_names, primary_suffix
 from ..core.opening import open as open_pool
 from ..errors import ExpstoreError, InvalidArgumentError
 from .device import check_device
@@ -38,7 +39,8 @@ logger = logging.getLogger("expstore.train")
 
 DEFAULT_ONLINE_STEPS = 8_000
 DEFAULT_OFFLINE_UPDATES = 10_000
-POOL_SUFFIX = {"hdf5": ".h5", "zarr": ".zarr"}
+# The backends registered when this module loads (parse_args asks the registry at each call).
+POOL_SUFFIX = {name: primary_suffix(name) for name in backend_names()}
 
 # The defaults of the options that shape a run. The parser's own default is None, so that a
 # resume can tell an option the user gave (checked against the run's record) from one left out.
@@ -83,7 +85,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--checkpoint-every", type=int, help="steps between checkpoints (default 2,000)")
     add("--eval-every", type=int, help="steps between evaluations (default 2,000)")
     add("--eval-episodes", type=int, help="default 10")
-    add("--backend", choices=sorted(POOL_SUFFIX), help="online: pool format (default hdf5)")
+    add("--backend", choices=backend_names(), help="online: pool format (default hdf5)")
     add("--capacity", type=int, help="online: pool capacity in transitions (default 1,000,000)")
     add("--hidden-units", type=int, help="default 256")
     add("--batch-size", type=int, help="default 256")
@@ -129,7 +131,7 @@ def value_of(args: argparse.Namespace, name: str) -> Any:
 def recorded_form(name: str, value: Any) -> Any:
     """A command-line value as config.json records it."""
     if name == "backend":
-        return "pool" + POOL_SUFFIX[value]
+        return "pool" + primary_suffix(value)
     if name == "pool":
         return os.path.abspath(value)
     return value
