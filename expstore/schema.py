@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .errors import SchemaError
 
@@ -23,7 +24,7 @@ SUPPORTED_DTYPES = tuple(
 RESERVED_NAMES = frozenset({"step_id"})
 
 
-def _normalise_dtype(dtype: object, where: str) -> np.dtype:
+def _normalise_dtype(dtype: DTypeLike, where: str) -> np.dtype:
     try:
         resolved = np.dtype(dtype)
     except TypeError as exc:
@@ -47,7 +48,7 @@ class Field:
     shape: tuple[int, ...]
     dtype: np.dtype
 
-    def __init__(self, shape: int | tuple[int, ...] | list[int], dtype: object):
+    def __init__(self, shape: int | tuple[int, ...] | list[int], dtype: DTypeLike):
         shape_tuple = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         if not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape_tuple):
             raise SchemaError(f"field shape {shape!r} must be a tuple of positive ints (() for a scalar)")

@@ -98,7 +98,7 @@ def chunk_crc(views: Sequence[np.ndarray], first_slot: int, chunk_rows: int) -> 
     """crc32 over every field's bytes of one chunk, fields in schema order."""
     crc = 0
     for view in views:
-        crc = zlib.crc32(view[first_slot:first_slot + chunk_rows], crc)
+        crc = zlib.crc32(view[first_slot:first_slot + chunk_rows].data, crc)
     return crc
 
 
@@ -106,7 +106,7 @@ def field_crcs(views: Sequence[np.ndarray], first_slot: int, n_rows: int,
                start: Sequence[int] | None = None) -> list[int]:
     """Per field, the crc32 of ``n_rows`` rows from ``first_slot`` on, continuing ``start``."""
     start = start or (0,) * len(views)
-    return [zlib.crc32(view[first_slot:first_slot + n_rows], crc)
+    return [zlib.crc32(view[first_slot:first_slot + n_rows].data, crc)
             for view, crc in zip(views, start, strict=True)]
 
 

@@ -211,7 +211,7 @@ def _merged(first_pages: np.ndarray, stop_pages: np.ndarray) -> tuple[np.ndarray
 
 def _mapping_of(view: np.ndarray) -> mmap.mmap | None:
     """The memory map under a view (through the arrays and the buffer export between), if any."""
-    base = view
+    base: object = view
     while isinstance(base, np.ndarray):
         base = base.base
     if isinstance(base, memoryview):
@@ -254,8 +254,8 @@ def _cgroup_limit() -> int | None:
             candidates += [f"/sys/fs/cgroup{path}/memory.max", f"/sys/fs/cgroup/unified{path}/memory.max"]
         elif "memory" in controllers.split(","):
             candidates.append(f"/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
-    limits = [_read_limit(candidate) for candidate in candidates]
-    limits = [n for n in limits if n is not None and n < 1 << 60]  # "max" or the v1 huge default: none
+    read = [_read_limit(candidate) for candidate in candidates]
+    limits = [n for n in read if n is not None and n < 1 << 60]  # "max" or the v1 huge default: none
     return min(limits) if limits else None
 
 
