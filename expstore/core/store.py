@@ -1,9 +1,14 @@
-"""Store: append, extend, read and sample transitions of one pool.
+"""Store: append, extend, read and sample transitions of one pool; its episodes and priorities.
 
 A writer appends rows in place through the memory maps and publishes them with a commit
 (see commit.py); it sees its own rows at once, committed or not. A reader sees the last
 commit, polls for newer ones before every read, and after each gather re-checks the window
 so that a row overwritten by the writer during the gather is never returned.
+
+The Store composes its helpers rather than inheriting them: the episode book and priorities
+(bookkeeping.py), the batch builders (batches.py) and the sampling strategies (sampling/),
+which draw step ids from a read-only view of the window. The Store gathers and runs the one
+redraw loop (``_draw_usable``) for rows a writer overwrote or that cannot be used.
 """
 
 from __future__ import annotations
@@ -14,7 +19,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,20 +36,29 @@ from ..errors import (
     SchemaError,
     StepNotFoundError,
 )
+from ..sampling import draws
+from ..sampling.age_window import AgeWindow
+from ..sampling.base import Sampler, WindowView
+from ..sampling.prioritized import Prioritized
+from ..sampling.uniform import Uniform
 from ..schema import Field, Schema
 from . import checksums, commit, lock
+from .batches import Batches
+from .bookkeeping import Bookkeeping, EpisodeState, check_env_ids
 from .casting import as_rows, to_numpy
 from .coldread import ColdReads
+from .episodes import EpisodeBook, EpisodeTable
 from .hooks import call_hook
 from .idle import IdleCommitter
 from .mapping import MappedPool
-from .replay import ReplayMixin
 from .ring import Ring
 
 logger = logging.getLogger("expstore.store")  # its name before the layered layout
 
 _TORN_RETRIES = 3
-_STALE_REDRAWS = 100
+_REDRAWS = 100
+_CANDIDATES = 1024  # rows drawn per redraw round at least, so that even rare usable rows are found
+_UNIFORM = Uniform()
 _open_writers: weakref.WeakSet = weakref.WeakSet()
 
 
@@ -68,7 +83,7 @@ class RowSpec(NamedTuple):
     view: np.ndarray  # the field's memory map, indexed by slot
 
 
-class Store(ReplayMixin):
+class Store:
     """One open pool. Create it with :func:`expstore.open`, not directly."""
 
     def __init__(self, path: str, backend: Backend, writer_lock: lock.WriterLock | None,
@@ -90,6 +105,9 @@ class Store(ReplayMixin):
         self._layout: Layout | None = None
         self._committed = commit.CommitRecord(1, 0, 0, 0.0)
         self._head = 0
+        self._keeping: Bookkeeping | None = None  # episode book and priorities, in pools created with them
+        self._derived: tuple[str, ...] = ()  # the observations whose next_ the pool derives
+        self._batches: Batches | None = None
         if layout is not None:
             self._attach(layout)
         if writer_lock is not None:
@@ -138,7 +156,12 @@ class Store(ReplayMixin):
         self._seen_seq = self._committed.seq
         self._head = self._committed.head
         self._slots = self._ring.slots
-        self._init_replay()  # episode bookkeeping and priorities (replay.py)
+        views = self._maps.views
+        self._keeping = Bookkeeping.of(views, layout.schema, self._slots, self._ring.capacity, self._committed,
+                                       self.writable)
+        self._derived = () if self._keeping is None else self._keeping.derived
+        self._batches = Batches(views, layout.schema, self._slots, self._keeping, self._gather,
+                                lambda: self._committed, self.path)
         self._schedule_commit()
         if self.writable:
             self._idle_committer = IdleCommitter(self, self._policy.interval_s)
@@ -278,7 +301,8 @@ class Store(ReplayMixin):
             slot = self._head % self._slots
             for name, _, _, _, _, view in self._row_specs:  # RowSpec, unpacked for speed
                 view[slot] = transition[name]
-            self._tag_row(self._head, slot, transition, derived, env_id)
+            if self._keeping is not None:
+                self._keeping.on_append(self._head, slot, transition, derived, env_id)
             self._head += 1
             # A commit whenever `slack` rows are pending keeps the next write off committed rows.
             if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
@@ -311,7 +335,7 @@ class Store(ReplayMixin):
             if batch.keys() != self._names:
                 batch, derived = self._split_derived(batch, n_rows)
             columns = [self._column(spec, batch[spec.name], n_rows) for spec in self._row_specs]
-            env_ids = self._check_env_ids(env_ids, n_rows)
+            env_ids = check_env_ids(self._keeping, env_ids, n_rows, self._head)
             done = 0
             while done < n_rows:
                 room = self._ring.slack - (self._head - self._committed.head)
@@ -325,9 +349,10 @@ class Store(ReplayMixin):
                     for view, column in zip(self._views, columns):
                         view[slot:slot + length] = column[done + offset:done + offset + length]
                 part = slice(done, done + take)
-                self._tag_rows(self._head, {name: column[part] for name, column in zip(self._names, columns)},
-                               derived and {name: values[part] for name, values in derived.items()},
-                               None if env_ids is None else env_ids[part])
+                if self._keeping is not None:
+                    self._keeping.on_extend(self._head, {name: column[part] for name, column in zip(self._names, columns)},
+                                            derived and {name: values[part] for name, values in derived.items()},
+                                            None if env_ids is None else env_ids[part])
                 self._head += take
                 done += take
             self._maybe_commit()
@@ -339,6 +364,26 @@ class Store(ReplayMixin):
                 and len(value) == n_rows):
             return value
         return as_rows(spec.name, spec.field, value, n_rows)
+
+    def _split_derived(self, mapping: Mapping[str, Any], n_rows: int | None) -> tuple[dict, dict | None]:
+        """Take the ``next_<obs>`` values a pool without them keeps only at episode ends."""
+        wanted = {f"next_{name}" for name in self._derived}
+        if not wanted or not wanted <= mapping.keys() or mapping.keys() - wanted != self._names:
+            raise self._names_error(mapping)
+        derived = {key: as_rows(key, self._layout.schema[key[5:]], mapping[key], n_rows) for key in wanted}
+        return {key: value for key, value in mapping.items() if key not in wanted}, derived
+
+    def _final_rows(self, next_obs: Mapping[str, Any], n_rows: int) -> dict[str, np.ndarray] | None:
+        """The ``next_<obs>`` rows given to ``end_episodes``, checked; those a deriving pool keeps."""
+        schema = self._layout.schema
+        observed = [name for name in schema if name == "obs" or name.startswith("obs_")]
+        expected = {f"next_{name}" for name in observed}
+        if not isinstance(next_obs, Mapping) or set(next_obs) != expected:
+            given = sorted(next_obs) if isinstance(next_obs, Mapping) else type(next_obs).__name__
+            raise InvalidArgumentError(f"next_obs must map {sorted(expected)} to one row per env id, got {given}")
+        rows = {key: as_rows(key, schema[key[5:]], value, n_rows) for key, value in next_obs.items()}
+        derived = {key: rows[key] for key in (f"next_{name}" for name in self._derived)}
+        return derived or None
 
     def flush(self, fsync: bool | None = None) -> None:
         """Commit every appended transition now; with fsync (the default) it is durable on return."""
@@ -365,7 +410,8 @@ class Store(ReplayMixin):
         previous = self._committed
         try:
             tail = self._ring.tail_for(self._head, previous.tail)
-            payload = self._commit_payload(previous.payload, tail)
+            payload = (dict(previous.payload) if self._keeping is None
+                       else self._keeping.payload(previous.payload, tail, self._head))
             if self._head == previous.head and payload == previous.payload:
                 if fsync:  # nothing new, but earlier commits may have skipped the fsync
                     self._maps.sync_data(parallel=not self._finalizing)
@@ -440,11 +486,18 @@ class Store(ReplayMixin):
                 f"step id {int(steps[stale][0])} was evicted by the writer while it was being read")
         return batch
 
+    # ------------------------------------------------------------------ sampling
     def sample(self, batch_size: int, *, rng: int | np.random.Generator | None = None, n_step: int = 1,
                gamma: float = 0.99, prioritized: bool = False, alpha: float = 0.6,
                beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
-               current_version: int | None = None, recency=None) -> dict[str, np.ndarray]:
+               current_version: int | None = None, recency=None,
+               sampler: Sampler | None = None) -> dict[str, np.ndarray]:
         """A random batch (with replacement) of committed transitions, plus ``step_id``.
+
+        The keywords build a sampling strategy; ``sampler`` takes one directly. ``max_age``
+        composes with ``prioritized`` or ``recency`` (the strategy draws among the young rows
+        only), and ``n_step`` with every strategy. Refused: ``recency`` with ``prioritized``
+        (two weightings of one row have no exact O(batch) draw from the sum tree).
 
         Args:
             batch_size: rows to draw.
@@ -461,42 +514,296 @@ class Store(ReplayMixin):
             alpha, beta: the exponents of prioritized replay.
             max_age: draw only rows at most this old, counted from the newest committed row
                 (see ``age_unit``); never returns an older row, also while a writer appends.
+                With ``prioritized``, N and P of the weights are those of the young rows.
             age_unit: "policy_versions" (by the ``policy_version`` field), "steps" (by step
                 id), or "auto": policy versions when the pool has that field, else steps.
             current_version: with policy versions, count age from this version instead of
                 the newest row's (e.g. the learner's current update count).
             recency: weight recent rows: ``expstore.ERE(k, K)`` (Emphasizing Recent
                 Experience; ``ERESchedule`` tracks k) or ``expstore.ExponentialRecency(half_life)``.
-                Not combinable with ``prioritized``. See expstore/sampling/recency.py.
+                See expstore/sampling/recency.py.
+            sampler: a strategy object instead of ``prioritized``/``max_age``/``recency``:
+                ``expstore.Uniform()``, ``Prioritized(alpha, beta)``, ``ERE(k, K)``,
+                ``ExponentialRecency(half_life)``, ``AgeWindow(max_age, within=...)``, or any
+                object with ``draw(rng, view, count) -> step ids`` (``expstore.Sampler``;
+                see expstore/sampling/base.py).
         """
-        if max_age is not None or recency is not None:
-            selection = {"max_age": max_age, "age_unit": age_unit, "current_version": current_version,
-                         "recency": recency}
-            return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta, selection)
+        if sampler is None and not prioritized and max_age is None and recency is None and n_step == 1 \
+                and not self._derived:
+            return self._sample_uniform(batch_size, rng)
+        _check_sampling_args(batch_size, n_step, gamma, alpha, beta)
+        strategy = self._strategy(sampler, prioritized, alpha, beta, max_age, age_unit, current_version, recency)
+        if n_step > 1:
+            self._need_book()
+        batch, view = self._draw_usable(strategy, _generator(rng), batch_size, self._view(),
+                                        lambda steps, high: self._batches.transitions(steps, n_step, gamma, high))
+        weights = getattr(strategy, "weights", None)
+        if weights is not None:
+            values = weights(view, batch["step_id"])
+            if values is not None:
+                batch["weights"] = values
+        return batch
+
+    def _sample_uniform(self, batch_size: int, rng) -> dict[str, np.ndarray]:
+        """The hot path: one draw, one gather, one look at the window."""
         _check_batch_size(batch_size)
-        if n_step != 1 or prioritized or self._derived:
-            return self._sample_replay(batch_size, rng, n_step, gamma, prioritized, alpha, beta)
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         low, high = self._window()
         if high == low:
             raise EmptyStoreError(f"{self.path} holds no committed transition yet; append and flush first")
         steps = generator.integers(low, high, size=int(batch_size), dtype=np.int64)
         batch = self._gather(steps)
-        unconfirmed = None  # rows whose gather the window has not confirmed yet; None: all
-        for _ in range(_STALE_REDRAWS):
-            stale = self._stale(steps if unconfirmed is None else steps[unconfirmed])
-            if stale is None or not stale.any():
-                return batch
-            # The writer overwrote these rows during the gather: draw them again from the new
-            # window. Rows confirmed before stay: their bytes were read before any overwrite.
-            unconfirmed = np.flatnonzero(stale) if unconfirmed is None else unconfirmed[stale]
-            steps[unconfirmed] = generator.integers(self._committed.tail, self._committed.head,
-                                                    size=len(unconfirmed), dtype=np.int64)
-            redrawn = self._gather(steps[unconfirmed])
-            for name, values in redrawn.items():
-                batch[name][unconfirmed] = values
-        raise ExpstoreError(f"{self.path}: the writer kept overwriting sampled rows; sample a smaller batch")
+        stale = self._stale(steps)
+        if stale is None or not stale.any():
+            return batch
+        # The writer overwrote these rows during the gather: the redraw loop replaces them.
+        first = (batch, ~stale)
+        return self._draw_usable(_UNIFORM, generator, len(steps), self._view(low, high),
+                                 lambda s, view_high: (self._gather(s), np.ones(len(s), bool)), first)[0]
 
+    def _strategy(self, sampler: Sampler | None, prioritized: bool, alpha: float, beta: float, max_age: int | None,
+                  age_unit: str, current_version: int | None, recency) -> Sampler:
+        """The strategy ``sample``'s keywords describe, or the one given as ``sampler``."""
+        if sampler is not None:
+            if prioritized or max_age is not None or recency is not None:
+                raise InvalidArgumentError("sampler= replaces prioritized, max_age and recency; pass one or the "
+                                           "other, e.g. sampler=expstore.AgeWindow(100, within=expstore.Prioritized())")
+            if not callable(getattr(sampler, "draw", None)):
+                raise InvalidArgumentError(f"sampler={sampler!r} is not a sampler: it needs a method "
+                                           "draw(rng, view, count) returning step ids (see expstore.Sampler)")
+            return sampler
+        if recency is not None and not callable(getattr(recency, "draw", None)):
+            raise InvalidArgumentError(f"recency={recency!r} must be expstore.ERE(k, K) or "
+                                       "expstore.ExponentialRecency(half_life)")
+        if recency is not None and prioritized:
+            raise InvalidArgumentError("recency cannot be combined with prioritized=True (two weightings of one row "
+                                       "have no exact draw from the priority tree); prioritize within max_age instead")
+        if prioritized:
+            self._need_book()
+        inner: Sampler = Prioritized(alpha, beta) if prioritized else (recency or _UNIFORM)
+        return inner if max_age is None else AgeWindow(max_age, age_unit, current_version, inner)
+
+    def _view(self, low: int | None = None, high: int | None = None) -> WindowView:
+        """The read-only view a strategy draws from: the committed window (or [low, high))."""
+        if low is None or high is None:
+            low, high = self._nonempty_window()
+        seq = None if self.writable else self._committed.seq
+        if self._keeping is None:
+            return WindowView(low, high, self._ring.slots, commit_seq=seq, fields=tuple(self._names))
+        return self._keeping.window_view(low, high, seq)
+
+    def _draw_usable(self, strategy: Sampler, rng: np.random.Generator, count: int, view: WindowView, build,
+                     first: tuple[dict, np.ndarray] | None = None) -> tuple[dict, WindowView]:
+        """Draw ``count`` rows with ``strategy`` and build them with ``build(steps, high) -> (batch,
+        ok)``; draw again where a row was unusable, refused by the strategy, or overwritten.
+
+        The one redraw loop. Rows accepted once stay: their bytes were read before any overwrite.
+        ``first`` is a batch already built (the uniform hot path's). Returns the batch and the
+        view of the last draw.
+        """
+        admits = getattr(strategy, "admits", None)
+
+        def attempt(view: WindowView, n: int) -> tuple[dict, np.ndarray]:
+            steps = strategy.draw(rng, view, n)
+            batch, ok = build(steps, view.head)
+            if admits is not None:
+                ok &= admits(view, batch)
+            return batch, ok & self._fresh(steps)
+
+        batch, ok = first if first is not None else attempt(view, count)
+        for _ in range(_REDRAWS):
+            if ok.all():
+                return batch, view
+            view = self._view_after(view)
+            redo = np.flatnonzero(~ok)
+            new_batch, new_ok = attempt(view, max(4 * len(redo), _CANDIDATES))
+            usable = np.flatnonzero(new_ok)[:len(redo)]
+            redo = redo[:len(usable)]
+            for name, values in new_batch.items():
+                batch[name][redo] = values[usable]
+            ok[redo] = True
+        raise EmptyStoreError(f"{self.path}: too few rows can be sampled this way (the writer kept overwriting "
+                              "sampled rows, next observations not known yet, or windows too long); sample a "
+                              "smaller batch, append more or sample differently")
+
+    def _view_after(self, view: WindowView) -> WindowView:
+        """The view to draw again from: rows the writer evicted meanwhile left out; a new view
+        of the whole window when the writer lapped this one (every row of it evicted)."""
+        tail = self._window()[0]
+        if tail <= view.tail:
+            return view
+        return self._view() if tail >= view.head else replace(view, tail=tail)
+
+    def _fresh(self, steps: np.ndarray) -> np.ndarray:
+        stale = self._stale(steps)
+        return np.ones(len(steps), bool) if stale is None else ~stale
+
+    def _nonempty_window(self) -> tuple[int, int]:
+        low, high = self._window()
+        if high == low:
+            raise EmptyStoreError(f"{self.path} holds no committed transition yet; append and flush first")
+        return low, high
+
+    def sample_sequences(self, batch_size: int, length: int, *, rng: int | np.random.Generator | None = None,
+                         full_only: bool = False) -> dict[str, np.ndarray]:
+        """Windows of ``length`` consecutive rows of one episode each: arrays [batch, length, ...].
+
+        A window starts at a uniformly drawn committed row and follows its episode (for a vector
+        env, its own sub-env). ``mask`` [batch, length] marks the rows that exist; past the end
+        of the episode (or of the committed rows) values are zero and ``step_id`` is -1. With
+        ``full_only`` only windows of ``length`` existing rows are drawn.
+        """
+        _check_positive(batch_size, "batch_size")
+        _check_positive(length, "length")
+        self._need_book()
+        generator = _generator(rng)
+        return self._draw_usable(_UNIFORM, generator, batch_size, self._view(),
+                                 lambda steps, high: self._batches.windows(steps, length, high, full_only))[0]
+
+    def iter_epoch(self, batch_size: int, *, rng: int | np.random.Generator | None = None, drop_last: bool = False,
+                   n_step: int = 1, gamma: float = 0.99) -> Iterator[dict[str, np.ndarray]]:
+        """One pass over every committed transition, in shuffled batches (offline training).
+
+        The window is taken when the pass starts; rows the ring evicts during the pass (and,
+        in a pool without ``next_obs``, rows whose next observation is not known yet) are
+        skipped, so a batch can be shorter than ``batch_size``.
+        """
+        _check_sampling_args(batch_size, n_step, gamma, 0.0, 0.0)
+        generator = _generator(rng)
+        low, high = self._nonempty_window()
+        order = draws.epoch_order(generator, low, high)
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        for start in range(0, stop, batch_size):
+            steps = order[start:start + batch_size]
+            steps = steps[steps >= self._window()[0]]
+            batch, ok = self._batches.transitions(steps, n_step, gamma, high)
+            ok &= self._fresh(steps)
+            if not ok.all():
+                batch = {name: values[ok] for name, values in batch.items()}
+            if len(batch["step_id"]):
+                yield batch
+
+    def epochs(self, batch_size: int, *, num_epochs: int | None = None,
+               rng: int | np.random.Generator | None = None, **options) -> Iterator[dict[str, np.ndarray]]:
+        """``iter_epoch`` repeated ``num_epochs`` times (forever when None), one generator."""
+        generator = _generator(rng)
+        epoch = 0
+        while num_epochs is None or epoch < num_epochs:
+            yield from self.iter_epoch(batch_size, rng=generator, **options)
+            epoch += 1
+
+    def update_priorities(self, step_ids, priorities) -> int:
+        """Set the priorities of sampled rows (e.g. their TD errors); returns how many were set.
+
+        Ids the ring already evicted are ignored. Priorities must be finite and >= 0; they are
+        written into the pool and committed with it, so they survive a reopen.
+        """
+        self._check_writable()
+        keeping = self._need_keeping()
+        steps = np.asarray(step_ids, dtype=np.int64).reshape(-1)
+        values = np.asarray(priorities, dtype=np.float64).reshape(-1)
+        if values.shape != steps.shape:
+            raise InvalidArgumentError(f"update_priorities got {steps.size} step ids and {values.size} priorities; "
+                                       "pass one priority per step id")
+        if values.size and not (np.isfinite(values).all() and (values >= 0).all()):
+            raise InvalidArgumentError("priorities must be finite and >= 0 (use |TD error| + a small epsilon)")
+        low, high = self._window()
+        inside = (steps >= low) & (steps < high)
+        keeping.set_priorities(steps[inside], values[inside])
+        return int(inside.sum())
+
+    # ------------------------------------------------------------------ episodes
+    def end_episodes(self, env_ids=None, *, next_obs: Mapping[str, Any] | None = None) -> np.ndarray:
+        """End the open episodes of ``env_ids`` (one int or several; default: every env) at
+        their last appended row, as truncated. Returns the ids of the episodes ended.
+
+        For an env reset before its episode ended (a time limit outside the env, an evaluation
+        harness, a curriculum): ``episodes()`` then reports the episode truncated, n-step
+        returns and sequence windows stop at its last row, and the env's next row begins a new
+        episode. The rows keep the flags the env returned (``terminated`` and ``truncated``
+        stay False), so a TD target bootstraps from the row's next observation as it should.
+
+        Args:
+            env_ids: the envs whose episodes end; envs with no open episode are skipped.
+            next_obs: the observation that followed each env's last row, as a batch of the
+                pool's ``next_<obs>`` fields (one row per env id). A pool that derives
+                ``next_obs`` keeps it as the episode's final observation (without it, that row's
+                ``next_obs`` is unknown and the row is not sampled); a pool that stores
+                ``next_obs`` has it in the row already and only checks it.
+        """
+        with self._write_lock:
+            self._check_writable()
+            if self._layout is None:
+                return np.zeros(0, np.int64)
+            book = self._need_book()
+            env_ids = np.array(sorted(book.open), np.int64) if env_ids is None else np.atleast_1d(np.asarray(env_ids))
+            checked = book.check_env_ids(env_ids, len(env_ids))
+            derived = None if next_obs is None else self._final_rows(next_obs, len(checked))
+            return np.array(book.end_open(checked, derived), np.int64)
+
+    def episodes(self) -> EpisodeTable:
+        """The episodes with at least one row in the pool, ordered by first step id.
+
+        Read from the episode table, without scanning the pool. An :class:`EpisodeTable`:
+        ``len(table)`` episodes, ``table[name]`` a column. Columns (numpy arrays):
+        ``episode_id``, ``first_step_id`` (may be evicted), ``length`` (rows ever appended,
+        evicted ones included), ``return`` (their summed reward), ``terminated``,
+        ``truncated``, ``open`` (still running), ``evicted`` (rows the ring dropped),
+        ``cut_off`` (open when its writer stopped without closing), ``env_id``, ``last_step_id``.
+        """
+        keeping, state = self._episode_state()
+        table = keeping.table(state)
+        order = np.argsort(table["first_step_id"], kind="stable")
+        return EpisodeTable({name: column[order] for name, column in table.items()})
+
+    def episode(self, episode_id: int) -> dict[str, np.ndarray]:
+        """The rows of one episode still in the pool, in order, plus ``step_id``."""
+        keeping, state = self._episode_state()
+        table = keeping.table(state)
+        position = np.flatnonzero(table["episode_id"] == int(episode_id))
+        if not position.size:
+            raise StepNotFoundError(f"episode {episode_id} has no row in the pool (episodes with rows: "
+                                    f"{_id_summary(table['episode_id'])}); see store.episodes()")
+        first, last = int(table["first_step_id"][position[0]]), int(table["last_step_id"][position[0]])
+        if first < state.tail:
+            first = keeping.book.oldest_rows(np.array([episode_id]), state.tail, state.head)[0]
+        return self._read_checked(keeping.book.rows_of(int(episode_id), first, last))
+
+    def _episode_state(self) -> tuple[Bookkeeping, EpisodeState]:
+        keeping = self._need_keeping()
+        low, high = self._window()
+        return keeping, keeping.episode_state(low, high, self._committed)
+
+    def _need_keeping(self) -> Bookkeeping:
+        self._check_open()
+        if self._keeping is None:
+            raise ExpstoreError(f"{self.path} has no episode bookkeeping (it was created without it); "
+                                "copy it into a new pool with `expstore convert`")
+        return self._keeping
+
+    def _need_book(self) -> EpisodeBook:
+        return self._need_keeping().book
+
+    # Modules above read these (carry.py also sets _max_priority) until they move to the
+    # read-only surface at the end of the class.
+    @property
+    def _book(self) -> EpisodeBook | None:
+        return None if self._keeping is None else self._keeping.book
+
+    @property
+    def _priority_view(self) -> np.ndarray | None:
+        return None if self._keeping is None else self._keeping.priority_view
+
+    @property
+    def _max_priority(self) -> float:
+        return 1.0 if self._keeping is None else self._keeping.max_priority
+
+    @_max_priority.setter
+    def _max_priority(self, value: float) -> None:
+        if self._keeping is not None:
+            self._keeping.max_priority = float(value)
+
+    # ------------------------------------------------------------------ gathering
     def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
         if self._layout is None:  # no schema yet, so nothing was ever written: no field to read
             return {"step_id": steps}
@@ -559,7 +866,8 @@ class Store(ReplayMixin):
         """Drop this store's own views of the mappings, so that closing unmaps the files; a view
         a caller still holds keeps its mapping alive instead (see mapping.py)."""
         self._views, self._row_specs = [], []
-        self._book = self._priority_view = self._priority_index = None
+        self._keeping = None
+        self._batches = None
         self.cold_reads = ColdReads(self.cold_reads.mode)
 
     def __enter__(self) -> Store:
@@ -631,6 +939,27 @@ def _batch_length(batch: Mapping[str, Any]) -> int:
         raise SchemaError(f"batch fields have different lengths {lengths}; every field needs one row per transition")
     return next(iter(lengths.values()), 0)
 
+
+def _generator(rng: int | np.random.Generator | None) -> np.random.Generator:
+    return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+
+
+def _check_positive(value: Any, name: str) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise InvalidArgumentError(f"{name}={value!r} must be a positive int")
+
+
+def _check_sampling_args(batch_size, n_step, gamma, alpha, beta) -> None:
+    _check_positive(batch_size, "batch_size")
+    _check_positive(n_step, "n_step")
+    if not 0.0 <= float(gamma) <= 1.0:
+        raise InvalidArgumentError(f"gamma={gamma!r} must lie in [0, 1]")
+    if float(alpha) < 0 or float(beta) < 0:
+        raise InvalidArgumentError(f"alpha={alpha!r} and beta={beta!r} must be >= 0")
+
+
+def _id_summary(ids: np.ndarray) -> str:
+    return "none" if not len(ids) else f"{int(ids.min())}..{int(ids.max())}"
 
 def _forbid_writes_after_fork() -> None:
     """A forked child inherits writer objects but not the right to write: re-arm the checks."""

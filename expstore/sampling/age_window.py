@@ -21,11 +21,13 @@ appending meanwhile.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import InvalidArgumentError, SchemaError
+from ..errors import EmptyStoreError, InvalidArgumentError, SchemaError
+from .base import Sampler, WindowView
+from .uniform import Uniform
 
 VERSION_FIELD = "policy_version"
 AGE_UNITS = ("auto", "policy_versions", "steps")
@@ -48,6 +50,67 @@ class AgeLimit:
         if self.min_version is None:
             return batch["step_id"] >= self.low
         return np.asarray(batch[VERSION_FIELD]) >= self.min_version
+
+
+@dataclass(frozen=True)
+class AgeWindow:
+    """A sampler that draws only rows at most ``max_age`` old, with another strategy inside.
+
+    The window starts where :func:`age_limit` finds it, for the view the store took at the
+    start of the call (its ``head`` is the snapshot the age is counted from); ``within``
+    (uniform by default; ``Prioritized`` or a recency strategy compose) draws inside it, and
+    every gathered row is checked against the limit on the values read.
+
+    Args:
+        max_age: the largest age allowed, an int >= 0.
+        age_unit: "policy_versions", "steps" or "auto" (see :func:`resolve_age_unit`).
+        current_version: with policy versions, count age from this version.
+        within: the strategy that draws inside the window.
+    """
+
+    max_age: int
+    age_unit: str = "auto"
+    current_version: int | None = None
+    within: Sampler = field(default_factory=Uniform)
+    _last: dict = field(default_factory=dict, compare=False, repr=False)  # the limit of the last view
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.max_age) or self.max_age < 0:
+            raise InvalidArgumentError(f"max_age={self.max_age!r} must be an int >= 0")
+        if self.age_unit not in AGE_UNITS:
+            raise InvalidArgumentError(f"age_unit={self.age_unit!r} is not one of {AGE_UNITS}")
+        if not callable(getattr(self.within, "draw", None)):
+            raise InvalidArgumentError(f"within={self.within!r} is not a sampler (it has no draw method)")
+
+    def limit(self, view: WindowView) -> AgeLimit:
+        """Where the window of young rows starts in ``view`` (computed once per view)."""
+        key = (view.tail, view.head, view.commit_seq)
+        entry = self._last.get("entry")  # one (key, limit) tuple: threads sharing it see a matching pair
+        if entry is None or entry[0] != key:
+            unit = resolve_age_unit(self.age_unit, view.fields)
+            versions = view.versions if unit == "policy_versions" else None
+            limit = age_limit(self.max_age, unit, view.tail, view.head, versions, view.slots, self.current_version)
+            if limit.low >= view.head:
+                raise EmptyStoreError(f"no committed row is at most {self.max_age} {unit} old "
+                                      f"(policy_version >= {limit.min_version}); raise max_age")
+            entry = self._last["entry"] = (key, limit)
+        return entry[1]
+
+    def young(self, view: WindowView) -> WindowView:
+        """The view narrowed to the young rows."""
+        return view.between(max(view.tail, self.limit(view).low))
+
+    def draw(self, rng: np.random.Generator, view: WindowView, count: int) -> np.ndarray:
+        return self.within.draw(rng, self.young(view), count)
+
+    def weights(self, view: WindowView, steps: np.ndarray) -> np.ndarray | None:
+        inner = getattr(self.within, "weights", None)
+        return None if inner is None else inner(self.young(view), steps)
+
+    def admits(self, view: WindowView, batch: dict[str, np.ndarray]) -> np.ndarray:
+        ok = self.limit(view).admits(batch)
+        inner = getattr(self.within, "admits", None)
+        return ok if inner is None else ok & inner(self.young(view), batch)
 
 
 def resolve_age_unit(age_unit: str, field_names) -> str:

@@ -49,6 +49,19 @@ class SumTree:
                 break
             nodes = np.unique(nodes // 2)
 
+    def prefix(self, leaves: np.ndarray) -> np.ndarray:
+        """For each leaf index in [0, size]: the sum of the leaves before it."""
+        nodes = self.size + np.asarray(leaves, dtype=np.int64)
+        sums = np.zeros(len(nodes), dtype=np.float64)
+        ends = nodes == 2 * self.size  # "every leaf": one past the last
+        sums[ends] = self.total
+        nodes = np.where(ends, self.size, nodes)
+        while nodes[0] > 1:  # every node sits on the same level, so one test serves them all
+            right = (nodes & 1) == 1
+            sums += np.where(right, self.tree[nodes - 1], 0.0)
+            nodes //= 2
+        return sums
+
     def find(self, targets: np.ndarray) -> np.ndarray:
         """For each target in [0, total): the leaf whose cumulative range holds it."""
         nodes = np.ones(len(targets), dtype=np.int64)
@@ -109,3 +122,38 @@ class PriorityIndex:
             return sampling.uniform(rng, self.low, self.high, count), np.full(count, 1.0 / population)
         slots = self.tree.find(sampling.stratified_targets(rng, total, count))
         return sampling.steps_of_slots(slots, self.low, self.slots), self.tree.leaf_values(slots) / total
+
+    def draw_range(self, rng: np.random.Generator, low: int, high: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`draw`, among the steps of [low, high) only (inside the tree's window)."""
+        if (low, high) == (self.low, self.high):
+            return self.draw(rng, count)
+        pieces, mass = self._pieces(low, high)
+        if not mass > 0:
+            return sampling.uniform(rng, low, high, count), np.full(count, 1.0 / (high - low))
+        targets = sampling.stratified_targets(rng, mass, count)
+        first_start, first_mass, second_start = pieces
+        targets = np.where(targets < first_mass, first_start + targets, second_start + targets - first_mass)
+        slots = self.tree.find(targets)
+        # Rounding can land a target on a neighbour outside the range: keep every step inside it.
+        steps = np.clip(sampling.steps_of_slots(slots, low, self.slots), low, high - 1)
+        return steps, self.tree.leaf_values(steps % self.slots) / mass
+
+    def probabilities(self, steps: np.ndarray, low: int, high: int) -> np.ndarray:
+        """The probability each step had in a draw over [low, high)."""
+        if (low, high) == (self.low, self.high):
+            total, population = self.tree.total, self.high - self.low
+        else:
+            total, population = self._pieces(low, high)[1], high - low
+        if not total > 0:
+            return np.full(len(steps), 1.0 / population)
+        return self.tree.leaf_values(np.asarray(steps) % self.slots) / total
+
+    def _pieces(self, low: int, high: int) -> tuple[tuple[float, float, float], float]:
+        """[low, high) as at most two runs of slots (the ring wraps): the prefix sum where the
+        first run starts, its mass, the prefix sum where the second starts (0), and the mass."""
+        start = low % self.slots
+        first_end = min(start + (high - low), self.slots)
+        second_end = high - low - (first_end - start)
+        prefix = self.tree.prefix(np.array([start, first_end, second_end]))
+        first_mass = float(prefix[1] - prefix[0])
+        return (float(prefix[0]), first_mass, 0.0), first_mass + float(prefix[2])

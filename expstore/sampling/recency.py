@@ -2,8 +2,9 @@
 
 Both weight rows by their age in steps (the newest committed row has age 0), both draw a
 batch in O(batch) from a seeded generator, and both are pure: functions of integers and
-arrays, no files. ``Store.sample(..., recency=...)`` applies them within the rows that can be
-sampled (all committed rows, or those within ``max_age``: see age_window.py).
+arrays, no files. Both are samplers (base.py): ``Store.sample(..., recency=...)`` or
+``sampler=`` applies them within the rows that can be sampled (all committed rows, or those
+within ``max_age``: see age_window.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from .base import WindowView
 
 ERE_ETA = 0.996  # Wang & Ross 2019, the value used for all MuJoCo tasks
 ERE_C_MIN = 5_000
@@ -53,9 +55,10 @@ class ERE:
         c_k = max(int(pool_rows * float(self.eta) ** (self.k * 1000.0 / self.K)), int(self.c_min))
         return max(1, min(int(pool_rows), c_k))
 
-    def draw(self, rng: np.random.Generator, low: int, high: int, count: int) -> np.ndarray:
-        """``count`` step ids uniform over the newest c_k rows of [low, high)."""
-        return rng.integers(high - self.window_rows(high - low), high, size=int(count), dtype=np.int64)
+    def draw(self, rng: np.random.Generator, view: WindowView, count: int) -> np.ndarray:
+        """``count`` step ids uniform over the newest c_k rows of the view's window."""
+        high = view.head
+        return rng.integers(high - self.window_rows(view.rows), high, size=int(count), dtype=np.int64)
 
 
 class ERESchedule:
@@ -116,8 +119,9 @@ class ExponentialRecency:
         weights = 0.5 ** (np.arange(int(pool_rows)) / float(self.half_life))
         return weights / weights.sum()
 
-    def draw(self, rng: np.random.Generator, low: int, high: int, count: int) -> np.ndarray:
-        rows = high - low
+    def draw(self, rng: np.random.Generator, view: WindowView, count: int) -> np.ndarray:
+        """``count`` step ids of the view's window, each weighted by its age."""
+        rows, high = view.rows, view.head
         log_decay = -math.log(2.0) / float(self.half_life)  # log of the per-step weight ratio
         # CDF(a) = (1 - decay**(a+1)) / (1 - decay**rows); solve CDF(a) >= u for the smallest a.
         mass = -math.expm1(rows * log_decay)

@@ -183,8 +183,8 @@ def test_bad_age_arguments(pool_path):
             pool.sample(4, max_age=-1)
         with pytest.raises(InvalidArgumentError):
             pool.sample(4, recency="newest")
-        with pytest.raises(InvalidArgumentError, match="prioritized"):
-            pool.sample(4, max_age=3, prioritized=True)
+        with pytest.raises(InvalidArgumentError, match="prioritized"):  # max_age with it composes; recency not
+            pool.sample(4, recency=ERE(1, 2), prioritized=True)
 
 
 # ---------------------------------------------------------------------- concurrent writes

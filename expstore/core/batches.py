@@ -1,0 +1,84 @@
+"""Batches built from drawn step ids: plain transitions, n-step returns and sequence windows.
+
+The Store draws step ids with a sampling strategy (sampling/) and hands them here; everything
+here is one vectorised gather per field plus the chain arithmetic of sampling/draws.py. Each
+builder returns the batch and which rows are usable (a derived next observation not known yet
+makes a row unusable), so that the Store's one redraw loop can replace those rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from ..errors import SchemaError
+from ..sampling import draws
+from ..schema import Schema
+from .bookkeeping import Bookkeeping
+from .commit import CommitRecord
+
+Gather = Callable[[np.ndarray], dict]
+
+
+class Batches:
+    """Builds the batches of one Store handle from step ids."""
+
+    def __init__(self, views: Mapping[str, np.ndarray], schema: Schema, slots: int, keeping: Bookkeeping | None,
+                 gather: Gather, committed: Callable[[], CommitRecord], path: str):
+        self.views = views
+        self.schema = schema
+        self.slots = slots
+        self.keeping = keeping
+        self.gather = gather
+        self.committed = committed  # the handle's current commit record (a reader's moves on)
+        self.path = path
+
+    def transitions(self, steps: np.ndarray, n_step: int, gamma: float, high: int) -> tuple[dict, np.ndarray]:
+        """The batch for start rows ``steps``, and which rows are usable (next obs known)."""
+        batch = self.gather(steps)
+        last = steps
+        if n_step > 1:
+            last = self._n_step(batch, steps, n_step, gamma, high)
+        ok = np.ones(len(steps), bool)
+        if self.keeping is not None and self.keeping.derived:
+            values, ok = self.keeping.next_values(last, high, self.keeping.kept_now(self.committed()))
+            batch.update(values)
+        return batch, ok
+
+    def _n_step(self, batch: dict, steps: np.ndarray, n_step: int, gamma: float, high: int) -> np.ndarray:
+        """Sum up to ``n_step`` rewards of each row's episode into ``batch``; the last rows summed."""
+        if "reward" not in self.schema:
+            raise SchemaError(f"n-step sampling needs a 'reward' field; {self.path} stores {list(self.schema)}")
+        chain = self._keeping().chains(steps, n_step, high)
+        rewards = self.views["reward"][chain % self.slots]
+        total, counts = draws.n_step_returns(chain, rewards, gamma)
+        last = draws.last_valid(chain, counts)
+        batch["reward"] = total.astype(self.schema["reward"].dtype)
+        for name in self.schema:
+            if name in ("terminated", "truncated") or name.startswith("next_"):
+                batch[name] = self.views[name][last % self.slots]
+        batch["discount"] = (np.float64(gamma) ** counts).astype(np.float32)
+        return last
+
+    def windows(self, steps: np.ndarray, length: int, high: int, full_only: bool) -> tuple[dict, np.ndarray]:
+        """Windows of ``length`` rows of one episode from each start row: arrays [batch, length, ...]."""
+        chain = self._keeping().chains(steps, length, high)
+        mask = chain >= 0
+        flat = np.where(mask, chain, chain[:, :1]).reshape(-1)
+        batch, ok = self.transitions(flat, 1, 1.0, high)
+        mask &= ok.reshape(mask.shape)
+        out = {}
+        for name, values in batch.items():
+            values = values.reshape(*mask.shape, *values.shape[1:])
+            keep = mask.reshape(*mask.shape, *[1] * (values.ndim - 2))
+            out[name] = np.where(keep, values, np.zeros((), values.dtype))
+        out["step_id"] = np.where(mask, chain, -1)
+        out["mask"] = mask
+        usable = mask.all(axis=1) if full_only else mask[:, 0].copy()
+        return out, usable
+
+    def _keeping(self) -> Bookkeeping:
+        if self.keeping is None:  # the Store checks first; this keeps the types honest
+            raise SchemaError(f"{self.path} has no episode bookkeeping")
+        return self.keeping
