@@ -55,6 +55,10 @@ _SCAN_ROWS = 1 << 16
 _LOW_BLOCK = 1024  # episode ids checked per step when the oldest live episode moves on
 _KEPT_NBYTES = 1024  # the payload's room for kept entries (about 40), leaving the rest to open episodes
 _PAYLOAD_RESERVE_NBYTES = 512  # for what the store adds to the payload (priorities, checksums)
+# The payload's room for the open episodes: what the rest of the episode state ({"next", "low",
+# "finals"}) and the max priority leave; kept entries and running crcs shrink to fit beside them.
+_OPEN_ROOM_NBYTES = MAX_PAYLOAD_NBYTES - 128
+_SAFE_OPEN = 64  # open episodes that always fit however large their numbers: no size check below it
 _ONE_RUN = np.zeros(1, np.int64)  # the run starts of a batch that holds one episode run
 
 
@@ -129,6 +133,8 @@ class EpisodeBook:
         reward = float(transition[self.reward]) if self.reward is not None else 0.0
         state = self.open.get(env_id)
         if state is None:
+            if len(self.open) >= _SAFE_OPEN and not self.status_of(transition):
+                self.check_open_room(np.array([env_id], np.int64), step_id + 1, 1)
             state = OpenEpisode(self.next_id, step_id, step_id, 0, reward)
             self.table[self.next_id % self.table_rows, :4] = (self.next_id, step_id, -1, episode_info(env_id))
             self.next_id += 1
@@ -367,6 +373,11 @@ class EpisodeBook:
         open_rows = sorted([env_id, self.next_id - state.episode_id, head - state.last_step]
                            for env_id, state in self.open.items())
         state = {"next": self.next_id, "low": self.low_id, "open": open_rows}
+        if len(open_rows) > _SAFE_OPEN and len(json.dumps(open_rows, separators=(",", ":"))) > _OPEN_ROOM_NBYTES:
+            raise InvalidArgumentError(
+                f"the {len(open_rows)} open episodes no longer fit the commit record ({_OPEN_ROOM_NBYTES} bytes); "
+                "end some envs' episodes (end_episodes(env_ids)) and flush again, or record the envs into "
+                "several pools")
         if self.final_table is not None and self.final_table.is_ring:
             state["finals"] = self.final_table.written
         if self.kept:
@@ -561,7 +572,9 @@ class EpisodeBook:
             parts.append(steps[self.episode_id[steps % self.slots] == episode_id])
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
-    def check_env_ids(self, env_ids: Any, n_rows: int) -> np.ndarray | None:
+    def check_env_ids(self, env_ids: Any, n_rows: int, head: int | None = None) -> np.ndarray | None:
+        """``env_ids`` of an extend of ``n_rows`` rows from ``head`` on as int64 (None: all env 0),
+        refused when they are not ints or open more episodes than the commit record holds."""
         if env_ids is None:
             return None
         values = np.asarray(env_ids)
@@ -570,7 +583,45 @@ class EpisodeBook:
         if values.shape != (n_rows,) or values.dtype.kind not in "iu" or (values < 0).any():
             raise InvalidArgumentError(f"env_ids must be {n_rows} non-negative ints (one per row), "
                                        f"got {values.dtype} of shape {values.shape}")
-        return values.astype(np.int64)
+        values = values.astype(np.int64)
+        if head is not None and n_rows and len(self.open) + n_rows > _SAFE_OPEN:
+            envs = np.unique(values)
+            new_envs = envs[~np.isin(envs, np.fromiter(self.open, np.int64, len(self.open)))]
+            if len(new_envs) and len(self.open) + len(new_envs) > _SAFE_OPEN:
+                # Counted as if each new env's episode stays open: the batch's flags are cast later.
+                self.check_open_room(new_envs, head + n_rows, n_rows)
+        return values
+
+    def check_open_room(self, new_envs: np.ndarray, head: int, n_rows: int) -> None:
+        """Refuse to open episodes for ``new_envs`` (envs without one) when the open episodes would
+        no longer fit the commit record: an upper bound on the bytes each takes in the payload
+        once they are written (``head``: the step id after the write of ``n_rows`` rows). Their numbers grow a little
+        until the commit; ``payload`` refuses a commit they outgrew."""
+        per_episode = self._open_nbytes(new_envs, head, n_rows)
+        needed = int(per_episode.sum())
+        if needed <= _OPEN_ROOM_NBYTES:
+            return
+        fit = int(_OPEN_ROOM_NBYTES // per_episode.mean())
+        raise InvalidArgumentError(
+            f"at most {fit} envs can have an open episode at once in this pool; {len(self.open)} have one "
+            f"and this write would open {len(new_envs)} more (env ids {_id_list(new_envs)}): their state "
+            f"would take {needed} bytes of the commit record's {_OPEN_ROOM_NBYTES}; end some envs' episodes "
+            "first (a row with terminated or truncated, or end_episodes(env_ids)), or record the envs into "
+            "several pools; nothing was written")
+
+    def _open_nbytes(self, new_envs: np.ndarray, head: int, n_rows: int) -> np.ndarray:
+        """Each open episode's payload bytes right after a write of ``n_rows`` rows up to step id
+        ``head`` in which ``new_envs`` open one each (counted with the largest numbers they can have)."""
+        n_open, n_new = len(self.open), len(new_envs)
+        states = self.open.values()
+        env = np.concatenate((np.fromiter(self.open, np.int64, n_open), new_envs))
+        id_back = np.arange(n_open + n_new, 0, -1, dtype=np.int64)  # new ids: distinct, 1..n_new back
+        id_back[:n_open] = np.fromiter((self.next_id - state.episode_id for state in states), np.int64, n_open)
+        id_back[:n_open] += n_new
+        head_back = np.arange(n_open + n_new, 0, -1, dtype=np.int64) + (n_rows - n_new)  # distinct last rows
+        head_back[:n_open] = np.fromiter((head - state.last_step for state in states), np.int64, n_open)
+        # "[env,id_back,head_back]," per episode: the digits and five characters
+        return _digits(env) + _digits(id_back) + _digits(head_back) + 5
 
 
 class EpisodeTable:
@@ -669,6 +720,16 @@ class _Runs:
         self.next_delta = np.zeros(n_rows, np.int64)
         same_run_next = self.run_of_row[1:] == self.run_of_row[:-1]
         self.next_delta[:-1] = np.where(same_run_next, steps[1:] - steps[:-1], 0)
+
+
+def _digits(values: np.ndarray) -> np.ndarray:
+    """Decimal digits of non-negative ints, as json writes them."""
+    return np.char.str_len(values.astype(str))
+
+
+def _id_list(ids: np.ndarray) -> str:
+    shown = ", ".join(str(i) for i in ids[:5].tolist())
+    return shown + (f", ... ({len(ids)} in all)" if len(ids) > 5 else "")
 
 
 def _any_per_row(flags: np.ndarray, n_rows: int) -> np.ndarray:

@@ -253,3 +253,33 @@ def test_a_kept_entry_survives_a_crash_after_newer_episodes_took_its_row(pool_pa
         assert list(pool.episode(0)["step_id"]) == [29]
         pool.append(Model(8).add(1, 0, 1.0).values(), env_id=1)
         assert pool.episodes()["episode_id"][-1] == 30  # the ids the crash discarded are given again
+
+
+@pytest.mark.parametrize("how", ["append", "extend"])
+def test_too_many_open_episodes_are_refused_when_added_and_write_nothing(pool_path, how):
+    n_envs = 400  # their state overflows the commit record's 4 KB slot past about 310 envs
+    with expstore.open(pool_path, "w", capacity=2000, schema=SCHEMA, commit_every=10_000) as pool:
+        model = Model(2000)
+        rows = [model.add(env, 0, 1.0).values() for env in range(n_envs)]
+        batch = {name: np.stack([np.asarray(row[name]) for row in rows]) for name in SCHEMA}
+        with pytest.raises(expstore.InvalidArgumentError, match=r"at most \d+ envs can have an open episode at once"):
+            if how == "append":
+                for env, row in enumerate(rows):
+                    pool.append(row, env_id=env)
+            else:
+                pool.extend(batch, env_ids=np.arange(n_envs))
+        written = pool.next_step_id
+        assert 280 < written < 320 if how == "append" else written == 0  # the refused write added nothing
+        if how == "extend":
+            written = 250
+            pool.extend({name: batch[name][:written] for name in SCHEMA}, env_ids=np.arange(written))
+        assert len(pool.episodes()) == written and pool.episodes()["open"].all()
+        pool.flush()  # what was accepted commits
+        ended = {**{name: batch[name][:written] for name in SCHEMA}, "truncated": np.ones(written, bool)}
+        pool.extend(ended, env_ids=np.arange(written))  # room again once their episodes end
+        pool.extend({name: batch[name][written:] for name in SCHEMA}, env_ids=np.arange(written, n_envs))
+        pool.flush()
+    with expstore.open(pool_path, "r") as reader:
+        table = reader.episodes()
+        assert len(table) == n_envs and table["open"].sum() == n_envs - written
+        assert table["truncated"].sum() == written
