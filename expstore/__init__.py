@@ -28,7 +28,11 @@ from .errors import (
 )
 from .inspect.age import store_stats as _store_stats
 from .maintenance.verify import verify_store as _verify_store
+from .sampling.age_window import AgeWindow
+from .sampling.base import Sampler, WindowView
+from .sampling.prioritized import Prioritized
 from .sampling.recency import ERE, ERESchedule, ExponentialRecency
+from .sampling.uniform import Uniform
 from .schema import Field, Schema
 from .verify import RepairReport, VerifyReport, repair, verify
 
@@ -42,6 +46,7 @@ __all__ = [
     "ReadOnlyError", "Schema", "SchemaError", "ShardsUnavailableError", "StepNotFoundError", "Store",
     "StoreExistsError", "StoreLockedError", "StoreNotFoundError", "WriterOutranError", "RepairReport", "VerifyReport",
     "__version__", "open", "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule",
+    "AgeWindow", "Prioritized", "Sampler", "Uniform", "WindowView",
     "ExponentialRecency", "EpisodeTable",
 ]
 

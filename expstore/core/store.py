@@ -346,11 +346,12 @@ class Store:
                     continue
                 take = min(room, n_rows - done)
                 for offset, slot, length in self._ring.runs(self._head, take):
-                    for view, column in zip(self._views, columns):
+                    for view, column in zip(self._views, columns, strict=True):
                         view[slot:slot + length] = column[done + offset:done + offset + length]
                 part = slice(done, done + take)
                 if self._keeping is not None:
-                    self._keeping.on_extend(self._head, {name: column[part] for name, column in zip(self._names, columns)},
+                    rows = {name: column[part] for name, column in zip(self._names, columns, strict=True)}
+                    self._keeping.on_extend(self._head, rows,
                                             derived and {name: values[part] for name, values in derived.items()},
                                             None if env_ids is None else env_ids[part])
                 self._head += take
@@ -808,7 +809,7 @@ class Store:
         if self._layout is None:  # no schema yet, so nothing was ever written: no field to read
             return {"step_id": steps}
         columns = self.cold_reads.gather(self._views, self._ring.slots_of(steps))
-        batch = {name: column for (name, _), column in zip(self._fields, columns)}
+        batch = {name: column for (name, _), column in zip(self._fields, columns, strict=True)}
         batch["step_id"] = steps
         return batch
 
@@ -880,7 +881,7 @@ class Store:
         self._finalizing = True
         try:
             self.close()
-        except Exception:  # noqa: BLE001 - nothing can be raised from a finaliser
+        except Exception:  # nothing can be raised from a finaliser
             logger.exception("closing %s at garbage collection failed", self.path)
 
     def _check_open(self) -> None:
@@ -900,10 +901,71 @@ class Store:
 
     def _names_error(self, mapping: Mapping[str, Any]) -> SchemaError:
         missing = [n for n in self._names if n not in mapping]
-        extra = [str(n) for n in mapping.keys() if n not in self._names]
+        extra = [str(n) for n in mapping if n not in self._names]
         parts = ([f"missing {missing}"] if missing else []) + ([f"unknown {extra}"] if extra else [])
         return SchemaError(f"fields do not match the pool's schema: {', '.join(parts)}; "
                            f"the pool stores {list(self._names)}")
+
+    # Read-only surface for the layers above ----------------------------------------------
+    # What verify, convert, carry, streaming and the recorder read of an open pool, so that
+    # no module outside the core reaches into the attributes above (tests/test_layers.py).
+
+    @property
+    def layout(self) -> Layout | None:
+        """Where the pool's arrays and commit record live (None before the first write of a
+        pool opened without a schema)."""
+        return self._layout
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """The committed window ``(first_step_id, next_step_id)``, taken together (a reader
+        polls for a newer commit first; a writer sees its own rows)."""
+        return self._window()
+
+    @property
+    def commit_record(self) -> commit.CommitRecord:
+        """The newest commit record this handle has seen (a reader polls for a newer one first)."""
+        self._refresh()
+        return self._committed
+
+    @property
+    def mapped(self) -> MappedPool | None:
+        """The pool's memory maps: every array by name, the commit slots, the checksum table."""
+        return self._maps
+
+    @property
+    def field_views(self) -> list[np.ndarray]:
+        """The user fields' mapped arrays in schema order, indexed by slot."""
+        return self._views
+
+    @property
+    def ring(self) -> Ring:
+        """The step-id/slot arithmetic of the pool's ring."""
+        return self._ring
+
+    @property
+    def bookkeeping(self) -> Bookkeeping | None:
+        """The episode book and priorities (None for a pool created without them)."""
+        return self._keeping
+
+    @property
+    def creates_on_first_write(self) -> Any:
+        """How a pool opened without a schema is created at its first write (its options, such as
+        ``derive_next_obs``, as attributes; core/opening.py), or None once it has a schema."""
+        return self._create if self._layout is None else None
+
+    def create_with_schema(self, schema: Schema) -> None:
+        """Create a pool opened without a schema now, with ``schema`` (as its first write would)."""
+        self._check_writable()
+        if self._layout is not None:
+            raise SchemaError(f"{self.path} already has a schema; create_with_schema is for a pool opened "
+                              "without one")
+        self._attach(self._create(schema))
+
+    def gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows of ``steps`` as the slots hold them now, plus ``step_id``, not checked against
+        the window: the caller reads the window again afterwards to drop rows overwritten meanwhile."""
+        return self._gather(steps)
 
 
 def _not_a_mapping(method: str, value: Any) -> SchemaError:
@@ -979,5 +1041,5 @@ def _commit_open_writers() -> None:
     for store in list(_open_writers):
         try:
             store.close()
-        except Exception:  # noqa: BLE001 - keep closing the others
+        except Exception:  # keep closing the others
             logger.exception("committing %s at exit failed", store.path)

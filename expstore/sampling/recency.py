@@ -97,7 +97,8 @@ class ERESchedule:
         return {"K": self.K, "eta": self.eta, "c_min": self.c_min, "k": self.k}
 
     def load_state_dict(self, state: dict) -> None:
-        self.K, self.eta, self.c_min, self.k = int(state["K"]), float(state["eta"]), int(state["c_min"]), int(state["k"])
+        self.K, self.eta = int(state["K"]), float(state["eta"])
+        self.c_min, self.k = int(state["c_min"]), int(state["k"])
 
 
 @dataclass(frozen=True)
