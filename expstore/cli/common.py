@@ -53,11 +53,18 @@ def cli_advice(text: str, command: click.Command | None = None) -> str:
 
 class RegisteredChoice(click.Choice):
     """A click choice of the names a registry holds when the command runs (backends, formats),
-    so that one registered after the CLI was built is offered too."""
+    so that one registered after the CLI was built is offered too. With ``lookup`` (the
+    registry's getter), an unknown name is the registry's own one-line error listing the
+    registered names, as the library gives it."""
 
-    def __init__(self, names: Callable[[], list[str]], *extra: str):
-        self._names, self._extra = names, extra
+    def __init__(self, names: Callable[[], list[str]], *extra: str, lookup: Callable[[str], object] | None = None):
+        self._names, self._extra, self._lookup = names, extra, lookup
         super().__init__(())
+
+    def convert(self, value, param, ctx):
+        if self._lookup is not None and value not in self.choices:
+            self._lookup(value)  # raises the ExpstoreError that main() prints as one line
+        return super().convert(value, param, ctx)
 
     @property  # click.Choice stores a tuple; this reads the registry instead
     def choices(self) -> tuple[str, ...]:

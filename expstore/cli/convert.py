@@ -6,7 +6,7 @@ from contextlib import closing
 
 import click
 
-from ..backends import archive, backend_names
+from ..backends import archive, backend_names, get_backend
 from ..inspect.streaming import open_source
 from ..maintenance import convert as converting
 from .common import RegisteredChoice, progress_bar
@@ -19,7 +19,7 @@ COMPRESS = click.option(
     "Archives are for storage and transfer: convert them back to a pool to sample.")
 CAPACITY = click.option("--capacity", type=click.IntRange(min=1), default=None,
                         help="Capacity of the new pool; smaller than the rows keeps the newest.")
-BACKEND = click.option("--backend", type=RegisteredChoice(backend_names), default=None,
+BACKEND = click.option("--backend", type=RegisteredChoice(backend_names, lookup=get_backend), default=None,
                        help="Backend of the destination (default: from its suffix).")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
 

@@ -8,11 +8,12 @@ import os
 import click
 
 from .. import interchange
-from ..backends import backend_names
+from ..backends import backend_names, get_backend
 from ..inspect.streaming import open_source
 from .common import RegisteredChoice, progress_bar
 
-FORMAT = click.option("--format", "fmt", type=RegisteredChoice(interchange.format_names), default=None,
+FORMATS = RegisteredChoice(interchange.format_names, lookup=interchange.get_format)
+FORMAT = click.option("--format", "fmt", type=FORMATS, default=None,
                       help="The dataset's format (d4rl: one HDF5 file, minari: a dataset directory, or any "
                            "registered format); default: from the path.")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
@@ -67,7 +68,8 @@ def _refuse_foreign_options(chosen: interchange.Format, given: dict) -> None:
 @click.argument("pool")
 @FORMAT
 @click.option("--capacity", type=click.IntRange(min=1), default=None, help="Capacity (default: the rows imported).")
-@click.option("--backend", type=RegisteredChoice(backend_names), default=None, help="Default: from POOL's suffix.")
+@click.option("--backend", type=RegisteredChoice(backend_names, lookup=get_backend), default=None,
+              help="Default: from POOL's suffix.")
 @OVERWRITE
 def import_cmd(src: str, pool: str, fmt, capacity, backend, overwrite: bool) -> None:
     """Create POOL from a D4RL HDF5 file, a Minari dataset (directory or id), or another registered format.

@@ -11,6 +11,11 @@ import numpy as np
 import pytest
 
 import expstore
+from expstore.backends import BACKENDS as REGISTERED
+from expstore.backends import backend_names, register_backend, registry
+from expstore.backends.hdf5 import HDF5Backend
+from expstore.backends.zarr_v3 import ZarrBackend
+from expstore.errors import BackendError
 from expstore.inspect import streaming
 from expstore.maintenance import convert as converting
 from tests.helpers.cli import all_rows, assert_error, assert_same_rows, make_pool, run, run_json
@@ -418,3 +423,69 @@ def test_convert_of_a_pool_that_a_writer_fills_at_full_speed(tmp_path, backend):
     with expstore.open(cli_copy) as pool:
         assert_rows_of_their_step_ids(cli_copy, pool.first_step_id, pool.next_step_id)
     assert expstore.verify(copies["pool"]).ok
+
+
+# ------------------------------------------------------------------------- the backend registry
+class _ZarrUnderAnotherName(ZarrBackend):
+    """The Zarr backend registered again under another name and suffix: what a new backend in
+    backends/ does, without writing a container format for the test."""
+
+    name = "zarr2"
+
+
+@pytest.fixture
+def zarr2():
+    backend = register_backend("zarr2", _ZarrUnderAnotherName(), suffixes=(".zarr2",))
+    yield backend
+    REGISTERED.pop("zarr2")
+    registry._SUFFIXES.pop(".zarr2")
+
+
+def test_a_registered_backend_is_chosen_by_suffix_and_offered_by_the_cli(tmp_path, zarr2):
+    src = make_pool(str(tmp_path / "src.h5"), rows=120, capacity=100)
+    assert "[hdf5|zarr|zarr2]" in run("convert", "--help").output
+    out = tmp_path / "out.zarr2"
+    run("convert", src, out)  # by its suffix
+    with expstore.open(str(out)) as pool:
+        assert pool.backend == "zarr2"
+    assert_same_rows(all_rows(str(out)), all_rows(src))
+    named = tmp_path / "named.pool"
+    run("convert", src, named, "--backend", "zarr2")
+    assert_same_rows(all_rows_of(str(named), "zarr2"), all_rows(src))
+    archive = tmp_path / "archive.zarr2"
+    assert f"to archive {archive}" in run("convert", src, archive, "--compress").output  # zarr2's default: zstd
+    back = tmp_path / "back.h5"
+    run("convert", archive, back)
+    assert_same_rows(all_rows(str(back)), all_rows(src))
+    assert_error(run("convert", src, tmp_path / "bad.zarr2", "--compress", "gzip", ok=False),
+                 "codec 'gzip' is not available for zarr2 archives; choose one of zstd, blosc")
+
+
+def all_rows_of(path: str, backend: str) -> dict:
+    with expstore.open(path, "r", backend=backend) as pool:
+        batch = pool[:]
+    batch.pop("step_id")
+    return batch
+
+
+def test_registering_a_backend_name_or_suffix_twice_is_an_error():
+    with pytest.raises(BackendError, match="a backend named 'hdf5' is registered already"):
+        register_backend("hdf5", HDF5Backend())
+    with pytest.raises(BackendError, match=r"taken already: \.zarr \(zarr\)"):
+        register_backend("zarr2", _ZarrUnderAnotherName(), suffixes=(".zarr",))
+    with pytest.raises(BackendError, match="calls itself 'zarr'"):
+        register_backend("zarr3", ZarrBackend(), suffixes=(".zarr3",))
+    assert backend_names() == ["hdf5", "zarr"]
+    assert streaming.read_backend("x.zarr2") is None and "zarr2" not in REGISTERED
+
+
+def test_an_unknown_backend_is_one_line_listing_the_registered_ones(tmp_path):
+    src = make_pool(str(tmp_path / "src.h5"))
+    with pytest.raises(BackendError, match="unknown backend 'lmdb'; choose one of hdf5, zarr"):
+        expstore.open(str(tmp_path / "new.h5"), "w", capacity=4, schema=pendulum_schema(), backend="lmdb")
+    for command in (("convert", src, tmp_path / "out.h5"), ("merge", src, "-o", tmp_path / "out.h5"),
+                    ("import", tmp_path / "in.hdf5", tmp_path / "out.h5")):
+        assert_error(run(*command, "--backend", "lmdb", ok=False), "unknown backend 'lmdb'; choose one of hdf5, zarr")
+    assert not (tmp_path / "out.h5").exists() and not (tmp_path / "new.h5").exists()
+    assert_error(run("convert", src, tmp_path / "out.lmdb", ok=False), "(.h5 -> hdf5, .hdf5 -> hdf5, .zarr -> zarr)",
+                 "pass --backend hdf5 or --backend zarr")
