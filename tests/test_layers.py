@@ -160,3 +160,36 @@ def test_function_level_imports_say_why_they_wait():
 def test_the_layer_table_names_every_folder_of_the_package():
     folders = {f"expstore.{path.name}" for path in PACKAGE_DIR.iterdir() if (path / "__init__.py").exists()}
     assert folders <= {prefix for prefixes in LAYERS for prefix in prefixes}
+
+
+# Names that hold a Store in the modules above the core (``pool``, ``self._pool``, ``book.store``).
+STORE_NAMES = {"pool", "_pool", "store", "_store", "source", "src", "dst", "destination", "reader", "shard_pool"}
+
+
+def holds_a_store(node: ast.expr) -> bool:
+    if isinstance(node, ast.Name):
+        return node.id in STORE_NAMES
+    return isinstance(node, ast.Attribute) and node.attr in STORE_NAMES
+
+
+def private_reaches(module: str) -> list[str]:
+    """``store._x`` in ``module``: a single-underscore attribute read or written on a name that
+    holds a Store (dunders and a class's own ``self._x`` are not such reaches)."""
+    tree = ast.parse(MODULES[module].read_text())
+    return [f"{where(module, node)}: {ast.unparse(node)}" for node in ast.walk(tree)
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+            and holds_a_store(node.value)]
+
+
+def test_no_module_above_the_core_reaches_into_a_stores_private_attributes():
+    outside = [module for module in MODULES if layer(module) > layer("expstore.core")]
+    reaches = [reach for module in outside for reach in private_reaches(module)]
+    assert not reaches, ("private Store attributes used above the core; use the read-only surface at the end "
+                         "of the Store class (expstore/core/store.py):\n" + "\n".join(reaches))
+
+
+def test_the_private_reach_check_finds_a_reach():
+    caught = ast.parse("pool._attach(pool._create(schema))\nself._pool._window()\nself._x = 1\nbook.store._maps")
+    found = [ast.unparse(node) for node in ast.walk(caught)
+             if isinstance(node, ast.Attribute) and node.attr.startswith("_") and holds_a_store(node.value)]
+    assert sorted(found) == ["book.store._maps", "pool._attach", "pool._create", "self._pool._window"]

@@ -23,23 +23,24 @@ class SourceBook:
     """
 
     def __init__(self, store, tail: int, head: int):
-        book = store._book
-        payload = store._committed.payload
-        state = decode(payload, store._committed.head)
+        book = store.bookkeeping.book
+        record = store.commit_record  # the one the caller's window came from
+        payload = record.payload
+        state = decode(payload, record.head)
         self.store, self.book, self.tail, self.head = store, book, tail, head
         self.next_id, self.low_id = state["next"], state["low"]
         self.open_episodes: dict[int, tuple[int, int]] = state["open"]  # env id -> (episode id, last step)
         self.kept = state["kept"]  # entries a newer episode took over (core/episodes.py)
         self.max_priority = float(payload.get(PRIORITY_KEY, {}).get("max", 1.0))
         self.slots = book.slots
-        self.views = {name: store._maps.views[name] for name in ROW_ARRAYS}
-        self.rewards = store._maps.views[book.reward] if book.reward else None
+        self.views = {name: store.mapped.views[name] for name in ROW_ARRAYS}
+        self.rewards = store.mapped.views[book.reward] if book.reward else None
         # The entries now: a writer appending while the rows are copied reuses old episodes' table rows.
         self._entries = book.entries_of(np.arange(self.low_id, self.next_id, dtype=np.int64), self.kept)
 
     @classmethod
     def of(cls, store, tail: int, head: int) -> SourceBook | None:
-        return None if store._book is None else cls(store, tail, head)
+        return None if store.bookkeeping is None else cls(store, tail, head)
 
     def rows(self, steps: np.ndarray) -> dict[str, np.ndarray]:
         """The per-row bookkeeping of ``steps``; links past the snapshot cut. Read together with

@@ -56,13 +56,13 @@ class PoolSource:
         self.attrs = store.attrs
         self.capacity = store.capacity
         self.chunk_rows = store.chunk_rows or 1
-        self.meta = {} if store._layout is None else dict(store._layout.meta)
+        self.meta = {} if store.layout is None else dict(store.layout.meta)
         self.snapshot()
 
     def snapshot(self) -> None:
         """Take the window to read, with the episodes and priorities at the same commit: a writer
         running meanwhile cannot shift the rows read. A copy takes it again at its first read."""
-        self.first_step_id, head = self.store._window()
+        self.first_step_id, head = self.store.window
         self._length = head - self.first_step_id
         self.book = SourceBook.of(self.store, self.first_step_id, head)
 
@@ -84,7 +84,7 @@ class PoolSource:
         wanted = np.arange(self.first_step_id + start, self.first_step_id + stop, dtype=np.int64)
         gone = int(np.searchsorted(wanted, self.store.first_step_id))  # evicted before the read: not read
         steps = wanted[gone:]
-        rows = self.store._gather(steps)
+        rows = self.store.gather(steps)
         rows.pop("step_id")
         book = None if self.book is None else self.book.rows(steps)
         stale = int(np.searchsorted(steps, self.store.first_step_id))  # evicted during it

@@ -77,10 +77,10 @@ class _Recording:
         return row
 
     def _define(self, info: dict, batched: bool) -> None:
-        store_next_obs = not getattr(self.pool._create, "derive_next_obs", False)
+        store_next_obs = not getattr(self.pool.creates_on_first_write, "derive_next_obs", False)
         schema = _pool_schema(self._recorded_obs_space, self._recorded_action_space, self.info_fields, info,
                               store_next_obs, self.policy_version, batched)
-        self.pool._attach(self.pool._create(Schema(schema)))
+        self.pool.create_with_schema(Schema(schema))
 
 
 class RecordEpisodes(gym.Wrapper, _Recording):

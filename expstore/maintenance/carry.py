@@ -96,7 +96,7 @@ class Carry:
         options = {"first_step_id": self.first_step_id}
         book = self.books[0] if self.books and self.carries_bookkeeping else None
         if book is not None:
-            views = book.store._maps.views
+            views = book.store.mapped.views
             options["derive_next_obs"] = any(name.startswith(FINAL_PREFIX) for name in views)
             if len(views[EPISODE_TABLE]) < book.slots:
                 options["max_episodes"] = len(views[EPISODE_TABLE])
@@ -109,12 +109,12 @@ class Carry:
         """Overwrite the tags ``extend`` gave the copy's rows from ``first_row`` on with the
         source's bookkeeping ``book_rows`` of them (read with the rows, see read_kept). The rows
         come from the newest segment ``begin`` started."""
-        if not self.carries_bookkeeping or store._book is None or book_rows is None:
+        if not self.carries_bookkeeping or store.bookkeeping is None or book_rows is None:
             return
         segment = self.segments[-1]
         src_start = segment.src_step + first_row - segment.dst_row
         for name, column in self._transformed(segment, book_rows).items():
-            write_run(store._maps.views[name], src_start + segment.step_shift, column, store._ring.slots)
+            write_run(store.mapped.views[name], src_start + segment.step_shift, column, store.ring.slots)
 
     @staticmethod
     def _transformed(segment: _Segment, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -129,9 +129,9 @@ class Carry:
     # ------------------------------------------------------------------ at the end
     def finish(self, store) -> None:
         """Write the episode table, the open episodes and the max priority into the copy."""
-        if not self.carries_bookkeeping or store._book is None:
+        if not self.carries_bookkeeping or store.bookkeeping is None:
             return
-        book = store._book
+        book = store.bookkeeping.book
         book.clear_entries()  # drop the entries extend made: only the sources' episodes remain
         book.open, book.committed_open = {}, {}
         written = []
@@ -141,12 +141,12 @@ class Carry:
         ends = [s.book.next_id + s.id_shift for s in self.segments if s.count]
         book.next_id = max(ends, default=book.next_id)
         book.low_id = int(written.min()) if written.size else book.next_id
-        store._max_priority = max(s.book.max_priority for s in self.segments)
+        store.bookkeeping.max_priority = float(max(s.book.max_priority for s in self.segments))
 
     def _write_entries(self, store, segment: _Segment) -> np.ndarray:
         if not segment.count:
             return np.zeros(0, np.int64)
-        book, source = store._book, segment.book
+        book, source = store.bookkeeping.book, segment.book
         ids, entries, is_open = source.entries(segment.src_step)
         source_ids = ids.copy()
         entries[:, 0] += segment.id_shift
@@ -162,5 +162,5 @@ class Carry:
         entries[still_open, 2] = -1
         finals, held, _ = source.book.finals_of(source_ids, source.kept)
         entries[:, 3] = np.where(held, entries[:, 3] | FINAL_STORED, entries[:, 3] & ~FINAL_STORED)
-        book.restore_entries(entries, finals if book.final_table else None, store._window()[0])
+        book.restore_entries(entries, finals if book.final_table else None, store.window[0])
         return entries[:, 0]

@@ -334,7 +334,7 @@ def _starting_at(store, carry: Carry | None, writing: dict):
     """
     if carry is None or len(store) or store.next_step_id == carry.first_step_id:
         return store
-    path, extent = store.path, store._layout.commit
+    path, extent = store.path, store.layout.commit
     store.close()
     fd = os.open(extent.path, os.O_RDWR)
     try:

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..backends import files, resolve_backend
+from ..backends import files, get_backend, resolve_backend
 from ..core import checksums, commit, lock
 from ..core.opening import open as open_store
 from ..errors import CorruptStoreError, ExpstoreError
@@ -63,18 +63,18 @@ class RepairReport:
 def verify_store(store, progress: Callable[[int], None] | None = None) -> VerifyReport:
     """Check an open store: commit record, window, preallocation, checksums, leftovers."""
     report = VerifyReport(store.path)
-    layout = store._layout
+    layout = store.layout
     if layout is None:
         report.facts["state"] = "empty: no schema yet, nothing on disk"
         return report
-    record, damaged = _newest_commit(store._maps)
+    record, damaged = _newest_commit(store.mapped)
     if damaged:
         report.findings.append(f"commit slot {1 - record.slot_index} is damaged (a commit torn by a crash); "
                                f"the pool uses the older record seq {record.seq}; `expstore repair` rewrites it")
-    tail, head = store._window()
+    tail, head = store.window
     if not 0 <= tail <= head or head - tail > store.capacity:
         report.findings.append(f"committed window {tail}..{head} does not fit capacity {store.capacity}")
-    report.findings += store._backend.container_findings(store.path, layout)
+    report.findings += get_backend(store.backend).container_findings(store.path, layout)
     sparse = [os.path.relpath(f, os.path.dirname(os.path.abspath(store.path))) for f in layout.files
               if files.is_sparse(f)]
     if sparse:  # harmless: a writer preallocates them when it opens the pool (core/opening.py)
@@ -82,8 +82,8 @@ def verify_store(store, progress: Callable[[int], None] | None = None) -> Verify
     report.findings += [f"leftover temporary {name} from an interrupted create or convert; `expstore repair` "
                         "removes it" for name in leftover_temps(store.path)]
     report.facts.update(backend=store.backend, first_step_id=tail, next_step_id=head, commit_seq=record.seq,
-                        writer=lock.holder(store.path), checksums=store._maps.checksum_table is not None)
-    if store._maps.checksum_table is not None:
+                        writer=lock.holder(store.path), checksums=store.mapped.checksum_table is not None)
+    if store.mapped.checksum_table is not None:
         _verify_checksums(store, report, progress)
     return report
 
@@ -91,14 +91,16 @@ def verify_store(store, progress: Callable[[int], None] | None = None) -> Verify
 def _verify_checksums(store, report: VerifyReport, progress: Callable[[int], None] | None) -> None:
     """The chunks wholly in the window against the table, then the partly covered chunks of its
     head and tail against the running crcs of the commit record (core/checksums.py)."""
-    table, chunk_rows = store._maps.checksum_table, store._layout.meta["chunk_rows"]
-    checked, findings = checksums.verify_table(table, store._views, store._ring, chunk_rows, store._window, progress)
+    table, chunk_rows = store.mapped.checksum_table, store.layout.meta["chunk_rows"]
+    checked, findings = checksums.verify_table(table, store.field_views, store.ring, chunk_rows,
+                                               lambda: store.window, progress)
 
     def committed() -> commit.CommitRecord:
-        store._refresh()
-        return store._committed
+        _ = store.window  # a reader takes the newest commit as it reads the window
+        return store.commit_record
 
-    partial = checksums.verify_partial(table, store._views, store._ring, chunk_rows, list(store.schema), committed)
+    partial = checksums.verify_partial(table, store.field_views, store.ring, chunk_rows, list(store.schema),
+                                       committed)
     report.facts.update(chunks_checked=checked, partial_chunks_checked=partial.checked,
                         rows_unchecked=partial.rows_unchecked)
     report.findings += findings + partial.findings
