@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from expstore.backends import BACKENDS, ArchiveForm, Backend
+
 PACKAGE_DIR = Path(__file__).resolve().parents[1] / "expstore"
 
 # Bottom first. A module may import its own layer and the layers below it. The package's
@@ -193,3 +195,16 @@ def test_the_private_reach_check_finds_a_reach():
     found = [ast.unparse(node) for node in ast.walk(caught)
              if isinstance(node, ast.Attribute) and node.attr.startswith("_") and holds_a_store(node.value)]
     assert sorted(found) == ["book.store._maps", "pool._attach", "pool._create", "self._pool._window"]
+
+
+def test_every_registered_backend_implements_the_whole_backend_protocol():
+    def members(protocol: type) -> set[str]:
+        methods = {name for name, value in vars(protocol).items() if callable(value) and not name.startswith("_")}
+        return methods | set(protocol.__annotations__)
+
+    assert "disk_nbytes" in members(Backend) and "repair_container" in members(Backend)
+    missing = {name: sorted(name_ for name_ in members(Backend) if not hasattr(backend, name_))
+               for name, backend in BACKENDS.items()}
+    missing.update({f"{name}.archive": sorted(m for m in members(ArchiveForm) if not hasattr(backend.archive, m))
+                    for name, backend in BACKENDS.items()})
+    assert not any(missing.values()), missing
