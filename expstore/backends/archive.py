@@ -56,7 +56,7 @@ def is_archive(path: str) -> bool:
     """
     try:
         return _read_marker(path)[1] is not None
-    except Exception:
+    except Exception:  # h5py reports damaged headers as KeyError, RuntimeError, OSError, ...
         return False
 
 
@@ -71,7 +71,7 @@ def _read_meta(path: str) -> tuple[Backend, dict]:
     try:
         backend, marker = _read_marker(path)
         meta = json.loads(marker) if isinstance(marker, (str, bytes)) else marker
-    except Exception as exc:
+    except Exception as exc:  # see is_archive
         raise damaged(path, "its metadata", exc) from None
     if backend is None or not isinstance(meta, dict):
         raise CorruptStoreError(f"{path} is not an expstore archive (no readable {ATTR!r} metadata)")
@@ -118,7 +118,7 @@ class ArchiveSource:
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         try:
             return {name: np.asarray(self._arrays[name][start:stop]) for name in self.schema}
-        except Exception as exc:
+        except Exception as exc:  # a damaged compressed chunk surfaces as any of several
             raise damaged(self.path, f"rows {start}..{stop}", exc) from None
 
     def close(self) -> None:

@@ -116,11 +116,21 @@ class Backend(Protocol):
 
     name: str
     suffixes: tuple[str, ...]  # path suffixes a new pool of this backend ends with; the first is the usual one
+    label: str  # what its container is, for messages: "an HDF5 file"
     archive: ArchiveForm
 
     def holds(self, path: str) -> bool:
         """Whether the existing ``path`` has this backend's container form (a file, a directory):
         how a pool whose suffix says nothing (``backup.pool``) finds its backend. Never raises."""
+
+    def top_level(self, path: str) -> tuple[dict, list[str]] | None:
+        """The container's top-level attributes and member names, or None when ``path`` is not
+        a container of this format; raises when it is one that cannot be read. This is how
+        ``--overwrite`` tells a pool or archive expstore wrote (maintenance/destination.py)."""
+
+    def writes(self, relative: str) -> bool:
+        """Whether a file at ``relative`` inside a directory container is one this backend writes
+        (``--overwrite`` never deletes a directory holding anything else)."""
 
     def create(self, path: str, meta: dict, schema: Schema, slots: int, chunk_rows: int,
                commit_slots: bytes) -> list[str]:

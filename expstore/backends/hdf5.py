@@ -50,10 +50,21 @@ def _h5py():
 class HDF5Backend:
     name: str = "hdf5"
     suffixes: tuple[str, ...] = (".h5", ".hdf5")
+    label: str = "an HDF5 file"
     archive: ArchiveForm = HDF5Archive()
 
     def holds(self, path: str) -> bool:
         return os.path.isfile(path)  # one file; a file that is not HDF5 is then reported by read_layout
+
+    def top_level(self, path: str) -> tuple[dict, list[str]] | None:
+        with open(path, "rb") as fh:
+            if fh.read(len(_HDF5_SIGNATURE)) != _HDF5_SIGNATURE:
+                return None
+        with _h5py().File(path, "r", locking=False) as f:
+            return dict(f.attrs), sorted(f.keys())
+
+    def writes(self, relative: str) -> bool:
+        return False  # one file: nothing inside a directory is an HDF5 pool's
 
     def create(self, path, meta, schema, slots, chunk_rows, commit_slots):
         h5py = _h5py()

@@ -57,7 +57,7 @@ class HDF5Archive:
         try:
             try:
                 arrays = {name: f[name] for name in schema}
-            except Exception as exc:
+            except Exception as exc:  # h5py reports damaged headers as KeyError, OSError, ...
                 raise damaged(path, "the arrays", exc) from None
             check_array_types(path, arrays, h5py.Dataset)
         except BaseException:

@@ -51,7 +51,7 @@ class ZarrArchive:
         try:
             group = zarr.open_group(path, mode="r")
             arrays = {name: group[name] for name in schema}
-        except Exception as exc:
+        except Exception as exc:  # zarr reports damaged documents as any of several
             raise damaged(path, "the arrays", exc) from None
         check_array_types(path, arrays, zarr.Array)
         return arrays, None

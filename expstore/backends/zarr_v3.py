@@ -53,10 +53,23 @@ def _chunk_key(ndim: int) -> str:
 class ZarrBackend:
     name: str = "zarr"
     suffixes: tuple[str, ...] = (".zarr",)
+    label: str = "a Zarr v3 group"
     archive: ArchiveForm = ZarrArchive()
 
     def holds(self, path: str) -> bool:
         return os.path.isdir(path)  # one directory; a directory that is not Zarr is then reported by read_layout
+
+    def top_level(self, path: str) -> tuple[dict, list[str]] | None:
+        if not os.path.isfile(os.path.join(path, "zarr.json")):
+            return None
+        attributes = _read_json(path, os.path.join(path, "zarr.json"), CorruptStoreError).get("attributes")
+        members = sorted(name for name in os.listdir(path) if os.path.isfile(os.path.join(path, name, "zarr.json")))
+        return (attributes if isinstance(attributes, dict) else {}), members
+
+    def writes(self, relative: str) -> bool:
+        """The group's zarr.json, each array's zarr.json, and the arrays' chunk files (``<array>/c/...``)."""
+        parts = relative.split(os.sep)
+        return parts in (["zarr.json"], [parts[0], "zarr.json"]) or (len(parts) >= 3 and parts[1] == "c")
 
     def create(self, path, meta, schema, slots, chunk_rows, commit_slots):
         # zarr loads on first use: its import is slow, and a program on HDF5 pools never needs it.

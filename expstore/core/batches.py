@@ -75,7 +75,7 @@ class Batches:
             out[name] = np.where(keep, values, np.zeros((), values.dtype))
         out["step_id"] = np.where(mask, chain, -1)
         out["mask"] = mask
-        usable = mask.all(axis=1) if full_only else mask[:, 0].copy()
+        usable = np.asarray(mask.all(axis=1) if full_only else mask[:, 0], bool).copy()
         return out, usable
 
     def _keeping(self) -> Bookkeeping:

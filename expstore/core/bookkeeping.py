@@ -42,7 +42,7 @@ class EpisodeState:
 class Bookkeeping:
     """Episode book and priorities of one Store handle, over the pool's memory maps."""
 
-    def __init__(self, views: Mapping[str, np.ndarray], schema: Schema, slots: int, capacity: int,
+    def __init__(self, views: dict[str, np.ndarray], schema: Schema, slots: int, capacity: int,
                  committed: CommitRecord, writable: bool):
         self.views = views
         self.slots = slots
@@ -57,9 +57,10 @@ class Bookkeeping:
         self.versions = views.get(VERSION_FIELD)
         self.fields = tuple(schema)
         self._decoded: tuple[int, dict] | None = None  # a reader's decoded commit payload, by seq
+        self._view: WindowView | None = None  # the last view handed out: immutable, so reused while it fits
 
     @classmethod
-    def of(cls, views: Mapping[str, np.ndarray], schema: Schema, slots: int, capacity: int,
+    def of(cls, views: dict[str, np.ndarray], schema: Schema, slots: int, capacity: int,
            committed: CommitRecord, writable: bool) -> Bookkeeping | None:
         """The bookkeeping of a pool created with it, else None."""
         if not has_bookkeeping(views):
@@ -110,8 +111,11 @@ class Bookkeeping:
     # ------------------------------------------------------------------ sampling
     def window_view(self, tail: int, head: int, commit_seq: int | None) -> WindowView:
         """What a sampling strategy reads, for the window [tail, head)."""
-        return WindowView(tail, head, self.slots, self.book.next_delta, self.book.episode_id, self.priority_index,
-                          self.versions, commit_seq, self.fields)
+        view = self._view
+        if view is None or (view.tail, view.head, view.commit_seq) != (tail, head, commit_seq):
+            view = self._view = WindowView(tail, head, self.slots, self.book.next_delta, self.book.episode_id,
+                                           self.priority_index, self.versions, commit_seq, self.fields)
+        return view
 
     def chains(self, steps: np.ndarray, length: int, high: int) -> np.ndarray:
         """[batch, length] step ids following each step in its episode (-1 past its end)."""

@@ -37,7 +37,7 @@ from ..errors import (
     StepNotFoundError,
 )
 from ..sampling import draws
-from ..sampling.age_window import AgeWindow
+from ..sampling.age_window import VERSION_FIELD, AgeWindow
 from ..sampling.base import Sampler, WindowView
 from ..sampling.prioritized import Prioritized
 from ..sampling.uniform import Uniform
@@ -169,7 +169,7 @@ class Store:
     def _read_commit(self, warn: bool = False) -> commit.CommitRecord:
         for attempt in range(_TORN_RETRIES):
             try:
-                record, torn = commit.newest(self._maps.commit_slots())
+                record, torn = commit.newest(self._mapped()[0].commit_slots())
             except CorruptStoreError as exc:
                 if attempt + 1 == _TORN_RETRIES:
                     raise CorruptStoreError(f"{self.path}: {exc}") from None
@@ -181,6 +181,13 @@ class Store:
             logger.warning("%s: one commit slot is damaged (a commit torn by a crash?); using the "
                            "older valid one, committed at seq %d", self.path, record.seq)
         return record
+
+    def _mapped(self) -> tuple[MappedPool, Layout]:
+        """The memory maps and layout, which every path that reads or writes rows has."""
+        if self._maps is None or self._layout is None:
+            self._check_open()
+            raise EmptyStoreError(f"{self.path} has no schema yet; append a transition first")
+        return self._maps, self._layout
 
     # ------------------------------------------------------------------ properties
     @property
@@ -371,12 +378,13 @@ class Store:
         wanted = {f"next_{name}" for name in self._derived}
         if not wanted or not wanted <= mapping.keys() or mapping.keys() - wanted != self._names:
             raise self._names_error(mapping)
-        derived = {key: as_rows(key, self._layout.schema[key[5:]], mapping[key], n_rows) for key in wanted}
+        schema = self._mapped()[1].schema
+        derived = {key: as_rows(key, schema[key[5:]], mapping[key], n_rows) for key in wanted}
         return {key: value for key, value in mapping.items() if key not in wanted}, derived
 
     def _final_rows(self, next_obs: Mapping[str, Any], n_rows: int) -> dict[str, np.ndarray] | None:
         """The ``next_<obs>`` rows given to ``end_episodes``, checked; those a deriving pool keeps."""
-        schema = self._layout.schema
+        schema = self._mapped()[1].schema
         observed = [name for name in schema if name == "obs" or name.startswith("obs_")]
         expected = {f"next_{name}" for name in observed}
         if not isinstance(next_obs, Mapping) or set(next_obs) != expected:
@@ -409,27 +417,28 @@ class Store:
 
     def _commit(self, fsync: bool) -> None:
         previous = self._committed
+        maps, layout = self._mapped()
         try:
             tail = self._ring.tail_for(self._head, previous.tail)
             payload = (dict(previous.payload) if self._keeping is None
                        else self._keeping.payload(previous.payload, tail, self._head))
             if self._head == previous.head and payload == previous.payload:
                 if fsync:  # nothing new, but earlier commits may have skipped the fsync
-                    self._maps.sync_data(parallel=not self._finalizing)
-                    self._maps.sync_commit()
+                    maps.sync_data(parallel=not self._finalizing)
+                    maps.sync_commit()
                 return
-            if self._maps.checksum_table is not None:
-                payload = checksums.record_commit(self._maps.checksum_table, self._views, self._ring,
-                                                  self._layout.meta["chunk_rows"], previous, self._head, tail, payload)
+            if maps.checksum_table is not None:
+                payload = checksums.record_commit(maps.checksum_table, self._views, self._ring,
+                                                  layout.meta["chunk_rows"], previous, self._head, tail, payload)
             record = commit.CommitRecord(
                 seq=previous.seq + 1, head=self._head, tail=tail, time_unix=time.time(), payload=payload,
             )
             if fsync:
                 # Rows reach the disk before the record that exposes them.
-                self._maps.sync_data(parallel=not self._finalizing)
-            self._maps.write_commit(record)
+                maps.sync_data(parallel=not self._finalizing)
+            maps.write_commit(record)
             if fsync:
-                self._maps.sync_commit()
+                maps.sync_commit()
         except OSError as exc:
             # Linux marks pages clean after a failed writeback, so a retry could "succeed"
             # without the data: stop writing, and let a reopen recover from the last commit.
@@ -537,7 +546,7 @@ class Store:
         if n_step > 1:
             self._need_book()
         batch, view = self._draw_usable(strategy, _generator(rng), batch_size, self._view(),
-                                        lambda steps, high: self._batches.transitions(steps, n_step, gamma, high))
+                                        lambda steps, high: self._builder().transitions(steps, n_step, gamma, high))
         weights = getattr(strategy, "weights", None)
         if weights is not None:
             values = weights(view, batch["step_id"])
@@ -590,7 +599,8 @@ class Store:
             low, high = self._nonempty_window()
         seq = None if self.writable else self._committed.seq
         if self._keeping is None:
-            return WindowView(low, high, self._ring.slots, commit_seq=seq, fields=tuple(self._names))
+            versions = self._mapped()[0].views.get(VERSION_FIELD)
+            return WindowView(low, high, self._ring.slots, versions=versions, commit_seq=seq, fields=tuple(self._names))
         return self._keeping.window_view(low, high, seq)
 
     def _draw_usable(self, strategy: Sampler, rng: np.random.Generator, count: int, view: WindowView, build,
@@ -635,6 +645,12 @@ class Store:
             return view
         return self._view() if tail >= view.head else replace(view, tail=tail)
 
+    def _builder(self) -> Batches:
+        if self._batches is None:
+            self._check_open()
+            raise EmptyStoreError(f"{self.path} holds no committed transition yet; append and flush first")
+        return self._batches
+
     def _fresh(self, steps: np.ndarray) -> np.ndarray:
         stale = self._stale(steps)
         return np.ones(len(steps), bool) if stale is None else ~stale
@@ -659,7 +675,7 @@ class Store:
         self._need_book()
         generator = _generator(rng)
         return self._draw_usable(_UNIFORM, generator, batch_size, self._view(),
-                                 lambda steps, high: self._batches.windows(steps, length, high, full_only))[0]
+                                 lambda steps, high: self._builder().windows(steps, length, high, full_only))[0]
 
     def iter_epoch(self, batch_size: int, *, rng: int | np.random.Generator | None = None, drop_last: bool = False,
                    n_step: int = 1, gamma: float = 0.99) -> Iterator[dict[str, np.ndarray]]:
@@ -677,7 +693,7 @@ class Store:
         for start in range(0, stop, batch_size):
             steps = order[start:start + batch_size]
             steps = steps[steps >= self._window()[0]]
-            batch, ok = self._batches.transitions(steps, n_step, gamma, high)
+            batch, ok = self._builder().transitions(steps, n_step, gamma, high)
             ok &= self._fresh(steps)
             if not ok.all():
                 batch = {name: values[ok] for name, values in batch.items()}
@@ -739,6 +755,8 @@ class Store:
             book = self._need_book()
             env_ids = np.array(sorted(book.open), np.int64) if env_ids is None else np.atleast_1d(np.asarray(env_ids))
             checked = book.check_env_ids(env_ids, len(env_ids))
+            if checked is None:  # no env id given
+                return np.zeros(0, np.int64)
             derived = None if next_obs is None else self._final_rows(next_obs, len(checked))
             return np.array(book.end_open(checked, derived), np.int64)
 
@@ -924,8 +942,8 @@ class Store:
 
     @property
     def commit_record(self) -> commit.CommitRecord:
-        """The commit record this handle's ``window`` was last taken from: read ``window`` first
-        for the newest (a reader polls there), then this record matches it."""
+        """The newest commit record this handle has seen (a reader polls for a newer one first)."""
+        self._refresh()
         return self._committed
 
     @property

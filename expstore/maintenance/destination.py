@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import os
 
-from ..backends import archive
+from ..backends import Backend, archive, backend_holding
 from ..core import lock
-from ..errors import InvalidArgumentError, StoreExistsError
+from ..errors import ExpstoreError, InvalidArgumentError, StoreExistsError
 
 # The source pool's schema and attrs ride along in exported files so that an import restores
 # field order, dtypes and attrs exactly.
@@ -61,26 +61,26 @@ def what_is_at(path: str) -> tuple[str | None, str]:
 
 
 def _file_kind(path: str) -> tuple[str | None, str]:
-    # h5py loads on first use: its import is slow, and a program on Zarr pools never needs it.
-    import h5py
-
+    """What a file holds, read through the backend whose container form is a file (HDF5)."""
     size = os.path.getsize(path)
-    with open(path, "rb") as fh:
-        if fh.read(8) != b"\x89HDF\r\n\x1a\n":
-            return None, f"a file of {size} bytes that is not HDF5"
+    backend = backend_holding(path)
+    if backend is None:
+        return None, f"a file of {size} bytes, and no backend keeps a pool in one file"
     try:
-        with h5py.File(path, "r", locking=False) as f:
-            attrs, names = dict(f.attrs), sorted(f.keys())
+        top = backend.top_level(path)
+        if top is None:
+            return None, f"a file of {size} bytes that is not {backend.label}"
+        attrs, names = top
         marker = json.loads(attrs["expstore"]) if "expstore" in attrs else None
     except Exception as exc:  # h5py reports damaged headers as KeyError, OSError, RuntimeError...
-        return None, f"an HDF5 file that cannot be read ({type(exc).__name__}), so not known to be expstore's"
+        return None, f"{backend.label} that cannot be read ({type(exc).__name__}), so not known to be expstore's"
     if archive.ATTR in attrs:
         return "archive", "an archive"
     if isinstance(marker, dict) and "slots" in marker:
         return "pool", "a pool"
     if isinstance(marker, dict) and "observations" in names:
         return "d4rl", "a D4RL file"
-    return None, f"an HDF5 file that expstore did not write (it holds {_listed(names)})"
+    return None, f"{backend.label} that expstore did not write (it holds {_listed(names)})"
 
 
 def _directory_kind(path: str) -> tuple[str | None, str]:
@@ -88,23 +88,23 @@ def _directory_kind(path: str) -> tuple[str | None, str]:
                       for root, _dirs, names in os.walk(path) for name in names)
     if not files_in:
         return None, "an empty directory" if not os.listdir(path) else "a directory that holds only empty directories"
-    kind = _zarr_kind(path) or _minari_kind(path, files_in)
+    backend = backend_holding(path)
+    kind = (None if backend is None else _container_kind(backend, path)) or _minari_kind(path, files_in)
     if kind is None:
         return None, f"a directory that holds {_listed(files_in)}"
-    foreign = [name for name in files_in if not _written_by_expstore(kind, name)]
+    foreign = [name for name in files_in if not _written_by_expstore(kind, name, backend)]
     if foreign:
         return None, f"{_KIND_NAMES[kind]} directory that also holds files expstore does not write: {_listed(foreign)}"
     return kind, _KIND_NAMES[kind]
 
 
-def _zarr_kind(path: str) -> str | None:
+def _container_kind(backend: Backend, path: str) -> str | None:
+    """``pool`` or ``archive`` for a directory container (a Zarr group) expstore wrote, else None."""
     try:
-        with open(os.path.join(path, "zarr.json"), "rb") as fh:
-            attributes = json.loads(fh.read()).get("attributes", {})
-    except (OSError, ValueError, AttributeError):
+        top = backend.top_level(path)
+    except (ExpstoreError, OSError, ValueError):  # unreadable: not known to be expstore's
         return None
-    if not isinstance(attributes, dict):
-        return None
+    attributes = {} if top is None else top[0]
     return "archive" if archive.ATTR in attributes else "pool" if "expstore" in attributes else None
 
 
@@ -118,13 +118,12 @@ def _minari_kind(path: str, files_in: list[str]) -> str | None:
     return "minari" if isinstance(metadata, dict) and SAVED_KEY in metadata else None
 
 
-def _written_by_expstore(kind: str, name: str) -> bool:
+def _written_by_expstore(kind: str, name: str, backend: Backend | None) -> bool:
     """Whether ``name`` (relative to the directory) is a file expstore writes in that kind of directory:
-    a Zarr group's and its arrays' zarr.json and the arrays' chunks, or a Minari dataset's two files."""
-    parts = name.split(os.sep)
+    one the pool's backend writes (Backend.writes), or a Minari dataset's two files."""
     if kind == "minari":
         return name in (os.path.join("data", "metadata.json"), os.path.join("data", "main_data.hdf5"))
-    return parts in (["zarr.json"], [parts[0], "zarr.json"]) or (len(parts) >= 3 and parts[1] == "c")
+    return backend is not None and backend.writes(name)
 
 
 def _listed(names: list[str], most: int = 5) -> str:

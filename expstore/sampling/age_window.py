@@ -142,6 +142,8 @@ def age_limit(max_age: int, unit: str, low: int, high: int, versions: np.ndarray
         raise InvalidArgumentError(f"max_age={max_age!r} must be an int >= 0")
     if unit == "steps":
         return AgeLimit(max(low, high - 1 - int(max_age)))
+    if versions is None:
+        raise SchemaError(f"age_unit='policy_versions' needs the pool's {VERSION_FIELD!r} column")
     newest = int(versions[(high - 1) % slots]) if current_version is None else int(current_version)
     min_version = newest - int(max_age)
     return AgeLimit(first_version_at_least(versions, slots, low, high, min_version), min_version)

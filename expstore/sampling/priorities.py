@@ -90,6 +90,8 @@ class PriorityIndex:
         """Bring the tree to the window [low, high); rebuild when alpha or ``version`` changed."""
         rebuild = (self.tree is None or alpha != self.alpha or version != self.version
                    or low >= self.high or high - self.high > self.slots)
+        if not rebuild and (low, high) == (self.low, self.high):
+            return  # in step already: the common case of a learner sampling between appends
         if rebuild:
             self.tree = self.tree or SumTree(self.slots)
             values = np.zeros(self.slots)
@@ -98,30 +100,37 @@ class PriorityIndex:
             self.tree.build(values)
         else:
             gone = np.arange(self.low, min(low, self.high), dtype=np.int64) % self.slots
-            self.tree.update(gone, np.zeros(len(gone)))
+            self._built.update(gone, np.zeros(len(gone)))
             new = np.arange(max(self.high, low), high, dtype=np.int64) % self.slots
-            self.tree.update(new, self._scaled(new, alpha))
+            self._built.update(new, self._scaled(new, alpha))
         self.low, self.high, self.alpha, self.version = low, high, alpha, version
+
+    @property
+    def _built(self) -> SumTree:
+        """The tree, once a sync built it (draws always follow a sync)."""
+        if self.tree is None:
+            raise RuntimeError("the priority tree is used before its first sync")
+        return self.tree
 
     def _scaled(self, slots: np.ndarray, alpha: float) -> np.ndarray:
         return np.asarray(self.priorities[slots], dtype=np.float64) ** alpha
 
     def set(self, steps: np.ndarray, values: np.ndarray) -> None:
         """New priorities of steps already written to the array; only those in the tree's window."""
-        if self.tree is None:
+        if self.tree is None or self.alpha is None:
             return
         inside = (steps >= self.low) & (steps < self.high)
-        self.tree.update(steps[inside] % self.slots, np.asarray(values, np.float64)[inside] ** self.alpha)
+        self._built.update(steps[inside] % self.slots, np.asarray(values, np.float64)[inside] ** self.alpha)
 
     def draw(self, rng: np.random.Generator, count: int) -> tuple[np.ndarray, np.ndarray]:
         """Step ids drawn in proportion to priority ** alpha, and each one's probability."""
-        total = self.tree.total
+        total = self._built.total
         population = self.high - self.low
         if not total > 0:
             # every priority is zero: proportional replay is undefined, fall back to uniform
             return sampling.uniform(rng, self.low, self.high, count), np.full(count, 1.0 / population)
-        slots = self.tree.find(sampling.stratified_targets(rng, total, count))
-        return sampling.steps_of_slots(slots, self.low, self.slots), self.tree.leaf_values(slots) / total
+        slots = self._built.find(sampling.stratified_targets(rng, total, count))
+        return sampling.steps_of_slots(slots, self.low, self.slots), self._built.leaf_values(slots) / total
 
     def draw_range(self, rng: np.random.Generator, low: int, high: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`draw`, among the steps of [low, high) only (inside the tree's window)."""
@@ -133,20 +142,20 @@ class PriorityIndex:
         targets = sampling.stratified_targets(rng, mass, count)
         first_start, first_mass, second_start = pieces
         targets = np.where(targets < first_mass, first_start + targets, second_start + targets - first_mass)
-        slots = self.tree.find(targets)
+        slots = self._built.find(targets)
         # Rounding can land a target on a neighbour outside the range: keep every step inside it.
         steps = np.clip(sampling.steps_of_slots(slots, low, self.slots), low, high - 1)
-        return steps, self.tree.leaf_values(steps % self.slots) / mass
+        return steps, self._built.leaf_values(steps % self.slots) / mass
 
     def probabilities(self, steps: np.ndarray, low: int, high: int) -> np.ndarray:
         """The probability each step had in a draw over [low, high)."""
         if (low, high) == (self.low, self.high):
-            total, population = self.tree.total, self.high - self.low
+            total, population = self._built.total, self.high - self.low
         else:
             total, population = self._pieces(low, high)[1], high - low
         if not total > 0:
             return np.full(len(steps), 1.0 / population)
-        return self.tree.leaf_values(np.asarray(steps) % self.slots) / total
+        return self._built.leaf_values(np.asarray(steps) % self.slots) / total
 
     def _pieces(self, low: int, high: int) -> tuple[tuple[float, float, float], float]:
         """[low, high) as at most two runs of slots (the ring wraps): the prefix sum where the
@@ -154,6 +163,6 @@ class PriorityIndex:
         start = low % self.slots
         first_end = min(start + (high - low), self.slots)
         second_end = high - low - (first_end - start)
-        prefix = self.tree.prefix(np.array([start, first_end, second_end]))
+        prefix = self._built.prefix(np.array([start, first_end, second_end]))
         first_mass = float(prefix[1] - prefix[0])
         return (float(prefix[0]), first_mass, 0.0), first_mass + float(prefix[2])

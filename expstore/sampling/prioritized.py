@@ -39,7 +39,10 @@ class Prioritized:
         return index.draw_range(rng, view.tail, view.head, count)[0]
 
     def weights(self, view: WindowView, steps: np.ndarray) -> np.ndarray:
-        probabilities = self._synced(view).probabilities(steps, view.tail, view.head)
+        """The weights of ``steps`` drawn from ``view`` (the tree is in step since that draw)."""
+        if view.priorities is None:
+            raise SchemaError("prioritized weights need the pool's priorities")
+        probabilities = view.priorities.probabilities(steps, view.tail, view.head)
         return draws.importance_weights(probabilities, view.rows, self.beta)
 
     def _synced(self, view: WindowView) -> PriorityIndex:

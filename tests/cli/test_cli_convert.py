@@ -183,7 +183,7 @@ def _user_files(tmp_path):
     with h5py_file(tmp_path / "other.h5") as f:
         f["weights"] = np.zeros(3)
     (tmp_path / "empty.zarr").mkdir()
-    return {"mydata.zarr": "notes.txt", "results.h5": "not HDF5", "other.h5": "weights", "empty.zarr": "empty"}
+    return {"mydata.zarr": "notes.txt", "results.h5": "not an HDF5 file", "other.h5": "weights", "empty.zarr": "empty"}
 
 
 def h5py_file(path):
