@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from enum import IntEnum
-from typing import TypeVar
+from typing import overload
 
 import numpy as np
 
@@ -69,20 +69,31 @@ FINAL_STORED = 4  # flag in an entry's info word: the final observation is in th
 _STATUS_BITS = 4  # the status values and FINAL_STORED fit below this
 _ENV_STRIDE = 8  # info = env_id * _ENV_STRIDE + FINAL_STORED flag + status
 
-Info = TypeVar("Info", int, "np.ndarray")
-
-
-def episode_info(env_id: Info, status: Info | EpisodeStatus = EpisodeStatus.OPEN) -> Info:
+@overload
+def episode_info(env_id: int, status: int = EpisodeStatus.OPEN) -> int: ...
+@overload
+def episode_info(env_id: np.ndarray, status: int | np.ndarray = EpisodeStatus.OPEN) -> np.ndarray: ...
+@overload
+def episode_info(env_id: int, status: np.ndarray) -> np.ndarray: ...
+def episode_info(env_id, status=EpisodeStatus.OPEN):
     """The info word of an entry of ``env_id`` with ``status`` (ints or arrays of them)."""
     return env_id * _ENV_STRIDE + status
 
 
-def info_status(info: Info) -> Info:
+@overload
+def info_status(info: int) -> int: ...
+@overload
+def info_status(info: np.ndarray) -> np.ndarray: ...
+def info_status(info):
     """The ``EpisodeStatus`` values of info words (ints or arrays)."""
     return info % _STATUS_BITS
 
 
-def info_env(info: Info) -> Info:
+@overload
+def info_env(info: int) -> int: ...
+@overload
+def info_env(info: np.ndarray) -> np.ndarray: ...
+def info_env(info):
     """The env ids of info words (ints or arrays)."""
     return info // _ENV_STRIDE
 

@@ -257,8 +257,9 @@ class EpisodeBook:
 
     def _close_runs(self, env_id: int, first_step: int, closed_ids: np.ndarray, end_rows: np.ndarray,
                     end_status: np.ndarray, derived: Mapping | None) -> None:
-        has_final = self.final_table is not None and derived is not None
-        finals = {name: np.asarray(derived[f"next_{name}"])[end_rows] for name in self.derived} if has_final else None
+        finals = None
+        if self.final_table is not None and derived is not None:
+            finals = {name: np.asarray(derived[f"next_{name}"])[end_rows] for name in self.derived}
         self._close_entries(closed_ids, first_step + end_rows, episode_info(env_id, end_status), finals)
 
     def _close_entries(self, ids: np.ndarray, last_steps: np.ndarray, infos: np.ndarray,
@@ -348,9 +349,9 @@ class EpisodeBook:
         self.table[ids[new] % self.table_rows, :4] = np.stack(
             [ids[new], runs.first_step[new], np.full(len(new), -1), episode_info(runs.env[new])], axis=1)
         closed = runs.last_status > 0
-        has_final = self.final_table is not None and derived is not None
-        finals = {name: np.asarray(derived[f"next_{name}"])[order][runs.last_row[closed]]
-                  for name in self.derived} if has_final else None
+        finals = None
+        if self.final_table is not None and derived is not None:
+            finals = {name: np.asarray(derived[f"next_{name}"])[order][runs.last_row[closed]] for name in self.derived}
         self._close_entries(ids[closed], runs.last_step[closed],
                             episode_info(runs.env[closed], runs.last_status[closed]), finals)
 
@@ -390,7 +391,8 @@ class EpisodeBook:
         each of dozens of envs; the entries left out are forgotten, like a small table's."""
         room = min(_KEPT_NBYTES, MAX_PAYLOAD_NBYTES - _PAYLOAD_RESERVE_NBYTES - state_nbytes)
         newest_first = sorted(self.kept.items(), key=lambda item: (item[1][2] >= 0, -item[1][2]))
-        records, used = [], 0
+        records: list[list[int]] = []
+        used = 0
         for episode_id, entry in newest_first:
             record = self._kept_record(entry, head)
             used += len(json.dumps(record, separators=(",", ":"))) + 1
@@ -736,7 +738,7 @@ def _any_per_row(flags: np.ndarray, n_rows: int) -> np.ndarray:
     """One bool per row: whether any element of the row's flag is set."""
     if flags.dtype == np.bool_ and flags.ndim == 1:
         return flags
-    return np.asarray(flags, bool).reshape(n_rows, -1).any(1)
+    return np.asarray(np.asarray(flags, bool).reshape(n_rows, -1).any(1))
 
 
 def write_run(view: np.ndarray, first_step: int, values: np.ndarray, slots: int) -> None:

@@ -45,6 +45,13 @@ class _Segment:
     restart: dict = field(default_factory=dict)  # episodes rebased to their oldest copied row
 
 
+def _source_book(segment: _Segment) -> SourceBook:
+    """The source snapshot of a segment of a copy that carries bookkeeping (every one has it)."""
+    if segment.book is None:
+        raise ValueError("a copy that carries bookkeeping has a source snapshot for every segment")
+    return segment.book
+
+
 class Carry:
     """The plan of a copy: its first step id, and each source's rows and bookkeeping in it.
 
@@ -134,19 +141,17 @@ class Carry:
         book = store.bookkeeping.book
         book.clear_entries()  # drop the entries extend made: only the sources' episodes remain
         book.open, book.committed_open = {}, {}
-        written = []
-        for segment in self.segments:
-            written.append(self._write_entries(store, segment))
-        written = np.concatenate(written) if written else np.zeros(0, np.int64)
-        ends = [s.book.next_id + s.id_shift for s in self.segments if s.count]
+        parts = [self._write_entries(store, segment) for segment in self.segments]
+        written = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+        ends = [_source_book(s).next_id + s.id_shift for s in self.segments if s.count]
         book.next_id = max(ends, default=book.next_id)
         book.low_id = int(written.min()) if written.size else book.next_id
-        store.bookkeeping.max_priority = float(max(s.book.max_priority for s in self.segments))
+        store.bookkeeping.max_priority = float(max(_source_book(s).max_priority for s in self.segments))
 
     def _write_entries(self, store, segment: _Segment) -> np.ndarray:
         if not segment.count:
             return np.zeros(0, np.int64)
-        book, source = store.bookkeeping.book, segment.book
+        book, source = store.bookkeeping.book, _source_book(segment)
         ids, entries, is_open = source.entries(segment.src_step)
         source_ids = ids.copy()
         entries[:, 0] += segment.id_shift
