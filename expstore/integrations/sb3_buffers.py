@@ -23,9 +23,10 @@ from __future__ import annotations
 import logging
 import os
 import weakref
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 try:
     from gymnasium import spaces
@@ -106,7 +107,9 @@ class DiskReplayBuffer(ReplayBuffer):
     def _set_up(self, config: dict, pending_next_obs: Any, mode: str) -> None:
         self.observation_space = config["observation_space"]
         self.action_space = config["action_space"]
-        self.obs_shape = get_obs_shape(self.observation_space)
+        # SB3's ReplayBuffer declares a tuple; a Dict space's shapes are a dict (SB3's own
+        # DictReplayBuffer ignores the same declaration).
+        self.obs_shape = get_obs_shape(self.observation_space)  # type: ignore[assignment]
         self.action_dim = get_action_dim(self.action_space)
         self.n_envs = config["n_envs"]
         self.buffer_size = max(config["buffer_size"] // self.n_envs, 1)
@@ -121,9 +124,10 @@ class DiskReplayBuffer(ReplayBuffer):
         self._with_env_ids = _extend_takes_env_ids(self._pool)
 
     def _schema(self) -> dict:
-        schema = {}
+        schema: dict[str, tuple[tuple[int, ...], DTypeLike | None]] = {}
+        whole = self.observation_space
         for name, key in self._obs_fields.items():
-            space = self.observation_space[key] if key is not None else self.observation_space
+            space = whole[key] if isinstance(whole, spaces.Dict) and key is not None else whole
             schema[name] = (_shape_of(self.obs_shape, key), space.dtype)
         if not self.optimize_memory_usage:
             schema.update({"next_" + name: spec for name, spec in schema.items()})
@@ -235,11 +239,12 @@ class DiskReplayBuffer(ReplayBuffer):
         dones = dones.astype(np.float32).reshape(-1, 1)
         rewards = self._normalize_reward(rows["reward"].reshape(-1, 1), env)
         obs, next_obs = self._normalize_obs(obs, env), self._normalize_obs(next_obs, env)
-        if isinstance(self.observation_space, spaces.Dict):
+        if isinstance(self.observation_space, spaces.Dict):  # then the observations are dicts of arrays
+            obs_dict, next_obs_dict = cast(dict[str, np.ndarray], obs), cast(dict[str, np.ndarray], next_obs)
             return DictReplayBufferSamples(
-                observations={key: self.to_torch(value) for key, value in obs.items()},
+                observations={key: self.to_torch(value) for key, value in obs_dict.items()},
                 actions=self.to_torch(rows["action"]),
-                next_observations={key: self.to_torch(value) for key, value in next_obs.items()},
+                next_observations={key: self.to_torch(value) for key, value in next_obs_dict.items()},
                 dones=self.to_torch(dones), rewards=self.to_torch(rewards))
         return ReplayBufferSamples(*map(self.to_torch, (obs, rows["action"], next_obs, dones, rewards)))
 
@@ -318,7 +323,7 @@ def _obs_fields(space: spaces.Space) -> dict[str, str | None]:
     """Pool field name -> Dict key (None for a plain space)."""
     if not isinstance(space, spaces.Dict):
         return {"obs": None}
-    fields = {}
+    fields: dict[str, str | None] = {}
     for key in space.spaces:
         try:
             fields[check_field_name(f"obs_{key}")] = key

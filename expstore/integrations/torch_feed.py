@@ -235,6 +235,8 @@ def pool_loader(path: str | os.PathLike, batch_size: int, *, shuffle: bool = Tru
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
     dataset = PoolDataset(path, fields)
+    # torch annotates collate_fn as taking a list of items; with __getitems__ it is handed the
+    # already gathered batch instead, which its stubs do not describe.
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
-                      collate_fn=PoolDataset.collate, generator=generator,
-                      persistent_workers=num_workers > 0, **loader_kwargs)
+                      collate_fn=PoolDataset.collate,  # type: ignore[arg-type]
+                      generator=generator, persistent_workers=num_workers > 0, **loader_kwargs)

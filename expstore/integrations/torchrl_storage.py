@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ..core.casting import to_numpy
 from ..core.opening import open as open_pool
+from ..core.store import Store
 from ..errors import InvalidArgumentError, SchemaError, StepNotFoundError
 from ..schema import check_field_name
 
@@ -41,6 +43,17 @@ logger = logging.getLogger("expstore.torchrl")  # its name before the layered la
 
 _SEPARATOR = "__"
 _TENSOR_FIELD = "data"
+
+
+@dataclass(frozen=True)
+class _OpenOptions:
+    """How the storage opens its pool (kept for the reopen of a pickled copy)."""
+
+    mode: str
+    backend: str | None
+    commit_every: int
+    commit_interval_s: float
+    fsync: bool
 
 
 class PoolStorage(TensorStorage):
@@ -67,17 +80,16 @@ class PoolStorage(TensorStorage):
         if mode not in ("a", "r"):
             raise InvalidArgumentError(f"mode={mode!r}: a PoolStorage opens its pool with 'a' (write) or 'r' (read)")
         self.path = os.path.abspath(os.fspath(path))
-        self._options = {"mode": mode, "backend": backend, "commit_every": commit_every,
-                             "commit_interval_s": commit_interval_s, "fsync": fsync}
-        self._pool = None
-        self._layout: dict | None = None  # kind of data and field name -> key, from the pool's attrs
+        self._options = _OpenOptions(mode, backend, commit_every, commit_interval_s, fsync)
+        self._pool: Store | None = None
+        self._layout: dict[str, Any] = {}  # kind of data and field name -> key, from the pool's attrs
         self.device = torch.device("cpu")
         if os.path.exists(self.path) or mode == "r":
-            self._open(capacity=None)
-            if max_size is not None and max_size != self._pool.capacity:
-                raise InvalidArgumentError(f"{self.path} holds {self._pool.capacity} rows, not max_size={max_size}; "
+            pool = self._open(capacity=None)
+            if max_size is not None and max_size != pool.capacity:
+                raise InvalidArgumentError(f"{self.path} holds {pool.capacity} rows, not max_size={max_size}; "
                                            "omit max_size to reopen it, or use another path")
-            max_size = self._pool.capacity
+            max_size = pool.capacity
         elif max_size is None:
             raise InvalidArgumentError(f"no pool at {self.path}; give max_size to create one")
         Storage.__init__(self, max_size)
@@ -89,19 +101,28 @@ class PoolStorage(TensorStorage):
             self._set_last_cursor((self._pool.next_step_id - 1) % self.max_size)
 
     # ------------------------------------------------------------------ opening
-    def _open(self, capacity: int | None, schema: dict | None = None, attrs: dict | None = None) -> None:
-        self._pool = open_pool(self.path, self._options["mode"], capacity=capacity, schema=schema, attrs=attrs,
-                               backend=self._options["backend"], commit_every=self._options["commit_every"],
-                               commit_interval_s=self._options["commit_interval_s"], fsync=self._options["fsync"])
-        layout = self._pool.attrs.get("torchrl")
+    def _open(self, capacity: int | None, schema: dict | None = None, attrs: dict | None = None) -> Store:
+        options = self._options
+        pool = open_pool(self.path, options.mode, capacity=capacity, schema=schema, attrs=attrs,
+                         backend=options.backend, commit_every=options.commit_every,
+                         commit_interval_s=options.commit_interval_s, fsync=options.fsync)
+        layout = pool.attrs.get("torchrl")
         if layout is None:  # a pool written by other means: its fields, as a TensorDict
-            layout = {"kind": "tensordict", "keys": {name: [name] for name in self._pool.schema}}
-        self._layout = layout
+            layout = {"kind": "tensordict", "keys": {name: [name] for name in pool.schema or ()}}
+        self._pool, self._layout = pool, layout
+        return pool
 
-    def _create(self, columns: dict[str, np.ndarray], kind: str, keys: dict[str, list[str]], batched: bool) -> None:
+    def _create(self, columns: dict[str, np.ndarray], kind: str, keys: dict[str, list[str]], batched: bool
+                ) -> Store:
         schema = {name: (values.shape[1:] if batched else values.shape, values.dtype)
                   for name, values in columns.items()}
-        self._open(self.max_size, schema, attrs={"torchrl": {"kind": kind, "keys": keys}})
+        return self._open(self.max_size, schema, attrs={"torchrl": {"kind": kind, "keys": keys}})
+
+    def _opened(self) -> Store:
+        """The pool, once the first write created it or the storage opened an existing one."""
+        if self._pool is None:
+            raise StepNotFoundError(f"{self.path} is empty; extend the buffer before sampling")
+        return self._pool
 
     @property
     def pool(self):
@@ -159,26 +180,27 @@ class PoolStorage(TensorStorage):
                 "writer (RoundRobinWriter) and do not assign to storage indices")
         kind, keys, columns = _flatten(data)
         if self._pool is None:
-            self._create(columns, kind, keys, batched)
+            pool = self._create(columns, kind, keys, batched)
         elif kind != self._layout["kind"]:
             raise SchemaError(f"{self.path} stores {self._layout['kind']} data, got {kind}; write the same kind")
-        if batched:
-            self._pool.extend(columns)
         else:
-            self._pool.append(columns)
+            pool = self._pool
+        if batched:
+            pool.extend(columns)
+        else:
+            pool.append(columns)
         if set_cursor:
             self._set_last_cursor(cursor)
         self._bump_mutation_revision()
 
     def get(self, index: Any) -> Any:
         """Rows at TorchRL indices (int, slice, list, range, array or tensor)."""
-        if self._pool is None:
-            raise StepNotFoundError(f"{self.path} is empty; extend the buffer before sampling")
+        pool = self._opened()
         single = isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.ndim == 0)
         if isinstance(index, slice):
             index = range(*index.indices(len(self)))
         positions = np.asarray(index.cpu() if isinstance(index, torch.Tensor) else index, dtype=np.int64).reshape(-1)
-        rows = self._pool.read(self._step_ids(positions))
+        rows = pool.read(self._step_ids(positions))
         return self._unflatten(rows, single)
 
     def _step_ids(self, positions: np.ndarray) -> np.ndarray:
@@ -187,7 +209,7 @@ class PoolStorage(TensorStorage):
         if ((positions < 0) | (positions >= count)).any():
             raise StepNotFoundError(f"index {int(positions[(positions < 0) | (positions >= count)][0])} is out of "
                                     f"range for a storage of {count} rows")
-        last = self._pool.next_step_id - 1
+        last = self._opened().next_step_id - 1
         return last - (last - positions) % self.max_size
 
     def _unflatten(self, rows: dict[str, np.ndarray], single: bool) -> Any:
@@ -256,7 +278,7 @@ class PoolStorage(TensorStorage):
         self.flush()
         state = Storage.__getstate__(self)
         state["_pool"] = None
-        state["_options"] = {**self._options, "mode": "r"}
+        state["_options"] = replace(self._options, mode="r")
         return state
 
     def __setstate__(self, state: dict) -> None:

@@ -26,7 +26,19 @@ def make_env(env_id: str) -> gym.Env:
 
 
 def obs_units(env: gym.Env) -> int:
-    return int(np.prod(env.observation_space.shape))
+    shape = env.observation_space.shape
+    if shape is None:
+        raise InvalidArgumentError(f"{env.spec.id if env.spec else env}: its observation space has no shape; "
+                                   "the trainers need a fixed-size (Box) observation")
+    return int(np.prod(shape))
+
+
+def action_box(env: gym.Env) -> gym.spaces.Box:
+    """The action space of an env from :func:`make_env`, which refused any but a Box."""
+    space = env.action_space
+    if not isinstance(space, gym.spaces.Box):
+        raise InvalidArgumentError(f"a {type(space).__name__} action space; the trainers need a Box")
+    return space
 
 
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: int, seed: int) -> list[float]:
@@ -47,6 +59,6 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env_id: str, episodes: 
     return returns
 
 
-def recording_env(env: gym.Env, pool) -> gym.Env:
+def recording_env(env: gym.Env, pool) -> RecordEpisodes:
     """``env`` wrapped so that every step is appended to ``pool``, stamped with a policy version."""
     return RecordEpisodes(env, pool, policy_version=0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -27,7 +27,7 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .envs import evaluate, make_env
+from .envs import action_box, evaluate, make_env, obs_units
 from .interrupt import Interrupted, ignore_interrupts
 from .progress import (
     METRICS_NAME,
@@ -84,10 +84,10 @@ class OfflineRun:
         torch.manual_seed(config.seed)
         self.pool = open_pool(config.pool_path, "r")
         env = make_env(config.env_id)
-        space, obs_units = env.action_space, int(np.prod(env.observation_space.shape))
+        space, n_obs = action_box(env), obs_units(env)
         env.close()
         mean, std = observation_stats(self.pool)
-        self.agent = TD3BC(obs_units, space.low, space.high, mean, std, config.td3bc, self.invocation.device)
+        self.agent = TD3BC(n_obs, space.low, space.high, mean, std, config.td3bc, self.invocation.device)
         self.eval_count = 0
         checkpoint = load_checkpoint(self.checkpoint_path)
         if checkpoint is not None:
@@ -101,7 +101,7 @@ class OfflineRun:
         logger.info("offline TD3+BC from %s (%d transitions, %s), evaluating on %s", config.pool_path,
                     len(self.pool), self.pool.backend, config.env_id)
 
-    def batches(self) -> Iterator[dict[str, torch.Tensor]]:
+    def batches(self) -> Generator[dict[str, torch.Tensor], None, None]:
         """Endless batches: prefetched uniform samples, or shuffled epochs from DataLoader workers."""
         size, workers = self.config.td3bc.batch_size, self.invocation.workers
         if workers == 0:

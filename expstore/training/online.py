@@ -34,7 +34,7 @@ from .checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from .envs import evaluate, make_env, obs_units, recording_env
+from .envs import action_box, evaluate, make_env, obs_units, recording_env
 from .interrupt import Interrupted
 from .progress import (
     CONFIG_NAME,
@@ -106,7 +106,7 @@ class OnlineRun:
                               attrs={"env_id": config.env_id, "gamma": config.sac.gamma,
                                      "written_by": "expstore.train (SAC)"})
         self.recorder = recording_env(self.env, self.pool)
-        space = self.env.action_space
+        space = action_box(self.env)
         self.agent = SAC(obs_units(self.env), space.low, space.high, config.sac, self.invocation.device)
         self.state = RunState()
         self.resumed_from: int | None = None

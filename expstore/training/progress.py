@@ -94,7 +94,7 @@ class Progress:
         updates_per_s = (updates - self._mark_updates) / elapsed
         logger.info("%s %d/%d | episodes %d | return(last %d) %s | eval %s | %.0f steps/s | %.0f updates/s"
                     " | %.0f samples/s", label, step, self.total_steps, self.episodes, len(self.recent_returns),
-                    _fmt(np.mean(self.recent_returns) if self.recent_returns else None), _fmt(self.last_eval),
+                    _fmt(float(np.mean(self.recent_returns)) if self.recent_returns else None), _fmt(self.last_eval),
                     steps_per_s, updates_per_s, updates_per_s * self.batch_size)
         self._mark_time, self._mark_step, self._mark_updates = time.monotonic(), step, updates
 

@@ -44,6 +44,10 @@ def mlp(in_units: int, out_units: int, hidden_units: int) -> nn.Sequential:
 class SquashedGaussianActor(nn.Module):
     """A tanh-squashed Gaussian policy, rescaled to the action box."""
 
+    # Registered as buffers (they move with .to(device) and live in the state dict).
+    action_scale: torch.Tensor
+    action_bias: torch.Tensor
+
     def __init__(self, obs_units: int, action_low: np.ndarray, action_high: np.ndarray, hidden_units: int):
         super().__init__()
         action_units = int(np.prod(action_low.shape))

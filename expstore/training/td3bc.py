@@ -35,6 +35,10 @@ class TD3BCConfig:
 
 
 class DeterministicActor(nn.Module):
+    # Registered as buffers (they move with .to(device) and live in the state dict).
+    action_scale: torch.Tensor
+    action_bias: torch.Tensor
+
     def __init__(self, obs_units: int, action_low: np.ndarray, action_high: np.ndarray, hidden_units: int):
         super().__init__()
         low = torch.as_tensor(action_low, dtype=torch.float32).reshape(-1)

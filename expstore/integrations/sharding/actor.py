@@ -39,7 +39,8 @@ READ_GROUP = "read"
 _LOCK_WAIT_S = 10.0
 
 
-@ray.remote(concurrency_groups={WRITE_GROUP: 1, READ_GROUP: 1})
+# Ray's typed overloads of ray.remote omit the concurrency_groups option it accepts for actors.
+@ray.remote(concurrency_groups={WRITE_GROUP: 1, READ_GROUP: 1})  # type: ignore[call-overload]
 class ShardActor:
     """Owns one shard pool. Create it with :func:`expstore.sharding.create_shards`.
 

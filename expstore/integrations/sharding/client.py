@@ -53,16 +53,17 @@ def create_shards(paths: Sequence[str | os.PathLike], *, node_ids: Sequence[str]
     Returns:
         The actor handles, in the order of ``paths``.
     """
-    paths = [os.path.abspath(os.fspath(path)) for path in paths]
-    node_ids = _per_shard(node_ids, paths, "node_ids") or [ray.get_runtime_context().get_node_id()] * len(paths)
-    names = _per_shard(names, paths, "names") or [None] * len(paths)
+    absolute = [os.path.abspath(os.fspath(path)) for path in paths]
+    node_ids = _per_shard(node_ids, absolute, "node_ids") or [ray.get_runtime_context().get_node_id()] * len(absolute)
+    names = _per_shard(names, absolute, "names") or [None] * len(absolute)
     handles = []
-    for path, node_id, name in zip(paths, node_ids, names, strict=True):
+    for path, node_id, name in zip(absolute, node_ids, names, strict=True):
         options = {"max_restarts": max_restarts, "max_task_retries": max_task_retries, "num_cpus": num_cpus,
                    "scheduling_strategy": NodeAffinitySchedulingStrategy(node_id, soft=False)}
         if name is not None:
             options.update(name=name, get_if_exists=True)
-        handles.append(ShardActor.options(**options).remote(path, open_options))
+        # ray.remote made ShardActor an actor class; mypy, past the ignored overload, sees the plain class.
+        handles.append(ShardActor.options(**options).remote(path, open_options))  # type: ignore[attr-defined]
     return handles
 
 
@@ -83,7 +84,7 @@ class _Shard:
         self.handle = handle
         self.length = 0
         self.down = False
-        self.probe = None  # a pending call whose success shows the shard is back
+        self.probe: ray.ObjectRef | None = None  # a pending call whose success shows the shard is back
         self.next_probe_s = 0.0
 
 
