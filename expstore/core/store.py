@@ -803,8 +803,8 @@ class Store:
     def _need_book(self) -> EpisodeBook:
         return self._need_keeping().book
 
-    # Modules above read these (carry.py also sets _max_priority) until they move to the
-    # read-only surface at the end of the class.
+    # White-box tests and the benchmark tools look at these; the package itself reads the
+    # ``bookkeeping`` property of the read-only surface below.
     @property
     def _book(self) -> EpisodeBook | None:
         return None if self._keeping is None else self._keeping.book
@@ -812,15 +812,6 @@ class Store:
     @property
     def _priority_view(self) -> np.ndarray | None:
         return None if self._keeping is None else self._keeping.priority_view
-
-    @property
-    def _max_priority(self) -> float:
-        return 1.0 if self._keeping is None else self._keeping.max_priority
-
-    @_max_priority.setter
-    def _max_priority(self, value: float) -> None:
-        if self._keeping is not None:
-            self._keeping.max_priority = float(value)
 
     # ------------------------------------------------------------------ gathering
     def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
