@@ -586,7 +586,9 @@ class EpisodeBook:
             raise InvalidArgumentError(f"env_ids must be {n_rows} non-negative ints (one per row), "
                                        f"got {values.dtype} of shape {values.shape}")
         values = values.astype(np.int64)
-        if head is not None and n_rows and len(self.open) + n_rows > _SAFE_OPEN:
+        # The range of ids bounds how many envs the batch names: the common small vector env skips the rest.
+        if (head is not None and n_rows and len(self.open) + n_rows > _SAFE_OPEN
+                and len(self.open) + int(values.max()) - int(values.min()) >= _SAFE_OPEN):
             envs = np.unique(values)
             new_envs = envs[~np.isin(envs, np.fromiter(self.open, np.int64, len(self.open)))]
             if len(new_envs) and len(self.open) + len(new_envs) > _SAFE_OPEN:
