@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from contextlib import closing
+from typing import Any
 
 import click
 import numpy as np
@@ -142,8 +143,8 @@ def stats(path: str, as_json: bool, with_duplicates: bool, obs_field: str | None
             fields = summary.field_stats(source, progress)
         with progress_bar(len(source), "episodes") as progress:
             episodes = summary.episode_summary(summary.episode_table(source, progress))
-        result = {"rows": len(source), "fields": {name: s.to_json() for name, s in fields.items()},
-                  "episodes": episodes, "age": age_distribution(source)}
+        result: dict[str, Any] = {"rows": len(source), "fields": {name: s.to_json() for name, s in fields.items()},
+                                  "episodes": episodes, "age": age_distribution(source)}
         if with_duplicates:
             result["duplicates"] = _duplicates(source, obs_field or "obs")
     if as_json:
@@ -244,7 +245,10 @@ def sample(path: str, count: int, seed: int | None, max_age: int | None, age_uni
     check_count(count, "-n", minimum=1)
     with open_store(path, "r", backend=read_backend(path)) as store:
         names = parse_fields(fields, store.schema)
-        batch = store.sample(count, rng=seed, **({} if max_age is None else {"max_age": max_age, "age_unit": age_unit}))
+        if max_age is None:
+            batch = store.sample(count, rng=seed)
+        else:
+            batch = store.sample(count, rng=seed, max_age=max_age, age_unit=age_unit)
     if as_json:
         echo_json({name: batch[name] for name in ["step_id"] + names})
         return

@@ -241,7 +241,8 @@ def observation_clusters(source: RowSource, field: str = "obs", *, top: int = TO
         return {"field": field, "skipped": f"the pool has no {field!r} field"}
     if not is_discrete(source.schema[field].dtype):
         return {"field": field, "skipped": f"{field!r} is {source.schema[field].dtype}, not discrete (int or bool)"}
-    distinct, clustered, largest = 0, 0, []
+    distinct, clustered = 0, 0
+    largest: list[tuple[int, int]] = []  # (rows, -first logical row) of the biggest clusters so far
     for groups in _scan_buckets(source, [field], max_hashes, progress):
         sizes, firsts = groups.counts, groups.first
         distinct += len(firsts)

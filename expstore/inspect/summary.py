@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..backends.archive import ArchiveSource
 from ..backends.files import is_sparse
 from ..core import lock
-from .streaming import Progress, RowSource, iter_slices
+from .streaming import PoolSource, Progress, RowSource, iter_slices
 
 EPISODE_KEYS = ("episode_id", "first_step_id", "length", "return", "terminated", "truncated", "open", "evicted")
 
@@ -78,7 +79,7 @@ class _EpisodeScan:
         ends = np.flatnonzero(term | trunc)
         cumulative = np.concatenate([[0.0], np.cumsum(reward, dtype=np.float64)])
         previous = 0
-        for end in ends:
+        for end in ends.tolist():
             self._close(first_index + end + 1, self.current_return + cumulative[end + 1] - cumulative[previous],
                         bool(term[end]), bool(trunc[end]))
             previous = end + 1
@@ -194,8 +195,8 @@ def source_info(source: RowSource) -> dict:
             "capacity": source.capacity, "length": len(source), "first_step_id": source.first_step_id,
             "next_step_id": source.first_step_id + len(source)}
     info["apparent_nbytes"], info["disk_nbytes"], info["sparse"] = disk_usage(source.path)
-    store = getattr(source, "store", None)
-    if store is not None:
+    if isinstance(source, PoolSource):
+        store = source.store
         commit_unix = store.last_commit_time
         info.update(backend=store.backend, format_version=store.format_version, chunk_rows=store.chunk_rows,
                     slots=source.meta.get("slots"), checksums=bool(source.meta.get("checksums", False)),
@@ -204,7 +205,7 @@ def source_info(source: RowSource) -> dict:
                     datetime.datetime.fromtimestamp(commit_unix, datetime.UTC).isoformat(timespec="seconds"),
                     writer=lock.holder(source.path))
         info["episodes"] = _indexed_episodes(store)
-    else:
+    elif isinstance(source, ArchiveSource):
         info.update(backend=source.backend, codec=source.codec, format_version=source.meta.get("archive_format"))
     info["attrs"] = source.attrs
     return info

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -297,14 +298,18 @@ def build_pool(dst: str, backend: str, schema, capacity: int, attrs: dict, slice
     ``carry`` the sources' step ids, episodes and priorities.
     """
     make_parent(dst)
-    files.build_aside(dst, lambda temp: _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {},
-                                                    carry) or [], replace=overwrite)
+
+    def build(temp: str) -> list[str]:
+        _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {}, carry)
+        return []  # nothing more to preallocate: creating the pool allocated its files (open() builds aside too)
+
+    files.build_aside(dst, build, replace=overwrite)
 
 
 def _write_pool(temp: str, backend: str, schema, capacity: int, attrs: dict, slices, meta: dict,
                 carry: Carry | None) -> None:
     slack = _slack(meta, capacity)
-    writing = {"backend": backend, "commit_every": slack, "fsync": False}
+    writing: dict[str, Any] = {"backend": backend, "commit_every": slack, "fsync": False}
     store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs,
                        chunk_rows=_chunk_rows(meta, capacity + slack), slack=slack,
                        checksums=bool(meta.get("checksums", False)), **writing,
