@@ -283,3 +283,24 @@ def test_too_many_open_episodes_are_refused_when_added_and_write_nothing(pool_pa
         table = reader.episodes()
         assert len(table) == n_envs and table["open"].sum() == n_envs - written
         assert table["truncated"].sum() == written
+
+
+def test_open_episodes_that_outgrow_the_commit_record_fail_the_commit_clearly(pool_path):
+    """Accepted open episodes whose numbers grow (one env appends many rows meanwhile) get a
+    clear error at the commit, and commit again once some end."""
+    n_envs = 270
+    with expstore.open(pool_path, "w", capacity=50_000, schema=SCHEMA, commit_every=10**9) as pool:
+        model = Model(50_000)
+        rows = [model.add(env, 0, 1.0).values() for env in range(n_envs)]
+        pool.extend({name: np.stack([np.asarray(row[name]) for row in rows]) for name in SCHEMA},
+                    env_ids=np.arange(n_envs))
+        pool.flush()
+        busy = [model.add(n_envs - 1, 0, 1.0).values() for _ in range(20_000)]  # an env already open
+        with pytest.raises(expstore.InvalidArgumentError, match="open episodes no longer fit the commit record"):
+            pool.extend({name: np.stack([np.asarray(row[name]) for row in busy]) for name in SCHEMA}, env_ids=n_envs - 1)
+            pool.flush()
+        pool.end_episodes(np.arange(n_envs // 2))
+        pool.flush()
+    with expstore.open(pool_path, "r") as reader:
+        assert reader.next_step_id == n_envs + 20_000
+        assert len(reader.episodes()) == n_envs and reader.episodes()["open"].sum() == n_envs - n_envs // 2
