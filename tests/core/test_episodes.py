@@ -296,8 +296,9 @@ def test_open_episodes_that_outgrow_the_commit_record_fail_the_commit_clearly(po
                     env_ids=np.arange(n_envs))
         pool.flush()
         busy = [model.add(n_envs - 1, 0, 1.0).values() for _ in range(20_000)]  # an env already open
+        batch = {name: np.stack([np.asarray(row[name]) for row in busy]) for name in SCHEMA}
         with pytest.raises(expstore.InvalidArgumentError, match="open episodes no longer fit the commit record"):
-            pool.extend({name: np.stack([np.asarray(row[name]) for row in busy]) for name in SCHEMA}, env_ids=n_envs - 1)
+            pool.extend(batch, env_ids=n_envs - 1)
             pool.flush()
         pool.end_episodes(np.arange(n_envs // 2))
         pool.flush()
