@@ -933,8 +933,8 @@ class Store:
 
     @property
     def commit_record(self) -> commit.CommitRecord:
-        """The newest commit record this handle has seen (a reader polls for a newer one first)."""
-        self._refresh()
+        """The commit record this handle's ``window`` was last taken from: read ``window`` first
+        for the newest (a reader polls there), then this record matches it."""
         return self._committed
 
     @property
