@@ -72,8 +72,9 @@ class CommitPolicy:
 
 
 class RowSpec(NamedTuple):
-    """What append and extend check a field's values against, and where they go. A tuple, so
-    append's per-row loop unpacks it at C speed; its field order is that loop's."""
+    """What append and extend check a field's values against, and where they go. Append's
+    per-row loop reads plain-tuple copies (``Store._row_loop``): the interpreter unpacks an exact
+    tuple at C speed, a tuple subclass through its iterator (measured: about 12% of an append)."""
 
     name: str
     field: Field
@@ -148,6 +149,7 @@ class Store:
                     float(np.finfo(field.dtype).max) if field.dtype.kind == "f" else None, self._maps.views[name])
             for name, field in self._fields
         ]
+        self._row_loop: list[tuple[Any, ...]] = [tuple(spec) for spec in self._row_specs]
         self._committed = self._read_commit(warn=True)
         if self._committed.head - self._committed.tail > self._ring.capacity:
             # Checked before the bookkeeping set-up, which a writer may rewrite from this window.
@@ -289,7 +291,7 @@ class Store:
             if keys != self._names:
                 transition, derived = self._split_derived(transition, None)
             converted = None
-            for name, field, dtype, shape, float_limit, _ in self._row_specs:  # RowSpec, unpacked for speed
+            for name, field, dtype, shape, float_limit, _ in self._row_loop:  # RowSpec fields, as plain tuples
                 value = transition[name]
                 kind = type(value)
                 if kind is np.ndarray:
@@ -306,7 +308,7 @@ class Store:
             if converted is not None:
                 transition = {**transition, **converted}
             slot = self._head % self._slots
-            for name, _, _, _, _, view in self._row_specs:  # RowSpec, unpacked for speed
+            for name, _, _, _, _, view in self._row_loop:
                 view[slot] = transition[name]
             if self._keeping is not None:
                 self._keeping.on_append(self._head, slot, transition, derived, env_id)
@@ -875,7 +877,7 @@ class Store:
     def _release_views(self) -> None:
         """Drop this store's own views of the mappings, so that closing unmaps the files; a view
         a caller still holds keeps its mapping alive instead (see mapping.py)."""
-        self._views, self._row_specs = [], []
+        self._views, self._row_specs, self._row_loop = [], [], []
         self._keeping = None
         self._batches = None
         self.cold_reads = ColdReads(self.cold_reads.mode)
