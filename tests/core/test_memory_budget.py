@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 import expstore
-from tests.helpers.pools import BACKENDS
+from tests.helpers.pools import BACKENDS, drop_from_page_cache
 
 WIDTH = 1024                      # float32 per row: 4 KiB rows
 ROWS = 120_000                    # 469 MiB of obs
@@ -240,18 +240,6 @@ def memory_cgroup():
         os.rmdir(cgroup.path)
 
 
-def _drop_from_page_cache(path: str) -> None:
-    files = [path] if os.path.isfile(path) else [os.path.join(root, name)
-                                                 for root, _dirs, names in os.walk(path) for name in names]
-    for file in files:
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 def test_reads_and_samples_within_a_cgroup_memory_limit(big_pool, memory_cgroup):
     path, obs_nbytes = big_pool
     procs = os.path.join(memory_cgroup.path, "cgroup.procs")
@@ -260,7 +248,7 @@ def test_reads_and_samples_within_a_cgroup_memory_limit(big_pool, memory_cgroup)
         with open(procs, "w") as fh:
             fh.write(str(os.getpid()))
 
-    _drop_from_page_cache(path)  # cached pages stay charged to our cgroup: make the child read them
+    drop_from_page_cache(path)  # cached pages stay charged to our cgroup: make the child read them
     report = run_reader(path, preexec_fn=join_cgroup)
     check_report(report, obs_nbytes)
     assert obs_nbytes >= 2 * CGROUP_LIMIT_NBYTES

@@ -20,7 +20,7 @@ import pytest
 
 import expstore
 from expstore.backends import BACKENDS as BACKEND_IMPLS
-from tests.helpers.pools import BACKENDS, pendulum_schema, rows_for
+from tests.helpers.pools import BACKENDS, drop_from_page_cache, pendulum_schema, pool_files, rows_for
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -57,12 +57,6 @@ def run_child(code: str, *args: str) -> str:
 def data_extents(path: str, backend: str):
     """Where each field's bytes lie, as the store itself finds them."""
     return BACKEND_IMPLS[backend].read_layout(path).fields
-
-
-def pool_files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    return [os.path.join(root, name) for root, _dirs, names in os.walk(path) for name in names]
 
 
 # ---------------------------------------------------------------------------- modes
@@ -623,16 +617,6 @@ def _resident_nbytes(file: str, offset: int, nbytes: int) -> int:
         mapping.close()
 
 
-def _drop_from_page_cache(files) -> None:
-    for file in files:
-        fd = os.open(file, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-
-
 @pytest.mark.parametrize("mode", ["r", "a"])
 def test_opening_does_not_read_the_data(pool_path, backend, mode):
     """O(1) open, checked without timing: after opening, most data pages are still not cached.
@@ -644,7 +628,7 @@ def test_opening_does_not_read_the_data(pool_path, backend, mode):
     with create(pool_path, capacity=16_384, schema=schema, fsync=False) as pool:
         pool.extend({"obs": np.ones((16_384, 256), np.float32), "reward": np.ones(16_384, np.float32)})
     extent = data_extents(pool_path, backend)["obs"]
-    _drop_from_page_cache(pool_files(pool_path))
+    drop_from_page_cache(pool_path)
     if _resident_nbytes(extent.path, extent.offset, extent.nbytes) > extent.nbytes // 4:
         pytest.skip("the kernel kept the pool in the page cache after POSIX_FADV_DONTNEED")
     with expstore.open(pool_path, mode) as pool:

@@ -22,7 +22,7 @@ import pytest
 
 import expstore
 from expstore.core import commit
-from tests.helpers.pools import BACKENDS, pendulum_schema, rows_for
+from tests.helpers.pools import BACKENDS, pendulum_schema, pool_files, rows_for
 
 # Children run in the tests directory: they import conftest from it, and expstore as we do.
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -93,12 +93,6 @@ def make_pool(path: str, n_rows: int = 1700) -> None:
 def copy_pool(source: str, target: str) -> str:
     (shutil.copytree if os.path.isdir(source) else shutil.copyfile)(source, target)
     return target
-
-
-def pool_files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    return sorted(os.path.join(root, name) for root, _dirs, names in os.walk(path) for name in names)
 
 
 def check_results(results: list[dict], allowed_errors: tuple[str, ...], may_open: bool) -> None:

@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 import expstore
-from tests.helpers.pools import BACKENDS, pendulum_schema, rows_for
+from tests.helpers.pools import BACKENDS, pendulum_schema, pool_files, rows_for
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 SEED = 15
@@ -71,12 +71,6 @@ def _as_legacy(path: str) -> str:
         del f.attrs["expstore"]
         f.attrs["expstore"] = text
     return path
-
-
-def pool_files(path: str) -> list[str]:
-    if os.path.isfile(path):
-        return [path]
-    return sorted(os.path.join(root, name) for root, _dirs, names in os.walk(path) for name in names)
 
 
 def copy_pool(source: str, target: str) -> str:
