@@ -1,5 +1,6 @@
-"""The package's layers hold: every import inside expstore points down (DESIGN.md section 9), no
-modules import each other in a circle, and every function-level import says why it waits."""
+"""The package's layers hold (README.md, "Architecture: where things go"): every import inside
+expstore points down, no modules import each other in a circle, and every function-level import
+says why it waits."""
 
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ def where(module: str, node: ast.stmt) -> str:
 def test_every_import_points_down_the_layers():
     upward = [f"{where(module, node)}: {module} (layer {layer(module)}) imports {target} (layer {layer(target)})"
               for module in MODULES for node, target, _ in imports(module) if layer(target) > layer(module)]
-    assert not upward, "imports pointing up the layers (DESIGN.md section 9):\n" + "\n".join(upward)
+    assert not upward, "imports pointing up the layers (README.md, Architecture):\n" + "\n".join(upward)
 
 
 def circles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -72,7 +72,7 @@ def measure(directory: str, backend: str, capacity: int, budget_s: float) -> dic
             for name, pool in (("stored", stored), ("derived", derived)):
                 rates.setdefault(name, []).append(sample_rate(pool, budget_s))
         result = {"backend": backend, "capacity": capacity, "identical": identical,
-                  "final_rows": derived._book.final_table.rows, "slots": derived._ring.slots,
+                  "final_rows": derived.bookkeeping.book.final_table.rows, "slots": derived._ring.slots,
                   "episodes": len(derived.episodes()["episode_id"])}
     for derive, path in paths.items():
         result["derived_mb" if derive else "stored_mb"] = bc.disk_nbytes(path) / 1e6

@@ -178,7 +178,7 @@ def _episode_rows(path: str, arrays: dict, slots: int) -> int:
     if table is None:
         raise _damaged(path, "internal", f"lacks the episode table {EPISODE_TABLE!r}")
     shape = table["shape"]
-    columns = (EPISODE_COLUMNS, EPISODE_COLUMNS + 1)  # the fifth: see core/internal.py
+    columns = (EPISODE_COLUMNS, EPISODE_COLUMNS + 1)  # the fifth: see backends/internal.py
     if len(shape) != 2 or shape[0] > slots or shape[1] not in columns:
         raise _damaged(path, f"internal.{EPISODE_TABLE}.shape",
                        f"is {shape}, expected [rows, {columns[0]} or {columns[1]}] with at most "

@@ -1,7 +1,7 @@
 """Episode bookkeeping: which episode each row belongs to, and the episode table.
 
 The writer tags every row it appends (episode id, index in the episode, running return, and a
-forward link from the previous row of the same episode; see internal.py) and keeps one table
+forward link from the previous row of the same episode; see backends/internal.py) and keeps one table
 entry per episode. Episodes are tracked per ``env_id``, so the interleaved rows of a vector
 env keep each sub-env's episodes intact. An episode ends at a row whose ``terminated`` or
 ``truncated`` is true.

@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..backends.internal import ROW_ARRAYS, EpisodeStatus, episode_info, info_status
+from .bookkeeping import PRIORITY_KEY
 from .episodes import decode
 
-PRIORITY_KEY = "priorities"
 _SCAN_ROWS = 1 << 20
 
 

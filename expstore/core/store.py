@@ -805,16 +805,6 @@ class Store:
     def _need_book(self) -> EpisodeBook:
         return self._need_keeping().book
 
-    # White-box tests and the benchmark tools look at these; the package itself reads the
-    # ``bookkeeping`` property of the read-only surface below.
-    @property
-    def _book(self) -> EpisodeBook | None:
-        return None if self._keeping is None else self._keeping.book
-
-    @property
-    def _priority_view(self) -> np.ndarray | None:
-        return None if self._keeping is None else self._keeping.priority_view
-
     # ------------------------------------------------------------------ gathering
     def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
         if self._layout is None:  # no schema yet, so nothing was ever written: no field to read

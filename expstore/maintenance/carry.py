@@ -5,7 +5,7 @@ env, episodes split only at terminated/truncated rows, every priority the max. T
 what the source knows: its step ids and episode ids, each vector-env sub-env's interleaved
 episodes (the rows' forward links and the env id of each episode), episodes cut off by a crash,
 the evicted part of the oldest episodes, and the priorities. So after each slice the copy's
-per-row bookkeeping (core/internal.py) is overwritten with the source's, and before the final commit
+per-row bookkeeping (backends/internal.py) is overwritten with the source's, and before the final commit
 the episode table, the open episodes and the max priority are copied too.
 
 convert keeps step ids and episode ids as they are: the copy is created at the first step id

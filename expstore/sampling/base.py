@@ -3,7 +3,7 @@
 A strategy (a :class:`Sampler`) never touches files. ``Store.sample`` takes one
 :class:`WindowView` of its window and bookkeeping, asks the strategy for step ids, gathers the
 rows once, and runs the one redraw loop for rows a writer overwrote or that cannot be used
-(store.py): a strategy only answers "which step ids", again whenever it is asked.
+(core/store.py): a strategy only answers "which step ids", again whenever it is asked.
 
 Two optional abilities, each a method a strategy may add:
 
@@ -64,8 +64,7 @@ class WindowView:
 
     def between(self, tail: int, head: int | None = None) -> WindowView:
         """The same view over a narrower window."""
-        whole = self.window or (self.tail, self.head)
-        return replace(self, tail=tail, head=self.head if head is None else head, window=whole)
+        return replace(self, tail=tail, head=self.head if head is None else head, window=self.whole_window)
 
     @property
     def whole_window(self) -> tuple[int, int]:
@@ -88,22 +87,4 @@ class Sampler(Protocol):
 
     def draw(self, rng: np.random.Generator, view: WindowView, count: int) -> np.ndarray:
         """``count`` int64 step ids inside the view's window (with replacement)."""
-        ...
-
-
-@runtime_checkable
-class WeightedSampler(Sampler, Protocol):
-    """A strategy whose draws need importance weights (prioritized replay)."""
-
-    def weights(self, view: WindowView, steps: np.ndarray) -> np.ndarray | None:
-        """float32 weights of ``steps`` as drawn from ``view`` (None: this draw needs none)."""
-        ...
-
-
-@runtime_checkable
-class AdmittingSampler(Sampler, Protocol):
-    """A strategy that checks the gathered rows (the age window checks the versions read)."""
-
-    def admits(self, view: WindowView, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """A bool per gathered row: True where the row may be returned."""
         ...

@@ -1,8 +1,8 @@
-"""Samplers: pure functions of integers and arrays that return step ids.
+"""Chain arithmetic for the strategies: pure functions of integers and arrays that return step ids.
 
 They never touch files: the store hands them its window (``low``/``high`` step ids, ``high``
 exclusive: the committed head for readers, the writer's own head for the writer) and the
-bookkeeping arrays (see core/internal.py), indexed by slot = step id % slots. Every cost is
+bookkeeping arrays (see backends/internal.py), indexed by slot = step id % slots. Every cost is
 O(batch * steps followed), never O(pool).
 """
 

@@ -42,7 +42,7 @@ def replay_view(path: str) -> dict:
             **{f"sequences.{k}": v for k, v in pool.sample_sequences(16, 6, rng=4).items()},
             **{f"full.{k}": v for k, v in pool.sample_sequences(8, 4, rng=5, full_only=True).items()},
             **{f"prioritized.{k}": v for k, v in pool.sample(64, rng=6, prioritized=True).items()},
-            "priority": np.asarray(pool._priority_view[np.arange(*pool._window()) % pool._ring.slots]),
+            "priority": np.asarray(pool.bookkeeping.priority_view[np.arange(*pool._window()) % pool._ring.slots]),
         }
 
 
@@ -112,7 +112,7 @@ def test_pools_without_next_obs_and_with_a_small_episode_table(tmp_path, backend
     dst = str(tmp_path / f"dst{BACKENDS[other(backend)]}")
     converting.convert(src, dst)
     with expstore.open(dst) as copy:
-        assert "next_obs" not in copy.schema and len(copy._book.table) == 16
+        assert "next_obs" not in copy.schema and len(copy.bookkeeping.book.table) == 16
     assert_same_view(replay_view(dst), replay_view(src))
 
 
@@ -133,7 +133,7 @@ def test_merge_renumbers_and_keeps_each_sources_episodes(tmp_path, backend):
         for episode_id, start in zip(table_b["episode_id"], table_b["first_step_id"], strict=True):
             rows = second.episode(int(episode_id))
             first_row = int(rows["step_id"][0]) + shift
-            merged_id = int(merged._book.episode_id[first_row % merged._ring.slots])
+            merged_id = int(merged.bookkeeping.book.episode_id[first_row % merged._ring.slots])
             copied = merged.episode(merged_id)  # the same sub-env episode, under new step ids
             np.testing.assert_array_equal(copied["step_id"], rows["step_id"] + shift)
             np.testing.assert_array_equal(copied["obs"], rows["obs"])
@@ -142,7 +142,7 @@ def test_merge_renumbers_and_keeps_each_sources_episodes(tmp_path, backend):
                 assert (table["first_step_id"][entry], table["evicted"][entry]) == ([first_row], [0])
                 rebased += 1
         assert rebased >= 1
-        priorities = merged._priority_view[np.arange(*merged._window()) % merged._ring.slots]
+        priorities = merged.bookkeeping.priority_view[np.arange(*merged._window()) % merged._ring.slots]
         assert priorities.max() == 7.5 and (priorities == 7.5).sum() >= 2
         assert merged._committed.payload["priorities"]["max"] == 7.5
     assert run("verify", out).exit_code == 0

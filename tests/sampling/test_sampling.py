@@ -131,11 +131,11 @@ def test_max_final_obs_sizes_the_table_and_needs_derive_next_obs(tmp_path, backe
     suffix = SUFFIX[backend]
     with expstore.open(tmp_path / f"a{suffix}", "w", capacity=10_000, schema=DERIVED_SCHEMA,
                        derive_next_obs=True) as pool:
-        assert pool._book.final_table.rows == 20_000 // 16 + 64  # capacity + slack (commit_every) rows
-        assert len(pool._book.table) == pool._ring.slots  # the episode table keeps one row per slot
+        assert pool.bookkeeping.book.final_table.rows == 20_000 // 16 + 64  # capacity + slack (commit_every) rows
+        assert len(pool.bookkeeping.book.table) == pool._ring.slots  # the episode table keeps one row per slot
     with expstore.open(tmp_path / f"b{suffix}", "w", capacity=100, schema=DERIVED_SCHEMA, derive_next_obs=True,
                        max_final_obs=10**6) as pool:
-        assert pool._book.final_table.rows == pool._ring.slots  # never more rows than episode entries
+        assert pool.bookkeeping.book.final_table.rows == pool._ring.slots  # never more rows than episode entries
     for bad in (0, -1, 2.5, True):
         with pytest.raises(expstore.InvalidArgumentError, match="max_final_obs"):
             expstore.open(tmp_path / f"c{suffix}", "w", capacity=10, schema=DERIVED_SCHEMA, derive_next_obs=True,
@@ -162,7 +162,7 @@ def test_pools_made_before_the_final_table_had_its_own_size_keep_working(tmp_pat
     for pool in run_ops(model, pools, operations, close_all=True):
         pool.close()
     with expstore.open(stored, "r") as a, expstore.open(derived, "r") as b:
-        assert b._book.table.shape[1] == 4 and not b._book.final_table.is_ring
+        assert b.bookkeeping.book.table.shape[1] == 4 and not b.bookkeeping.book.final_table.is_ring
         for options in ({}, {"n_step": 3, "gamma": 0.9}):
             one, two = a.sample(32, rng=3, **options), b.sample(32, rng=3, **options)
             for name in one:
