@@ -36,6 +36,43 @@ def _normalise_dtype(dtype: DTypeLike, where: str) -> np.dtype:
     return np.dtype(resolved.name)
 
 
+# Image layouts a field can have: HxW grayscale, HxWxC channels-last, CxHxW channels-first.
+IMAGE_LAYOUTS = ("HW", "HWC", "CHW")
+_CHANNEL_COUNTS = (1, 3, 4)
+_MIN_IMAGE_SIDE = 8  # below this a uint8 matrix is more likely a small table than a picture
+
+
+def detect_image_layout(shape: tuple[int, ...], dtype: np.dtype) -> str | None:
+    """The layout a uint8 field of this shape has when it holds pictures, or None.
+
+    (84, 84) is "HW"; (84, 84, 3) is "HWC"; (3, 84, 84) is "CHW". No shape is both: a channel
+    count is below the smallest side an image has.
+    """
+    if dtype != np.uint8:
+        return None
+    if len(shape) == 2 and min(shape) >= _MIN_IMAGE_SIDE:
+        return "HW"
+    if len(shape) == 3:
+        if shape[2] in _CHANNEL_COUNTS and min(shape[:2]) >= _MIN_IMAGE_SIDE:
+            return "HWC"
+        if shape[0] in _CHANNEL_COUNTS and min(shape[1:]) >= _MIN_IMAGE_SIDE:
+            return "CHW"
+    return None
+
+
+def _check_image_layout(layout: str, shape: tuple[int, ...], dtype: np.dtype) -> str:
+    if layout not in IMAGE_LAYOUTS:
+        raise SchemaError(f"image layout {layout!r} is not one of {', '.join(IMAGE_LAYOUTS)}")
+    if dtype != np.uint8 or len(shape) != len(layout):
+        raise SchemaError(
+            f"a field of shape {shape} and dtype {dtype} cannot hold {layout} images; image fields are uint8 "
+            f"with {len(layout)} dimensions ({', '.join(IMAGE_LAYOUTS)})"
+        )
+    if layout != "HW" and shape[layout.index("C")] not in _CHANNEL_COUNTS:
+        raise SchemaError(f"a {layout} image field has 1, 3 or 4 channels, not {shape[layout.index('C')]}")
+    return layout
+
+
 @dataclass(frozen=True)
 class Field:
     """One named column of a pool: the shape of a single row and its dtype.
@@ -43,28 +80,59 @@ class Field:
     Args:
         shape: the shape of one row, ``()`` for a scalar such as a reward.
         dtype: any fixed-size numeric numpy dtype or its name (``"float32"``).
+        image: whether the field holds pictures, so that the CLI, plots and videos show it as such.
+            ``None`` (the default) detects it: uint8 fields shaped (H, W), (H, W, C) or (C, H, W)
+            with 1, 3 or 4 channels are images. ``False`` says it is not; ``True`` requires the
+            detected layout; ``"HW"``, ``"HWC"`` or ``"CHW"`` names it and checks the shape fits.
     """
 
     shape: tuple[int, ...]
     dtype: np.dtype
+    image_layout: str | None
 
-    def __init__(self, shape: int | tuple[int, ...] | list[int], dtype: DTypeLike):
+    def __init__(self, shape: int | tuple[int, ...] | list[int], dtype: DTypeLike,
+                 image: bool | str | None = None):
         shape_tuple = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         if not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape_tuple):
             raise SchemaError(f"field shape {shape!r} must be a tuple of positive ints (() for a scalar)")
         object.__setattr__(self, "shape", tuple(int(n) for n in shape_tuple))
         object.__setattr__(self, "dtype", _normalise_dtype(dtype, "field dtype"))
+        object.__setattr__(self, "image_layout", self._image_layout(image))
+
+    def _image_layout(self, image: bool | str | None) -> str | None:
+        detected = detect_image_layout(self.shape, self.dtype)
+        if image is None or image is False:
+            return detected if image is None else None
+        if image is True:
+            if detected is None:
+                raise SchemaError(
+                    f"a field of shape {self.shape} and dtype {self.dtype} is not an image; image fields are "
+                    "uint8 (H, W), (H, W, C) or (C, H, W) with 1, 3 or 4 channels, or name the layout: image='HWC'"
+                )
+            return detected
+        if isinstance(image, str):
+            return _check_image_layout(image, self.shape, self.dtype)
+        raise SchemaError(f"image={image!r} must be None, True, False or one of {', '.join(IMAGE_LAYOUTS)}")
+
+    @property
+    def is_image(self) -> bool:
+        return self.image_layout is not None
 
     @property
     def row_nbytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize  # exact: an int64 product could wrap
 
     def to_json(self) -> dict:
-        return {"shape": list(self.shape), "dtype": self.dtype.name}
+        spec: dict = {"shape": list(self.shape), "dtype": self.dtype.name}
+        # Only a choice that detection would not make is written, so the schema of every pool
+        # whose images are detected stays as earlier versions wrote it.
+        if self.image_layout != detect_image_layout(self.shape, self.dtype):
+            spec["image"] = self.image_layout or False
+        return spec
 
     @classmethod
     def from_json(cls, obj: Mapping) -> Field:
-        return cls(tuple(obj["shape"]), obj["dtype"])
+        return cls(tuple(obj["shape"]), obj["dtype"], image=obj.get("image"))
 
 
 def check_field_name(name: object) -> str:

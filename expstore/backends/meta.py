@@ -13,7 +13,7 @@ from typing import TypeGuard
 
 from .._version import __version__
 from ..errors import CorruptStoreError, FormatVersionError, SchemaError
-from ..schema import SUPPORTED_DTYPES, Schema, check_field_name
+from ..schema import SUPPORTED_DTYPES, Field, Schema, check_field_name
 from .base import FORMAT_VERSION, array_nbytes, array_specs
 from .internal import EPISODE_COLUMNS, EPISODE_TABLE, FINAL_PREFIX, plan, planned_final_rows
 
@@ -21,6 +21,8 @@ _REQUIRED = ("format_version", "capacity", "slots", "chunk_rows", "schema", "att
 _DTYPE_NAMES = tuple(dtype.name for dtype in SUPPORTED_DTYPES)
 # numpy 1.x allows 32 dimensions; no array this version writes comes near.
 _MAX_NDIM = 32
+# Keys a schema entry may carry besides shape and dtype (schema.Field.to_json writes them).
+SCHEMA_FIELD_OPTIONS = frozenset({"image"})
 _SHOWN_CHARS = 60
 
 
@@ -114,13 +116,19 @@ def _check_schema(path: str, value: object) -> Schema:
         except SchemaError as exc:
             raise _damaged(path, f"schema field {_shown(name)}", f"has a name this version never writes ({exc})") \
                 from None
-        _check_array_spec(path, f"schema.{name}", spec)
+        _check_array_spec(path, f"schema.{name}", spec, optional=SCHEMA_FIELD_OPTIONS)
+        try:
+            Field.from_json(spec)
+        except SchemaError as exc:
+            raise _damaged(path, f"schema.{name}", f"is {_shown(spec)}, which this version cannot read ({exc})") \
+                from None
     return Schema.from_json(value)
 
 
-def _check_array_spec(path: str, key: str, spec: object) -> None:
-    """One ``{"shape": [...], "dtype": "..."}`` entry, as this version writes them."""
-    if not isinstance(spec, dict) or sorted(spec) != ["dtype", "shape"]:
+def _check_array_spec(path: str, key: str, spec: object, optional: frozenset[str] = frozenset()) -> None:
+    """One ``{"shape": [...], "dtype": "..."}`` entry, as this version writes them, with any of the
+    ``optional`` keys besides."""
+    if not isinstance(spec, dict) or not {"dtype", "shape"} <= set(spec) <= {"dtype", "shape"} | optional:
         raise _damaged(path, key, f"is {_shown(spec)}, expected {{'shape': [...], 'dtype': ...}}")
     shape, dtype = spec["shape"], spec["dtype"]
     if not isinstance(shape, list) or len(shape) >= _MAX_NDIM or not all(_is_int(n) and n >= 1 for n in shape):
