@@ -17,6 +17,7 @@ from ..sampling import draws
 from ..schema import Schema
 from .bookkeeping import Bookkeeping
 from .commit import CommitRecord
+from .stacking import FrameStacker
 
 Gather = Callable[[np.ndarray], dict]
 
@@ -34,8 +35,10 @@ class Batches:
         self.committed = committed  # the handle's current commit record (a reader's moves on)
         self.path = path
 
-    def transitions(self, steps: np.ndarray, n_step: int, gamma: float, high: int) -> tuple[dict, np.ndarray]:
-        """The batch for start rows ``steps``, and which rows are usable (next obs known)."""
+    def transitions(self, steps: np.ndarray, n_step: int, gamma: float, high: int,
+                    stacker: FrameStacker | None = None) -> tuple[dict, np.ndarray]:
+        """The batch for start rows ``steps``, and which rows are usable (next obs known, and
+        with ``stacker`` their frame stacks still in the window)."""
         batch = self.gather(steps)
         last = steps
         if n_step > 1:
@@ -44,7 +47,19 @@ class Batches:
         if self.keeping is not None and self.keeping.derived:
             values, ok = self.keeping.next_values(last, high, self.keeping.kept_now(self.committed()))
             batch.update(values)
+        if stacker is not None:
+            ok &= stacker.apply(batch, steps, last)
         return batch, ok
+
+    def stacked_rows(self, batch: dict, steps: np.ndarray, high: int, stacker: FrameStacker) -> np.ndarray:
+        """``read``/``episode`` with a frame stack: stack the rows of ``batch`` in place, adding the
+        derived ``next_<obs>`` stacks when every row's next observation is known. Returns which
+        rows could be stacked."""
+        if self.keeping is not None and self.keeping.derived:
+            values, known = self.keeping.next_values(steps, high, self.keeping.kept_now(self.committed()))
+            if known.all():
+                batch.update(values)
+        return stacker.apply(batch, steps, steps)
 
     def _n_step(self, batch: dict, steps: np.ndarray, n_step: int, gamma: float, high: int) -> np.ndarray:
         """Sum up to ``n_step`` rewards of each row's episode into ``batch``; the last rows summed."""
@@ -61,12 +76,13 @@ class Batches:
         batch["discount"] = (np.float64(gamma) ** counts).astype(np.float32)
         return last
 
-    def windows(self, steps: np.ndarray, length: int, high: int, full_only: bool) -> tuple[dict, np.ndarray]:
+    def windows(self, steps: np.ndarray, length: int, high: int, full_only: bool,
+                stacker: FrameStacker | None = None) -> tuple[dict, np.ndarray]:
         """Windows of ``length`` rows of one episode from each start row: arrays [batch, length, ...]."""
         chain = self._keeping().chains(steps, length, high)
         mask = chain >= 0
         flat = np.where(mask, chain, chain[:, :1]).reshape(-1)
-        batch, ok = self.transitions(flat, 1, 1.0, high)
+        batch, ok = self.transitions(flat, 1, 1.0, high, stacker)
         mask &= ok.reshape(mask.shape)
         out = {}
         for name, values in batch.items():

@@ -52,6 +52,7 @@ from .hooks import call_hook
 from .idle import IdleCommitter
 from .mapping import MappedPool
 from .ring import Ring
+from .stacking import FrameStacker, frame_stack_of, refuse_incomplete
 
 logger = logging.getLogger("expstore.store")  # its name before the layered layout
 
@@ -478,8 +479,16 @@ class Store:
         batch = self._read_checked(np.array([low + index], dtype=np.int64))
         return {name: values[0] for name, values in batch.items()}
 
-    def read(self, step_ids) -> dict[str, np.ndarray]:
-        """The rows of the given step ids, in that order, plus ``step_id``."""
+    def read(self, step_ids, *, frame_stack: int | None = None, stack_axis: int = 0,
+             stack_padding: str = "reset") -> dict[str, np.ndarray]:
+        """The rows of the given step ids, in that order, plus ``step_id``.
+
+        With ``frame_stack=k`` the observation fields come as stacks of each row's k newest
+        frames of its episode (see ``sample``); ``next_obs`` too where the pool stores it, and
+        where it derives it, when every row's next observation is known. A row whose stack
+        needs rows the ring evicted raises StepNotFoundError.
+        """
+        stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         steps = _as_step_ids(step_ids)
         low, high = self._window()
         outside = steps[(steps < low) | (steps >= high)]
@@ -488,22 +497,38 @@ class Store:
                 f"step id {int(outside[0])} is not in the pool, which holds steps {low}..{high - 1}"
                 if high > low else f"step id {int(outside[0])} is not in the pool, which is empty"
             )
-        return self._read_checked(steps)
+        return self._read_checked(steps, stacker, high)
 
-    def _read_checked(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+    def _read_checked(self, steps: np.ndarray, stacker: FrameStacker | None = None,
+                      high: int | None = None) -> dict[str, np.ndarray]:
         batch = self._gather(steps)
         stale = self._stale(steps)
         if stale is not None and stale.any():
             raise StepNotFoundError(
                 f"step id {int(steps[stale][0])} was evicted by the writer while it was being read")
+        if stacker is not None:
+            low, window_high = self._window()
+            complete = self._builder().stacked_rows(batch, steps, window_high if high is None else high, stacker)
+            refuse_incomplete(complete, steps, low)
         return batch
+
+    def _stacker(self, frame_stack, stack_axis, stack_padding) -> FrameStacker | None:
+        """The frame stacker a call's ``frame_stack``/``stack_axis``/``stack_padding`` ask for (see
+        core/stacking.py), or None without ``frame_stack``."""
+        request = frame_stack_of(self.schema, self.path, frame_stack, stack_axis, stack_padding)
+        if request is None:
+            return None
+        self._need_book()
+        return FrameStacker(request, self._mapped()[0].views, self._ring.slots, self._gather,
+                            lambda: self._window()[0], self._fresh)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, batch_size: int, *, rng: int | np.random.Generator | None = None, n_step: int = 1,
                gamma: float = 0.99, prioritized: bool = False, alpha: float = 0.6,
                beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
                current_version: int | None = None, recency=None,
-               sampler: Sampler | None = None) -> dict[str, np.ndarray]:
+               sampler: Sampler | None = None, frame_stack: int | None = None, stack_axis: int = 0,
+               stack_padding: str = "reset") -> dict[str, np.ndarray]:
         """A random batch (with replacement) of committed transitions, plus ``step_id``.
 
         The keywords build a sampling strategy; ``sampler`` takes one directly. ``max_age``
@@ -539,16 +564,27 @@ class Store:
                 ``ExponentialRecency(half_life)``, ``AgeWindow(max_age, within=...)``, or any
                 object with ``draw(rng, view, count) -> step ids`` (``expstore.Sampler``;
                 see expstore/sampling/base.py).
+            frame_stack: return ``obs`` (every observation field) and ``next_obs`` as stacks of
+                the k newest frames of the row's episode (of its sub-env's episode in a vector-env
+                pool), rebuilt from one frame per row; rows whose stack needs evicted rows are
+                drawn again. See core/stacking.py.
+            stack_axis: 0: a new leading axis, (84, 84) -> (k, 84, 84), as gymnasium's
+                ``FrameStackObservation``; -1: concatenated along the last axis, (84, 84, 1) ->
+                (84, 84, k), as SB3's ``VecFrameStack``.
+            stack_padding: how the first rows of an episode are padded: "reset" repeats the
+                episode's first frame (gymnasium's default), "zero" pads zeros (SB3).
         """
         if sampler is None and not prioritized and max_age is None and recency is None and n_step == 1 \
-                and not self._derived:
+                and not self._derived and frame_stack is None:
             return self._sample_uniform(batch_size, rng)
         _check_sampling_args(batch_size, n_step, gamma, alpha, beta)
+        stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         strategy = self._strategy(sampler, prioritized, alpha, beta, max_age, age_unit, current_version, recency)
         if n_step > 1:
             self._need_book()
-        batch, view = self._draw_usable(strategy, _generator(rng), batch_size, self._view(),
-                                        lambda steps, high: self._builder().transitions(steps, n_step, gamma, high))
+        batch, view = self._draw_usable(
+            strategy, _generator(rng), batch_size, self._view(),
+            lambda steps, high: self._builder().transitions(steps, n_step, gamma, high, stacker))
         weights = getattr(strategy, "weights", None)
         if weights is not None:
             values = weights(view, batch["step_id"])
@@ -664,30 +700,38 @@ class Store:
         return low, high
 
     def sample_sequences(self, batch_size: int, length: int, *, rng: int | np.random.Generator | None = None,
-                         full_only: bool = False) -> dict[str, np.ndarray]:
+                         full_only: bool = False, frame_stack: int | None = None, stack_axis: int = 0,
+                         stack_padding: str = "reset") -> dict[str, np.ndarray]:
         """Windows of ``length`` consecutive rows of one episode each: arrays [batch, length, ...].
 
         A window starts at a uniformly drawn committed row and follows its episode (for a vector
         env, its own sub-env). ``mask`` [batch, length] marks the rows that exist; past the end
         of the episode (or of the committed rows) values are zero and ``step_id`` is -1. With
-        ``full_only`` only windows of ``length`` existing rows are drawn.
+        ``full_only`` only windows of ``length`` existing rows are drawn. ``frame_stack``,
+        ``stack_axis`` and ``stack_padding`` stack every row's observations as in ``sample``.
         """
         _check_positive(batch_size, "batch_size")
         _check_positive(length, "length")
         self._need_book()
+        stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         generator = _generator(rng)
-        return self._draw_usable(_UNIFORM, generator, batch_size, self._view(),
-                                 lambda steps, high: self._builder().windows(steps, length, high, full_only))[0]
+        return self._draw_usable(
+            _UNIFORM, generator, batch_size, self._view(),
+            lambda steps, high: self._builder().windows(steps, length, high, full_only, stacker))[0]
 
     def iter_epoch(self, batch_size: int, *, rng: int | np.random.Generator | None = None, drop_last: bool = False,
-                   n_step: int = 1, gamma: float = 0.99) -> Iterator[dict[str, np.ndarray]]:
+                   n_step: int = 1, gamma: float = 0.99, frame_stack: int | None = None, stack_axis: int = 0,
+                   stack_padding: str = "reset") -> Iterator[dict[str, np.ndarray]]:
         """One pass over every committed transition, in shuffled batches (offline training).
 
         The window is taken when the pass starts; rows the ring evicts during the pass (and,
         in a pool without ``next_obs``, rows whose next observation is not known yet) are
-        skipped, so a batch can be shorter than ``batch_size``.
+        skipped, so a batch can be shorter than ``batch_size``. ``frame_stack``, ``stack_axis``
+        and ``stack_padding`` stack the observations as in ``sample`` (rows whose stack needs
+        evicted rows are skipped too).
         """
         _check_sampling_args(batch_size, n_step, gamma, 0.0, 0.0)
+        stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         generator = _generator(rng)
         low, high = self._nonempty_window()
         order = draws.epoch_order(generator, low, high)
@@ -695,7 +739,7 @@ class Store:
         for start in range(0, stop, batch_size):
             steps = order[start:start + batch_size]
             steps = steps[steps >= self._window()[0]]
-            batch, ok = self._builder().transitions(steps, n_step, gamma, high)
+            batch, ok = self._builder().transitions(steps, n_step, gamma, high, stacker)
             ok &= self._fresh(steps)
             if not ok.all():
                 batch = {name: values[ok] for name, values in batch.items()}
@@ -777,8 +821,14 @@ class Store:
         order = np.argsort(table["first_step_id"], kind="stable")
         return EpisodeTable({name: column[order] for name, column in table.items()})
 
-    def episode(self, episode_id: int) -> dict[str, np.ndarray]:
-        """The rows of one episode still in the pool, in order, plus ``step_id``."""
+    def episode(self, episode_id: int, *, frame_stack: int | None = None, stack_axis: int = 0,
+                stack_padding: str = "reset") -> dict[str, np.ndarray]:
+        """The rows of one episode still in the pool, in order, plus ``step_id``.
+
+        With ``frame_stack`` the observations come stacked as in ``read``; of an episode whose
+        first rows the ring evicted, only the rows whose whole stack is still there.
+        """
+        stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         keeping, state = self._episode_state()
         table = keeping.table(state)
         position = np.flatnonzero(table["episode_id"] == int(episode_id))
@@ -788,7 +838,10 @@ class Store:
         first, last = int(table["first_step_id"][position[0]]), int(table["last_step_id"][position[0]])
         if first < state.tail:
             first = keeping.book.oldest_rows(np.array([episode_id]), state.tail, state.head)[0]
-        return self._read_checked(keeping.book.rows_of(int(episode_id), first, last))
+        steps = keeping.book.rows_of(int(episode_id), first, last)
+        if stacker is not None and first > int(table["first_step_id"][position[0]]):
+            steps = steps[min(stacker.request.frames - 1, len(steps)):]  # their stacks reach evicted rows
+        return self._read_checked(steps, stacker, state.head)
 
     def _episode_state(self) -> tuple[Bookkeeping, EpisodeState]:
         keeping = self._need_keeping()

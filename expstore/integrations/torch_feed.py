@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
                       "(or pip install 'expstore[train]' after installing torch)") from exc
 
 from ..core.opening import open as open_pool
+from ..core.stacking import frame_stack_of
 from ..errors import ClosedStoreError, InvalidArgumentError
 
 logger = logging.getLogger("expstore.torch_feed")  # its name before the layered layout
@@ -172,18 +173,26 @@ class PoolDataset(Dataset):
     Args:
         path: the pool.
         fields: the fields to return (default: all), ``step_id`` always included.
+        frame_stack, stack_axis, stack_padding: return the observations as frame stacks
+            rebuilt from one frame per row (see ``Store.read``). A row whose stack needs rows the
+            ring evicted raises.
     """
 
-    def __init__(self, path: str | os.PathLike, fields: Sequence[str] | None = None):
+    def __init__(self, path: str | os.PathLike, fields: Sequence[str] | None = None, *,
+                 frame_stack: int | None = None, stack_axis: int = 0, stack_padding: str = "reset"):
         self.path = os.fspath(path)
+        self.stacking = {"frame_stack": frame_stack, "stack_axis": stack_axis, "stack_padding": stack_padding}
         with open_pool(self.path, "r") as pool:
             self._first_step_id = pool.first_step_id
             self._length = len(pool)
             names = list(pool.schema.keys()) if pool.schema is not None else []
+            if frame_stack is not None:  # a bad request fails here, not in a worker
+                frame_stack_of(pool.schema, self.path, frame_stack, stack_axis, stack_padding)
         unknown = sorted(set(fields or ()) - set(names))
         if unknown:
             raise InvalidArgumentError(f"fields {unknown} are not in {self.path}, which stores {names}")
         self.fields = list(fields) if fields is not None else names
+        self._every_field = fields is None
         self._pool = None
         self._pool_pid: int | None = None
 
@@ -201,7 +210,9 @@ class PoolDataset(Dataset):
         if logical.size and (logical.min() < 0 or logical.max() >= self._length):
             raise InvalidArgumentError(f"indices must lie in 0..{self._length - 1}, got "
                                        f"{int(logical.min())}..{int(logical.max())}")
-        rows = self._handle().read(self._first_step_id + logical)
+        rows = self._handle().read(self._first_step_id + logical, **self.stacking)
+        if self._every_field:  # derived next_obs stacks too, which no schema field names
+            return to_tensors(rows)
         return to_tensors({name: rows[name] for name in (*self.fields, "step_id")})
 
     def __getitem__(self, index: int) -> Batch:
@@ -219,7 +230,8 @@ class PoolDataset(Dataset):
 
 
 def pool_loader(path: str | os.PathLike, batch_size: int, *, shuffle: bool = True, num_workers: int = 2,
-                fields: Sequence[str] | None = None, seed: int | None = None, **loader_kwargs) -> DataLoader:
+                fields: Sequence[str] | None = None, seed: int | None = None, frame_stack: int | None = None,
+                stack_axis: int = 0, stack_padding: str = "reset", **loader_kwargs) -> DataLoader:
     """A ``DataLoader`` over a pool: one vectorised read per batch, in worker processes.
 
     Args:
@@ -229,12 +241,13 @@ def pool_loader(path: str | os.PathLike, batch_size: int, *, shuffle: bool = Tru
         num_workers: worker processes (0 reads in the calling process).
         fields: fields to load (default: all).
         seed: seeds the shuffle order.
+        frame_stack, stack_axis, stack_padding: observations as frame stacks (see ``PoolDataset``).
         **loader_kwargs: passed to ``DataLoader`` (``pin_memory``, ``prefetch_factor``, ...).
     """
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
-    dataset = PoolDataset(path, fields)
+    dataset = PoolDataset(path, fields, frame_stack=frame_stack, stack_axis=stack_axis, stack_padding=stack_padding)
     # torch annotates collate_fn as taking a list of items; with __getitems__ it is handed the
     # already gathered batch instead, which its stubs do not describe.
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,
