@@ -39,6 +39,7 @@ from ..errors import (
 from ..sampling import draws
 from ..sampling.age_window import VERSION_FIELD, AgeWindow
 from ..sampling.base import Sampler, WindowView
+from ..sampling.composed import PrioritizedRecency
 from ..sampling.prioritized import Prioritized
 from ..sampling.uniform import Uniform
 from ..schema import Field, Schema
@@ -528,13 +529,13 @@ class Store:
                beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
                current_version: int | None = None, recency=None,
                sampler: Sampler | None = None, frame_stack: int | None = None, stack_axis: int = 0,
-               stack_padding: str = "reset") -> dict[str, np.ndarray]:
+               stack_padding: str = "reset", her=None) -> dict[str, np.ndarray]:
         """A random batch (with replacement) of committed transitions, plus ``step_id``.
 
-        The keywords build a sampling strategy; ``sampler`` takes one directly. ``max_age``
-        composes with ``prioritized`` or ``recency`` (the strategy draws among the young rows
-        only), and ``n_step`` with every strategy. Refused: ``recency`` with ``prioritized``
-        (two weightings of one row have no exact O(batch) draw from the sum tree).
+        The keywords build a sampling strategy; ``sampler`` takes one directly. They compose:
+        ``max_age`` with ``prioritized`` and/or ``recency`` (the strategy draws among the young
+        rows only), ``prioritized`` with ``recency`` (expstore/sampling/composed.py), and
+        ``n_step`` and ``her`` with every strategy (``her`` with one-step rows only).
 
         Args:
             batch_size: rows to draw.
@@ -573,24 +574,24 @@ class Store:
                 (84, 84, k), as SB3's ``VecFrameStack``.
             stack_padding: how the first rows of an episode are padded: "reset" repeats the
                 episode's first frame (gymnasium's default), "zero" pads zeros (SB3).
+            her: hindsight relabelling of the drawn rows, ``expstore.HER(compute_reward, ...)``
+                (expstore/mixing/her.py): adds the ``relabeled`` column.
         """
         if sampler is None and not prioritized and max_age is None and recency is None and n_step == 1 \
-                and not self._derived and frame_stack is None:
+                and not self._derived and frame_stack is None and her is None:
             return self._sample_uniform(batch_size, rng)
         _check_sampling_args(batch_size, n_step, gamma, alpha, beta)
         stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         strategy = self._strategy(sampler, prioritized, alpha, beta, max_age, age_unit, current_version, recency)
+        _check_her(her, n_step)
         if n_step > 1:
             self._need_book()
+        generator = _generator(rng)
         batch, view = self._draw_usable(
-            strategy, _generator(rng), batch_size, self._view(),
+            strategy, generator, batch_size, self._view(),
             lambda steps, high: self._builder().transitions(steps, n_step, gamma, high, stacker))
-        weights = getattr(strategy, "weights", None)
-        if weights is not None:
-            values = weights(view, batch["step_id"])
-            if values is not None:
-                batch["weights"] = values
-        return batch
+        _add_weights(strategy, view, batch, batch["step_id"])
+        return batch if her is None else her.relabel(self, batch, generator, view)
 
     def _sample_uniform(self, batch_size: int, rng) -> dict[str, np.ndarray]:
         """The hot path: one draw, one gather, one look at the window."""
@@ -623,12 +624,11 @@ class Store:
         if recency is not None and not callable(getattr(recency, "draw", None)):
             raise InvalidArgumentError(f"recency={recency!r} must be expstore.ERE(k, K) or "
                                        "expstore.ExponentialRecency(half_life)")
-        if recency is not None and prioritized:
-            raise InvalidArgumentError("recency cannot be combined with prioritized=True (two weightings of one row "
-                                       "have no exact draw from the priority tree); prioritize within max_age instead")
         if prioritized:
             self._need_book()
         inner: Sampler = Prioritized(alpha, beta) if prioritized else (recency or _UNIFORM)
+        if prioritized and recency is not None:
+            inner = PrioritizedRecency(Prioritized(alpha, beta), recency)
         return inner if max_age is None else AgeWindow(max_age, age_unit, current_version, inner)
 
     def _view(self, low: int | None = None, high: int | None = None) -> WindowView:
@@ -701,23 +701,33 @@ class Store:
 
     def sample_sequences(self, batch_size: int, length: int, *, rng: int | np.random.Generator | None = None,
                          full_only: bool = False, frame_stack: int | None = None, stack_axis: int = 0,
-                         stack_padding: str = "reset") -> dict[str, np.ndarray]:
+                         stack_padding: str = "reset", prioritized: bool = False, alpha: float = 0.6,
+                         beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
+                         current_version: int | None = None, recency=None,
+                         sampler: Sampler | None = None) -> dict[str, np.ndarray]:
         """Windows of ``length`` consecutive rows of one episode each: arrays [batch, length, ...].
 
-        A window starts at a uniformly drawn committed row and follows its episode (for a vector
-        env, its own sub-env). ``mask`` [batch, length] marks the rows that exist; past the end
-        of the episode (or of the committed rows) values are zero and ``step_id`` is -1. With
-        ``full_only`` only windows of ``length`` existing rows are drawn. ``frame_stack``,
-        ``stack_axis`` and ``stack_padding`` stack every row's observations as in ``sample``.
+        A window starts at a committed row drawn by the strategy the keywords describe (as in
+        ``sample``: uniform by default, ``prioritized``, ``recency``, ``max_age``, ``sampler``)
+        and follows its episode (for a vector env, its own sub-env). ``mask`` [batch, length]
+        marks the rows that exist; past the end of the episode (or of the committed rows)
+        values are zero and ``step_id`` is -1. With ``full_only`` only windows of ``length``
+        existing rows are drawn. ``frame_stack``, ``stack_axis`` and ``stack_padding`` stack
+        every row's observations as in ``sample``. A prioritized draw adds ``weights`` [batch],
+        those of the start rows (set a sequence's priority with ``update_priorities`` on its
+        start step id).
         """
-        _check_positive(batch_size, "batch_size")
+        _check_sampling_args(batch_size, 1, 0.0, alpha, beta)
         _check_positive(length, "length")
+        strategy = self._strategy(sampler, prioritized, alpha, beta, max_age, age_unit, current_version, recency)
         self._need_book()
         stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         generator = _generator(rng)
-        return self._draw_usable(
-            _UNIFORM, generator, batch_size, self._view(),
-            lambda steps, high: self._builder().windows(steps, length, high, full_only, stacker))[0]
+        batch, view = self._draw_usable(
+            strategy, generator, batch_size, self._view(),
+            lambda steps, high: self._builder().windows(steps, length, high, full_only, stacker))
+        _add_weights(strategy, view, batch, batch["step_id"][:, 0])
+        return batch
 
     def iter_epoch(self, batch_size: int, *, rng: int | np.random.Generator | None = None, drop_last: bool = False,
                    n_step: int = 1, gamma: float = 0.99, frame_stack: int | None = None, stack_axis: int = 0,
@@ -1054,6 +1064,26 @@ def _batch_length(batch: Mapping[str, Any]) -> int:
     if len(set(lengths.values())) > 1:
         raise SchemaError(f"batch fields have different lengths {lengths}; every field needs one row per transition")
     return next(iter(lengths.values()), 0)
+
+
+def _add_weights(strategy: Sampler, view: WindowView, batch: dict[str, np.ndarray], steps: np.ndarray) -> None:
+    """The strategy's importance weights of the drawn ``steps``, if it has any."""
+    weights = getattr(strategy, "weights", None)
+    if weights is not None:
+        values = weights(view, steps)
+        if values is not None:
+            batch["weights"] = values
+
+
+def _check_her(her: Any, n_step: int) -> None:
+    if her is None:
+        return
+    if not callable(getattr(her, "relabel", None)):
+        raise InvalidArgumentError(f"her={her!r} is not a relabelling: pass expstore.HER(compute_reward, ...)")
+    if n_step > 1:
+        raise InvalidArgumentError("her= relabels one-step transitions; an n-step return would need every reward "
+                                   "of the chain recomputed for the new goal, which expstore does not do: "
+                                   "sample with n_step=1")
 
 
 def _generator(rng: int | np.random.Generator | None) -> np.random.Generator:

@@ -46,10 +46,11 @@ class AgeLimit:
     min_version: int | None = None
 
     def admits(self, batch: dict) -> np.ndarray:
-        """Which gathered rows are young enough (checked on the values actually read)."""
+        """Which gathered rows are young enough (checked on the values actually read; for
+        sequences, [batch, length] arrays, on their start rows)."""
         if self.min_version is None:
-            return batch["step_id"] >= self.low
-        return np.asarray(batch[VERSION_FIELD]) >= self.min_version
+            return _start_rows(batch["step_id"]) >= self.low
+        return _start_rows(np.asarray(batch[VERSION_FIELD])) >= self.min_version
 
 
 @dataclass(frozen=True)
@@ -166,3 +167,7 @@ def first_version_at_least(versions: np.ndarray, slots: int, low: int, high: int
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _start_rows(values: np.ndarray) -> np.ndarray:
+    return values[:, 0] if values.ndim > 1 else values

@@ -76,7 +76,7 @@ def importance_weights(probabilities: np.ndarray, population: int, beta: float) 
     return (weights / weights.max()).astype(np.float32)
 
 
-def steps_of_slots(slots_drawn: np.ndarray, low: int, slots: int) -> np.ndarray:
+def steps_of_slots(slots_drawn: np.ndarray, low: int | np.ndarray, slots: int) -> np.ndarray:
     """The step id in [low, low + slots) stored in each slot."""
     return low + (slots_drawn - low) % slots
 

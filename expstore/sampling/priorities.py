@@ -166,3 +166,29 @@ class PriorityIndex:
         prefix = self._built.prefix(np.array([start, first_end, second_end]))
         first_mass = float(prefix[1] - prefix[0])
         return (float(prefix[0]), first_mass, 0.0), first_mass + float(prefix[2])
+
+    def masses(self, lows: np.ndarray, highs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For step ranges [lows[i], highs[i]) inside the tree's window (each at most ``slots``
+        long): the prefix sum where each range's first run of slots starts, that run's mass, and
+        the range's whole mass (a range over the ring's edge is two runs; the second starts at 0)."""
+        tree = self._built
+        lows, highs = np.asarray(lows, np.int64), np.asarray(highs, np.int64)
+        starts = lows % self.slots
+        first_ends = np.minimum(starts + (highs - lows), self.slots)
+        second_ends = highs - lows - (first_ends - starts)
+        prefix = tree.prefix(np.concatenate([starts, first_ends, second_ends])).reshape(3, -1)
+        first_mass = prefix[1] - prefix[0]
+        return prefix[0], first_mass, first_mass + prefix[2]
+
+    def draw_in_ranges(self, rng: np.random.Generator, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+        """One step id per range [lows[i], highs[i]), in proportion to priority ** alpha within it
+        (uniform within a range whose priorities are all zero)."""
+        first_start, first_mass, mass = self.masses(lows, highs)
+        targets = rng.random(len(lows)) * mass
+        targets = np.where(targets < first_mass, first_start + targets, targets - first_mass)
+        steps = sampling.steps_of_slots(self._built.find(targets), lows, self.slots)
+        empty = ~(mass > 0)
+        if empty.any():
+            steps[empty] = lows[empty] + (rng.random(int(empty.sum())) * (highs - lows)[empty]).astype(np.int64)
+        # Rounding can land a target on a neighbour outside the range: keep every step inside it.
+        return np.clip(steps, lows, highs - 1)

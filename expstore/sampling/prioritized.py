@@ -35,7 +35,7 @@ class Prioritized:
             raise InvalidArgumentError(f"alpha={self.alpha!r} and beta={self.beta!r} must be >= 0")
 
     def draw(self, rng: np.random.Generator, view: WindowView, count: int) -> np.ndarray:
-        index = self._synced(view)
+        index = self.synced(view)
         return index.draw_range(rng, view.tail, view.head, count)[0]
 
     def weights(self, view: WindowView, steps: np.ndarray) -> np.ndarray:
@@ -45,7 +45,8 @@ class Prioritized:
         probabilities = view.priorities.probabilities(steps, view.tail, view.head)
         return draws.importance_weights(probabilities, view.rows, self.beta)
 
-    def _synced(self, view: WindowView) -> PriorityIndex:
+    def synced(self, view: WindowView) -> PriorityIndex:
+        """The view's priority tree, brought in step with its whole window and alpha."""
         if view.priorities is None:
             raise SchemaError("prioritized sampling needs the pool's episode bookkeeping and priorities; "
                               "copy the pool into a new one with `expstore convert`")

@@ -19,6 +19,7 @@ import pytest
 import expstore
 from expstore.errors import EmptyStoreError, InvalidArgumentError, SchemaError
 from expstore.sampling.recency import ERE, ERESchedule, ExponentialRecency
+from expstore.sampling.uniform import Uniform
 from tests.helpers.cli import run, run_json
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -183,8 +184,8 @@ def test_bad_age_arguments(pool_path):
             pool.sample(4, max_age=-1)
         with pytest.raises(InvalidArgumentError):
             pool.sample(4, recency="newest")
-        with pytest.raises(InvalidArgumentError, match="prioritized"):  # max_age with it composes; recency not
-            pool.sample(4, recency=ERE(1, 2), prioritized=True)
+        with pytest.raises(InvalidArgumentError, match="combine with prioritized"):  # a user's recency object
+            pool.sample(4, recency=Uniform(), prioritized=True)
 
 
 # ---------------------------------------------------------------------- concurrent writes

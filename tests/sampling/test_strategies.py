@@ -161,8 +161,8 @@ def test_refused_combinations_and_objects_that_are_not_samplers(pool_path):
             pool.sample(4, sampler=Uniform(), max_age=3)
         with pytest.raises(InvalidArgumentError, match="not a sampler"):
             pool.sample(4, sampler="uniform")
-        with pytest.raises(InvalidArgumentError, match="prioritized"):
-            pool.sample(4, prioritized=True, recency=ExponentialRecency(5))
+        with pytest.raises(InvalidArgumentError, match="combine with prioritized"):
+            pool.sample(4, prioritized=True, recency=EvenSteps())
         with pytest.raises(InvalidArgumentError):
             AgeWindow(-1)
         with pytest.raises(InvalidArgumentError):
