@@ -75,7 +75,8 @@ class AtariRecording:
 
 
 def make_env(game: str, *, seed: int = 0, max_episode_steps: int | None = None,
-             frame_skip: int = 4, noop_max: int = 30, render_mode: str | None = None):
+             frame_skip: int = 4, noop_max: int = 30, terminal_on_life_loss: bool = False,
+             render_mode: str | None = None):
     """A v5 ALE env with gymnasium's standard Atari preprocessing: (84, 84) uint8 observations."""
     try:
         import ale_py
@@ -86,7 +87,7 @@ def make_env(game: str, *, seed: int = 0, max_episode_steps: int | None = None,
     gymnasium.register_envs(ale_py)
     env = gymnasium.make(f"ALE/{game}-v5", frameskip=1, render_mode=render_mode)
     env = AtariPreprocessing(env, noop_max=noop_max, frame_skip=frame_skip, screen_size=84,
-                             grayscale_obs=True)
+                             terminal_on_life_loss=terminal_on_life_loss, grayscale_obs=True)
     if max_episode_steps is not None:
         env = TimeLimit(env, max_episode_steps=max_episode_steps)
     env.action_space.seed(seed)

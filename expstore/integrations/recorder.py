@@ -9,6 +9,11 @@ A ``reset()`` before an episode ended (Gymnasium allows one at any time) ends th
 episode as truncated, as Minari's ``DataCollector`` does: ``Store.end_episodes`` closes it at
 its last row and keeps the env's last observation as its final one. A vector env's ``reset()``
 does so for every sub-env whose episode was running (only those in ``reset_mask`` if given).
+
+An env wrapped in ``FrameStackObservation`` (detected, or declared with ``frame_stack=k``) returns
+stacks of k frames that repeat k - 1 frames of the step before; only the newest frame of each is
+stored, and ``pool.sample(..., **recorder.sample_options)`` (``frame_stack=k`` and the env's
+padding) returns the stacks the env returned, bit for bit (stacked_envs.py).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 from ..errors import SchemaError
 from ..schema import Schema
 from .spaces import flatten, space_fields
+from .stacked_envs import EnvStacking, check_pool_schema, find_stacking
 
 
 def _pool_schema(observation_space, action_space, info_fields, info, store_next_obs, policy_version, batched):
@@ -51,13 +57,30 @@ class _Recording:
     """What both wrappers share: the pool, the fields, and turning a step into rows."""
 
     def _setup(self, pool, info_fields: Sequence[str], policy_version: int | None, observation_space,
-               action_space) -> None:
+               action_space, stacking: EnvStacking | None = None) -> None:
         self.pool = pool
         self.info_fields = tuple(info_fields)
         self.policy_version = policy_version
+        self._stacking = stacking
+        if stacking is not None:
+            check_pool_schema(pool, stacking)
+            observation_space = stacking.frame_space
         self._recorded_obs_space, self._recorded_action_space = observation_space, action_space
         self._obs: dict[str, np.ndarray] | None = None
         self._last_next: dict[str, np.ndarray] | None = None  # the flattened next_obs of the last step
+
+    @property
+    def sample_options(self) -> dict:
+        """``frame_stack``, ``stack_axis`` and ``stack_padding`` that rebuild the env's frame stacks
+        from the pool (pass them to ``sample``, ``read``, ``episode``, ...); empty when the env does
+        not stack frames."""
+        return {} if self._stacking is None else self._stacking.sample_options
+
+    def _flat(self, prefix: str, value, batched: bool) -> dict[str, np.ndarray]:
+        """An observation as flat fields: the newest frame of a stacked env's observation."""
+        if self._stacking is not None:
+            value = self._stacking.newest(value, batched)
+        return flatten(prefix, self._recorded_obs_space, value)
 
     def _rows(self, obs, action, reward, next_obs: dict, terminated, truncated, info, batched: bool) -> dict:
         """One row (or a batch of rows), ``obs``/``next_obs`` already flattened."""
@@ -94,6 +117,12 @@ class RecordEpisodes(gym.Wrapper, _Recording):
         info_fields: names of ``info`` entries to store as fields of their own.
         policy_version: an int stamped on every row in a ``policy_version`` field (created when
             given here); set ``wrapper.policy_version`` whenever the policy changes.
+        frame_stack: None (default): detect ``FrameStackObservation`` in the env's wrapper chain
+            (in a vector env's sub-envs) and store only the newest frame of each stacked
+            observation; an int k: the env's observations are stacks of k frames along their
+            first axis (declared, for other stacking wrappers); False: store them as they are.
+        stack_padding: the padding of a declared stack ("reset" or "zero"; detected ones use
+            the wrapper's own).
     """
 
     def __new__(cls, env, *args, **kwargs):
@@ -103,23 +132,25 @@ class RecordEpisodes(gym.Wrapper, _Recording):
             return wrapper
         return super().__new__(cls)
 
-    def __init__(self, env: gym.Env, pool, info_fields: Sequence[str] = (), *, policy_version: int | None = None):
+    def __init__(self, env: gym.Env, pool, info_fields: Sequence[str] = (), *, policy_version: int | None = None,
+                 frame_stack: int | bool | None = None, stack_padding: str | None = None):
         gym.Wrapper.__init__(self, env)
-        self._setup(pool, info_fields, policy_version, env.observation_space, env.action_space)
+        stacking = find_stacking(env, env.observation_space, frame_stack, stack_padding, vector=False)
+        self._setup(pool, info_fields, policy_version, env.observation_space, env.action_space, stacking)
 
     def reset(self, **kwargs):
         if self._last_next is not None:  # the episode is still running: the reset interrupts it
             self.pool.end_episodes([0], next_obs={name: value[None] for name, value in self._last_next.items()})
             self._last_next = None
         obs, info = self.env.reset(**kwargs)
-        self._obs = flatten("obs", self._recorded_obs_space, obs)
+        self._obs = self._flat("obs", obs, False)
         return obs, info
 
     def step(self, action):
         if self._obs is None:
             raise gym.error.ResetNeeded("call reset() before step(): the recorder needs the first observation")
         next_obs, reward, terminated, truncated, info = self.env.step(action)
-        next_flat = flatten("next_obs", self._recorded_obs_space, next_obs)
+        next_flat = self._flat("next_obs", next_obs, False)
         self.pool.append(self._rows(self._obs, action, reward, next_flat, terminated, truncated, info, False))
         self._obs = {"obs" + name[8:]: value for name, value in next_flat.items()}
         self._last_next = None if terminated or truncated else next_flat
@@ -129,10 +160,12 @@ class RecordEpisodes(gym.Wrapper, _Recording):
 class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
     """The vector-env form of :class:`RecordEpisodes` (made by it for a VectorEnv)."""
 
-    def __init__(self, env, pool, info_fields: Sequence[str] = (), *, policy_version: int | None = None):
+    def __init__(self, env, pool, info_fields: Sequence[str] = (), *, policy_version: int | None = None,
+                 frame_stack: int | bool | None = None, stack_padding: str | None = None):
         gym.vector.VectorWrapper.__init__(self, env)
+        stacking = find_stacking(env, env.single_observation_space, frame_stack, stack_padding, vector=True)
         self._setup(pool, info_fields, policy_version, env.single_observation_space,
-                    env.single_action_space)
+                    env.single_action_space, stacking)
         mode = (getattr(env, "metadata", None) or {}).get("autoreset_mode", "NextStep")
         self._mode = str(getattr(mode, "value", mode))  # an AutoresetMode, or its value
         self._resetting = np.zeros(env.num_envs, bool)
@@ -142,7 +175,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         mask = (kwargs.get("options") or {}).get("reset_mask")
         self._end_interrupted(self._running if mask is None else self._running & np.asarray(mask, bool))
         obs, info = self.env.reset(**kwargs)
-        batch = flatten("obs", self._recorded_obs_space, obs)
+        batch = self._flat("obs", obs, True)
         if self._obs is None or mask is None:
             self._obs = batch
         else:
@@ -161,7 +194,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         if keep.any():
             self.pool.extend({name: np.asarray(values)[keep] for name, values in rows.items()},
                              env_ids=np.flatnonzero(keep))
-        self._obs = flatten("obs", self._recorded_obs_space, next_obs)
+        self._obs = self._flat("obs", next_obs, True)
         ended = np.asarray(terminated) | np.asarray(truncated)
         self._running = keep & ~ended
         self._last_next = final
@@ -180,12 +213,12 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
     def _final_observations(self, next_obs, info) -> dict[str, np.ndarray]:
         """Flattened next observations; SAME_STEP autoreset returns the reset observation of a
         finished sub-env, its final one is in ``info["final_obs"]``."""
-        final = flatten("next_obs", self._recorded_obs_space, next_obs)
+        final = self._flat("next_obs", next_obs, True)
         if "SameStep" not in self._mode or "final_obs" not in info:
             return final
         mask = np.asarray(info["_final_obs"])
         if mask.any():
-            stacked = _stack_final(self._recorded_obs_space, info["final_obs"], mask)
+            stacked = _stack_final(self, info["final_obs"], mask)
             for name, values in final.items():
                 values = np.array(values)
                 values[mask] = stacked[name]
@@ -193,6 +226,6 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         return final
 
 
-def _stack_final(space, final_obs: Any, mask: np.ndarray) -> dict[str, np.ndarray]:
-    rows = [flatten("next_obs", space, final_obs[i]) for i in np.flatnonzero(mask)]
+def _stack_final(recording: _Recording, final_obs: Any, mask: np.ndarray) -> dict[str, np.ndarray]:
+    rows = [recording._flat("next_obs", final_obs[i], False) for i in np.flatnonzero(mask)]
     return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
