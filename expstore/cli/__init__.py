@@ -18,7 +18,7 @@ from typing import NoReturn
 import click
 
 from ..errors import ExpstoreError
-from . import check, convert, inspect, interchange, plot
+from . import check, convert, inspect, interchange, plot, view
 from .common import cli_advice
 
 
@@ -33,8 +33,9 @@ class _Group(click.Group):
         except (ExpstoreError, OSError) as exc:
             raise click.ClickException(cli_advice(_one_line(exc), self._invoked(ctx))) from None
         except ModuleNotFoundError as exc:
-            raise click.ClickException(f"{exc}; install the optional dependencies: pip install 'expstore[train]'") \
-                from None
+            advice = "" if "pip install" in str(exc) else \
+                "; install the optional dependencies: pip install 'expstore[train]'"
+            raise click.ClickException(f"{exc}{advice}") from None
 
     def _invoked(self, ctx: click.Context) -> click.Command | None:
         name = ctx.invoked_subcommand
@@ -69,7 +70,7 @@ def cli() -> None:
 
 
 def _register() -> None:
-    for module in (inspect, check, convert, interchange, plot):
+    for module in (inspect, check, convert, interchange, plot, view):
         for command in module.COMMANDS:
             cli.add_command(command)
 
