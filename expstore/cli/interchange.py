@@ -9,8 +9,9 @@ import click
 
 from .. import interchange
 from ..backends import backend_names, get_backend
+from ..errors import InvalidArgumentError
 from ..inspect.streaming import open_source
-from .common import RegisteredChoice, progress_bar
+from .common import RegisteredChoice, progress_bar, table
 
 FORMATS = RegisteredChoice(interchange.format_names, lookup=interchange.get_format)
 FORMAT = click.option("--format", "fmt", type=FORMATS, default=None,
@@ -60,7 +61,8 @@ def _refuse_foreign_options(chosen: interchange.Format, given: dict) -> None:
     foreign = sorted(set(given) - taken)
     if foreign:
         flags = ", ".join("--" + name.replace("_", "-") for name in foreign)
-        raise click.UsageError(f"{flags} does not apply to --format {chosen.name}")
+        raise InvalidArgumentError(f"{flags} does not apply to --format {chosen.name}; see `expstore formats` for "
+                                   "each format's options")
 
 
 @click.command(name="import")
@@ -83,12 +85,28 @@ def import_cmd(src: str, pool: str, fmt, capacity, backend, overwrite: bool) -> 
         chosen = interchange.get_format(fmt)
     elif os.path.exists(src):
         chosen = interchange.get_format(interchange.detect_format(src))
-    else:  # a dataset id (mujoco/pusher/expert-v0): the directory format looks it up
-        chosen = interchange.directory_format(src)
+    else:  # a file's suffix names its format; a dataset id (mujoco/pusher/expert-v0): the directory format
+        chosen = interchange.format_for_destination(src)
     with progress_bar(0, f"import {chosen.name}") as progress:
         rows = chosen.import_pool(src, pool, capacity=capacity, backend=backend, overwrite=overwrite,
                                   progress=progress)
     click.echo(f"imported {rows} rows into {pool}")
 
 
-COMMANDS = [export_cmd, import_cmd]
+@click.command(name="formats")
+def formats_cmd() -> None:
+    """List the interchange formats that export and import know (the --format choices).
+
+    \b
+    Example:
+      expstore formats
+    """
+    rows = []
+    for fmt in interchange.FORMATS.values():
+        dataset = ", ".join(fmt.suffixes) if fmt.suffixes else "a directory"
+        options = " ".join("--" + option.name.replace("_", "-") for option in fmt.export_options) or "-"
+        rows.append([fmt.name, fmt.description, dataset, options])
+    click.echo(table(["format", "what", "dataset", "export options"], rows))
+
+
+COMMANDS = [export_cmd, import_cmd, formats_cmd]

@@ -1,5 +1,5 @@
 """Import and export of other tools' layouts, one registered format per module (base.Format):
-D4RL HDF5 files (d4rl.py) and Minari datasets (minari.py)."""
+D4RL HDF5 files (d4rl.py), Minari datasets (minari.py), Parquet files (parquet.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,11 @@ from .base import (
 )
 from .d4rl import D4RLFormat, export_d4rl, import_d4rl
 from .minari import MinariFormat, export_minari, import_minari
+from .parquet import ParquetFormat, export_parquet, import_parquet
 
 register_format("d4rl", D4RLFormat())
 register_format("minari", MinariFormat())
+register_format("parquet", ParquetFormat())
 
 __all__ = [
     "FORMATS",
@@ -30,10 +32,12 @@ __all__ = [
     "directory_format",
     "export_d4rl",
     "export_minari",
+    "export_parquet",
     "format_for_destination",
     "format_names",
     "get_format",
     "import_d4rl",
     "import_minari",
+    "import_parquet",
     "register_format",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from ..backends import Backend, archive, backend_holding
 from ..core import lock
@@ -20,8 +21,14 @@ from ..errors import ExpstoreError, InvalidArgumentError, StoreExistsError
 SAVED_KEY = "expstore"
 
 # What each kind of output replaces when overwriting: only what expstore itself wrote there.
-REPLACEABLE = {"pool": ("pool", "archive"), "d4rl": ("d4rl",), "minari": ("minari",)}
-_KIND_NAMES = {"pool": "a pool", "archive": "an archive", "d4rl": "a D4RL file", "minari": "a Minari dataset"}
+REPLACEABLE = {"pool": ("pool", "archive"), "d4rl": ("d4rl",), "minari": ("minari",), "parquet": ("parquet",),
+               "lerobot": ("lerobot",)}
+_KIND_NAMES = {"pool": "a pool", "archive": "an archive", "d4rl": "a D4RL file", "minari": "a Minari dataset",
+               "parquet": "a Parquet file", "lerobot": "a LeRobot dataset"}
+_PARQUET_MAGIC = b"PAR1"
+# The files of a LeRobot v3.0 dataset that expstore exports (interchange/lerobot.py).
+_LEROBOT_FILE = re.compile(r"meta/(info|stats)\.json|meta/tasks\.parquet|meta/episodes/chunk-\d+/file-\d+\.parquet"
+                           r"|data/chunk-\d+/file-\d+\.parquet|videos/[^/]+/chunk-\d+/file-\d+\.mp4")
 
 
 def check_destination(dst: str, overwrite: bool, output: str = "pool") -> None:
@@ -63,6 +70,8 @@ def what_is_at(path: str) -> tuple[str | None, str]:
 def _file_kind(path: str) -> tuple[str | None, str]:
     """What a file holds, read through the backend whose container form is a file (HDF5)."""
     size = os.path.getsize(path)
+    if _is_parquet(path):
+        return _parquet_kind(path)
     backend = backend_holding(path)
     if backend is None:
         return None, f"a file of {size} bytes, and no backend keeps a pool in one file"
@@ -89,7 +98,8 @@ def _directory_kind(path: str) -> tuple[str | None, str]:
     if not files_in:
         return None, "an empty directory" if not os.listdir(path) else "a directory that holds only empty directories"
     backend = backend_holding(path)
-    kind = (None if backend is None else _container_kind(backend, path)) or _minari_kind(path, files_in)
+    kind = (None if backend is None else _container_kind(backend, path)) or _minari_kind(path, files_in) \
+        or _lerobot_kind(path)
     if kind is None:
         return None, f"a directory that holds {_listed(files_in)}"
     foreign = [name for name in files_in if not _written_by_expstore(kind, name, backend)]
@@ -108,6 +118,33 @@ def _container_kind(backend: Backend, path: str) -> str | None:
     return "archive" if archive.ATTR in attributes else "pool" if "expstore" in attributes else None
 
 
+def _is_parquet(path: str) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(4) == _PARQUET_MAGIC
+
+
+def _parquet_kind(path: str) -> tuple[str | None, str]:
+    try:
+        # pyarrow loads only here: it is the optional dependency of the Parquet format.
+        import pyarrow.parquet as pq
+
+        metadata = pq.read_schema(path).metadata or {}
+    except Exception as exc:  # not installed, or a damaged footer: not known to be expstore's
+        return None, f"a Parquet file that cannot be read ({type(exc).__name__}), so not known to be expstore's"
+    if SAVED_KEY.encode() in metadata:
+        return "parquet", "a Parquet file"
+    return None, "a Parquet file that expstore did not write"
+
+
+def _lerobot_kind(path: str) -> str | None:
+    try:
+        with open(os.path.join(path, "meta", "info.json"), "rb") as fh:
+            info = json.loads(fh.read())
+    except (OSError, ValueError):
+        return None
+    return "lerobot" if isinstance(info, dict) and SAVED_KEY in info else None
+
+
 def _minari_kind(path: str, files_in: list[str]) -> str | None:
 
     try:
@@ -123,6 +160,8 @@ def _written_by_expstore(kind: str, name: str, backend: Backend | None) -> bool:
     one the pool's backend writes (Backend.writes), or a Minari dataset's two files."""
     if kind == "minari":
         return name in (os.path.join("data", "metadata.json"), os.path.join("data", "main_data.hdf5"))
+    if kind == "lerobot":
+        return _LEROBOT_FILE.fullmatch(name.replace(os.sep, "/")) is not None
     return backend is not None and backend.writes(name)
 
 

@@ -85,7 +85,7 @@ def test_a_registered_format_exports_and_imports_through_the_cli(tmp_path, pool_
 def test_an_option_of_another_format_is_refused(tmp_path, pool_path, npz_format):
     make_pool(pool_path)
     result = run("export", pool_path, tmp_path / "rows.npz", "--dataset-id", "x-v0", ok=False)
-    assert result.exit_code == 2 and "--dataset-id does not apply to --format npz" in result.output
+    assert_error(result, "--dataset-id does not apply to --format npz")
     assert not (tmp_path / "rows.npz").exists()
 
 
@@ -94,17 +94,19 @@ def test_registering_a_format_name_twice_is_an_error(npz_format):
         register_format("npz", NpzFormat())
     with pytest.raises(InvalidArgumentError, match="calls itself 'd4rl'"):
         register_format("d4rl-copy", D4RLFormat())
-    assert format_names() == ["d4rl", "minari", "npz"]
+    names = format_names()
+    assert names[:2] == ["d4rl", "minari"] and names[-1] == "npz" and names.count("npz") == 1
 
 
 def test_an_unknown_format_is_one_line_listing_the_registered_ones(tmp_path, pool_path, npz_format):
     make_pool(pool_path)
-    with pytest.raises(InvalidArgumentError, match="unknown format 'parquet'; choose one of d4rl, minari, npz"):
-        get_format("parquet")
+    known = ", ".join(format_names())
+    assert known.startswith("d4rl, minari") and known.endswith("npz")
+    with pytest.raises(InvalidArgumentError, match=f"unknown format 'csv'; choose one of {known}"):
+        get_format("csv")
     for command in (("export", pool_path, tmp_path / "out"), ("import", tmp_path / "in.npz", tmp_path / "o.h5")):
-        assert_error(run(*command, "--format", "parquet", ok=False),
-                     "unknown format 'parquet'; choose one of d4rl, minari, npz")
+        assert_error(run(*command, "--format", "csv", ok=False), f"unknown format 'csv'; choose one of {known}")
     assert not (tmp_path / "out").exists() and not (tmp_path / "o.h5").exists()
     (tmp_path / "data.csv").write_text("1,2\n")
     assert_error(run("import", tmp_path / "data.csv", tmp_path / "o.h5", ok=False),
-                 "pass --format d4rl or --format minari or --format npz")
+                 "pass " + " or ".join(f"--format {name}" for name in format_names()))

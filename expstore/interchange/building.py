@@ -1,0 +1,85 @@
+"""Building an imported pool aside and renaming it into place, with the dataset's episodes.
+
+``Store.extend`` ends an episode only at a ``terminated`` or ``truncated`` row. Formats that
+number their episodes (Parquet's ``episode_id``, LeRobot's ``episode_index``) also end episodes
+with neither flag: a teleoperated demonstration that simply stopped, an episode cut off when its
+recorder stopped. Each slice therefore says where such episodes end, and the builder closes them
+there with ``Store.end_episodes``, so that ``store.episodes()`` lists the dataset's episodes.
+
+An error part-way (a damaged file found late) removes the temporary: the destination is never
+half-written (files.build_aside, the rule every convert and import follows).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backends import files, resolve_backend
+from ..core import lock
+from ..core.opening import open as open_store
+from ..maintenance.convert import make_parent
+from ..schema import Schema
+
+
+@dataclass
+class ImportSlice:
+    """Consecutive rows of an import, and the offsets (exclusive ends, within the slice) where
+    an episode ends without a terminated or truncated flag on its last row."""
+
+    rows: dict[str, np.ndarray]
+    episode_ends: list[int] = field(default_factory=list)
+
+
+def episode_ends(episode_ids: np.ndarray, next_id: int | None, done: np.ndarray | None) -> list[int]:
+    """Ends of the episodes in a slice of rows tagged with ``episode_ids`` whose last row
+    carries no flag (``done``: terminated | truncated). ``next_id``: the first row's episode id
+    after the slice (None at the end of the data: the last episode ends there)."""
+    ids = np.asarray(episode_ids)
+    if not len(ids):
+        return []
+    following = np.append(ids[1:], ids[-1] + 1 if next_id is None else next_id)
+    ends = np.flatnonzero(following != ids) + 1
+    if done is not None:
+        ends = ends[~np.asarray(done, bool)[ends - 1]]
+    return ends.tolist()
+
+
+def backend_for(dst: str, backend: str | None) -> str:
+    return resolve_backend(dst, backend).name
+
+
+def build_imported_pool(dst: str, backend: str | None, schema: Schema, capacity: int, attrs: dict,
+                        slices: Iterable[ImportSlice], *, overwrite: bool = False, first_step_id: int = 0) -> None:
+    """Create pool ``dst`` from ``slices`` at a temporary sibling, then rename it into place."""
+    dst = os.fspath(dst)
+    chosen = backend_for(dst, backend)
+    make_parent(dst)
+
+    def build(temp: str) -> list[str]:
+        store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs, backend=chosen,
+                           first_step_id=first_step_id, fsync=False)
+        try:
+            for part in slices:
+                _append(store, part)
+            store.flush(fsync=True)
+        finally:
+            store.close()
+            files.remove_path(lock.lock_path(temp))
+        return []  # creating the pool allocated its files
+
+    files.build_aside(dst, build, replace=overwrite)
+
+
+def _append(store, part: ImportSlice) -> None:
+    start = 0
+    for end in [*part.episode_ends, None]:
+        stop = len(next(iter(part.rows.values()))) if end is None else end
+        if stop > start:
+            store.extend({name: values[start:stop] for name, values in part.rows.items()})
+        if end is not None:
+            store.end_episodes()
+        start = stop

@@ -1,0 +1,363 @@
+"""Parquet files, the format Hugging Face ``datasets``, pandas, Polars and DuckDB all read.
+
+One row per transition: ``step_id``, ``episode_id`` and ``episode_step`` (the row's position in
+its episode), then every pool field in pool order (arrow_columns.py: a field of row shape
+``(d0, d1, ...)`` is a nested fixed-size list). Row groups hold whole episodes where they fit
+(about ``row_group_mb`` each), so the ``episode_id`` statistics of a row group give its episode
+range and a reader that filters by episode reads only the groups it needs. The pool's schema and
+attrs ride in the file's key-value metadata under ``expstore``, so an import gives back every
+field bit for bit, with the same step ids and episodes.
+
+Import also reads Parquet files expstore did not write (``datasets.Dataset.to_parquet``,
+pandas): every numeric or boolean column, scalar or fixed-size list, becomes a field named
+after it; ``episode_id`` (or ``episode_index``) numbers the episodes; columns of other types
+(strings, variable-length lists) cannot be fixed-size rows and are listed in
+``attrs["parquet"]["skipped"]``. Both directions stream in bounded slices.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import closing
+
+import numpy as np
+
+from ..backends import files
+from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError, SchemaError, StoreNotFoundError
+from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
+from ..maintenance.convert import make_parent
+from ..maintenance.destination import SAVED_KEY, check_destination
+from ..schema import Field, Schema
+from .arrow_columns import arrow_type, field_of_type, from_arrow, list_levels, probed_field, pyarrow, to_arrow
+from .base import ExportOption, ExportResult
+from .building import ImportSlice, build_imported_pool, episode_ends
+from .common import field_name, saved_json
+
+log = logging.getLogger(__name__)
+
+ROW_COLUMNS = ("step_id", "episode_id", "episode_step")
+_EPISODE_COLUMNS = ("episode_id", "episode_index")  # ours, and LeRobot's / other tools' name
+COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
+_ROW_GROUP_MB = 128
+
+
+# ---------------------------------------------------------------------------------------- export
+def export_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, compression: str | None = None,
+                   row_group_mb: float | str | None = None, overwrite: bool = False,
+                   progress: Progress | None = None) -> tuple[int, int]:
+    """Write the rows of pool ``src`` (oldest first) as the Parquet file ``dst``; return (rows, episodes).
+
+    Args:
+        compression: the column codec (``zstd`` by default, ``none`` for none).
+        row_group_mb: the uncompressed size a row group grows to before it ends at the next
+            episode boundary (an episode larger than that ends its group on its own).
+    """
+    pa = pyarrow()
+    import pyarrow.parquet as pq  # beside pyarrow: the optional dependency
+
+    dst = os.fspath(dst)
+    codec = _compression(compression)
+    group_nbytes = int(_positive_number(row_group_mb, _ROW_GROUP_MB, "--row-group-mb") * (1 << 20))
+    check_destination(dst, overwrite, "parquet")
+    with closing(open_source(src)) as source:
+        schema = _file_schema(pa, source.schema, saved_json(source.schema, source.attrs))
+        counted = {"episodes": 0}
+
+        def build(temp: str) -> list[str]:
+            with pq.ParquetWriter(temp, schema, compression=codec) as writer:
+                groups = _RowGroups(pa, writer, group_nbytes)
+                for table, starts in _tables(pa, source, schema, counted, progress):
+                    groups.add(table, starts)
+                groups.close()
+            return []
+
+        make_parent(dst)
+        files.build_aside(dst, build, replace=overwrite)
+        return len(source), counted["episodes"]
+
+
+def _compression(name: str | None) -> str:
+    name = (name or "zstd").lower()
+    if name not in COMPRESSIONS:
+        raise InvalidArgumentError(f"--compression {name} is not one of {', '.join(COMPRESSIONS)}")
+    return name
+
+
+def _positive_number(value, default: float, flag: str) -> float:
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = 0.0
+    if not number > 0:
+        raise InvalidArgumentError(f"{flag} {value} must be a positive number")
+    return number
+
+
+def _file_schema(pa, schema: Schema, saved: str):
+    columns = [pa.field(name, pa.int64(), nullable=False) for name in ROW_COLUMNS]
+    columns += [pa.field(name, arrow_type(spec), nullable=False) for name, spec in schema.items()]
+    return pa.schema(columns, metadata={SAVED_KEY: saved})
+
+
+def _tables(pa, source, schema, counted: dict, progress):
+    """Arrow tables of consecutive slices, each with the offsets where an episode begins in it."""
+    tagger = EpisodeTagger(source)
+    for first, rows in iter_slices(source, progress=progress):
+        n = len(next(iter(rows.values()))) if rows else 0
+        ids, steps = tagger.tags(first, rows, n)
+        columns = [pa.array(np.arange(source.first_step_id + first, source.first_step_id + first + n)), pa.array(ids),
+                   pa.array(steps)]
+        columns += [to_arrow(rows[name]) for name in source.schema]
+        table = pa.Table.from_arrays(columns, schema=schema)
+        starts = tagger.starts_in_last()
+        counted["episodes"] = tagger.episodes
+        yield table, starts
+
+
+class _RowGroups:
+    """Cuts the rows into row groups of about ``target_nbytes`` that end where an episode begins;
+    an episode more than twice that long is cut inside, so memory stays bounded."""
+
+    def __init__(self, pa, writer, target_nbytes: int):
+        self.pa, self.writer, self.target = pa, writer, target_nbytes
+        self.pending: list = []
+        self.pending_nbytes = 0
+
+    def add(self, table, starts: np.ndarray) -> None:
+        row_nbytes = max(1, table.nbytes // max(1, table.num_rows))
+        done = 0  # rows of ``table`` written already
+        for start in [*starts.tolist(), None]:
+            stop = table.num_rows if start is None else start
+            while self.pending_nbytes + (stop - done) * row_nbytes >= 2 * self.target:
+                cut = done + max(1, (2 * self.target - self.pending_nbytes) // row_nbytes)
+                done = self._flush(table, done, min(cut, stop))
+            if start is not None and self.pending_nbytes + (start - done) * row_nbytes >= self.target:
+                done = self._flush(table, done, start)
+        if done < table.num_rows:
+            self.pending.append(table.slice(done))
+            self.pending_nbytes += (table.num_rows - done) * row_nbytes
+
+    def close(self) -> None:
+        if self.pending:
+            self.writer.write_table(self.pa.concat_tables(self.pending))
+            self.pending.clear()
+
+    def _flush(self, table, done: int, stop: int) -> int:
+        """Write the pending rows and ``table``'s rows [done, stop) as one row group."""
+        group = self.pa.concat_tables([*self.pending, table.slice(done, stop - done)])
+        if group.num_rows:
+            self.writer.write_table(group, row_group_size=group.num_rows)
+        self.pending.clear()
+        self.pending_nbytes = 0
+        return stop
+
+
+class EpisodeTagger:
+    """Episode id and step within it for each row of a source, read from the pool's bookkeeping
+    (a pool recorded by expstore) or counted from the terminated/truncated flags (an archive)."""
+
+    def __init__(self, source):
+        self.source = source
+        self.book = getattr(source, "book", None)
+        self._next_id = 0
+        self._step = 0
+        self._starts = np.zeros(0, np.int64)
+        self._last_id: int | None = None
+        self.episodes = 0
+
+    def tags(self, first: int, rows: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.book is not None:
+            steps = np.arange(self.source.first_step_id + first, self.source.first_step_id + first + n)
+            tagged = self.book.rows(steps)
+            ids, positions = tagged["_episode_id"].astype(np.int64), tagged["_episode_step"].astype(np.int64)
+        else:
+            ids, positions = self._counted(rows, n)
+        before = np.concatenate([[ids[0] if self._last_id is None else self._last_id], ids[:-1]]) if n else ids
+        self._starts = np.flatnonzero(ids != before)  # offsets where a new episode begins
+        self.episodes += len(self._starts) + (1 if n and self._last_id is None else 0)
+        self._last_id = int(ids[-1]) if n else self._last_id
+        return ids, positions
+
+    def starts_in_last(self) -> np.ndarray:
+        """Offsets in the slice tagged last where a new episode begins (0: at its first row)."""
+        return self._starts
+
+    def _counted(self, rows: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
+        done = np.zeros(n, bool)
+        for name in ("terminated", "truncated"):
+            if name in rows:
+                done |= np.asarray(rows[name]).astype(bool).reshape(n, -1).any(axis=1)
+        if not n:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        ids = self._next_id + np.concatenate([[0], np.cumsum(done[:-1])])
+        starts = np.flatnonzero(np.concatenate([[True], done[:-1]]))  # the rows that begin a run
+        positions = np.arange(n) - starts[np.searchsorted(starts, np.arange(n), side="right") - 1]
+        positions[ids == self._next_id] += self._step  # the first run goes on with the last slice's episode
+        self._step = 0 if done[-1] else int(positions[-1]) + 1
+        self._next_id = int(ids[-1]) + int(done[-1])
+        return ids.astype(np.int64), positions.astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------------- import
+def import_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | None = None,
+                   backend: str | None = None, overwrite: bool = False, progress: Progress | None = None) -> int:
+    """Create pool ``dst`` from the Parquet file ``src``; return the row count.
+
+    A file expstore wrote comes back with its schema, attrs, step ids and episodes; any other
+    file's numeric and boolean columns become fields (see the module docstring).
+    """
+    pyarrow()
+    import pyarrow.parquet as pq  # beside pyarrow: the optional dependency
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not os.path.exists(src):
+        raise StoreNotFoundError(f"no Parquet file at {src}; check the path")
+    check_destination(dst, overwrite)
+    try:
+        parquet = pq.ParquetFile(src)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for files that are not Parquet
+        raise NotAPoolError(f"{src} is not a readable Parquet file ({exc}); pass a .parquet file") from None
+    with parquet:
+        plan = _import_plan(src, parquet)
+        rows = parquet.metadata.num_rows
+        first_step = _first_step_id(parquet, plan) if plan.saved else 0
+        slices = _import_slices(src, parquet, plan, progress)
+        build_imported_pool(dst, backend, plan.schema, capacity or max(1, rows), plan.attrs, slices,
+                            overwrite=overwrite, first_step_id=first_step)
+    return rows
+
+
+class _Plan:
+    def __init__(self, schema: Schema, attrs: dict, columns: dict[str, str], episode_column: str | None, saved: bool):
+        self.schema, self.attrs, self.columns = schema, attrs, columns  # field -> column
+        self.episode_column, self.saved = episode_column, saved
+
+
+def _import_plan(src: str, parquet) -> _Plan:
+    arrow_schema = parquet.schema_arrow
+    names = arrow_schema.names
+    metadata = arrow_schema.metadata or {}
+    saved = metadata.get(SAVED_KEY.encode())
+    episode_column = next((name for name in _EPISODE_COLUMNS if name in names), None)
+    if saved is not None:
+        try:
+            loaded = json.loads(saved)
+            schema, attrs = Schema.from_json(loaded["schema"]), dict(loaded.get("attrs", {}))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CorruptStoreError(f"{src}: the expstore schema in the file metadata cannot be read ({exc}); "
+                                    "the file is damaged") from None
+        missing = [name for name in (*ROW_COLUMNS, *schema) if name not in names]
+        if missing:
+            raise SchemaError(f"{src} lacks the columns {missing} that its expstore schema names; the file was "
+                              "changed after export")
+        return _Plan(schema, attrs, {name: name for name in schema}, "episode_id", saved=True)
+    fields: dict[str, Field] = {}
+    columns: dict[str, str] = {}
+    skipped = []
+    for column in names:
+        if column in ROW_COLUMNS or column == episode_column or column.startswith("__index_level_"):
+            continue
+        column_type = arrow_schema.field(column).type
+        spec, name = field_of_type(column_type), field_name(column)
+        if spec is None and list_levels(column_type) is not None:  # datasets and pandas write vectors so
+            spec = probed_field(column_type, (batch.column(0) for batch in parquet.iter_batches(columns=[column])))
+        if spec is None or name is None or name in fields:
+            skipped.append(column)
+            continue
+        fields[name], columns[name] = spec, column
+    if not fields:
+        raise NotAPoolError(f"{src} has no numeric or boolean column to import (it holds {names}); a pool field "
+                            "is a number or a fixed-size list of numbers")
+    if skipped:
+        log.info("%s: columns %s cannot be pool fields and are skipped", src, skipped)
+    attrs = {"parquet": {"source": os.path.basename(src), "skipped": skipped,
+                         "columns": {name: column for name, column in columns.items() if name != column}}}
+    return _Plan(Schema(fields), attrs, columns, episode_column, saved=False)
+
+
+def _first_step_id(parquet, plan: _Plan) -> int:
+    if parquet.metadata.num_rows == 0:
+        return 0
+    first = parquet.read_row_group(0, columns=["step_id"]).column(0)
+    return int(first[0].as_py()) if len(first) else 0
+
+
+def _import_slices(src: str, parquet, plan: _Plan, progress):
+    batch_rows = slice_rows(plan.schema)
+    wanted = list(dict.fromkeys([*plan.columns.values(), *([plan.episode_column] if plan.episode_column else []),
+                                 *(["step_id"] if plan.saved else [])]))
+    batches = parquet.iter_batches(batch_size=batch_rows, columns=wanted)
+    current = _next_batch(src, batches)
+    expected_step = None
+    while current is not None:
+        following = _next_batch(src, batches)
+        rows = {name: from_arrow(current.column(column), plan.schema[name], f"{src}: column {column!r}")
+                for name, column in plan.columns.items()}
+        if plan.saved:
+            expected_step = _check_steps(src, current.column("step_id"), expected_step)
+        ends: list[int] = []
+        if plan.episode_column is not None:
+            ids = current.column(plan.episode_column).to_numpy(zero_copy_only=False)
+            next_id = None if following is None else following.column(plan.episode_column)[0].as_py()
+            ends = episode_ends(ids, next_id, _done(rows))
+        yield ImportSlice(rows, ends)
+        if progress is not None:
+            progress(current.num_rows)
+        current = following
+
+
+def _next_batch(src: str, batches):
+    try:
+        return next(batches)
+    except StopIteration:
+        return None
+    except OSError as exc:  # a truncated or damaged page: pyarrow raises OSError / ArrowInvalid
+        raise CorruptStoreError(f"{src} cannot be read to the end ({exc}); the file is damaged") from None
+
+
+def _check_steps(src: str, column, expected: int | None) -> int:
+    steps = column.to_numpy(zero_copy_only=False)
+    if not len(steps):
+        return expected or 0
+    start = int(steps[0]) if expected is None else expected
+    if not np.array_equal(steps, np.arange(start, start + len(steps))):
+        raise SchemaError(f"{src}: step_id is not consecutive from {start}; rows were removed or reordered after "
+                          "export, so the pool's step ids cannot be restored")
+    return start + len(steps)
+
+
+def _done(rows: dict) -> np.ndarray | None:
+    flags = [rows[name].astype(bool) for name in ("terminated", "truncated") if name in rows and rows[name].ndim == 1]
+    if not flags:
+        return None
+    return np.logical_or.reduce(flags)
+
+
+class ParquetFormat:
+    """Parquet files as a registered interchange format (base.Format)."""
+
+    name: str = "parquet"
+    description: str = "Parquet file"
+    suffixes: tuple[str, ...] = (".parquet", ".pq")
+    export_passes: int = 1
+    export_options: tuple[ExportOption, ...] = (
+        ExportOption("compression", f"column codec: {', '.join(COMPRESSIONS)} (default zstd)."),
+        ExportOption("row_group_mb", f"row group size in MiB before it ends at an episode end (default "
+                                     f"{_ROW_GROUP_MB})."),
+    )
+
+    def recognises(self, path: str) -> bool:
+        return os.path.isfile(path) and os.path.splitext(path)[1].lower() in self.suffixes
+
+    def export_pool(self, src: str, dst: str, *, overwrite: bool = False, progress: Progress | None = None,
+                    **options) -> ExportResult:
+        rows, episodes = export_parquet(src, dst, overwrite=overwrite, progress=progress, **options)
+        return ExportResult(rows, episodes)
+
+    def import_pool(self, src: str, dst: str, *, capacity: int | None = None, backend: str | None = None,
+                    overwrite: bool = False, progress: Progress | None = None) -> int:
+        return import_parquet(src, dst, capacity=capacity, backend=backend, overwrite=overwrite, progress=progress)
