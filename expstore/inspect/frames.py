@@ -3,8 +3,10 @@
 A field holds frames when it is an image field (``Field.is_image``: layout "HW", "HWC" or
 "CHW", see schema.py) or a frame stack: a uint8 field without an image layout whose shape is a
 stack axis followed by an image shape, (k, H, W), (k, H, W, C) or (k, C, H, W), as frame-stacking
-wrappers store them. A stack shows its newest frame, the last along the stack axis: that is the
-frame the environment returned at that step, the others repeat earlier steps.
+wrappers store them ((3, 84, 84) is detected as a CHW colour image: a 3- or 4-frame stack of
+grayscale frames is declared with ``image=False``). A stack shows its newest frame, the last
+along the stack axis: that is the frame the environment returned at that step, the others
+repeat earlier steps.
 
 Frames come out channels-last with 1 (grayscale) or 3 (colour) channels; an alpha channel is
 dropped. Nothing is resized: a frame is the stored frame at its own size.

@@ -204,10 +204,13 @@ def _thumbnails(source: RowSource, field: str, count: int) -> list[dict]:
 
 
 def _video_clips(source: RowSource, table: dict[str, np.ndarray], chosen: Sequence[int] | None,
-                 max_frames: int) -> list[Clip]:
+                 max_frames: int) -> list[tuple[Clip, float]]:
+    """The first ``max_frames`` rows of each chosen episode, with the episode's return."""
     ids = list(chosen) if chosen is not None else default_video_episodes(table)
-    clips = [episode_clip(source, int(episode_id), table) for episode_id in ids]
-    return [Clip(clip.label, clip.rows[:max_frames], clip.first_step_id) for clip in clips if len(clip.rows)]
+    clips = [(episode_clip(source, int(episode_id), table), episode_id) for episode_id in ids]
+    returns = dict(zip(table["episode_id"].tolist(), table["return"].tolist(), strict=True))
+    return [(Clip(clip.label, clip.rows[:max_frames], clip.first_step_id), returns[int(episode_id)])
+            for clip, episode_id in clips if len(clip.rows)]
 
 
 def default_video_episodes(table: dict[str, np.ndarray], count: int = VIDEO_EPISODES) -> list[int]:
@@ -221,16 +224,18 @@ def default_video_episodes(table: dict[str, np.ndarray], count: int = VIDEO_EPIS
     return list(dict.fromkeys(ids))[:count]
 
 
-def _videos(source: RowSource, clips: list[Clip], field: str, fps: float, bar: ProgressBar) -> list[dict]:
+def _videos(source: RowSource, chosen: list[tuple[Clip, float]], field: str, fps: float,
+            bar: ProgressBar) -> list[dict]:
+    """Each clip as an MP4 data URI (H.264 yuv420p: what browsers play), with its episode's return."""
     videos = []
     with tempfile.TemporaryDirectory(prefix="expstore-report-") as scratch, \
-            bar(sum(len(clip.rows) for clip in clips), "videos") as progress:
-        for number, clip in enumerate(clips):
+            bar(sum(len(clip.rows) for clip, _return in chosen), "videos") as progress:
+        for number, (clip, episode_return) in enumerate(chosen):
             written = write_clips(source, [clip], os.path.join(scratch, f"{number}.mp4"), field=field, fps=fps,
-                                  overlay=True, progress=progress)
+                                  progress=progress)
             with open(written["path"], "rb") as video:
                 uri = data_uri("video/mp4", video.read())
-            videos.append({"label": clip.label, "frames": written["frames"], "uri": uri,
+            videos.append({"label": clip.label, "frames": written["frames"], "uri": uri, "return": episode_return,
                            "width": written["width"], "height": written["height"],
                            "first_step_id": int(clip.step_ids[0])})
     return videos

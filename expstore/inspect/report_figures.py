@@ -64,7 +64,8 @@ def value_histogram(values: np.ndarray, bins: int, title: str, xlabel: str, ylab
     if not values.size:
         return histogram(np.zeros(0), np.zeros(1), title, xlabel, ylabel)
     low, high = float(values.min()), float(values.max())
-    counts, edges = np.histogram(values, bins=bins, range=(low, high if high > low else low + 1))
+    span = (low, high) if high > low else (low - 0.5, low + 0.5)  # one value: one bar centred on it
+    counts, edges = np.histogram(values, bins=bins if high > low else 1, range=span)
     return histogram(counts, edges, title, xlabel, ylabel)
 
 

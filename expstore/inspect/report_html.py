@@ -33,9 +33,10 @@ th:first-child, td:first-child, table.kv td, table.kv th { text-align: left; }
 .plots { display: flex; flex-wrap: wrap; gap: 8px; } .plots img { border: 1px solid #eee; }
 .ok { color: #17702b; font-weight: bold; } .bad { color: #b00020; font-weight: bold; }
 .strip { display: flex; flex-wrap: wrap; gap: 6px; } figure { margin: 0; text-align: center; }
-.strip img { height: 96px; image-rendering: pixelated; border: 1px solid #ccc; }
+.strip img { height: 88px; image-rendering: pixelated; border: 1px solid #ccc; }
 .videos video { image-rendering: pixelated; border: 1px solid #ccc; margin-right: 8px; }
 figcaption { color: #666; font-size: 12px; }
+.cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); column-gap: 32px; }
 .filters input { width: 90px; margin-right: 10px; }
 """
 
@@ -98,6 +99,10 @@ def _number(value) -> str:
     return str(value)
 
 
+def _mib(nbytes) -> str:
+    return f"{nbytes / 2**20:.1f} MiB ({nbytes} bytes)"
+
+
 def _kv_table(pairs) -> str:
     rows = "".join(f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>" for key, value in pairs)
     return f'<table class="kv">{rows}</table>'
@@ -118,8 +123,9 @@ def _cell(value) -> str:
 
 def _info(sections: dict) -> str:
     info = sections["info"]
-    skip = ("schema", "attrs", "path", "last_commit_unix", "episodes")
-    pairs = [(key.replace("_", " "), _number(value)) for key, value in info.items() if key not in skip]
+    skip = ("schema", "attrs", "path", "last_commit_unix", "last_commit", "writer", "episodes")  # Commit has those
+    pairs = [(key.replace("_", " "), _mib(value) if key.endswith("nbytes") else _number(value))
+             for key, value in info.items() if key not in skip]
     pairs += [(f"attr {key}", json.dumps(value)) for key, value in (info.get("attrs") or {}).items()]
     return "<h2 id=info>Info</h2>" + _kv_table(pairs)
 
@@ -204,8 +210,9 @@ def _frames(sections: dict) -> str:
                     f'height="{t["height"]}" style="width:auto"><figcaption>step {t["step_id"]}</figcaption></figure>'
                     for t in sections["thumbnails"])
     videos = "".join(f'<figure><video controls loop muted autoplay playsinline preload="auto" width="{v["width"] * 2}" '
-                     f'src="{v["uri"]}"></video><figcaption>{_e(v["label"])} from step {v["first_step_id"]}, '
-                     f'{v["frames"]} frames</figcaption></figure>' for v in sections["videos"])
+                     f'src="{v["uri"]}"></video><figcaption>{_e(v["label"])}: return {_number(v["return"])}, '
+                     f'{v["frames"]} frames from step {v["first_step_id"]}</figcaption></figure>'
+                     for v in sections["videos"])
     return (f"<h2 id=frames>Frames of {_e(sections['frames_field'])!s}</h2>"
             f'<div class="strip">{strip}</div>'
             f"<h3>Episodes</h3><p class=note>the first frames of each (whole episodes: "
@@ -230,7 +237,9 @@ def render_page(sections: dict) -> str:
     body = "".join([
         f"<h1>{_e(name)}</h1><p class=sub>{_e(info['path'])} &middot; {_e(info['kind'])} &middot; "
         f"{info['length']} rows &middot; report made {made} by expstore {_e(__version__)}</p><nav>{nav}</nav>",
-        _info(sections), _schema(sections), _commit(sections), _health(sections), _episodes(sections),
+        '<div class="cols">', *(f"<section>{part}</section>" for part in (
+            _info(sections), _schema(sections), _commit(sections), _health(sections))), "</div>",
+        _episodes(sections),
         _plots(sections), _field_stats(sections), _age(sections), _duplicates(sections), _frames(sections),
     ])
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
