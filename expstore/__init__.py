@@ -28,6 +28,8 @@ from .errors import (
 )
 from .inspect.age import store_stats as _store_stats
 from .maintenance.verify import verify_store as _verify_store
+from .mixing.her import HER
+from .mixing.mix import Mix, mix
 from .sampling.age_window import AgeWindow
 from .sampling.base import Sampler, WindowView
 from .sampling.prioritized import Prioritized
@@ -47,7 +49,7 @@ __all__ = [
     "StoreExistsError", "StoreLockedError", "StoreNotFoundError", "WriterOutranError", "RepairReport", "VerifyReport",
     "__version__", "open", "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule",
     "AgeWindow", "Prioritized", "Sampler", "Uniform", "WindowView",
-    "ExponentialRecency", "EpisodeTable",
+    "ExponentialRecency", "EpisodeTable", "HER", "Mix", "mix",
 ]
 
 

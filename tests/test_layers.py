@@ -18,6 +18,7 @@ LAYERS = [
     ("expstore.backends",),
     ("expstore.sampling",),
     ("expstore.core",),
+    ("expstore.mixing",),
     ("expstore.inspect",),
     ("expstore.maintenance",),
     ("expstore.interchange",),

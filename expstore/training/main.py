@@ -7,13 +7,16 @@ is lost; Ctrl-C stops it after the current step with the pool committed and a ch
 written. A resume keeps the settings the run recorded in config.json (a different value is
 refused); a larger --total-steps extends a run; a finished run is left as it is.
 ``--offline --pool PATH`` trains TD3+BC from an existing pool without touching the
-environment (except to evaluate the policy).
+environment (except to evaluate the policy). ``--offline-data POOL`` makes an online run
+sample every batch half from that pool (opened read-only, never written) and half from its
+own (RLPD's symmetric sampling; ``--offline-ratio`` sets the offline share).
 
 Examples::
 
     python -m expstore.train                                   # short default run (a few minutes)
     python -m expstore.train --total-steps 20000 --run-dir runs/sac-20k
     python -m expstore.train --offline --pool runs/sac-20k/pool.h5 --run-dir runs/td3bc
+    python -m expstore.train --offline-data runs/sac-20k/pool.h5 --run-dir runs/sac-rlpd
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
     "env": "Pendulum-v1", "learning_starts": 1_000, "seed": 0, "checkpoint_every": 2_000, "eval_every": 2_000,
     "eval_episodes": 10, "backend": "hdf5", "capacity": 1_000_000, "hidden_units": 256, "batch_size": 256,
     "learning_rate": 3e-4, "ere": False, "ere_eta": 0.996, "ere_c_min": 5_000, "workers": 0,
+    "offline_data": None, "offline_ratio": 0.5,
 }
 
 # Where each run-shaping option is recorded in config.json; --device, --threads, --log-interval
@@ -56,12 +60,14 @@ ONLINE_RECORD = {"env": "env_id", "learning_starts": "learning_starts", "seed": 
                  "capacity": "capacity", "checkpoint_every": "checkpoint_every", "eval_every": "eval_every",
                  "eval_episodes": "eval_episodes", "hidden_units": "sac.hidden_units",
                  "batch_size": "sac.batch_size", "learning_rate": "sac.learning_rate", "ere": "ere",
-                 "ere_eta": "ere_eta", "ere_c_min": "ere_c_min"}
+                 "ere_eta": "ere_eta", "ere_c_min": "ere_c_min", "offline_data": "offline_data",
+                 "offline_ratio": "offline_ratio"}
 OFFLINE_RECORD = {"pool": "pool_path", "env": "env_id", "seed": "seed", "checkpoint_every": "checkpoint_every",
                   "eval_every": "eval_every", "eval_episodes": "eval_episodes",
                   "hidden_units": "td3bc.hidden_units", "batch_size": "td3bc.batch_size",
                   "learning_rate": "td3bc.learning_rate"}
-ONLINE_ONLY = ("learning_starts", "backend", "capacity", "ere", "ere_eta", "ere_c_min")
+ONLINE_ONLY = ("learning_starts", "backend", "capacity", "ere", "ere_eta", "ere_c_min", "offline_data",
+               "offline_ratio")
 OFFLINE_ONLY = ("pool", "workers")
 
 # option -> (smallest value, what it counts): checked before anything is written
@@ -97,6 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="online: Emphasizing Recent Experience (Wang & Ross 2019) instead of uniform sampling")
     add("--ere-eta", type=float, help="ERE: recency emphasis (1.0: uniform; default 0.996)")
     add("--ere-c-min", type=int, help="ERE: the smallest window in rows (default 5,000)")
+    add("--offline-data", metavar="POOL",
+        help="online: also sample from this pool (opened read-only), RLPD's symmetric sampling")
+    add("--offline-ratio", type=float,
+        help="online: the share of each batch drawn from --offline-data (default 0.5)")
     add("--offline", action="store_true", help="train TD3+BC from --pool, no env interaction")
     add("--pool", help="offline: the pool to train from (opened read-only)")
     add("--workers", type=int, help="offline: DataLoader worker processes (default 0: a background prefetch thread)")
@@ -114,6 +124,11 @@ def check_values(args: argparse.Namespace) -> None:
             raise InvalidArgumentError(f"--{name.replace('_', '-')} {value}: must be a positive number")
     if args.ere_eta is not None and not 0 < args.ere_eta <= 1:
         raise InvalidArgumentError(f"--ere-eta {args.ere_eta}: must lie in (0, 1] (1.0 samples uniformly)")
+    if args.offline_ratio is not None and not 0 <= args.offline_ratio <= 1:
+        raise InvalidArgumentError(f"--offline-ratio {args.offline_ratio}: must lie in [0, 1] (the share of each "
+                                   "batch drawn from --offline-data)")
+    if args.offline_ratio is not None and args.offline_data is None and not args.offline:
+        raise InvalidArgumentError("--offline-ratio needs --offline-data POOL (the pool to mix in)")
     wrong_mode = OFFLINE_ONLY if not args.offline else ONLINE_ONLY
     given = [name for name in wrong_mode if getattr(args, name) is not None]
     if given:
@@ -132,7 +147,7 @@ def recorded_form(name: str, value: Any) -> Any:
     """A command-line value as config.json records it."""
     if name == "backend":
         return "pool" + primary_suffix(value)
-    if name == "pool":
+    if name in ("pool", "offline_data"):
         return os.path.abspath(value)
     return value
 
@@ -164,7 +179,9 @@ def online_config(args: argparse.Namespace, run_dir: str):
                           pool_name=recorded_form("backend", value("backend")), capacity=value("capacity"),
                           checkpoint_every=value("checkpoint_every"), eval_every=value("eval_every"),
                           eval_episodes=value("eval_episodes"), sac=sac, ere=value("ere"),
-                          ere_eta=value("ere_eta"), ere_c_min=value("ere_c_min"))
+                          ere_eta=value("ere_eta"), ere_c_min=value("ere_c_min"),
+                          offline_data=recorded_form("offline_data", args.offline_data) if args.offline_data else None,
+                          offline_ratio=value("offline_ratio"))
     return config, True
 
 

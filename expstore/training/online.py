@@ -24,7 +24,10 @@ import numpy as np
 import torch
 
 from ..core.opening import open as open_pool
+from ..core.store import Store
+from ..errors import SchemaError
 from ..integrations.torch_feed import Prefetcher
+from ..mixing.mix import mix
 from ..sampling.recency import ERE_C_MIN, ERE_ETA, ERESchedule
 from .checkpoint import (
     CHECKPOINT_NAME,
@@ -72,6 +75,9 @@ class OnlineConfig:
     ere: bool = False  # Emphasizing Recent Experience: sample the newest c_k rows (expstore/sampling/recency.py)
     ere_eta: float = ERE_ETA
     ere_c_min: int = ERE_C_MIN
+    # RLPD's symmetric sampling (Ball et al. 2023): this share of every batch from a prior pool
+    offline_data: str | None = None
+    offline_ratio: float = 0.5
 
     @classmethod
     def from_dict(cls, values: dict) -> OnlineConfig:
@@ -106,6 +112,7 @@ class OnlineRun:
                               attrs={"env_id": config.env_id, "gamma": config.sac.gamma,
                                      "written_by": "expstore.train (SAC)"})
         self.recorder = recording_env(self.env, self.pool)
+        self.offline = None if config.offline_data is None else open_offline(config.offline_data, self.env)
         space = action_box(self.env)
         self.agent = SAC(obs_units(self.env), space.low, space.high, config.sac, self.invocation.device)
         self.state = RunState()
@@ -171,11 +178,15 @@ class OnlineRun:
     def _prefetcher(self) -> Prefetcher:
         batch_size = self.config.sac.batch_size
         device = self.invocation.device
+        source = self.pool.sample
+        if self.offline is not None:  # every batch split exactly between the prior data and the run's own
+            ratio = self.config.offline_ratio
+            source = mix({self.offline: ratio, self.pool: 1.0 - ratio}).sample
         if not self.config.ere:
-            return Prefetcher(lambda: self.pool.sample(batch_size, rng=self.rng), depth=self.config.prefetch_depth,
+            return Prefetcher(lambda: source(batch_size, rng=self.rng), depth=self.config.prefetch_depth,
                               device=device)
         schedule = ERESchedule(self._ere_phase_updates(), self.config.ere_eta, self.config.ere_c_min)
-        return Prefetcher(lambda: self.pool.sample(batch_size, rng=self.rng, recency=schedule.next()),
+        return Prefetcher(lambda: source(batch_size, rng=self.rng, recency=schedule.next()),
                           depth=self.config.prefetch_depth, device=device)
 
     def _ere_phase_updates(self) -> int:
@@ -267,6 +278,31 @@ class OnlineRun:
         self.metrics.close()
         self.recorder.close()
         self.pool.close()
+        if self.offline is not None:
+            self.offline.close()
+
+
+OFFLINE_FIELDS = ("obs", "action", "reward", "next_obs", "terminated")  # what a SAC update reads
+
+
+def open_offline(path: str, env) -> Store:
+    """The prior-data pool of ``--offline-data``, opened read-only (it is never written), checked
+    against the env: the fields SAC reads, with the env's observation and action shapes."""
+    pool = open_pool(path, "r")
+    schema = pool.schema
+    names = list(schema) if schema is not None else []
+    missing = [name for name in OFFLINE_FIELDS if name not in names]
+    shapes = {"obs": env.observation_space.shape, "next_obs": env.observation_space.shape,
+              "action": env.action_space.shape}
+    wrong = [f"{name} {tuple(schema[name].shape)} (the env's: {tuple(shape)})" for name, shape in shapes.items()
+             if schema is not None and name in names and int(np.prod(schema[name].shape)) != int(np.prod(shape))]
+    if missing or wrong or not len(pool):
+        pool.close()
+        problem = (f"lacks the fields {missing}" if missing else f"has other shapes: {', '.join(wrong)}" if wrong
+                   else "holds no committed transition")
+        raise SchemaError(f"--offline-data {path} {problem}; mix in a pool recorded on the same env (it stores "
+                          f"{names})")
+    return pool
 
 
 def ended_episodes(pool) -> dict[str, np.ndarray]:
