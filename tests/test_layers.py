@@ -14,7 +14,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "expstore"
 # Bottom first. A module may import its own layer and the layers below it. The package's
 # __init__ and the re-export modules of the old flat paths (expstore/sb3.py, ...) sit on top.
 LAYERS = [
-    ("expstore._version", "expstore.errors", "expstore.schema"),
+    ("expstore._version", "expstore.errors", "expstore.codecs", "expstore.schema"),
     ("expstore.backends",),
     ("expstore.sampling",),
     ("expstore.core",),

@@ -74,7 +74,8 @@ def internal_nbytes(meta: dict) -> int:
 def array_specs(meta: dict, schema: Schema) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every array of the container, name -> (shape, dtype name), fields and bookkeeping alike."""
     slots = meta["slots"]
-    arrays = {name: ((slots, *field.shape), field.dtype.name) for name, field in schema.items()}
+    # A heap field's own array is its index (schema.HEAP_INDEX_COLUMNS); its bytes are an internal array.
+    arrays = {name: ((slots, *field.stored_shape), field.stored_dtype.name) for name, field in schema.items()}
     arrays["_commit"] = ((2, SLOT_NBYTES), "uint8")
     if meta.get("checksums"):
         arrays["_checksums"] = ((slots // meta["chunk_rows"], 2), "int64")

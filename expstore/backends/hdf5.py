@@ -73,10 +73,10 @@ class HDF5Backend:
                        alignment_interval=_ALIGN, locking=False) as f:
             for name, field in schema.items():
                 dataset = f.create_dataset(
-                    name, shape=(slots, *field.shape), dtype=field.dtype,
-                    chunks=(chunk_rows, *field.shape), dcpl=_early_dcpl(h5py),
+                    name, shape=(slots, *field.stored_shape), dtype=field.stored_dtype,
+                    chunks=(chunk_rows, *field.stored_shape), dcpl=_early_dcpl(h5py),
                 )
-                offsets[name] = _contiguous_chunks_offset(dataset, chunk_rows * field.row_nbytes)
+                offsets[name] = _contiguous_chunks_offset(dataset, chunk_rows * field.stored_row_nbytes)
             commit = f.create_dataset("_commit", shape=(2, SLOT_NBYTES), dtype="u1", dcpl=_early_dcpl(h5py))
             commit_offset = commit.id.get_offset()
             extra = {"offsets": offsets, "commit_offset": commit_offset}
@@ -138,21 +138,22 @@ class HDF5Backend:
                                     "restore it from a backup copy") from None
         slots, chunk_rows = meta["slots"], meta["chunk_rows"]
         filtered = dataset.get_create_plist().get_nfilters() > 0  # compressed chunks cannot be mapped
-        if dataset.shape != (slots, *field.shape) or dataset.dtype != field.dtype or filtered:
+        shape, dtype = (slots, *field.stored_shape), field.stored_dtype
+        if dataset.shape != shape or dataset.dtype != dtype or filtered:
             raise CorruptStoreError(
                 f"{path}: dataset {name!r} is {dataset.shape} {dataset.dtype}{' filtered' if filtered else ''}, "
-                f"the pool's metadata says {(slots, *field.shape)} {field.dtype}; the pool is damaged: "
+                f"the pool's metadata says {shape} {dtype}; the pool is damaged: "
                 "restore it from a backup copy"
             )
         offset = meta["offsets"][name]
-        chunk_nbytes = chunk_rows * field.row_nbytes
-        zeros = (0,) * len(field.shape)
+        chunk_nbytes = chunk_rows * field.stored_row_nbytes
+        zeros = (0,) * len(field.stored_shape)
         first = dataset.get_chunk_info_by_coord((0, *zeros)).byte_offset
         last = dataset.get_chunk_info_by_coord((slots - chunk_rows, *zeros)).byte_offset
         if first != offset or last != offset + (slots // chunk_rows - 1) * chunk_nbytes:
             raise CorruptStoreError(f"{path}: the chunks of {name!r} moved since creation; the pool is damaged: "
                                     "restore it from a backup copy")
-        return Extent(path, offset, slots * field.row_nbytes)
+        return Extent(path, offset, slots * field.stored_row_nbytes)
 
     def container_findings(self, path: str, layout: Layout) -> list[str]:
         findings = []
@@ -174,7 +175,8 @@ class HDF5Backend:
         return []  # rewriting HDF5's own structures in place could lose the pool: see _CONTAINER_FIX
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
-        return slots * schema.row_nbytes + (len(schema) + 2) * _ALIGN + 2 * SLOT_NBYTES + (1 << 16)
+        rows = sum(field.stored_row_nbytes for field in schema.values())
+        return slots * rows + (len(schema) + 2) * _ALIGN + 2 * SLOT_NBYTES + (1 << 16)
 
 
 def _early_dcpl(h5py):

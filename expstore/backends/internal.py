@@ -29,6 +29,11 @@ Pools created before the final-observation table had a size of its own have neit
 ``_finals_owner`` nor the fifth column; their ``_final_<obs>`` rows are the episode table's
 (row ``episode_id % episode_rows``).
 
+Per heap field (ragged, or with a codec; core/heap.py), the heap itself:
+
+- ``_heap_<name>`` uint8 (heap bytes): the rows' stored bytes, a circular log. The field's own
+  array is then its index, one entry per slot (schema.HEAP_INDEX_COLUMNS).
+
 All start zeroed. Names starting with ``_`` are never user fields, so they cannot collide.
 """
 
@@ -54,6 +59,7 @@ EPISODE_TABLE = "_episodes"
 EPISODE_COLUMNS = 4  # a fifth in pools whose final-observation table is a ring of its own
 FINAL_PREFIX = "_final_"
 FINAL_OWNER = "_finals_owner"  # outside FINAL_PREFIX: it is no observation's table
+HEAP_PREFIX = "_heap_"
 
 
 class EpisodeStatus(IntEnum):
@@ -104,11 +110,12 @@ def derived_fields(schema: Schema) -> list[str]:
 
 
 def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: bool = False,
-         final_rows: int | None = None) -> dict:
+         final_rows: int | None = None, heap_nbytes: Mapping[str, int] | None = None) -> dict:
     """The ``internal`` entry of a new pool's metadata: name -> {shape, dtype}.
 
     ``final_rows``: rows of the final-observation table, with its owner column; None plans the
     layout of pools made before it had a size of its own (``episode_rows`` rows, no owner).
+    ``heap_nbytes``: the heap size of each heap field (1 byte where not given: a plan for checks).
     """
     episode_rows = slots if episode_rows is None else episode_rows
     ring = derive_next_obs and final_rows is not None
@@ -121,9 +128,24 @@ def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: 
         arrays[FINAL_OWNER] = {"shape": [final_rows], "dtype": "int64"}
     for name in derived_fields(schema) if derive_next_obs else []:
         field = schema[name]
+        if field.ragged:
+            raise SchemaError(f"derive_next_obs=True keeps each episode's final {name!r} in a table of fixed "
+                              f"rows, and {name!r} is ragged {field.shape}; store next_{name} as a field instead")
         rows = episode_rows if final_rows is None else final_rows
         arrays[FINAL_PREFIX + name] = {"shape": [rows, *field.shape], "dtype": field.dtype.name}
+    for name in schema.heap_fields():
+        arrays[HEAP_PREFIX + name] = {"shape": [int((heap_nbytes or {}).get(name, 1))], "dtype": "uint8"}
     return arrays
+
+
+def planned_heap_nbytes(arrays: dict) -> dict[str, int]:
+    """The ``heap_nbytes`` that ``plan`` was given for a pool's ``internal`` arrays."""
+    sizes = {}
+    for name, spec in arrays.items():
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if name.startswith(HEAP_PREFIX) and isinstance(shape, list) and shape:
+            sizes[name[len(HEAP_PREFIX):]] = shape[0]
+    return sizes
 
 
 def planned_final_rows(arrays: dict) -> int | None:

@@ -15,14 +15,14 @@ from .._version import __version__
 from ..errors import CorruptStoreError, FormatVersionError, SchemaError
 from ..schema import SUPPORTED_DTYPES, Field, Schema, check_field_name
 from .base import FORMAT_VERSION, array_nbytes, array_specs
-from .internal import EPISODE_COLUMNS, EPISODE_TABLE, FINAL_PREFIX, plan, planned_final_rows
+from .internal import EPISODE_COLUMNS, EPISODE_TABLE, FINAL_PREFIX, plan, planned_final_rows, planned_heap_nbytes
 
 _REQUIRED = ("format_version", "capacity", "slots", "chunk_rows", "schema", "attrs", "checksums")
 _DTYPE_NAMES = tuple(dtype.name for dtype in SUPPORTED_DTYPES)
 # numpy 1.x allows 32 dimensions; no array this version writes comes near.
 _MAX_NDIM = 32
 # Keys a schema entry may carry besides shape and dtype (schema.Field.to_json writes them).
-SCHEMA_FIELD_OPTIONS = frozenset({"image"})
+SCHEMA_FIELD_OPTIONS = frozenset({"image", "codec"})
 _SHOWN_CHARS = 60
 
 
@@ -116,7 +116,7 @@ def _check_schema(path: str, value: object) -> Schema:
         except SchemaError as exc:
             raise _damaged(path, f"schema field {_shown(name)}", f"has a name this version never writes ({exc})") \
                 from None
-        _check_array_spec(path, f"schema.{name}", spec, optional=SCHEMA_FIELD_OPTIONS)
+        _check_array_spec(path, f"schema.{name}", spec, optional=SCHEMA_FIELD_OPTIONS, ragged=True)
         try:
             Field.from_json(spec)
         except SchemaError as exc:
@@ -125,13 +125,15 @@ def _check_schema(path: str, value: object) -> Schema:
     return Schema.from_json(value)
 
 
-def _check_array_spec(path: str, key: str, spec: object, optional: frozenset[str] = frozenset()) -> None:
+def _check_array_spec(path: str, key: str, spec: object, optional: frozenset[str] = frozenset(),
+                      ragged: bool = False) -> None:
     """One ``{"shape": [...], "dtype": "..."}`` entry, as this version writes them, with any of the
-    ``optional`` keys besides."""
+    ``optional`` keys besides; with ``ragged``, the shape may start with null (a ragged field)."""
     if not isinstance(spec, dict) or not {"dtype", "shape"} <= set(spec) <= {"dtype", "shape"} | optional:
         raise _damaged(path, key, f"is {_shown(spec)}, expected {{'shape': [...], 'dtype': ...}}")
     shape, dtype = spec["shape"], spec["dtype"]
-    if not isinstance(shape, list) or len(shape) >= _MAX_NDIM or not all(_is_int(n) and n >= 1 for n in shape):
+    fixed = shape[1:] if ragged and isinstance(shape, list) and shape and shape[0] is None else shape
+    if not isinstance(shape, list) or len(shape) >= _MAX_NDIM or not all(_is_int(n) and n >= 1 for n in fixed):
         raise _damaged(path, f"{key}.shape", f"is {_shown(shape)}, expected a list of positive ints")
     if not isinstance(dtype, str) or dtype not in _DTYPE_NAMES:
         raise _damaged(path, f"{key}.dtype", f"is {_shown(dtype)}, expected one of {', '.join(_DTYPE_NAMES)}")
@@ -164,7 +166,8 @@ def _check_internal(path: str, meta: dict, schema: Schema) -> None:
     finals = sorted(name for name in arrays if name.startswith(FINAL_PREFIX))
     try:
         expected = plan(schema, meta["slots"], _episode_rows(path, arrays, meta["slots"]),
-                                 derive_next_obs=bool(finals), final_rows=planned_final_rows(arrays))
+                                 derive_next_obs=bool(finals), final_rows=planned_final_rows(arrays),
+                                 heap_nbytes=planned_heap_nbytes(arrays))
     except SchemaError:
         raise _damaged(path, "internal", f"holds final-observation tables {finals}, but the schema stores "
                                          "next_ for every observation") from None

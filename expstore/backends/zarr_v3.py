@@ -80,12 +80,12 @@ class ZarrBackend:
         files = []
         for name, field in schema.items():
             group.create_array(
-                name, shape=(slots, *field.shape), chunks=(chunk_rows, *field.shape),
-                shards=(slots, *field.shape), dtype=field.dtype, compressors=None,
-                fill_value=False if field.dtype.kind == "b" else 0, config={"write_empty_chunks": True},
+                name, shape=(slots, *field.stored_shape), chunks=(chunk_rows, *field.stored_shape),
+                shards=(slots, *field.stored_shape), dtype=field.stored_dtype, compressors=None,
+                fill_value=False if field.stored_dtype.kind == "b" else 0, config={"write_empty_chunks": True},
             )
-            files.append(_write_shard(os.path.join(path, name), 1 + len(field.shape),
-                                      slots, chunk_rows, field.row_nbytes))
+            files.append(_write_shard(os.path.join(path, name), 1 + len(field.stored_shape),
+                                      slots, chunk_rows, field.stored_row_nbytes))
         files.append(_write_raw_array(group, path, "_commit", (2, SLOT_NBYTES), "u1", commit_slots))
         if meta.get("checksums"):
             files.append(_write_raw_array(group, path, "_checksums", (slots // chunk_rows, 2), "<i8",
@@ -122,16 +122,17 @@ class ZarrBackend:
             array_meta = _read_json(path, os.path.join(path, name, "zarr.json"), missing=CorruptStoreError)
         except CorruptStoreError as exc:
             raise CorruptStoreError(f"{exc} ({_FIELD_FIX})") from None
-        if array_meta.get("shape") != [slots, *field.shape] or array_meta.get("data_type") != field.dtype.name:
+        shape, dtype = [slots, *field.stored_shape], field.stored_dtype.name
+        if array_meta.get("shape") != shape or array_meta.get("data_type") != dtype:
             raise CorruptStoreError(
                 f"{path}: array {name!r} is {array_meta.get('shape')} {array_meta.get('data_type')}, the "
-                f"pool's metadata says {[slots, *field.shape]} {field.dtype.name}; the pool is damaged ({_FIELD_FIX})"
+                f"pool's metadata says {shape} {dtype}; the pool is damaged ({_FIELD_FIX})"
             )
-        shard = os.path.join(path, name, _chunk_key(1 + len(field.shape)))
-        data_nbytes = slots * field.row_nbytes
+        shard = os.path.join(path, name, _chunk_key(1 + len(field.stored_shape)))
+        data_nbytes = slots * field.stored_row_nbytes
         n_chunks = slots // chunk_rows
         _check_size(path, shard, data_nbytes + n_chunks * _INDEX_ENTRY.itemsize + _CRC_NBYTES, f"field {name!r}")
-        _check_index(path, name, shard, data_nbytes, n_chunks, chunk_rows * field.row_nbytes)
+        _check_index(path, name, shard, data_nbytes, n_chunks, chunk_rows * field.stored_row_nbytes)
         return Extent(shard, 0, data_nbytes)
 
     def container_findings(self, path: str, layout: Layout) -> list[str]:
@@ -170,7 +171,8 @@ class ZarrBackend:
         return actions
 
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
-        return slots * schema.row_nbytes + 2 * SLOT_NBYTES + len(schema) * (1 << 16)
+        rows = sum(field.stored_row_nbytes for field in schema.values())
+        return slots * rows + 2 * SLOT_NBYTES + len(schema) * (1 << 16)
 
 
 def _pool_meta(path: str) -> dict:
@@ -190,9 +192,9 @@ def _repair_fields(path: str) -> list[str]:
     and a zarr.json that is missing, unreadable or not the one expstore writes."""
     meta, actions = _pool_meta(path), []
     for name, field in Schema.from_json(meta["schema"]).items():
-        shard = os.path.join(path, name, _chunk_key(1 + len(field.shape)))
-        data_nbytes = meta["slots"] * field.row_nbytes
-        index = _shard_index(meta["slots"], meta["chunk_rows"], field.row_nbytes)
+        shard = os.path.join(path, name, _chunk_key(1 + len(field.stored_shape)))
+        data_nbytes = meta["slots"] * field.stored_row_nbytes
+        index = _shard_index(meta["slots"], meta["chunk_rows"], field.stored_row_nbytes)
         if not os.path.isfile(shard) or os.path.getsize(shard) != data_nbytes + len(index):
             continue
         with open(shard, "r+b") as fh:
@@ -202,7 +204,7 @@ def _repair_fields(path: str) -> list[str]:
                 os.fsync(fh.fileno())
                 actions.append(f"rewrote the shard index of {name!r}, which failed its checksum, from the pool's "
                                "metadata")
-        expected = array_document((meta["slots"], *field.shape), field.dtype.name, meta["chunk_rows"])
+        expected = array_document((meta["slots"], *field.stored_shape), field.stored_dtype.name, meta["chunk_rows"])
         try:
             broken = bool(document_findings(name, _read_json(path, os.path.join(path, name, "zarr.json"),
                                                                          CorruptStoreError), expected))

@@ -40,13 +40,34 @@ def info(path: str, as_json: bool) -> None:
         if key == "schema":
             click.echo("schema:")
             for name, spec in value.items():
-                click.echo(f"  {name}: {tuple(spec['shape'])} {spec['dtype']}")
+                shape = "(" + ", ".join("N" if n is None else str(n) for n in spec["shape"]) + \
+                    ("," if len(spec["shape"]) == 1 else "") + ")"
+                codec = f" codec {spec['codec']}" if "codec" in spec else ""
+                click.echo(f"  {name}: {shape} {spec['dtype']}{codec}")
+        elif key == "heaps":
+            click.echo("heaps:")
+            for name, heap in value.items():
+                click.echo(f"  {name}: {_heap_line(heap)}")
         elif key == "apparent_nbytes":
             click.echo(_size_line(facts))
         elif key == "episodes" and value is None and facts["kind"] == "pool":
             click.echo("episodes: not indexed by this pool (`expstore episodes` scans the flags)")
         elif key not in ("last_commit_unix", "disk_nbytes", "sparse"):
             click.echo(f"{key.replace('_', ' ')}: {'none' if value is None else value}")
+
+
+def _heap_line(heap: dict) -> str:
+    ratio = "no rows" if heap["ratio"] is None else \
+        f"{heap['ratio']:.2f}x ({_nbytes(heap['raw_nbytes'])} raw in {_nbytes(heap['stored_nbytes'])})"
+    return (f"{heap['codec']}, ratio {ratio}; heap {_nbytes(heap['used_nbytes'])} of {_nbytes(heap['heap_nbytes'])} "
+            f"used ({100 * heap['used_fraction']:.0f}%) by {heap['rows']} rows")
+
+
+def _nbytes(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _size_line(facts: dict) -> str:

@@ -20,13 +20,14 @@ from .commit import CommitRecord
 from .stacking import FrameStacker
 
 Gather = Callable[[np.ndarray], dict]
+HeapRows = Callable[[list[str], np.ndarray], dict]  # heap fields' rows at step ids (core/heap.py)
 
 
 class Batches:
     """Builds the batches of one Store handle from step ids."""
 
     def __init__(self, views: Mapping[str, np.ndarray], schema: Schema, slots: int, keeping: Bookkeeping | None,
-                 gather: Gather, committed: Callable[[], CommitRecord], path: str):
+                 gather: Gather, committed: Callable[[], CommitRecord], path: str, heap_rows: HeapRows | None = None):
         self.views = views
         self.schema = schema
         self.slots = slots
@@ -34,6 +35,7 @@ class Batches:
         self.gather = gather
         self.committed = committed  # the handle's current commit record (a reader's moves on)
         self.path = path
+        self.heap_rows = heap_rows
 
     def transitions(self, steps: np.ndarray, n_step: int, gamma: float, high: int,
                     stacker: FrameStacker | None = None) -> tuple[dict, np.ndarray]:
@@ -70,9 +72,13 @@ class Batches:
         total, counts = draws.n_step_returns(chain, rewards, gamma)
         last = draws.last_valid(chain, counts)
         batch["reward"] = total.astype(self.schema["reward"].dtype)
-        for name in self.schema:
-            if name in ("terminated", "truncated") or name.startswith("next_"):
+        ends = [name for name in self.schema if name in ("terminated", "truncated") or name.startswith("next_")]
+        in_heap = [name for name in ends if self.schema[name].uses_heap]
+        for name in ends:
+            if name not in in_heap:
                 batch[name] = self.views[name][last % self.slots]
+        if in_heap and self.heap_rows is not None:
+            batch.update(self.heap_rows(in_heap, last))
         batch["discount"] = (np.float64(gamma) ** counts).astype(np.float32)
         return last
 

@@ -9,7 +9,7 @@ strategies draw from (sampling/base.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +58,9 @@ class Bookkeeping:
         self.fields = tuple(schema)
         self._decoded: tuple[int, dict] | None = None  # a reader's decoded commit payload, by seq
         self._view: WindowView | None = None  # the last view handed out: immutable, so reused while it fits
+        # The Store's reader of heap fields' rows by step id (core/heap.py), in pools with heap fields.
+        self.heap_rows: Callable[[list[str], np.ndarray], dict] | None = None
+        self._in_heap = [name for name in schema.heap_fields() if name in self.derived]
 
     @classmethod
     def of(cls, views: dict[str, np.ndarray], schema: Schema, slots: int, capacity: int,
@@ -125,8 +128,11 @@ class Bookkeeping:
                     ) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """next_<obs> of rows ``last`` in a pool that derives them; and where they are known."""
         following = draws.next_in_episode(last, high, self.slots, self.book.next_delta, self.book.episode_id)
-        values = {f"next_{name}": self.views[name][np.where(following >= 0, following, last) % self.slots]
-                  for name in self.derived}
+        rows = np.where(following >= 0, following, last)
+        values = {f"next_{name}": self.views[name][rows % self.slots] for name in self.derived
+                  if name not in self._in_heap}
+        if self._in_heap and self.heap_rows is not None:  # compressed observations: decoded
+            values.update({f"next_{name}": value for name, value in self.heap_rows(self._in_heap, rows).items()})
         known = following >= 0
         ends = np.flatnonzero(~known)  # an episode's last row, or the newest row of an open one
         if ends.size:

@@ -45,7 +45,7 @@ class MappedPool:
             raise
         slots = layout.meta["slots"]
         self.views: dict[str, np.ndarray] = {
-            name: self._view(extent, (slots, *layout.schema[name].shape), layout.schema[name].dtype)
+            name: self._view(extent, (slots, *layout.schema[name].stored_shape), layout.schema[name].stored_dtype)
             for name, extent in layout.fields.items()
         }
         for name, (shape, dtype) in internal_arrays(layout.meta).items():

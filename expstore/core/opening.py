@@ -38,15 +38,17 @@ class _Creator:
     derive_next_obs: bool = False
     max_final_obs: int | None = None
     first_step_id: int = 0
+    heap_bytes: int | dict[str, int] | None = None
 
     def __call__(self, schema: Schema) -> Layout:
-        widest = max(field.row_nbytes for field in schema.values())
+        widest = max(field.stored_row_nbytes for field in schema.values())
         chunk_rows = self.chunk_rows or default_chunk_rows(widest, self.capacity + self.slack)
         slots = plan_slots(self.capacity, self.slack, chunk_rows)
         meta = build_meta(schema, self.capacity, slots, chunk_rows, self.attrs, self.checksums)
         episode_rows = _episode_rows(self.max_episodes, slots)
         meta["internal"] = internal.plan(schema, slots, episode_rows, self.derive_next_obs,
-                                         _final_rows(self.max_final_obs, self.capacity + self.slack, episode_rows))
+                                         _final_rows(self.max_final_obs, self.capacity + self.slack, episode_rows),
+                                         heap_sizes(schema, self.heap_bytes, self.capacity + self.slack))
         files.check_free_space(self.path, self.backend.disk_nbytes(schema, slots) + internal_nbytes(meta))
         files.build_aside(
             self.path,
@@ -75,6 +77,7 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
     derive_next_obs: bool = False,
     max_final_obs: int | None = None,
     first_step_id: int = 0,
+    heap_bytes: int | dict[str, int] | None = None,
 ) -> Store:
     """Open or create a pool.
 
@@ -110,6 +113,13 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
             its rows, but its last row's ``next_obs`` is unknown, so that row is not sampled.
         first_step_id: step id of the first transition of a new pool (default 0); a copy made
             by ``expstore convert`` keeps its source's step ids this way. Used only at creation.
+        heap_bytes: the byte heaps of ragged fields and fields with a codec (core/heap.py): an
+            int is the pool's total, shared among the heap fields without a size of their own
+            (``Field(..., heap_bytes=)``) in proportion to their raw row sizes; a dict sizes
+            fields by name. Default per field: ``capacity + slack`` raw rows (a ragged row
+            counted as 64 elements). The window then holds at most what the heaps hold:
+            when a row's bytes do not fit, the oldest rows are evicted (``stats()`` says which
+            bound applies). Used only at creation.
 
     Returns:
         A :class:`Store`; use it as a context manager or call ``close()``.
@@ -134,6 +144,9 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
         creator.derive_next_obs = bool(derive_next_obs)
         creator.max_final_obs = _check_max_final_obs(max_final_obs, creator.derive_next_obs)
         creator.first_step_id = _check_first_step_id(first_step_id)
+        creator.heap_bytes = heap_bytes
+        if schema is not None:
+            heap_sizes(Schema(schema), heap_bytes, 1)  # fail before touching the disk
         if derive_next_obs and schema is not None:
             internal.plan(Schema(schema), 1, 1, True)  # fail before touching the disk
     # A read-only mount, an immutable file or a missing permission: ReadOnlyError, not a bare OSError.
@@ -159,6 +172,41 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
         except BaseException:
             writer_lock.release(remove=not os.path.exists(path))  # a failed creation leaves nothing behind
             raise
+
+
+# Bytes a codec may add to a row it cannot shrink (a frame header), in the default heap size.
+_CODEC_OVERHEAD_NBYTES = 32
+
+
+def heap_sizes(schema: Schema, heap_bytes: Any, rows: int) -> dict[str, int]:
+    """The heap size of each heap field of a new pool (see ``open``'s ``heap_bytes``)."""
+    names = schema.heap_fields()
+    if heap_bytes is not None and not names:
+        raise InvalidArgumentError(f"heap_bytes sizes the heaps of ragged fields and fields with a codec; the "
+                                   f"schema {list(schema)} has none")
+    given = heap_bytes if isinstance(heap_bytes, dict) else {}
+    unknown = sorted(set(given) - set(names))
+    if unknown:
+        raise InvalidArgumentError(f"heap_bytes names {unknown}, which are not heap fields; the heap fields are "
+                                   f"{names}")
+    sizes = {name: _positive_bytes(f"heap_bytes[{name!r}]", value) for name, value in given.items()}
+    sizes.update({name: size for name in names if (size := schema[name].heap_bytes) is not None})
+    rest = [name for name in names if name not in sizes]
+    if heap_bytes is None or isinstance(heap_bytes, dict):
+        sizes.update({name: rows * (schema[name].row_nbytes + _CODEC_OVERHEAD_NBYTES * (schema[name].codec is not None))
+                      for name in rest})
+    elif rest:
+        total = _positive_bytes("heap_bytes", heap_bytes)
+        weights = np.array([schema[name].row_nbytes for name in rest], np.float64)
+        shares = np.maximum(1, (total * weights / weights.sum()).astype(np.int64))
+        sizes.update({name: int(share) for name, share in zip(rest, shares, strict=True)})
+    return {name: sizes[name] for name in names}
+
+
+def _positive_bytes(what: str, value: Any) -> int:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise InvalidArgumentError(f"{what}={value!r} must be a positive int (bytes), e.g. 8 << 30")
+    return int(value)
 
 
 def _check_max_episodes(max_episodes: Any) -> int | None:

@@ -49,9 +49,12 @@ from .bookkeeping import Bookkeeping, EpisodeState, check_env_ids
 from .casting import as_rows, to_numpy
 from .coldread import ColdReads
 from .episodes import EpisodeBook, EpisodeTable
+from .heap import BOUND_KEY as HEAP_BOUND_KEY
+from .heap import EncodedRows, Heaps
 from .hooks import call_hook
 from .idle import IdleCommitter
 from .mapping import MappedPool
+from .ragged import check_ragged, finish, merge_rows
 from .ring import Ring
 from .stacking import FrameStacker, frame_stack_of, refuse_incomplete
 
@@ -60,6 +63,7 @@ logger = logging.getLogger("expstore.store")  # its name before the layered layo
 _TORN_RETRIES = 3
 _REDRAWS = 100
 _CANDIDATES = 1024  # rows drawn per redraw round at least, so that even rare usable rows are found
+_HEAP_CANDIDATES = 64
 _UNIFORM = Uniform()
 _open_writers: weakref.WeakSet = weakref.WeakSet()
 
@@ -111,6 +115,8 @@ class Store:
         self._keeping: Bookkeeping | None = None  # episode book and priorities, in pools created with them
         self._derived: tuple[str, ...] = ()  # the observations whose next_ the pool derives
         self._batches: Batches | None = None
+        self._heaps: Heaps | None = None  # the ragged and compressed fields' byte heaps (heap.py)
+        self._ragged: tuple[str, ...] = ()
         if layout is not None:
             self._attach(layout)
         if writer_lock is not None:
@@ -146,10 +152,10 @@ class Store:
         self._fields = list(layout.schema.items())
         self._views = [self._maps.views[name] for name, _ in self._fields]
         self._names = dict.fromkeys(layout.schema).keys()  # a dict view: C-speed key comparison in append
-        self._row_specs = [
+        self._row_specs = [  # the fields stored in place; heap fields are written by self._heaps
             RowSpec(name, field, field.dtype, field.shape,
                     float(np.finfo(field.dtype).max) if field.dtype.kind == "f" else None, self._maps.views[name])
-            for name, field in self._fields
+            for name, field in self._fields if not field.uses_heap
         ]
         self._row_loop: list[tuple[Any, ...]] = [tuple(spec) for spec in self._row_specs]
         self._committed = self._read_commit(warn=True)
@@ -161,11 +167,16 @@ class Store:
         self._head = self._committed.head
         self._slots = self._ring.slots
         views = self._maps.views
+        self._heaps = Heaps.of(views, layout.schema, self._slots, bool(layout.meta["checksums"]),
+                               self._committed.payload)
+        self._ragged = tuple(name for name, field in self._fields if field.ragged)
         self._keeping = Bookkeeping.of(views, layout.schema, self._slots, self._ring.capacity, self._committed,
                                        self.writable)
         self._derived = () if self._keeping is None else self._keeping.derived
         self._batches = Batches(views, layout.schema, self._slots, self._keeping, self._gather,
-                                lambda: self._committed, self.path)
+                                lambda: self._committed, self.path, self._read_heap_fields)
+        if self._keeping is not None and self._heaps is not None:
+            self._keeping.heap_rows = self._read_heap_fields
         self._schedule_commit()
         if self.writable:
             self._idle_committer = IdleCommitter(self, self._policy.interval_s)
@@ -246,6 +257,17 @@ class Store:
         low, high = self._window()
         return high - low
 
+    @property
+    def window_bound(self) -> str | None:
+        """What bounds the window now: ``"capacity"`` when it holds ``capacity`` rows, ``"heap
+        'name'"`` when that field's byte heap evicted the oldest rows (a pool with ragged or
+        compressed fields), None while neither has evicted rows."""
+        low, high = self._window()
+        if high - low >= self.capacity:
+            return "capacity"
+        name = self._committed.payload.get(HEAP_BOUND_KEY)
+        return None if not name else f"heap {name!r}"
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("writer" if self.writable else "reader")
         return f"<expstore.Store {self.path!r} {self.backend} {state} len={len(self) if not self._closed else '?'}>"
@@ -309,6 +331,8 @@ class Store:
                 converted[name] = as_rows(name, field, value, None)
             if converted is not None:
                 transition = {**transition, **converted}
+            if self._heaps is not None:
+                self._write_heap_rows(self._heaps.encode(transition, None), 0, 1)
             slot = self._head % self._slots
             for name, _, _, _, _, view in self._row_loop:
                 view[slot] = transition[name]
@@ -347,6 +371,7 @@ class Store:
                 batch, derived = self._split_derived(batch, n_rows)
             columns = [self._column(spec, batch[spec.name], n_rows) for spec in self._row_specs]
             env_ids = check_env_ids(self._keeping, env_ids, n_rows, self._head)
+            encoded = None if self._heaps is None else self._heaps.encode(batch, n_rows)
             done = 0
             while done < n_rows:
                 room = self._ring.slack - (self._head - self._committed.head)
@@ -356,18 +381,39 @@ class Store:
                     self._commit(self._policy.fsync)
                     continue
                 take = min(room, n_rows - done)
+                if encoded is not None:
+                    take = self._write_heap_rows(encoded, done, take)
+                    if not take:
+                        continue  # a commit made room in a heap
                 for offset, slot, length in self._ring.runs(self._head, take):
-                    for view, column in zip(self._views, columns, strict=True):
-                        view[slot:slot + length] = column[done + offset:done + offset + length]
+                    for spec, column in zip(self._row_specs, columns, strict=True):
+                        spec.view[slot:slot + length] = column[done + offset:done + offset + length]
                 part = slice(done, done + take)
                 if self._keeping is not None:
-                    rows = {name: column[part] for name, column in zip(self._names, columns, strict=True)}
+                    rows = {spec.name: column[part] for spec, column in zip(self._row_specs, columns, strict=True)}
                     self._keeping.on_extend(self._head, rows,
                                             derived and {name: values[part] for name, values in derived.items()},
                                             None if env_ids is None else env_ids[part])
                 self._head += take
                 done += take
             self._maybe_commit()
+
+    def _write_heap_rows(self, encoded: dict[str, EncodedRows], first: int, count: int) -> int:
+        """Write the heap bytes of up to ``count`` rows from row ``first`` as the next steps; returns
+        how many were written. None are when a heap has no room left before its oldest committed
+        row: then it commits first, with a tail that makes room (heap.py), and returns 0 (append
+        goes on to write its row)."""
+        assert self._heaps is not None
+        fits, floors = self._heaps.rows_that_fit(encoded, first, count)
+        if not fits:
+            self._commit(self._policy.fsync, floors)
+            fits, floors = self._heaps.rows_that_fit(encoded, first, count)
+            if count == 1 and fits:  # append's one row: written now
+                self._heaps.write(encoded, first, fits, self._head)
+                return fits
+            return 0
+        self._heaps.write(encoded, first, fits, self._head)
+        return fits
 
     @staticmethod
     def _column(spec: RowSpec, value: Any, n_rows: int) -> np.ndarray:
@@ -419,14 +465,18 @@ class Store:
         ):
             self._commit(self._policy.fsync)
 
-    def _commit(self, fsync: bool) -> None:
+    def _commit(self, fsync: bool, heap_floors: Mapping[str, int] | None = None) -> None:
         previous = self._committed
         maps, layout = self._mapped()
         try:
-            tail = self._ring.tail_for(self._head, previous.tail)
+            tail = ring_tail = self._ring.tail_for(self._head, previous.tail)
+            if self._heaps is not None:  # evict too the rows whose heap bytes the next write needs
+                tail = self._heaps.tail_for(ring_tail, self._head, heap_floors)
             payload = (dict(previous.payload) if self._keeping is None
                        else self._keeping.payload(previous.payload, tail, self._head))
-            if self._head == previous.head and payload == previous.payload:
+            if self._heaps is not None:
+                payload = self._heaps.payload(payload, ring_tail, previous.tail, tail, self._head)
+            if self._head == previous.head and tail == previous.tail and payload == previous.payload:
                 if fsync:  # nothing new, but earlier commits may have skipped the fsync
                     maps.sync_data(parallel=not self._finalizing)
                     maps.sync_commit()
@@ -471,18 +521,20 @@ class Store:
         count = high - low
         if isinstance(key, slice):
             start, stop, step = key.indices(count)
-            return self._read_checked(low + np.arange(start, stop, step, dtype=np.int64))
+            return self._finish(self._read_checked(low + np.arange(start, stop, step, dtype=np.int64)))
         if not isinstance(key, (int, np.integer)):
             raise TypeError(f"store indices are ints or slices, not {type(key).__name__}")
         index = int(key) + count if key < 0 else int(key)
         if not 0 <= index < count:
             raise StepNotFoundError(f"index {key} is out of range for a pool of {count} transitions")
-        batch = self._read_checked(np.array([low + index], dtype=np.int64))
+        batch = self._finish(self._read_checked(np.array([low + index], dtype=np.int64)))
         return {name: values[0] for name, values in batch.items()}
 
     def read(self, step_ids, *, frame_stack: int | None = None, stack_axis: int = 0,
-             stack_padding: str = "reset") -> dict[str, np.ndarray]:
+             stack_padding: str = "reset", ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
         """The rows of the given step ids, in that order, plus ``step_id``.
+
+        ``ragged`` and ``pad_value``: how ragged fields come back, as in ``sample``.
 
         With ``frame_stack=k`` the observation fields come as stacks of each row's k newest
         frames of its episode (see ``sample``); ``next_obs`` too where the pool stores it, and
@@ -498,7 +550,7 @@ class Store:
                 f"step id {int(outside[0])} is not in the pool, which holds steps {low}..{high - 1}"
                 if high > low else f"step id {int(outside[0])} is not in the pool, which is empty"
             )
-        return self._read_checked(steps, stacker, high)
+        return self._finish(self._read_checked(steps, stacker, high), ragged, pad_value)
 
     def _read_checked(self, steps: np.ndarray, stacker: FrameStacker | None = None,
                       high: int | None = None) -> dict[str, np.ndarray]:
@@ -529,7 +581,7 @@ class Store:
                beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
                current_version: int | None = None, recency=None,
                sampler: Sampler | None = None, frame_stack: int | None = None, stack_axis: int = 0,
-               stack_padding: str = "reset", her=None) -> dict[str, np.ndarray]:
+               stack_padding: str = "reset", her=None, ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
         """A random batch (with replacement) of committed transitions, plus ``step_id``.
 
         The keywords build a sampling strategy; ``sampler`` takes one directly. They compose:
@@ -576,10 +628,18 @@ class Store:
                 episode's first frame (gymnasium's default), "zero" pads zeros (SB3).
             her: hindsight relabelling of the drawn rows, ``expstore.HER(compute_reward, ...)``
                 (expstore/mixing/her.py): adds the ``relabeled`` column.
+            ragged: how ragged fields (``Field((None, ...), dtype)``) come back: ``"pad"``, an
+                array padded to the longest row of the batch plus an int64 ``<name>_length``
+                column; ``"list"``, a list of one array per row (and the lengths column).
+            pad_value: what the padded positions hold (default 0).
+
+        Fields with a codec come back as plain arrays, identical to what was appended.
         """
+        if ragged != "pad" or pad_value != 0:
+            check_ragged(ragged, pad_value)  # before any draw
         if sampler is None and not prioritized and max_age is None and recency is None and n_step == 1 \
                 and not self._derived and frame_stack is None and her is None:
-            return self._sample_uniform(batch_size, rng)
+            return self._finish(self._sample_uniform(batch_size, rng), ragged, pad_value)
         _check_sampling_args(batch_size, n_step, gamma, alpha, beta)
         stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         strategy = self._strategy(sampler, prioritized, alpha, beta, max_age, age_unit, current_version, recency)
@@ -591,7 +651,14 @@ class Store:
             strategy, generator, batch_size, self._view(),
             lambda steps, high: self._builder().transitions(steps, n_step, gamma, high, stacker))
         _add_weights(strategy, view, batch, batch["step_id"])
-        return batch if her is None else her.relabel(self, batch, generator, view)
+        batch = batch if her is None else her.relabel(self, batch, generator, view)
+        return self._finish(batch, ragged, pad_value)
+
+    def _finish(self, batch: dict[str, np.ndarray], ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
+        """A batch as the public calls return it: ragged fields cut, padded or listed (ragged.py)."""
+        if ragged != "pad" or pad_value != 0:
+            check_ragged(ragged, pad_value)
+        return finish(batch, self._ragged, ragged, pad_value) if self._ragged else batch
 
     def _sample_uniform(self, batch_size: int, rng) -> dict[str, np.ndarray]:
         """The hot path: one draw, one gather, one look at the window."""
@@ -665,11 +732,12 @@ class Store:
                 return batch, view
             view = self._view_after(view)
             redo = np.flatnonzero(~ok)
-            new_batch, new_ok = attempt(view, max(4 * len(redo), _CANDIDATES))
+            # Heap rows cost a decode each: fewer spare candidates than rows that are cheap to gather.
+            candidates = _CANDIDATES if self._heaps is None else _HEAP_CANDIDATES
+            new_batch, new_ok = attempt(view, max(4 * len(redo), candidates))
             usable = np.flatnonzero(new_ok)[:len(redo)]
             redo = redo[:len(usable)]
-            for name, values in new_batch.items():
-                batch[name][redo] = values[usable]
+            merge_rows(batch, redo, new_batch, usable)
             ok[redo] = True
         raise EmptyStoreError(f"{self.path}: too few rows can be sampled this way (the writer kept overwriting "
                               "sampled rows, next observations not known yet, or windows too long); sample a "
@@ -704,7 +772,8 @@ class Store:
                          stack_padding: str = "reset", prioritized: bool = False, alpha: float = 0.6,
                          beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
                          current_version: int | None = None, recency=None,
-                         sampler: Sampler | None = None) -> dict[str, np.ndarray]:
+                         sampler: Sampler | None = None, ragged: str = "pad",
+                         pad_value: float = 0) -> dict[str, Any]:
         """Windows of ``length`` consecutive rows of one episode each: arrays [batch, length, ...].
 
         A window starts at a committed row drawn by the strategy the keywords describe (as in
@@ -715,7 +784,9 @@ class Store:
         existing rows are drawn. ``frame_stack``, ``stack_axis`` and ``stack_padding`` stack
         every row's observations as in ``sample``. A prioritized draw adds ``weights`` [batch],
         those of the start rows (set a sequence's priority with ``update_priorities`` on its
-        start step id).
+        start step id). A ragged field comes back [batch, length, longest row, ...] with
+        ``<name>_length`` [batch, length] (or, with ``ragged="list"``, a list of lists of
+        arrays); see ``sample``.
         """
         _check_sampling_args(batch_size, 1, 0.0, alpha, beta)
         _check_positive(length, "length")
@@ -727,19 +798,21 @@ class Store:
             strategy, generator, batch_size, self._view(),
             lambda steps, high: self._builder().windows(steps, length, high, full_only, stacker))
         _add_weights(strategy, view, batch, batch["step_id"][:, 0])
-        return batch
+        return self._finish(batch, ragged, pad_value)
 
     def iter_epoch(self, batch_size: int, *, rng: int | np.random.Generator | None = None, drop_last: bool = False,
                    n_step: int = 1, gamma: float = 0.99, frame_stack: int | None = None, stack_axis: int = 0,
-                   stack_padding: str = "reset") -> Iterator[dict[str, np.ndarray]]:
+                   stack_padding: str = "reset", ragged: str = "pad",
+                   pad_value: float = 0) -> Iterator[dict[str, Any]]:
         """One pass over every committed transition, in shuffled batches (offline training).
 
         The window is taken when the pass starts; rows the ring evicts during the pass (and,
         in a pool without ``next_obs``, rows whose next observation is not known yet) are
         skipped, so a batch can be shorter than ``batch_size``. ``frame_stack``, ``stack_axis``
         and ``stack_padding`` stack the observations as in ``sample`` (rows whose stack needs
-        evicted rows are skipped too).
+        evicted rows are skipped too). ``ragged``, ``pad_value``: as in ``sample``.
         """
+        self._finish({}, ragged, pad_value)  # checks them before the first batch
         _check_sampling_args(batch_size, n_step, gamma, 0.0, 0.0)
         stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         generator = _generator(rng)
@@ -754,7 +827,7 @@ class Store:
             if not ok.all():
                 batch = {name: values[ok] for name, values in batch.items()}
             if len(batch["step_id"]):
-                yield batch
+                yield self._finish(batch, ragged, pad_value)
 
     def epochs(self, batch_size: int, *, num_epochs: int | None = None,
                rng: int | np.random.Generator | None = None, **options) -> Iterator[dict[str, np.ndarray]]:
@@ -832,8 +905,9 @@ class Store:
         return EpisodeTable({name: column[order] for name, column in table.items()})
 
     def episode(self, episode_id: int, *, frame_stack: int | None = None, stack_axis: int = 0,
-                stack_padding: str = "reset") -> dict[str, np.ndarray]:
-        """The rows of one episode still in the pool, in order, plus ``step_id``.
+                stack_padding: str = "reset", ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
+        """The rows of one episode still in the pool, in order, plus ``step_id`` (ragged fields
+        as ``sample`` gives them).
 
         With ``frame_stack`` the observations come stacked as in ``read``; of an episode whose
         first rows the ring evicted, only the rows whose whole stack is still there.
@@ -851,7 +925,7 @@ class Store:
         steps = keeping.book.rows_of(int(episode_id), first, last)
         if stacker is not None and first > int(table["first_step_id"][position[0]]):
             steps = steps[min(stacker.request.frames - 1, len(steps)):]  # their stacks reach evicted rows
-        return self._read_checked(steps, stacker, state.head)
+        return self._finish(self._read_checked(steps, stacker, state.head), ragged, pad_value)
 
     def _episode_state(self) -> tuple[Bookkeeping, EpisodeState]:
         keeping = self._need_keeping()
@@ -874,8 +948,15 @@ class Store:
             return {"step_id": steps}
         columns = self.cold_reads.gather(self._views, self._ring.slots_of(steps))
         batch = {name: column for (name, _), column in zip(self._fields, columns, strict=True)}
+        if self._heaps is not None:  # the gather read their index entries: now their rows
+            self._heaps.decode(batch, steps, self._committed.payload, self.writable)
         batch["step_id"] = steps
         return batch
+
+    def _read_heap_fields(self, names: list[str], steps: np.ndarray) -> dict[str, np.ndarray]:
+        """The rows of heap fields ``names`` at ``steps`` (n-step and derived next observations)."""
+        assert self._heaps is not None
+        return self._heaps.read(names, steps, self._committed.payload, self.writable)
 
     def _stale(self, steps: np.ndarray) -> np.ndarray | None:
         """Readers: which gathered steps the writer may have overwritten meanwhile."""
@@ -883,9 +964,21 @@ class Store:
             return None
         before = self._committed.tail
         self._refresh()
+        if self._heaps is not None:
+            self._check_bad_heap_rows()
         if self._committed.tail == before:
             return None
         return steps < self._committed.tail
+
+    def _check_bad_heap_rows(self) -> None:
+        """Rows whose heap entries failed their checks in the gather must have been overwritten
+        by the writer meanwhile (their steps now below the tail); any other is damage."""
+        assert self._heaps is not None
+        bad = self._heaps.take_bad_steps()
+        if bad is not None and (bad >= self._committed.tail).any():
+            step = int(bad[bad >= self._committed.tail][0])
+            raise CorruptStoreError(f"{self.path}: the heap bytes of step {step} do not match its index entry "
+                                    "although no writer replaced them; the pool is damaged: run `expstore verify`")
 
     def verify(self, progress=None):
         """Check the pool's integrity; returns a report with ``ok`` and ``findings``.
@@ -1002,6 +1095,15 @@ class Store:
         """The user fields' mapped arrays in schema order, indexed by slot."""
         return self._views
 
+    def heap_usage(self) -> dict[str, dict]:
+        """Per ragged or compressed field: its codec, heap size, the bytes the window spans in
+        it, and the bytes its rows take stored and raw (``ratio`` = raw / stored). Empty for a
+        pool without such fields."""
+        low, high = self._window()
+        if self._heaps is None:
+            return {}
+        return self._heaps.usage(low, high, self._committed.payload, self.writable)
+
     @property
     def ring(self) -> Ring:
         """The step-id/slot arithmetic of the pool's ring."""
@@ -1055,7 +1157,8 @@ def _as_step_ids(step_ids: Any) -> np.ndarray:
 def _batch_length(batch: Mapping[str, Any]) -> int:
     lengths = {}
     for name, value in batch.items():
-        shape = getattr(value, "shape", None)
+        # A list's length without np.shape, which refuses the rows of different lengths of a ragged field.
+        shape = (len(value),) if isinstance(value, (list, tuple)) else getattr(value, "shape", None)
         if shape is None:
             shape = np.shape(value)
         if not shape:

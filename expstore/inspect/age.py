@@ -83,7 +83,8 @@ def store_stats(store, duplicates: bool = False) -> dict:
                 "age": {"steps": {"rows": 0}, "policy_versions": None}}
     source = PoolSource(store)
     stats = {"rows": len(source), "first_step_id": source.first_step_id,
-             "next_step_id": source.first_step_id + len(source), "age": age_distribution(source)}
+             "next_step_id": source.first_step_id + len(source), "window_bound": store.window_bound,
+             "age": age_distribution(source)}
     if duplicates:
         stats["duplicates"] = duplicate_report(source)
     return stats

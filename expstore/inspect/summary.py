@@ -205,6 +205,10 @@ def source_info(source: RowSource) -> dict:
                     datetime.datetime.fromtimestamp(commit_unix, datetime.UTC).isoformat(timespec="seconds"),
                     writer=lock.holder(source.path))
         info["episodes"] = _indexed_episodes(store)
+        heaps = store.heap_usage()
+        if heaps:
+            info["heaps"] = heaps
+            info["window_bound"] = store.window_bound
     elif isinstance(source, ArchiveSource):
         info.update(backend=source.backend, codec=source.codec, format_version=source.meta.get("archive_format"))
     info["attrs"] = source.attrs

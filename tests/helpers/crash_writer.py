@@ -9,7 +9,9 @@ committed, so it must survive a SIGKILL. The parent kills it whenever it likes.
         --seed -1 --fsync 0
 
 ``--batch 1`` appends one row at a time (``append``); a larger batch uses ``extend``. A seed
->= 0 draws each batch's length from 1..batch instead (ragged batches).
+>= 0 draws each batch's length from 1..batch instead (ragged batches). ``--schema heap`` writes
+the rows of ``tests.helpers.heap_rows`` (a codec field and two ragged ones) into heaps of
+``--heap-bytes``.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="rows per append/extend call")
     parser.add_argument("--seed", type=int, default=-1, help=">= 0: ragged batch lengths from this seed")
     parser.add_argument("--fsync", type=int, default=0, choices=(0, 1))
+    parser.add_argument("--schema", default="pendulum", choices=("pendulum", "heap"))
+    parser.add_argument("--heap-bytes", type=int, default=None, help="heap bytes of a heap schema's pool")
     return parser.parse_args(argv)
 
 
@@ -49,16 +53,23 @@ def _batch_lengths(args: argparse.Namespace):
 def _write_forever(pool, args: argparse.Namespace) -> None:
     import numpy as np
 
+    from tests.helpers.heap_rows import heap_batch, heap_row
     from tests.helpers.pools import rows_for
 
     names = list(pool.schema)
     head = last_flushed = pool.next_step_id
     for n_rows in _batch_lengths(args):
-        rows = rows_for(np.arange(head, head + n_rows))
-        if n_rows == 1 and args.batch == 1:
-            pool.append({name: rows[name][0] for name in names})
+        if args.schema == "heap":
+            if n_rows == 1 and args.batch == 1:
+                pool.append(heap_row(head))
+            else:
+                pool.extend(heap_batch(range(head, head + n_rows)))
         else:
-            pool.extend(rows)
+            rows = rows_for(np.arange(head, head + n_rows))
+            if n_rows == 1 and args.batch == 1:
+                pool.append({name: rows[name][0] for name in names})
+            else:
+                pool.extend(rows)
         head += n_rows
         if head - last_flushed >= args.commit_every:
             pool.flush()
@@ -69,12 +80,14 @@ def _write_forever(pool, args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(WRITER_SCRIPT))))  # the checkout
     import expstore
+    from tests.helpers.heap_rows import heap_schema
     from tests.helpers.pools import pendulum_schema
 
     args = _parse(argv)
-    pool = expstore.open(args.path, "a", capacity=args.capacity, schema=pendulum_schema(),
+    schema = heap_schema() if args.schema == "heap" else pendulum_schema()
+    pool = expstore.open(args.path, "a", capacity=args.capacity, schema=schema,
                          backend=args.backend, commit_every=args.commit_every,
-                         commit_interval_s=3600.0, fsync=bool(args.fsync))
+                         commit_interval_s=3600.0, fsync=bool(args.fsync), heap_bytes=args.heap_bytes)
     print(f"OPENED {pool.next_step_id}", flush=True)
     _write_forever(pool, args)
 
@@ -84,10 +97,13 @@ class WriterProcess:
     """A running writer child: reads its ``COMMITTED`` lines and SIGKILLs it on demand."""
 
     def __init__(self, path: str, backend: str, capacity: int, commit_every: int,
-                 batch: int = 1, seed: int = -1, fsync: bool = False):
+                 batch: int = 1, seed: int = -1, fsync: bool = False, schema: str = "pendulum",
+                 heap_bytes: int | None = None):
         command = [sys.executable, WRITER_SCRIPT, path, "--backend", backend, "--capacity", str(capacity),
                    "--commit-every", str(commit_every), "--batch", str(batch), "--seed", str(seed),
-                   "--fsync", str(int(fsync))]
+                   "--fsync", str(int(fsync)), "--schema", schema]
+        if heap_bytes is not None:
+            command += ["--heap-bytes", str(heap_bytes)]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.opened_at: int | None = None
         self.last_committed: int | None = None

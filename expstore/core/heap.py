@@ -1,0 +1,393 @@
+"""Heap fields: rows of their own size (ragged, or compressed by a codec) in a byte heap.
+
+Each heap field has a preallocated uint8 array, ``_heap_<name>``, used as a circular log, and
+its own field array holds one index entry per slot (schema.HEAP_INDEX_COLUMNS): the row's heap
+*position*, its stored bytes, its length along the leading dimension and a crc32 of its bytes
+(-1 in pools without checksums). Positions only grow, like step ids: a row's bytes lie at
+``position % heap_nbytes`` and never wrap past the heap's end (a row that would is placed at
+the heap's start instead), so each row is one contiguous byte range a plain reader can slice.
+
+Crash safety is the ring's slack rule applied to bytes (DESIGN.md section 10): the writer only
+writes bytes that no committed row uses. Before a row's bytes would reach the bytes of the
+oldest committed row, the Store commits first with a tail past the rows those bytes belong to
+(``floors``), evicting a sixteenth of the heap more than needed so that such commits stay rare.
+The window is therefore bounded by both ``capacity`` and the heaps. Each commit record carries
+every heap's positions (``PAYLOAD_KEY``: tail position, head position, longest row), and
+readers check each index entry against them: a row the writer overwrote during a gather is
+either caught by the re-read of the window, or fails these checks and is then proven stale by
+it; one that fails them while still in the window is damage (CorruptStoreError).
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..backends.internal import HEAP_PREFIX
+from ..codecs import Codec, get_codec
+from ..errors import CorruptStoreError, SchemaError
+from ..schema import Field, Schema
+from .casting import as_rows, cast_to, to_numpy
+
+PAYLOAD_KEY = "heap"
+BOUND_KEY = "heap_bound"  # the heap field whose eviction set the tail last, null when the capacity did
+POSITION, NBYTES, LENGTH, CRC = range(4)  # the index columns (schema.HEAP_INDEX_COLUMNS)
+NO_CRC = -1
+_SLACK_FRACTION = 16  # a forced commit evicts this fraction of the heap beyond what the row needs
+# A batch is coded on several threads only when it is this large: each row costs some Python
+# besides the codec's GIL-free call, and threads that contend for the GIL over small rows lose
+# more to its switch interval than they gain.
+_PARALLEL_ROWS = 32
+_PARALLEL_NBYTES = 1 << 19
+_CODEC_THREADS = max(1, min(8, os.cpu_count() or 1))
+
+
+def length_key(name: str) -> str:
+    """The batch column holding a ragged field's row lengths."""
+    return f"{name}_length"
+
+
+@dataclass
+class EncodedRows:
+    """One heap field's rows of an append or extend, encoded and checked, not written yet."""
+
+    data: list[bytes]
+    lengths: np.ndarray  # int64, one per row
+    crcs: np.ndarray  # int64, NO_CRC without checksums
+
+
+class HeapField:
+    """One heap field of an open pool: its index and heap arrays, codec and write position."""
+
+    def __init__(self, name: str, field: Field, index: np.ndarray, heap: np.ndarray, slots: int,
+                 checksums: bool, positions: Sequence[int]):
+        self.name = name
+        self.field = field
+        self.index = index
+        self.heap = heap
+        self.heap_nbytes = int(heap.shape[0])
+        self.slots = slots
+        self.checksums = checksums
+        self.codec: Codec | None = None if field.codec is None else get_codec(field.codec)
+        tail_position, self.head_position, self.max_length = (int(n) for n in positions)
+        # The start of the oldest row the writer must not overwrite (None: no row to protect): the
+        # committed tail's row, or while the window is empty, the first row written since.
+        self.protected: int | None = tail_position if tail_position < self.head_position else None
+
+    # ------------------------------------------------------------------ writing
+    def encode(self, values: Sequence[np.ndarray]) -> EncodedRows:
+        """Encode rows already checked by ``check_rows``."""
+        raws = [np.ascontiguousarray(value) for value in values]
+        if self.codec is None:
+            data = [raw.tobytes() for raw in raws]
+        else:
+            codec = self.codec
+            # An empty row stores no bytes: codecs disagree on what an empty frame is.
+            data = _in_parallel(lambda part: [codec.encode(_byte_view(raw)) if raw.size else b"" for raw in part],
+                                raws, parallel=sum(raw.nbytes for raw in raws) >= _PARALLEL_NBYTES)
+        for row, encoded in enumerate(data):
+            if len(encoded) > self.heap_nbytes:
+                raise SchemaError(f"field {self.name!r}: a row of {len(encoded)} bytes (row {row} of the batch, "
+                                  f"{raws[row].shape} {self.field.dtype}) is larger than the field's heap of "
+                                  f"{self.heap_nbytes} bytes; create the pool with a larger heap_bytes")
+        lengths = np.array([len(raw) if self.field.ragged else 1 for raw in raws], np.int64)
+        crcs = np.array([zlib.crc32(d) if self.checksums else NO_CRC for d in data], np.int64)
+        return EncodedRows(data, lengths, crcs)
+
+    def check_rows(self, value: Any, n_rows: int | None) -> list[np.ndarray]:
+        """The rows of one append (``n_rows`` None) or extend, checked and cast to the field."""
+        if not self.field.ragged:
+            rows = as_rows(self.name, self.field, value, n_rows)
+            return [rows] if n_rows is None else list(rows)
+        if n_rows is None:
+            return [self._ragged_row(value, None)]
+        if isinstance(value, np.ndarray) and value.dtype != object:
+            if value.ndim != 1 + len(self.field.shape) or len(value) != n_rows:
+                raise SchemaError(f"field {self.name!r}: a batch array of shape {value.shape} does not hold "
+                                  f"{n_rows} rows of shape {self.field.shape}; pass a list of {n_rows} arrays")
+            return [self._ragged_row(row, i) for i, row in enumerate(value)]
+        try:
+            items = list(value)
+        except TypeError:
+            raise SchemaError(f"field {self.name!r} is ragged: extend takes a list of {n_rows} arrays (one per "
+                              f"row), not {type(value).__name__}") from None
+        if len(items) != n_rows:
+            raise SchemaError(f"field {self.name!r} has {len(items)} rows, the batch has {n_rows}; pass one array "
+                              "per row")
+        return [self._ragged_row(item, i) for i, item in enumerate(items)]
+
+    def _ragged_row(self, value: Any, row: int | None) -> np.ndarray:
+        arr = to_numpy(self.name, value)
+        where = f"field {self.name!r}" + ("" if row is None else f" row {row}")
+        if arr.ndim != len(self.field.shape) or arr.shape[1:] != self.field.item_shape:
+            raise SchemaError(f"{where} has shape {arr.shape}; the ragged field takes arrays of shape "
+                              f"{_shape_text(self.field.shape)} (any length along the first axis)")
+        return cast_to(self.name, arr, self.field.dtype)
+
+    def place(self, position: int, nbytes: int) -> int:
+        """Where a row of ``nbytes`` written at ``position`` starts: there, or at the heap's
+        start when it would run past the heap's end."""
+        offset = position % self.heap_nbytes
+        return position if offset + nbytes <= self.heap_nbytes else position + self.heap_nbytes - offset
+
+    def rows_that_fit(self, rows: EncodedRows, first: int, count: int) -> tuple[int, int | None]:
+        """How many of ``count`` rows from row ``first`` can be written before a commit, and if
+        not all, the heap floor the commit needs for the next row (core/store.py ``_commit``)."""
+        position = self.head_position
+        protected = None if self.protected is None else self.protected + self.heap_nbytes
+        for done in range(count):
+            nbytes = len(rows.data[first + done])
+            start = self.place(position, nbytes)
+            if protected is None:
+                protected = start + self.heap_nbytes  # the first row written protects itself from the next
+            elif start + nbytes > protected:
+                return done, start + nbytes - self.heap_nbytes + self.heap_nbytes // _SLACK_FRACTION
+            position = start + nbytes
+        return count, None
+
+    def write(self, rows: EncodedRows, first: int, count: int, first_step: int) -> None:
+        """Write rows ``first..first+count`` of ``rows`` as steps from ``first_step``: bytes, then index."""
+        position = self.head_position
+        for done in range(count):
+            data = rows.data[first + done]
+            start = self.place(position, len(data))
+            offset = start % self.heap_nbytes
+            self.heap[offset:offset + len(data)] = np.frombuffer(data, np.uint8)
+            self.index[(first_step + done) % self.slots] = (start, len(data), rows.lengths[first + done],
+                                                            rows.crcs[first + done])
+            if self.protected is None:
+                self.protected = start
+            position = start + len(data)
+        self.head_position = position
+        if count:
+            self.max_length = max(self.max_length, int(rows.lengths[first:first + count].max()))
+
+    # ------------------------------------------------------------------ commits
+    def first_kept(self, tail: int, head: int, floor: int) -> int:
+        """The oldest step in ``[tail, head)`` whose row starts at or after heap position ``floor``
+        (positions grow with step ids: a binary search), ``head`` when none does."""
+        low, high = tail, head
+        while low < high:
+            middle = (low + high) // 2
+            if int(self.index[middle % self.slots, POSITION]) >= floor:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def committed(self, tail: int, head: int) -> list[int]:
+        """This field's entry of a commit of window ``[tail, head)``; the writer protects it from now on."""
+        self.protected = int(self.index[tail % self.slots, POSITION]) if tail < head else None
+        tail_position = self.head_position if self.protected is None else self.protected
+        return [tail_position, self.head_position, self.max_length]
+
+    # ------------------------------------------------------------------ reading
+    def read(self, steps: np.ndarray, entries: np.ndarray, positions: Sequence[int]
+             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """Decode the rows of ``steps`` from their index ``entries``, checked against the commit
+        entry ``positions`` the reader holds. Returns the values (ragged: padded with zeros),
+        the lengths (ragged fields) and which rows failed the checks (values zero)."""
+        tail_position, head_position, max_length = (int(n) for n in positions)
+        start, nbytes, lengths = entries[:, POSITION], entries[:, NBYTES], entries[:, LENGTH]
+        offsets = start % self.heap_nbytes
+        expected = lengths * self.field.item_nbytes
+        bad = ((start < tail_position) | (start + nbytes > head_position) | (nbytes < 0)
+               | (offsets + nbytes > self.heap_nbytes))
+        if self.field.ragged:
+            bad |= (lengths < 0) | (lengths > max_length)
+        else:
+            bad |= lengths != 1
+        if self.codec is None:
+            bad |= nbytes != expected
+        lengths = np.where(bad, 0, lengths)
+        width = int(lengths.max()) if self.field.ragged and len(lengths) else 0
+        shape = (len(steps), width, *self.field.item_shape) if self.field.ragged else (len(steps), *self.field.shape)
+        out = np.zeros(shape, self.field.dtype)
+        rows = np.flatnonzero(~bad)
+        parallel = self.codec is not None and out.nbytes >= _PARALLEL_NBYTES
+        failed = _in_parallel(lambda part: self._decode_into(out, part, offsets, nbytes, lengths), rows.tolist(),
+                              parallel=parallel)
+        if failed:
+            bad[np.asarray(failed, np.int64)] = True
+            lengths[bad] = 0
+            out[bad] = 0
+        return out, (lengths if self.field.ragged else None), bad
+
+    def _decode_into(self, out: np.ndarray, rows: Sequence[int], offsets: np.ndarray, nbytes: np.ndarray,
+                     lengths: np.ndarray) -> list[int]:
+        failed = []
+        item = self.field.item_nbytes
+        for row in rows:
+            offset, size, length = int(offsets[row]), int(nbytes[row]), int(lengths[row])
+            if length * item == 0:
+                if size:
+                    failed.append(row)
+                continue
+            stored = self.heap[offset:offset + size].data
+            try:
+                raw = stored if self.codec is None else self.codec.decode(stored, length * item)
+                values = np.frombuffer(raw, self.field.dtype).reshape(length, *self.field.item_shape)
+            except Exception:  # bytes a writer replaced mid-read, or damage: the caller decides which
+                failed.append(row)
+                continue
+            if self.field.ragged:
+                out[row, :length] = values
+            else:
+                out[row] = values.reshape(self.field.shape)
+        return failed
+
+    def usage(self, tail: int, head: int, positions: Sequence[int]) -> dict:
+        """What ``info`` shows of this heap for the window [tail, head) of a commit with entry
+        ``positions``: its size, the bytes the window spans, and the ratio its codec achieved."""
+        entries = self.index[np.arange(tail, head, dtype=np.int64) % self.slots] if head > tail \
+            else np.zeros((0, 4), np.int64)
+        stored = int(entries[:, NBYTES].sum())
+        raw = int(entries[:, LENGTH].sum()) * self.field.item_nbytes
+        span = int(positions[1]) - int(positions[0]) if head > tail else 0
+        return {"codec": self.field.codec or "raw", "heap_nbytes": self.heap_nbytes, "used_nbytes": span,
+                "used_fraction": span / self.heap_nbytes, "stored_nbytes": stored, "raw_nbytes": raw,
+                "ratio": raw / stored if stored else None, "rows": head - tail}
+
+    def check_crcs(self, slots: np.ndarray) -> np.ndarray:
+        """Which of the rows at ``slots`` have bytes that no longer match their recorded crc32."""
+        entries = self.index[slots]
+        mismatch = np.zeros(len(slots), bool)
+        for row, (start, nbytes, _, crc) in enumerate(entries):
+            if crc != NO_CRC:
+                offset = int(start) % self.heap_nbytes
+                mismatch[row] = zlib.crc32(self.heap[offset:offset + int(nbytes)].data) != int(crc)
+        return mismatch
+
+
+class Heaps:
+    """The heap fields of one Store handle."""
+
+    def __init__(self, views: Mapping[str, np.ndarray], schema: Schema, slots: int, checksums: bool,
+                 payload: Mapping):
+        entries = payload.get(PAYLOAD_KEY, {})
+        self.fields = [HeapField(name, schema[name], views[name], views[HEAP_PREFIX + name], slots, checksums,
+                                 entries.get(name, (0, 0, 0)))
+                       for name in schema.heap_fields()]
+        self.by_name = {heap.name: heap for heap in self.fields}
+        self.bad_steps: list[np.ndarray] = []  # steps whose rows failed the checks in a reader's gathers
+
+    @classmethod
+    def of(cls, views: Mapping[str, np.ndarray], schema: Schema, slots: int, checksums: bool,
+           payload: Mapping) -> Heaps | None:
+        return cls(views, schema, slots, checksums, payload) if schema.heap_fields() else None
+
+    # ------------------------------------------------------------------ writing
+    def encode(self, values: Mapping[str, Any], n_rows: int | None) -> dict[str, EncodedRows]:
+        """Check and encode every heap field of an append or extend; raises before any write."""
+        return {heap.name: heap.encode(heap.check_rows(values[heap.name], n_rows)) for heap in self.fields}
+
+    def rows_that_fit(self, rows: Mapping[str, EncodedRows], first: int, count: int
+                      ) -> tuple[int, dict[str, int]]:
+        """How many rows every heap takes before a commit, and the floors that commit needs."""
+        limits = {heap.name: heap.rows_that_fit(rows[heap.name], first, count) for heap in self.fields}
+        fitting = min(fits for fits, _ in limits.values())
+        # The heaps that stop first need their floor for the commit before the next row.
+        floors = {name: floor for name, (fits, floor) in limits.items() if fits == fitting and floor is not None}
+        return fitting, floors
+
+    def write(self, rows: Mapping[str, EncodedRows], first: int, count: int, first_step: int) -> None:
+        for heap in self.fields:
+            heap.write(rows[heap.name], first, count, first_step)
+
+    def tail_for(self, tail: int, head: int, floors: Mapping[str, int] | None = None) -> int:
+        """The commit's tail: past every row whose bytes were, or are about to be, overwritten.
+        ``tail`` is the ring's; which heap moved it past that is remembered for ``payload``."""
+        self._moved_by: str | None = None
+        for heap in self.fields:
+            floor = max(heap.head_position - heap.heap_nbytes, (floors or {}).get(heap.name, 0))
+            kept = heap.first_kept(tail, head, floor)
+            if kept > tail:
+                tail, self._moved_by = kept, heap.name
+        return tail
+
+    def payload(self, payload: dict, ring_tail: int, previous_tail: int, tail: int, head: int) -> dict:
+        """The commit payload with every heap's positions, and which bound evicted rows last."""
+        bound = payload.get(BOUND_KEY)
+        if tail > ring_tail:
+            bound = getattr(self, "_moved_by", None)
+        elif ring_tail > previous_tail:
+            bound = None
+        return {**payload, PAYLOAD_KEY: {heap.name: heap.committed(tail, head) for heap in self.fields},
+                BOUND_KEY: bound}
+
+    # ------------------------------------------------------------------ reading
+    def decode(self, batch: dict[str, np.ndarray], steps: np.ndarray, payload: Mapping, writable: bool,
+               names: Sequence[str] | None = None) -> None:
+        """Replace each heap field's index entries in ``batch`` by its rows (and ``<name>_length``);
+        of the fields ``names`` only, when given."""
+        entries = payload.get(PAYLOAD_KEY, {})
+        for heap in self.fields if names is None else [self.by_name[name] for name in names]:
+            # The writer reads its own rows, pending ones too; the Store keeps it inside its window.
+            positions = (0, heap.head_position, heap.max_length) if writable else entries.get(heap.name, (0, 0, 0))
+            values, lengths, bad = heap.read(steps, batch[heap.name], positions)
+            batch[heap.name] = values
+            if lengths is not None:
+                batch[length_key(heap.name)] = lengths
+            if bad.any():
+                if writable:  # the writer's own rows never change under it
+                    raise CorruptStoreError(f"field {heap.name!r}: the heap bytes of step {int(steps[bad][0])} "
+                                            "do not decode; the pool is damaged: run `expstore verify`")
+                self.bad_steps.append(steps[bad])
+
+    def read(self, names: Sequence[str], steps: np.ndarray, payload: Mapping, writable: bool) -> dict:
+        """The rows of ``steps`` of the heap fields ``names`` (and their ``<name>_length``)."""
+        batch = {name: self.by_name[name].index[steps % self.by_name[name].slots] for name in names}
+        self.decode(batch, steps, payload, writable, names)
+        return batch
+
+    def usage(self, tail: int, head: int, payload: Mapping, writable: bool) -> dict[str, dict]:
+        entries = payload.get(PAYLOAD_KEY, {})
+        return {heap.name: heap.usage(tail, head, (0 if heap.protected is None else heap.protected,
+                                                   heap.head_position) if writable
+                                      else entries.get(heap.name, (0, 0, 0)))
+                for heap in self.fields}
+
+    def take_bad_steps(self) -> np.ndarray | None:
+        if not self.bad_steps:
+            return None
+        found, self.bad_steps = np.concatenate(self.bad_steps), []
+        return found
+
+
+def _byte_view(raw: np.ndarray) -> memoryview:
+    return raw.reshape(-1).view(np.uint8).data
+
+
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join("N" if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+_pool_state: dict[str, Any] = {"pid": None, "executor": None}
+
+
+def _codec_pool() -> ThreadPoolExecutor:
+    # A forked child inherits the executor but not its threads: it needs its own.
+    if _pool_state["pid"] != os.getpid():
+        _pool_state.update(pid=os.getpid(), executor=ThreadPoolExecutor(_CODEC_THREADS, "expstore-codec"))
+    return _pool_state["executor"]
+
+
+def _in_parallel(work, items: Sequence, parallel: bool = True) -> list:
+    """``work(part)`` (a list) over parts of ``items``, concatenated; on the codec threads when
+    the batch is large enough to pay for them (the codecs release the GIL)."""
+    items = list(items)
+    if not parallel or len(items) < _PARALLEL_ROWS or _CODEC_THREADS == 1:
+        return list(work(items))
+    parts = [[items[i] for i in part] for part in np.array_split(np.arange(len(items)), _CODEC_THREADS)]
+    try:
+        futures = [_codec_pool().submit(work, part) for part in parts[1:]]
+    except RuntimeError:  # interpreter shutdown: on this thread
+        return list(work(items))
+    first = list(work(parts[0]))  # the calling thread takes a part too, rather than wait
+    return first + [result for future in futures for result in future.result()]
