@@ -22,6 +22,7 @@ import pytest
 import expstore
 from expstore.errors import EmptyStoreError, ShardsUnavailableError
 from expstore.integrations.sharding import SharedShards, join_parts, split_batch
+from expstore.integrations.sharding.split import split_rounds
 from tests.helpers.pools import BACKENDS, pendulum_schema, rows_for
 
 # Mixed backends, so that every Ray test covers both.
@@ -280,3 +281,61 @@ def test_readme_example_runs(cluster, tmp_path, monkeypatch):
     for index, rows in enumerate([1000, 2000, 3000]):
         assert committed_on_disk(str(tmp_path / "runs" / "shards" / f"shard{index}.h5")) == rows
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # nothing else in the working directory
+
+
+def test_split_rounds_splits_each_batch_by_shard_length():
+    counts = split_rounds(np.random.default_rng(0), 500, 120, [100, 0, 300])
+    assert counts.shape == (500, 3)
+    assert (counts.sum(axis=1) == 120).all() and (counts[:, 1] == 0).all()
+    np.testing.assert_allclose(counts.sum(axis=0) / counts.sum(), [0.25, 0, 0.75], atol=0.01)
+    with pytest.raises(EmptyStoreError, match="every shard is empty"):
+        split_rounds(np.random.default_rng(0), 2, 8, [0, 0])
+
+
+def test_a_batch_stream_draws_like_sample_and_survives_a_hung_shard(cluster, tmp_path, caplog):
+    from expstore.errors import ClosedStoreError, InvalidArgumentError
+
+    pool, paths = start_pool(cluster, tmp_path)
+    for index, shard in enumerate(pool.shards):
+        cluster.get(shard.extend.remote(rows_for(np.arange(100 * (index + 1))), first_step_id=0))
+    assert pool.flush() == [100, 200, 300]
+    with pool.batches(100, per_request=8, in_flight=3) as stream:
+        batches = [next(stream) for _ in range(30)]  # several requests, some answered while others wait
+    for batch in batches:
+        assert len(batch["step_id"]) == 100 and batch["shard"].shape == (100,)
+        assert_rows_match(batch)
+        for index, count in enumerate([100, 200, 300]):
+            assert (batch["step_id"][batch["shard"] == index] < count).all()
+    shards = np.concatenate([batch["shard"] for batch in batches])
+    np.testing.assert_allclose(np.bincount(shards) / len(shards), [1 / 6, 2 / 6, 3 / 6], atol=0.03)
+    assert len({batch["step_id"].tobytes() for batch in batches}) == 30  # each batch drawn on its own
+    with pytest.raises(ClosedStoreError, match="stream was closed"):
+        next(stream)
+    with pool.batches(32, n_step=3, gamma=0.5, per_request=4) as stream:
+        assert set(np.unique(next(stream)["discount"])) <= {0.5, 0.25, 0.125}
+    with pool.sequence_batches(8, 4, per_request=2) as stream:
+        windows = next(stream)
+        assert windows["obs"].shape == (8, 4, 3) and windows["shard"].shape == (8,)
+    for bad in ({"per_request": 0}, {"in_flight": 0}, {"per_request": 10**6}):
+        with pytest.raises(InvalidArgumentError, match="must be a positive int"):
+            pool.batches(16, **bad)
+    with pytest.raises(InvalidArgumentError, match="batch_size"):
+        pool.batches(0)
+
+    hung_pid = pool.info()[1]["pid"]
+    stream = pool.batches(64, per_request=4, in_flight=2)
+    next(stream)
+    os.kill(hung_pid, signal.SIGSTOP)
+    try:
+        with caplog.at_level(logging.WARNING, logger="expstore.sharding.client"):
+            for _ in range(12):  # past the requests sent before the shard hung, into new ones
+                batch = next(stream)
+                assert len(batch["step_id"]) == 64
+                assert_rows_match(batch)
+            assert 1 not in batch["shard"]
+        assert pool.shard_states()[1] == "down"
+        assert any("shard 1 is down" in record.getMessage() for record in caplog.records)
+    finally:
+        os.kill(hung_pid, signal.SIGCONT)
+    stream.close()
+    pool.close()

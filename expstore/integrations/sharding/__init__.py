@@ -7,6 +7,8 @@
     pool = ShardedPool.create(["/data/shard0.h5", "/data/shard1.h5"], capacity=1_000_000, schema=schema)
     ray.get(pool.shards[0].extend.remote(batch))        # actors' env loops append to their shard
     batch = pool.sample(256)                            # learner: proportional, parallel, + "shard"
+    for batch in pool.batches(256):                     # or a stream: many batches per round trip
+        ...
 
 A shard is an ordinary pool on its node's local disk, written by one Ray actor
 (:class:`ShardActor`); :class:`ShardedPool` samples all shards in parallel through Ray.
@@ -20,9 +22,10 @@ from importlib import import_module
 from .shared_fs import SharedShards
 from .split import SHARD_KEY, join_parts, split_batch
 
-__all__ = ["SHARD_KEY", "ShardActor", "ShardedPool", "SharedShards", "create_shards", "join_parts", "split_batch"]
+__all__ = ["SHARD_KEY", "BatchStream", "ShardActor", "ShardedPool", "SharedShards", "create_shards", "join_parts",
+           "split_batch"]
 
-_NEEDS_RAY = {"ShardActor": "actor", "ShardedPool": "client", "create_shards": "client"}
+_NEEDS_RAY = {"ShardActor": "actor", "ShardedPool": "client", "create_shards": "client", "BatchStream": "stream"}
 
 
 def __getattr__(name: str):

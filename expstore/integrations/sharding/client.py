@@ -24,6 +24,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ...errors import ClosedStoreError, InvalidArgumentError, ShardsUnavailableError
 from .actor import ShardActor, ray
 from .split import derive_seeds, join_parts, split_batch
+from .stream import BatchStream
 
 logger = logging.getLogger("expstore.sharding.client")  # its name before the layered layout
 
@@ -182,11 +183,43 @@ class ShardedPool:
         raise ShardsUnavailableError(f"only {batch_size - missing} of {batch_size} rows could be drawn: shards kept "
                                      f"failing (states {self.shard_states()}); check the shard actors' logs")
 
-    def _draw_round(self, method: str, count: int, options: Mapping[str, Any]) -> list[tuple[int, dict]]:
+    def batches(self, batch_size: int, *, n_step: int = 1, gamma: float = 0.99, per_request: int = 32,
+                in_flight: int = 2) -> BatchStream:
+        """An endless iterator of batches as :meth:`sample` draws them, several per Ray round trip.
+
+        Each shard is asked for the rows of ``per_request`` batches at once (one ``Store.sample``
+        call, so one snapshot of its committed window), and ``in_flight`` such requests are kept
+        outstanding per shard, so the round trip is paid once per ``per_request`` batches and
+        overlaps the caller's work. Memory: about ``in_flight * per_request`` batches in the
+        object store. See :class:`~expstore.integrations.sharding.stream.BatchStream`.
+
+        Example::
+
+            with pool.batches(256) as stream:
+                for _, batch in zip(range(updates), stream):
+                    agent.update(batch)
+        """
+        self._check_open()
+        return BatchStream(_StreamRequests(self), "sample", batch_size, {"n_step": n_step, "gamma": gamma},
+                           per_request, in_flight)
+
+    def sequence_batches(self, batch_size: int, length: int, *, full_only: bool = False, per_request: int = 32,
+                         in_flight: int = 2) -> BatchStream:
+        """:meth:`sample_sequences` as a stream, several batches per round trip (see :meth:`batches`)."""
+        self._check_open()
+        options = {"length": length, "full_only": full_only}
+        return BatchStream(_StreamRequests(self), "sample_sequences", batch_size, options, per_request, in_flight)
+
+    def _sampling_shards(self) -> list[_Shard]:
+        """The shards to ask for rows: those up, with their lengths learnt if none has a row yet."""
         live = self._live_or_wait()
         if not any(shard.length for shard in live):
             self._refresh_lengths(self.timeout_s)
             live = self._live_or_wait()
+        return live
+
+    def _draw_round(self, method: str, count: int, options: Mapping[str, Any]) -> list[tuple[int, dict]]:
+        live = self._sampling_shards()
         counts = split_batch(self._rng, count, [shard.length for shard in live])
         seeds = derive_seeds(self._rng, len(live))
         # Every live shard is asked, even for 0 rows: its answer carries its current length.
@@ -308,6 +341,23 @@ class ShardedPool:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+class _StreamRequests:
+    """A stream's view of its pool (stream.ShardRequests): the pool's own sampling steps."""
+
+    def __init__(self, sharded: ShardedPool):
+        self._of = sharded
+        self.rng = sharded._rng
+
+    def live(self) -> list[_Shard]:
+        return self._of._sampling_shards()
+
+    def ask(self, requests: Mapping) -> dict[int, Any]:
+        return self._of._ask(requests, self._of.timeout_s)
+
+    def draw(self, method: str, count: int, options: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return self._of._draw(method, count, options)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -33,6 +33,21 @@ def split_batch(rng: np.random.Generator, batch_size: int, lengths: Sequence[int
     return rng.multinomial(int(batch_size), sizes / total).astype(np.int64)
 
 
+def split_rounds(rng: np.random.Generator, n_batches: int, batch_size: int, lengths: Sequence[int]) -> np.ndarray:
+    """Rows of each of ``n_batches`` batches to draw from each shard: ``[n_batches, shards]``,
+    each row a ``split_batch`` of ``batch_size`` (one multinomial draw per batch, in one call).
+
+    Raises:
+        EmptyStoreError: every shard is empty.
+    """
+    sizes = np.asarray(lengths, dtype=np.float64)
+    total = sizes.sum()
+    if total <= 0:
+        raise EmptyStoreError(f"every shard is empty (lengths {list(map(int, sizes))}); "
+                              "record and flush some transitions first")
+    return rng.multinomial(int(batch_size), sizes / total, size=int(n_batches)).astype(np.int64)
+
+
 def join_parts(parts: Sequence[tuple[int, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
     """Concatenate per-shard batches into one, with a ``shard`` column of shard indices.
 
