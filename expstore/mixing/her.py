@@ -109,6 +109,13 @@ class HER:
         index = rows.index_of(steps)
         last = rows.last_rows(steps)
         last_index = rows.index_of(last)
+        if "next_" + self.achieved_goal not in pool.schema:  # type: ignore[operator]
+            # derived: a running episode's newest row has no next observation yet, so the row
+            # before it is the last whose next achieved goal is known
+            unknown = ~next_achieved(pool, last, view.head, self.achieved_goal)[1] & (last > steps)
+            if unknown.any():
+                last_index = np.where(unknown, last_index - 1, last_index)
+                last = np.where(unknown, rows.row_at(steps, index, last_index, last), last)
         if self.strategy == "final":
             return last
         if self.strategy == "future":
