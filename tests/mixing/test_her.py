@@ -121,7 +121,7 @@ def test_a_derived_next_obs_pool_and_a_running_episode(tmp_path):
     with expstore.open(path, "w", capacity=50, schema=schema, derive_next_obs=True) as pool:
         for t in range(30):
             pool.append(goal_row(model.add(0, 1 if t % 10 == 9 else 0, 0.0)))  # keeps the final next obs
-        for t in range(5):  # a running episode: its newest row is its last so far
+        for _ in range(5):  # a running episode: its newest row is its last so far
             pool.append(goal_row(model.add(0, 0, 0.0)))
         pool.flush()
     with expstore.open(path, "r") as pool:
