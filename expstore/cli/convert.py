@@ -9,6 +9,7 @@ import click
 from ..backends import archive, backend_names, get_backend
 from ..inspect.streaming import open_source
 from ..maintenance import convert as converting
+from ..maintenance.recode import parse_assignments, parse_nbytes
 from .common import RegisteredChoice, progress_bar
 
 COMPRESS = click.option(
@@ -22,6 +23,26 @@ CAPACITY = click.option("--capacity", type=click.IntRange(min=1), default=None,
 BACKEND = click.option("--backend", type=RegisteredChoice(backend_names, lookup=get_backend), default=None,
                        help="Backend of the destination (default: from its suffix).")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
+CODEC = click.option("--codec", "codecs", multiple=True, metavar="NAME=CODEC",
+                     help="Store field NAME with CODEC in the copy: zstd, zstd:LEVEL, lz4, or raw (none); repeat "
+                     "for more fields.")
+HEAP_BYTES = click.option("--heap-bytes", "heap_bytes", multiple=True, metavar="[NAME=]SIZE",
+                          help="Heap size of the copy's ragged and compressed fields (e.g. 8G): all together, or "
+                          "NAME=SIZE for one field; default the source's where codec and capacity stay.")
+
+
+def _recoding(codecs: tuple[str, ...], heap_bytes: tuple[str, ...]) -> dict:
+    """The convert keywords of --codec and --heap-bytes."""
+    chosen = {name: None if codec.lower() in ("raw", "none") else codec
+              for name, codec in parse_assignments(codecs, "--codec").items()}
+    total = [value for value in heap_bytes if "=" not in value]
+    sizes: dict | int | None = {name: parse_nbytes(size) for name, size in
+                                parse_assignments(tuple(v for v in heap_bytes if "=" in v), "--heap-bytes").items()}
+    if total:
+        if sizes or len(total) > 1:
+            raise click.UsageError("--heap-bytes takes one total SIZE or NAME=SIZE per field, not both")
+        sizes = parse_nbytes(total[0])
+    return {"codecs": chosen or None, "heap_bytes": sizes or None}
 
 
 def _total_rows(paths) -> int:
@@ -41,7 +62,10 @@ def _total_rows(paths) -> int:
 @OVERWRITE
 @click.option("--dedup", is_flag=True,
               help="Leave out exact duplicate rows (the oldest copy is kept, order unchanged).")
-def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool, dedup: bool) -> None:
+@CODEC
+@HEAP_BYTES
+def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool, dedup: bool, codecs,
+            heap_bytes) -> None:
     """Copy pool SRC into DST: HDF5 <-> Zarr, resize, or compress into an archive.
 
     Rows keep their order, step ids, episodes, priorities and attrs (with --dedup, episodes
@@ -55,10 +79,12 @@ def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool, de
       expstore convert runs/pool.h5 runs/small.h5 --capacity 10000
       expstore convert runs/pool.zarr runs/archive.zarr --compress zstd
       expstore convert runs/pool.h5 runs/unique.h5 --dedup
+      expstore convert runs/atari.h5 runs/small.h5 --codec obs=zstd:3 --heap-bytes 2G
     """
+    recoding = _recoding(codecs, heap_bytes)
     with progress_bar(_total_rows([src]), "convert") as progress:
         result = converting.convert(src, dst, capacity=capacity, backend=backend, compress=compress,
-                                    overwrite=overwrite, progress=progress, dedup=dedup)
+                                    overwrite=overwrite, progress=progress, dedup=dedup, **recoding)
     _report(result)
 
 

@@ -254,6 +254,38 @@ class HeapField:
                 "used_fraction": span / self.heap_nbytes, "stored_nbytes": stored, "raw_nbytes": raw,
                 "ratio": raw / stored if stored else None, "rows": head - tail}
 
+    def check(self, tail: int, head: int, positions: Sequence[int], block_rows: int = 1 << 16) -> tuple[int, list[str]]:
+        """Verify the rows of [tail, head) (``verify``): each index entry against the commit's
+        heap positions and its neighbours (rows lie in order, none overlapping the next), and
+        the bytes of rows with a recorded crc32 against it. Returns (rows whose bytes were
+        checked against a crc, findings); damage is reported by its first step."""
+        tail_position, head_position, max_length = (int(n) for n in positions)
+        crc_checked, findings = 0, []
+        previous_end = tail_position
+        for first in range(tail, head, block_rows):
+            steps = np.arange(first, min(head, first + block_rows), dtype=np.int64)
+            entries = self.index[steps % self.slots]
+            start, nbytes, lengths = entries[:, POSITION], entries[:, NBYTES], entries[:, LENGTH]
+            ends = start + nbytes
+            before = np.concatenate([[previous_end], ends[:-1]])
+            bad = ((start < before) | (ends > head_position) | (nbytes < 0)
+                   | (start % self.heap_nbytes + nbytes > self.heap_nbytes))
+            bad |= (lengths < 0) | (lengths > max_length) if self.field.ragged else lengths != 1
+            if self.codec is None:
+                bad |= nbytes != lengths * self.field.item_nbytes
+            if bad.any():
+                findings.append(f"field {self.name!r}: the heap index entry of step {int(steps[bad][0])} does not fit "
+                                f"the heap ({int(bad.sum())} such rows from step {first}); those rows cannot be read")
+            recorded = ~bad & (entries[:, CRC] != NO_CRC)
+            mismatch = self.check_crcs(steps[recorded] % self.slots)
+            crc_checked += int(recorded.sum())
+            if mismatch.any():
+                findings.append(f"field {self.name!r}: the heap bytes of step {int(steps[recorded][mismatch][0])} "
+                                f"changed since their commit ({int(mismatch.sum())} rows from step {first} fail "
+                                "their crc32)")
+            previous_end = int(ends[-1])
+        return crc_checked, findings
+
     def check_crcs(self, slots: np.ndarray) -> np.ndarray:
         """Which of the rows at ``slots`` have bytes that no longer match their recorded crc32."""
         entries = self.index[slots]
@@ -352,6 +384,18 @@ class Heaps:
                                                    heap.head_position) if writable
                                       else entries.get(heap.name, (0, 0, 0)))
                 for heap in self.fields}
+
+    def check(self, tail: int, head: int, payload: Mapping) -> tuple[int, list[str]]:
+        """``HeapField.check`` of every heap field against the commit ``payload``."""
+        entries = payload.get(PAYLOAD_KEY, {})
+        checked, findings = 0, []
+        for heap in self.fields:
+            if heap.name not in entries and head > tail:
+                findings.append(f"field {heap.name!r}: the commit record has no heap positions for it")
+                continue
+            rows, found = heap.check(tail, head, entries.get(heap.name, (0, 0, 0)))
+            checked, findings = checked + rows, findings + found
+        return checked, findings
 
     def take_bad_steps(self) -> np.ndarray | None:
         if not self.bad_steps:

@@ -1104,6 +1104,20 @@ class Store:
             return {}
         return self._heaps.usage(low, high, self._committed.payload, self.writable)
 
+    def check_heaps(self) -> tuple[int, list[str]]:
+        """``verify``'s check of the heap fields over the committed window (core/heap.py):
+        (rows whose bytes matched a recorded crc32, findings). Rows a writer evicted meanwhile
+        are not reported."""
+        if self._heaps is None:
+            return 0, []
+        low, high = self._window()
+        record = self._committed
+        checked, findings = self._heaps.check(low, high, record.payload)
+        if findings and self._window()[0] > low:  # a writer moved on: look again at what is still there
+            low, high = self._window()
+            checked, findings = self._heaps.check(low, high, self._committed.payload)
+        return checked, findings
+
     @property
     def ring(self) -> Ring:
         """The step-id/slot arithmetic of the pool's ring."""

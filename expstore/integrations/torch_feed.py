@@ -40,6 +40,9 @@ def to_tensors(batch: Mapping[str, np.ndarray], device: str | torch.device | Non
                pin_memory: bool = False) -> Batch:
     """A batch of numpy arrays as torch tensors sharing their memory.
 
+    A ragged field comes as the padded tensor and its ``<name>_length`` tensor beside it (the
+    default ``ragged="pad"``), or, sampled with ``ragged="list"``, as a list of tensors.
+
     Args:
         batch: field name -> array, as ``Store.sample`` returns.
         device: where the tensors should live; ``None`` keeps them on the CPU (no copy at all).
@@ -50,14 +53,21 @@ def to_tensors(batch: Mapping[str, np.ndarray], device: str | torch.device | Non
     pin = pin_memory and torch.cuda.is_available()
     tensors = {}
     for name, values in batch.items():
-        # from_numpy refuses non-writable arrays and bool needs no conversion: both are rare.
-        tensor = torch.from_numpy(values if values.flags.writeable else values.copy())
-        if pin:
-            tensor = tensor.pin_memory()
-        if target is not None and tensor.device != target:
-            tensor = tensor.to(target, non_blocking=pin)
-        tensors[name] = tensor
+        if isinstance(values, list):  # a ragged field sampled with ragged="list"
+            tensors[name] = [_tensor(row, target, pin) for row in values]
+        else:
+            tensors[name] = _tensor(values, target, pin)
     return tensors
+
+
+def _tensor(values: np.ndarray, target: torch.device | None, pin: bool) -> torch.Tensor:
+    # from_numpy refuses non-writable arrays and bool needs no conversion: both are rare.
+    tensor = torch.from_numpy(values if values.flags.writeable else values.copy())
+    if pin:
+        tensor = tensor.pin_memory()
+    if target is not None and tensor.device != target:
+        tensor = tensor.to(target, non_blocking=pin)
+    return tensor
 
 
 class _Failure:
@@ -213,7 +223,8 @@ class PoolDataset(Dataset):
         rows = self._handle().read(self._first_step_id + logical, **self.stacking)
         if self._every_field:  # derived next_obs stacks too, which no schema field names
             return to_tensors(rows)
-        return to_tensors({name: rows[name] for name in (*self.fields, "step_id")})
+        lengths = [f"{name}_length" for name in self.fields if f"{name}_length" in rows]  # ragged fields'
+        return to_tensors({name: rows[name] for name in (*self.fields, *lengths, "step_id")})
 
     def __getitem__(self, index: int) -> Batch:
         return {name: values[0] for name, values in self.__getitems__([index]).items()}

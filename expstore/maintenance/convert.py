@@ -36,6 +36,7 @@ from ..inspect.streaming import (
 )
 from .carry import Carry
 from .destination import check_destination
+from .recode import as_extend_batch, default_heap_bytes, recoded_schema
 
 logger = logging.getLogger("expstore.convert")  # its name before the layered layout
 
@@ -61,7 +62,8 @@ class CopyResult:
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | None = None,
             backend: str | None = None, compress: str | None = None, overwrite: bool = False,
-            progress: Progress | None = None, slice_nbytes: int | None = None, dedup: bool = False) -> CopyResult:
+            progress: Progress | None = None, slice_nbytes: int | None = None, dedup: bool = False,
+            codecs: dict[str, str | None] | None = None, heap_bytes: Any = None) -> CopyResult:
     """Copy the pool (or archive) ``src`` into a new pool or compressed archive ``dst``.
 
     Args:
@@ -74,14 +76,20 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | N
         progress: called with the number of rows copied after each slice.
         dedup: leave out rows equal to an older row (exact duplicates, see inspect/duplicates.py),
             keeping the order; the copy's bookkeeping is rebuilt from the rows' flags.
+        codecs: field name -> codec of the copy (``{"obs": "zstd:3"}``; None or ``"raw"``
+            for none), see recode.py.
+        heap_bytes: the copy's heap sizes, as ``expstore.open`` takes them (default: the
+            source's where codec and capacity stay, else open's default).
     """
     return merge([src], dst, capacity=capacity, backend=backend, compress=compress,
-                 overwrite=overwrite, progress=progress, slice_nbytes=slice_nbytes, dedup=dedup)
+                 overwrite=overwrite, progress=progress, slice_nbytes=slice_nbytes, dedup=dedup,
+                 codecs=codecs, heap_bytes=heap_bytes)
 
 
 def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity: int | None = None,
           backend: str | None = None, compress: str | None = None, overwrite: bool = False,
-          progress: Progress | None = None, slice_nbytes: int | None = None, dedup: bool = False) -> CopyResult:
+          progress: Progress | None = None, slice_nbytes: int | None = None, dedup: bool = False,
+          codecs: dict[str, str | None] | None = None, heap_bytes: Any = None) -> CopyResult:
     """Concatenate pools with the same schema into ``dst``, in the order given.
 
     Args:
@@ -105,7 +113,12 @@ def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity
         if dedup:
             sources = deduplicated(sources)
         _check_same_schema(sources)
-        result = _copy(sources, dst, chosen.name, capacity, codec, overwrite, progress, slice_nbytes)
+        recoding = {"schema": recoded_schema(sources[0].schema, codecs), "heap_bytes": heap_bytes}
+        heap_fields = recoding["schema"].heap_fields()
+        if codec is not None and heap_fields:
+            raise InvalidArgumentError(f"an archive holds fixed-shape fields only, and {heap_fields} are ragged or "
+                                       "compressed already; copy into a pool, or give fixed fields --codec NAME=raw")
+        result = _copy(sources, dst, chosen.name, capacity, codec, overwrite, progress, slice_nbytes, recoding)
         result.duplicate_rows = sum(getattr(source, "dropped_rows", 0) for source in sources)
         return result
     finally:
@@ -137,7 +150,7 @@ def _check_same_schema(sources: list[RowSource]) -> None:
                               f"not {first.schema}; merge pools with the same schema only")
 
 
-def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nbytes) -> CopyResult:
+def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nbytes, recoding) -> CopyResult:
     total = sum(len(s) for s in sources)
     if capacity is None:
         capacity = sources[0].capacity if len(sources) == 1 else max(1, total)
@@ -158,8 +171,11 @@ def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nby
                 _build_archive(dst, backend, codec, first.schema, capacity, attrs, total - dropped, rows, carry,
                                overwrite)
             else:
-                build_pool(dst, backend, first.schema, capacity, attrs, rows, overwrite=overwrite,
-                           meta=first.meta if first.kind == "pool" else {}, carry=carry)
+                meta = first.meta if first.kind == "pool" else {}
+                heap_bytes = default_heap_bytes(meta, first.schema, recoding["schema"], capacity,
+                                                recoding["heap_bytes"])
+                build_pool(dst, backend, recoding["schema"], capacity, attrs, rows, overwrite=overwrite,
+                           meta=meta, carry=carry, heap_bytes=heap_bytes)
             break
         except WriterOutranError as exc:
             if attempt == _ATTEMPTS or rows.outran is None:
@@ -290,7 +306,7 @@ class CopyRows:
 
 
 def build_pool(dst: str, backend: str, schema, capacity: int, attrs: dict, slices, *, overwrite: bool = False,
-               meta: dict | None = None, carry: Carry | None = None) -> None:
+               meta: dict | None = None, carry: Carry | None = None, heap_bytes: Any = None) -> None:
     """Build a pool at ``dst`` aside from ``slices`` (iterator of (first_row, batch), or of
     (first_row, batch, bookkeeping) from CopyRows), then rename.
 
@@ -300,24 +316,25 @@ def build_pool(dst: str, backend: str, schema, capacity: int, attrs: dict, slice
     make_parent(dst)
 
     def build(temp: str) -> list[str]:
-        _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {}, carry)
+        _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {}, carry, heap_bytes)
         return []  # nothing more to preallocate: creating the pool allocated its files (open() builds aside too)
 
     files.build_aside(dst, build, replace=overwrite)
 
 
 def _write_pool(temp: str, backend: str, schema, capacity: int, attrs: dict, slices, meta: dict,
-                carry: Carry | None) -> None:
+                carry: Carry | None, heap_bytes: Any = None) -> None:
     slack = _slack(meta, capacity)
     writing: dict[str, Any] = {"backend": backend, "commit_every": slack, "fsync": False}
     store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs,
                        chunk_rows=_chunk_rows(meta, capacity + slack), slack=slack,
-                       checksums=bool(meta.get("checksums", False)), **writing,
+                       checksums=bool(meta.get("checksums", False)), **writing, heap_bytes=heap_bytes,
                        **(carry.create_options() if carry else {}))
+    schema = store.schema
     try:
         for first, batch, *bookkeeping in slices:
             store = _starting_at(store, carry, writing)
-            store.extend(batch)
+            store.extend(as_extend_batch(batch, schema) if schema.heap_fields() else batch)
             if carry:
                 carry.after_rows(store, first, *bookkeeping)
         store = _starting_at(store, carry, writing)

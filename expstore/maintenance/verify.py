@@ -85,6 +85,10 @@ def verify_store(store, progress: Callable[[int], None] | None = None) -> Verify
                         writer=lock.holder(store.path), checksums=store.mapped.checksum_table is not None)
     if store.mapped.checksum_table is not None:
         _verify_checksums(store, report, progress)
+    if store.schema is not None and store.schema.heap_fields():
+        heap_rows, heap_findings = store.check_heaps()
+        report.facts["heap_rows_checked"] = heap_rows
+        report.findings += heap_findings
     return report
 
 
