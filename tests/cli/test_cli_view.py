@@ -174,3 +174,11 @@ def test_report_of_an_unknown_episode_and_of_a_missing_pool(pool_path, tmp_path,
     assert_error(run("report", pool_path, "-o", out / "r.html", "--episodes", "77", ok=False), "episode 77 has no row")
     assert_error(run("report", tmp_path / "none.h5", "-o", out / "r.html", ok=False), "no pool at")
     assert os.listdir(out) == []
+
+
+def test_video_without_pyav_says_how_to_install_it(pool_path, out, monkeypatch):
+    make_image_pool(pool_path)
+    monkeypatch.setitem(sys.modules, "av", None)  # `import av` now fails as if it were not installed
+    result = run("video", pool_path, "--episode", "0", "-o", out / "v.mp4", ok=False)
+    assert_error(result, "writing videos needs PyAV", "pip install 'expstore[video]'")
+    assert "expstore[train]" not in result.output and os.listdir(out) == []
