@@ -46,3 +46,31 @@ def test_parquet_mistakes_are_one_line(tmp_path, pool_path):
                  "not a readable Parquet file")
     assert not (tmp_path / "o.h5").exists()
     assert_error(run("import", tmp_path / "none.parquet", tmp_path / "o.h5", ok=False), "no Parquet file")
+
+
+def test_lerobot_round_trip_on_the_command_line(tmp_path, backend):
+    pytest.importorskip("av")
+    pool = str(tmp_path / f"pool{BACKENDS[backend]}")
+    with expstore.open(pool, "w", capacity=30, schema={"obs": ((2,), "float32"), "terminated": ((), "bool"),
+                                                      "cam": ((16, 16, 3), "uint8")}) as opened:
+        opened.extend({"obs": np.arange(60).reshape(30, 2), "terminated": np.arange(30) % 10 == 9,
+                       "cam": np.arange(30 * 768).reshape(30, 16, 16, 3) % 251})
+    out = run("export", pool, tmp_path / "robot", "--format", "lerobot", "--fps", "15", "--video-codec",
+              "lossless").output
+    assert "wrote 30 rows in 3 episodes to the LeRobot dataset" in out
+    back = str(tmp_path / f"back{BACKENDS[backend]}")
+    run("import", tmp_path / "robot", back)  # told from meta/info.json
+    assert_same_rows(all_rows(back), all_rows(pool))
+    assert "lerobot" in run("formats").output
+
+
+def test_lerobot_mistakes_are_one_line(tmp_path, pool_path):
+    make_pool(pool_path)
+    assert_error(run("export", pool_path, tmp_path / "r", "--format", "lerobot", "--video-codec", "vp9", ok=False),
+                 "--video-codec vp9")
+    assert_error(run("export", pool_path, tmp_path / "r", "--format", "lerobot", "--fps", "0", ok=False), "--fps 0")
+    (tmp_path / "empty").mkdir()
+    assert_error(run("import", tmp_path / "empty", tmp_path / "o.h5", "--format", "lerobot", ok=False),
+                 "info.json is missing")
+    assert_error(run("import", tmp_path / "empty", tmp_path / "o.h5", ok=False), "LeRobot dataset")
+    assert not (tmp_path / "o.h5").exists() and not (tmp_path / "r").exists()

@@ -91,7 +91,6 @@ def test_columns_read_by_pyarrow_datasets_and_pandas_equal_the_pool(tmp_path):
     table = pq.read_table(file)
     np.testing.assert_array_equal(table.column("step_id").to_numpy(), rows["step_id"])
     loaded = datasets.load_dataset("parquet", data_files=file, split="train", cache_dir=str(tmp_path / "hf"))
-    loaded = loaded.with_format("numpy")
     frame = pd.read_parquet(file)
     assert len(loaded) == len(frame) == 300
     for name, (shape, dtype) in SCHEMA.items():
@@ -99,7 +98,7 @@ def test_columns_read_by_pyarrow_datasets_and_pandas_equal_the_pool(tmp_path):
         while hasattr(feature, "feature"):  # datasets' List(List(Value(...))) for a nested fixed-size list
             feature = feature.feature
         assert np.dtype(feature.dtype) == np.dtype("float16" if dtype == "float16" else dtype), name
-        from_hf = np.asarray(loaded[name])  # its numpy formatter widens nested lists' integers to int64
+        from_hf = np.asarray(loaded[name])  # python rows (its numpy formatter widens nested integers to int64)
         assert from_hf.shape == (300, *shape), name
         np.testing.assert_array_equal(from_hf.astype(dtype), rows[name], err_msg=name)
         from_pandas = _stacked(frame[name].to_numpy())
