@@ -37,7 +37,9 @@ class FrameLayout:
 
 
 def frame_layout(field: Field) -> FrameLayout | None:
-    """The frame layout of a field, or None when its rows are not pictures."""
+    """The frame layout of a field, or None when its rows are not pictures (nor a ragged field's)."""
+    if field.ragged:
+        return None
     if field.is_image:
         layout, shape, stacked = str(field.image_layout), field.shape, False
     else:

@@ -189,3 +189,9 @@ def test_lossless_gif_and_unknown_extensions_fail_before_reading(tmp_path):
         write_video(tmp_path / "missing.h5", tmp_path / "v.avi", episode=0)
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         write_video(tmp_path / "missing.h5", tmp_path / "no" / "v.mp4", episode=0)
+
+
+def test_ragged_fields_hold_no_frames():
+    """A ragged uint8 field (None, H, W) has rows of their own lengths: not a stack of frames."""
+    assert frame_layout(expstore.Field((None, SIDE, SIDE), "uint8")) is None
+    assert frame_layout(expstore.Field((5, SIDE, SIDE), "uint8")).stacked
