@@ -179,6 +179,21 @@ class _Plan:
                 mapping.madvise(advice)
 
 
+def prefetch_byte_ranges(view: np.ndarray, starts: np.ndarray, nbytes: np.ndarray) -> None:
+    """Advise ``MADV_WILLNEED`` on the byte ranges [start, start + n) of a mapped uint8 ``view``
+    (the rows of a heap field, core/heap.py), merged into page runs: one request per run."""
+    mapping = _mapping_of(view)
+    if mapping is None or not len(starts) or not hasattr(mapping, "madvise"):
+        return
+    base = view.ctypes.data - _address_of(mapping)
+    first, stop = _merged((base + starts) // _PAGE_NBYTES, (base + starts + nbytes + _PAGE_NBYTES - 1) // _PAGE_NBYTES)
+    try:
+        for page, end in zip(first.tolist(), stop.tolist(), strict=True):
+            mapping.madvise(mmap.MADV_WILLNEED, page * _PAGE_NBYTES, (end - page) * _PAGE_NBYTES)
+    except (OSError, ValueError):
+        return  # advice only, as in _Plan.prefetch
+
+
 def _page_runs(slots: np.ndarray, fields: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
     """Disjoint sorted page ranges [first, stop) covering the rows ``slots`` of every field.
 

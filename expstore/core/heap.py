@@ -34,6 +34,7 @@ from ..codecs import Codec, get_codec
 from ..errors import CorruptStoreError, SchemaError
 from ..schema import Field, Schema
 from .casting import as_rows, cast_to, to_numpy
+from .coldread import prefetch_byte_ranges
 
 PAYLOAD_KEY = "heap"
 BOUND_KEY = "heap_bound"  # the heap field whose eviction set the tail last, null when the capacity did
@@ -188,7 +189,7 @@ class HeapField:
         return [tail_position, self.head_position, self.max_length]
 
     # ------------------------------------------------------------------ reading
-    def read(self, steps: np.ndarray, entries: np.ndarray, positions: Sequence[int]
+    def read(self, steps: np.ndarray, entries: np.ndarray, positions: Sequence[int], prefetch: bool = False
              ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """Decode the rows of ``steps`` from their index ``entries``, checked against the commit
         entry ``positions`` the reader holds. Returns the values (ragged: padded with zeros),
@@ -210,6 +211,8 @@ class HeapField:
         shape = (len(steps), width, *self.field.item_shape) if self.field.ragged else (len(steps), *self.field.shape)
         out = np.zeros(shape, self.field.dtype)
         rows = np.flatnonzero(~bad)
+        if prefetch:  # a cold pool: every row's pages requested at once, not faulted in one by one
+            prefetch_byte_ranges(self.heap, offsets[rows], nbytes[rows])
         parallel = self.codec is not None and out.nbytes >= _PARALLEL_NBYTES
         failed = _in_parallel(lambda part: self._decode_into(out, part, offsets, nbytes, lengths), rows.tolist(),
                               parallel=parallel)
@@ -308,6 +311,7 @@ class Heaps:
                        for name in schema.heap_fields()]
         self.by_name = {heap.name: heap for heap in self.fields}
         self.bad_steps: list[np.ndarray] = []  # steps whose rows failed the checks in a reader's gathers
+        self.nbytes = sum(heap.heap_nbytes for heap in self.fields)
 
     @classmethod
     def of(cls, views: Mapping[str, np.ndarray], schema: Schema, slots: int, checksums: bool,
@@ -355,14 +359,14 @@ class Heaps:
 
     # ------------------------------------------------------------------ reading
     def decode(self, batch: dict[str, np.ndarray], steps: np.ndarray, payload: Mapping, writable: bool,
-               names: Sequence[str] | None = None) -> None:
+               names: Sequence[str] | None = None, prefetch: bool = False) -> None:
         """Replace each heap field's index entries in ``batch`` by its rows (and ``<name>_length``);
         of the fields ``names`` only, when given."""
         entries = payload.get(PAYLOAD_KEY, {})
         for heap in self.fields if names is None else [self.by_name[name] for name in names]:
             # The writer reads its own rows, pending ones too; the Store keeps it inside its window.
             positions = (0, heap.head_position, heap.max_length) if writable else entries.get(heap.name, (0, 0, 0))
-            values, lengths, bad = heap.read(steps, batch[heap.name], positions)
+            values, lengths, bad = heap.read(steps, batch[heap.name], positions, prefetch)
             batch[heap.name] = values
             if lengths is not None:
                 batch[length_key(heap.name)] = lengths

@@ -47,7 +47,7 @@ from . import checksums, commit, lock
 from .batches import Batches
 from .bookkeeping import Bookkeeping, EpisodeState, check_env_ids
 from .casting import as_rows, to_numpy
-from .coldread import ColdReads
+from .coldread import ColdReads, available_memory_nbytes
 from .episodes import EpisodeBook, EpisodeTable
 from .heap import BOUND_KEY as HEAP_BOUND_KEY
 from .heap import EncodedRows, Heaps
@@ -117,6 +117,7 @@ class Store:
         self._batches: Batches | None = None
         self._heaps: Heaps | None = None  # the ragged and compressed fields' byte heaps (heap.py)
         self._ragged: tuple[str, ...] = ()
+        self._heaps_exceed_memory: bool | None = None  # decided at the first gather (_heap_prefetch)
         if layout is not None:
             self._attach(layout)
         if writer_lock is not None:
@@ -949,9 +950,21 @@ class Store:
         columns = self.cold_reads.gather(self._views, self._ring.slots_of(steps))
         batch = {name: column for (name, _), column in zip(self._fields, columns, strict=True)}
         if self._heaps is not None:  # the gather read their index entries: now their rows
-            self._heaps.decode(batch, steps, self._committed.payload, self.writable)
+            self._heaps.decode(batch, steps, self._committed.payload, self.writable, prefetch=self._heap_prefetch())
         batch["step_id"] = steps
         return batch
+
+    def _heap_prefetch(self) -> bool:
+        """Whether to ask for the heap bytes of gathered rows at once: cold reads forced on, or
+        in "auto" mode switched on, or heaps larger than the memory available (coldread.py)."""
+        mode = self.cold_reads.mode
+        if mode != "auto":
+            return mode == "on"
+        if self._heaps_exceed_memory is None:
+            available = available_memory_nbytes()
+            self._heaps_exceed_memory = available is not None and self._heaps is not None \
+                and self._heaps.nbytes > available
+        return self.cold_reads.active or self._heaps_exceed_memory
 
     def _read_heap_fields(self, names: list[str], steps: np.ndarray) -> dict[str, np.ndarray]:
         """The rows of heap fields ``names`` at ``steps`` (n-step and derived next observations)."""
