@@ -43,6 +43,8 @@ class Layout:
     commit: Extent
     checksums: Extent | None = None  # (chunks, 2) int64 table, only in pools created with checksums=True
     internal: dict[str, Extent] = field(default_factory=dict)  # bookkeeping arrays, see internal_arrays
+    # Read from the pool's layout record (layout_record.py) rather than from the container itself.
+    from_record: bool = field(default=False, compare=False)
 
     @property
     def files(self) -> list[str]:
@@ -138,7 +140,13 @@ class Backend(Protocol):
         """Build a new container at ``path``; return the files to preallocate and fsync."""
 
     def read_layout(self, path: str) -> Layout:
-        """Read the metadata and the byte extents, without scanning the data."""
+        """Read the metadata and the byte extents, without scanning the data: from the pool's
+        layout record when it has a usable one (``Layout.from_record``), else from the container."""
+
+    def record_layout(self, path: str, layout: Layout) -> bool:
+        """Write the layout record of ``layout``, just read from the container (not from a record),
+        so that later opens skip the container library; False where the pool has no room for one.
+        Called by a writer's open (it holds the pool's lock); optional for a backend."""
 
     def container_findings(self, path: str, layout: Layout) -> list[str]:
         """What a plain reader of the format would trip on: arrays missing or unreadable."""

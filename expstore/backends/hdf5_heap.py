@@ -27,24 +27,33 @@ _MAX_CHUNKS = 64  # object header chunks followed; a damaged chain could otherwi
 _MAX_OBJECTS = 1 << 16  # HDF5 object indexes are 16-bit
 
 
-def damaged_heap(fd: int, file_nbytes: int, attribute: bytes) -> str | None:
+class _File:
+    """A file read at HDF5 addresses: relative to the superblock, which a user block moves on."""
+
+    def __init__(self, fd: int, base: int):
+        self.fd = fd
+        self.base = base
+
+    def read(self, offset: int, nbytes: int) -> bytes:
+        return os.pread(self.fd, nbytes, self.base + offset) if offset >= 0 else b""
+
+
+def damaged_heap(fd: int, file_nbytes: int, attribute: bytes, base: int = 0) -> str | None:
     """Why reading the root group's variable-length attribute ``attribute`` would make HDF5
-    loop or overrun its global heap collection, or None (healthy, or not a layout this reads)."""
-    root = _root_header_address(fd)
+    loop or overrun its global heap collection, or None (healthy, or not a layout this reads).
+    ``base``: where the superblock lies (the user block's size)."""
+    file = _File(fd, base)
+    root = _root_header_address(file)
     if root is None:
         return None
-    heap_id = _attribute_heap_id(fd, file_nbytes, root, attribute)
+    heap_id = _attribute_heap_id(file, file_nbytes, root, attribute)
     if heap_id is None:
         return None
-    return _walk_collection(fd, file_nbytes, heap_id)
+    return _walk_collection(file, file_nbytes, heap_id)
 
 
-def _read(fd: int, offset: int, nbytes: int) -> bytes:
-    return os.pread(fd, nbytes, offset) if offset >= 0 else b""
-
-
-def _root_header_address(fd: int) -> int | None:
-    head = _read(fd, 0, 48)
+def _root_header_address(fd: _File) -> int | None:
+    head = fd.read(0, 48)
     if len(head) < 48:
         return None
     signature, version, offsets, lengths, _flags = _SUPERBLOCK.unpack_from(head)
@@ -53,16 +62,16 @@ def _root_header_address(fd: int) -> int | None:
     return struct.unpack_from("<Q", head, 36)[0]  # after base, extension and end-of-file addresses
 
 
-def _header_chunks(fd: int, file_nbytes: int, address: int):
+def _header_chunks(fd: _File, file_nbytes: int, address: int):
     """(messages, header flags) of each chunk of a version-2 object header, continuations included."""
-    prefix = _read(fd, address, 6 + 16 + 4 + 8)
+    prefix = fd.read(address, 6 + 16 + 4 + 8)
     if len(prefix) < 6 or prefix[:4] != b"OHDR" or prefix[4] != 2:
         return
     flags = prefix[5]
     start = 6 + (16 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
     width = 1 << (flags & 0x03)
     size = int.from_bytes(prefix[start:start + width], "little")
-    body = _read(fd, address + start + width, min(size, file_nbytes))
+    body = fd.read(address + start + width, min(size, file_nbytes))
     seen = {address}
     while True:
         yield body, flags
@@ -72,7 +81,7 @@ def _header_chunks(fd: int, file_nbytes: int, address: int):
         # Continuations form a chain; a header with several in one chunk is followed one at a time.
         offset, nbytes = chunks[0]
         seen.add(offset)
-        chunk = _read(fd, offset, min(nbytes, file_nbytes))
+        chunk = fd.read(offset, min(nbytes, file_nbytes))
         if len(chunk) < 8 or chunk[:4] != b"OCHK":
             return
         body = chunk[4:-4]
@@ -98,7 +107,7 @@ def _continuations(body: bytes, flags: int) -> list[tuple[int, int]]:
     return found
 
 
-def _attribute_heap_id(fd: int, file_nbytes: int, root: int, attribute: bytes) -> tuple[int, int] | None:
+def _attribute_heap_id(fd: _File, file_nbytes: int, root: int, attribute: bytes) -> tuple[int, int] | None:
     """(collection address, object index) of the attribute's string, if it is a compact
     variable-length attribute of the root group."""
     for body, flags in _header_chunks(fd, file_nbytes, root):
@@ -127,16 +136,16 @@ def _attribute_parts(data: bytes) -> tuple[bytes, bytes, bytes] | None:
     return data[name_at:name_at + name_nbytes], data[type_at:type_at + type_nbytes], data[value_at:]
 
 
-def _walk_collection(fd: int, file_nbytes: int, heap_id: tuple[int, int]) -> str | None:
+def _walk_collection(fd: _File, file_nbytes: int, heap_id: tuple[int, int]) -> str | None:
     """Walk the collection's objects as HDF5 loads them (H5HG cache deserialize)."""
     address, _index = heap_id
-    head = _read(fd, address, _GCOL.size)
+    head = fd.read(address, _GCOL.size)
     if len(head) < _GCOL.size:
         return None
     signature, version, size = _GCOL.unpack_from(head)
     if signature != b"GCOL" or version != 1 or size < _GCOL.size or address + size > file_nbytes:
         return None  # HDF5 refuses these itself, with an error
-    collection = _read(fd, address, size)
+    collection = fd.read(address, size)
     position = _GCOL.size
     for _ in range(_MAX_OBJECTS + 1):
         if position + _HEAP_OBJECT.size > size:

@@ -6,17 +6,24 @@ chunks back to back, then the shard index (offset, nbytes per chunk) and its crc
 as the Zarr v3 sharding spec lays it out, so plain zarr-python reads every field while the
 store maps the chunk bytes as one contiguous array. The metadata is read straight from the
 ``zarr.json`` documents on open: importing and running zarr would cost more than the open.
+
+The group also holds ``_commit/expstore.layout``, the layout record (py): the metadata
+and the size and modification time of every ``zarr.json`` and the size of every data file, as
+they were when the layout was checked. Opening reads that one file and ``stat``s the others
+instead of reading and checking every document and shard index; a record that is missing,
+damaged or stale is passed over, and a writer's open writes it again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import google_crc32c
 import numpy as np
 
-from ..errors import CorruptStoreError, NotAPoolError
+from ..errors import CorruptStoreError, ExpstoreError, NotAPoolError
 from ..schema import Schema
 from .base import (
     NOT_A_POOL_FIX,
@@ -28,6 +35,7 @@ from .base import (
     internal_arrays,
     internal_nbytes,
 )
+from .layout_record import RecordUnusable, record_check_version, record_decode, record_encode, record_fall_back
 from .meta import check_meta
 from .zarr_archive import ZarrArchive
 from .zarr_checks import (
@@ -43,6 +51,10 @@ from .zarr_checks import (
 
 _INDEX_ENTRY = np.dtype([("offset", "<u8"), ("nbytes", "<u8")])
 _CRC_NBYTES = 4
+# Beside the commit record, inside its array's directory: a file at the group's top level would
+# make zarr-python warn, on every listing of the group, that it is no Zarr node.
+RECORD_DIR, RECORD_NAME = "_commit", "expstore.layout"
+RECORD_FILE = os.path.join(RECORD_DIR, RECORD_NAME)
 _FIELD_FIX = "`expstore repair` rewrites a field's zarr.json from the pool's metadata when its data file fits it"
 
 
@@ -69,7 +81,9 @@ class ZarrBackend:
     def writes(self, relative: str) -> bool:
         """The group's zarr.json, each array's zarr.json, and the arrays' chunk files (``<array>/c/...``)."""
         parts = relative.split(os.sep)
-        return parts in (["zarr.json"], [parts[0], "zarr.json"]) or (len(parts) >= 3 and parts[1] == "c")
+        return (parts in (["zarr.json"], [RECORD_DIR, RECORD_NAME], [parts[0], "zarr.json"])
+                or (len(parts) == 2 and parts[0] == RECORD_DIR and parts[1].startswith(f".{RECORD_NAME}."))
+                or (len(parts) >= 3 and parts[1] == "c"))
 
     def create(self, path, meta, schema, slots, chunk_rows, commit_slots):
         # zarr loads on first use: its import is slow, and a program on HDF5 pools never needs it.
@@ -93,29 +107,33 @@ class ZarrBackend:
         for name, (shape, dtype) in internal_arrays(meta).items():
             files.append(_write_raw_array(group, path, name, shape, dtype, b""))
             os.truncate(files[-1], internal_nbytes({"internal": {name: meta["internal"][name]}}))
+        # Last, once every document and file has its final size and time; creation laid it out itself.
+        _write_record(path, _layout_of(path, meta, Schema.from_json(meta["schema"])))
         return files
 
     def read_layout(self, path: str) -> Layout:
+        recorded = _recorded_layout(path)
+        if recorded is not None:
+            return recorded
         meta = _pool_meta(path)
         schema = Schema.from_json(meta["schema"])
-        fields = {name: self._field_extent(path, meta, schema, name) for name in schema}
-        commit_file = os.path.join(path, "_commit", _chunk_key(2))
+        for name in schema:
+            self._check_field(path, meta, schema, name)
+        layout = _layout_of(path, meta, schema)
         # One whole slot is enough to open: a file cut mid-slot 1 falls back to slot 0 (core/mapping.py).
-        _check_size(path, commit_file, SLOT_NBYTES, "commit record")
-        checksums = None
-        if meta.get("checksums"):
-            table_file = os.path.join(path, "_checksums", _chunk_key(2))
-            table_nbytes = len(checksum_table_bytes(meta))
-            _check_size(path, table_file, table_nbytes, "checksum table")
-            checksums = Extent(table_file, 0, table_nbytes)
-        internal = {}
-        for name, (shape, dtype) in internal_arrays(meta).items():
-            nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-            internal[name] = Extent(os.path.join(path, name, _chunk_key(len(shape))), 0, nbytes)
-            _check_size(path, internal[name].path, nbytes, f"bookkeeping array {name!r}")
-        return Layout(meta, schema, fields, Extent(commit_file, 0, 2 * SLOT_NBYTES), checksums, internal)
+        _check_size(path, layout.commit.path, SLOT_NBYTES, "commit record")
+        if layout.checksums is not None:
+            _check_size(path, layout.checksums.path, layout.checksums.nbytes, "checksum table")
+        for name, extent in layout.internal.items():
+            _check_size(path, extent.path, extent.nbytes, f"bookkeeping array {name!r}")
+        return layout
 
-    def _field_extent(self, path, meta, schema, name) -> Extent:
+    def record_layout(self, path: str, layout: Layout) -> bool:
+        """Write the layout record of a layout just read and checked from the documents."""
+        _write_record(path, layout)
+        return True
+
+    def _check_field(self, path, meta, schema, name) -> None:
         field = schema[name]
         slots, chunk_rows = meta["slots"], meta["chunk_rows"]
         try:
@@ -133,7 +151,6 @@ class ZarrBackend:
         n_chunks = slots // chunk_rows
         _check_size(path, shard, data_nbytes + n_chunks * _INDEX_ENTRY.itemsize + _CRC_NBYTES, f"field {name!r}")
         _check_index(path, name, shard, data_nbytes, n_chunks, chunk_rows * field.stored_row_nbytes)
-        return Extent(shard, 0, data_nbytes)
 
     def container_findings(self, path: str, layout: Layout) -> list[str]:
         findings = group_findings(_read_json(path, os.path.join(path, "zarr.json"), CorruptStoreError))
@@ -173,6 +190,87 @@ class ZarrBackend:
     def disk_nbytes(self, schema: Schema, slots: int) -> int:
         rows = sum(field.stored_row_nbytes for field in schema.values())
         return slots * rows + 2 * SLOT_NBYTES + len(schema) * (1 << 16)
+
+
+def _layout_of(path: str, meta: dict, schema: Schema, from_record: bool = False) -> Layout:
+    """Where the arrays of a pool with this metadata lie: each array's one chunk file, from byte 0.
+    (Joined as strings: os.path.join, called per file here, cost a fast open a third of its time.)"""
+    path = _root(path)
+    slots = meta["slots"]
+    fields = {name: Extent(f"{path}{os.sep}{name}{os.sep}{_chunk_key(1 + len(field.stored_shape))}", 0,
+                           slots * field.stored_row_nbytes) for name, field in schema.items()}
+    commit = Extent(f"{path}{os.sep}_commit{os.sep}{_chunk_key(2)}", 0, 2 * SLOT_NBYTES)
+    checksums = None
+    if meta.get("checksums"):
+        checksums = Extent(f"{path}{os.sep}_checksums{os.sep}{_chunk_key(2)}", 0, len(checksum_table_bytes(meta)))
+    internal = {}
+    for name, (shape, dtype) in internal_arrays(meta).items():
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+        internal[name] = Extent(f"{path}{os.sep}{name}{os.sep}{_chunk_key(len(shape))}", 0, nbytes)
+    return Layout(meta, schema, fields, commit, checksums, internal, from_record=from_record)
+
+
+# ---------------------------------------------------------------------- the layout record
+def _fingerprint(path: str, layout: Layout) -> dict:
+    """Size and modification time of every ``zarr.json`` (never rewritten by expstore after
+    creation, so any change is another program's) and the size of every data file."""
+    path = _root(path)
+    prefix = len(path) + 1
+    data = [file[prefix:] for file in layout.files]  # every array's one data file, under its own directory
+    documents = ["zarr.json"] + [f"{relative.split(os.sep, 1)[0]}{os.sep}zarr.json" for relative in data]
+    try:
+        stats = {relative: os.stat(f"{path}{os.sep}{relative}") for relative in documents}
+        sizes = {relative: os.stat(f"{path}{os.sep}{relative}").st_size for relative in data}
+    except OSError as exc:
+        raise RecordUnusable(f"the layout record is stale ({exc.strerror}: {exc.filename})") from None
+    return {"documents": {relative: [stat.st_size, stat.st_mtime_ns] for relative, stat in stats.items()},
+            "data": sizes}
+
+
+def _check_indexes(path: str, layout: Layout) -> None:
+    """Each field's shard index, after its data: damaged, plain zarr-python cannot read the field."""
+    chunk_rows, n_chunks = layout.meta["chunk_rows"], layout.meta["slots"] // layout.meta["chunk_rows"]
+    for name, extent in layout.fields.items():
+        row_nbytes = extent.nbytes // layout.meta["slots"]
+        _check_index(path, name, extent.path, extent.nbytes, n_chunks, chunk_rows * row_nbytes)
+
+
+def _root(path: str) -> str:
+    """The group's path without a trailing separator, so that joined names stay canonical."""
+    return path.rstrip(os.sep) or os.sep
+
+
+def _write_record(path: str, layout: Layout) -> None:
+    """Write the record aside and rename it into place, so that a reader sees the old or the new."""
+    record = record_encode(layout.meta, _fingerprint(path, layout))
+    temp = os.path.join(path, RECORD_DIR, f".{RECORD_NAME}.{os.getpid()}")  # a record left half-written
+    with open(temp, "wb") as fh:
+        fh.write(record)
+    os.replace(temp, os.path.join(path, RECORD_FILE))
+
+
+def _recorded_layout(path: str) -> Layout | None:
+    """The layout from the group's record, or None when it has no usable one (see module doc)."""
+    try:
+        with open(os.path.join(path, RECORD_FILE), "rb") as fh:
+            raw = fh.read()
+    except OSError:
+        return None  # none (a pool made before the record existed), or the slow path says what is wrong
+    try:
+        meta, fingerprint = record_decode(raw)
+        record_check_version(meta)
+        layout = _layout_of(path, meta, Schema.from_json(meta["schema"]), from_record=True)
+        if fingerprint != _fingerprint(path, layout):
+            raise RecordUnusable("the layout record is stale (a zarr.json or a data file changed since it was "
+                                 "written)")
+        _check_indexes(path, layout)  # what plain zarr readers need of the shards, as the slow path checks
+    except RecordUnusable as exc:
+        record_fall_back(path, exc)
+        return None
+    except (KeyError, TypeError, ValueError, ExpstoreError) as exc:  # a checksummed record this version cannot use
+        record_fall_back(path, RecordUnusable(f"the layout record cannot be used ({exc})"))
+        return None
+    return layout
 
 
 def _pool_meta(path: str) -> dict:

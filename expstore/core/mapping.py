@@ -9,6 +9,7 @@ beyond what the checksum catches) and are read back through the mapping.
 from __future__ import annotations
 
 import contextlib
+import math
 import mmap
 import os
 import struct
@@ -65,7 +66,7 @@ class MappedPool:
         """An ndarray over ``extent``. np.frombuffer holds a buffer export on the mapping, so
         closing the pool cannot unmap memory that a view still reaches (a segfault when read):
         the mapping then lives until the last view is gone."""
-        count = int(np.prod(shape, dtype=np.int64))
+        count = math.prod(shape)  # of Python ints: numpy's prod costs more than the rest of the view
         return np.frombuffer(self._maps[extent.path], dtype=dtype, count=count, offset=extent.offset).reshape(shape)
 
     def _map(self, path: str, writable: bool) -> None:

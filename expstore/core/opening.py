@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from .ring import default_chunk_rows, plan_slots
 from .store import CommitPolicy, Store
 
 MODES = ("r", "r+", "a", "w", "w-", "x")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -162,6 +164,7 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
                 # A copied pool may have lost its disk blocks; writing into a hole on a full disk
                 # would be a SIGBUS, so a writer allocates them now (a clean DiskFullError if it can't).
                 files.preallocate_sparse(layout.files)
+                _record_layout(chosen, path, layout)
                 return Store(path, chosen, writer_lock, policy, layout=layout)
             if schema is None:
                 if mode == "w" and os.path.exists(path):
@@ -207,6 +210,18 @@ def _positive_bytes(what: str, value: Any) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise InvalidArgumentError(f"{what}={value!r} must be a positive int (bytes), e.g. 8 << 30")
     return int(value)
+
+
+def _record_layout(backend: Backend, path: str, layout: Layout) -> None:
+    """A writer whose open read the container itself (no usable layout record: a pool copied
+    without one, or one damaged or stale) records what it verified, so that later opens skip the
+    container library. Best effort: a pool without room for a record opens the slow way."""
+    record = getattr(backend, "record_layout", None)  # optional for a backend
+    if not layout.from_record and record is not None:
+        try:
+            record(path, layout)
+        except OSError as exc:
+            logger.warning("%s: could not write its layout record (%s); it opens the slow way", path, exc)
 
 
 def _check_max_episodes(max_episodes: Any) -> int | None:

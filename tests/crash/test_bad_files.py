@@ -132,8 +132,10 @@ def truncation_cases(pool: str, workdir, rng: random.Random) -> list[dict]:
 def expstore_ignores(name: str) -> bool:
     """Zarr metadata of an internal array (``_priority/zarr.json``): expstore maps the shard
     by the layout recorded in the group metadata and never reads it, so a pool cut there
-    still opens; `expstore verify` is the tool that reports it."""
-    return name.startswith("_") and name.split("@")[0].endswith("zarr.json")
+    still opens; `expstore verify` is the tool that reports it. And the layout record: a damaged
+    one is passed over, the layout read from the documents (backends/layout_record.py)."""
+    part = name.split("@")[0]
+    return (name.startswith("_") and part.endswith("zarr.json")) or part == "_commit/expstore.layout"
 
 
 def commit_slot_survives(name: str) -> bool:
@@ -379,7 +381,7 @@ def global_heap_damage(pool: str, workdir) -> list[dict]:
     for the free-space record; zeroed, HDF5 reads a record of size 0 and loops forever."""
     with open(pool, "rb") as fh:
         data = fh.read()
-    json_at = data.index(b'{"format_version"')
+    json_at = data.index(b'{"format_version": ')  # the attribute's JSON (the layout record's has no spaces)
     heap = data.rindex(b"GCOL", 0, json_at)
     size = int.from_bytes(data[heap + 8:heap + 16], "little")
     json_nbytes = int.from_bytes(data[json_at - 8:json_at], "little")  # from the object's record

@@ -1,6 +1,7 @@
 """One flipped bit in the first 4 KiB of a pool or an archive (where HDF5 keeps its superblock and
-object headers, and a Zarr group its zarr.json): the archive probe never raises, and every CLI read
-command either works or prints one line and exits 1, never a traceback.
+object headers, after a pool's layout record, and a Zarr group its zarr.json): the archive probe
+never raises, and every CLI read command either works or prints one line and exits 1, never a
+traceback.
 
 By default a seeded sample of offsets (and the ones known to have broken the probe); ``--full``
 sweeps every offset.
@@ -28,12 +29,22 @@ POOL_COMMANDS = [["info"], ["head", "-n", "2"], ["stats"], ["sample", "-n", "2",
 ARCHIVE_COMMANDS = POOL_COMMANDS[:3]  # an archive cannot be sampled in place (a clean refusal)
 
 
-def offsets_to_flip(request, nbytes: int) -> list[int]:
-    every = range(min(HEADER_NBYTES, nbytes))
+def offsets_to_flip(request, nbytes: int, start: int = 0) -> list[int]:
+    """Offsets in the first ``start + HEADER_NBYTES`` bytes (``start``: where HDF5's own bytes
+    begin, after a pool's layout record); the known ones counted from ``start``."""
+    every = range(min(start + HEADER_NBYTES, nbytes))
     if request.config.getoption("--full"):
         return list(every)
     sample = random.Random(15).sample(every, min(SAMPLED_OFFSETS, len(every)))
-    return sorted({*sample, *(offset for offset in KNOWN_OFFSETS if offset < len(every))})
+    return sorted({*sample, *(start + offset for offset in KNOWN_OFFSETS if start + offset < len(every))})
+
+
+def hdf5_start(path: str) -> int:
+    """Where HDF5's superblock lies: after the user block that holds a pool's layout record."""
+    with open(path, "rb") as fh:
+        data = fh.read(1 << 16)
+    return next(offset for offset in (0, 512, 1024, 2048, 4096, 8192, 16384, 32768)
+                if data[offset:offset + 8] == b"\x89HDF\r\n\x1a\n")
 
 
 def make_pool(path: str) -> str:
@@ -83,7 +94,7 @@ def probe_failures(path: str, offset: int) -> list[str]:
 
 def test_flipped_bits_in_an_hdf5_pool_header_give_one_line_errors(tmp_path, request):
     path = make_pool(str(tmp_path / "pool.h5"))
-    offsets = offsets_to_flip(request, os.path.getsize(path))
+    offsets = offsets_to_flip(request, os.path.getsize(path), hdf5_start(path))  # the layout record too
     assert failures_after_flips(path, offsets, POOL_COMMANDS) == []
     assert not is_archive(path)
 
@@ -107,6 +118,7 @@ def test_flipped_bits_in_an_archive_header_give_one_line_errors(tmp_path, backen
 @pytest.mark.parametrize("offset", KNOWN_OFFSETS)
 def test_damaged_hdf5_header_is_one_line_in_every_read_command(tmp_path, offset):
     path = make_pool(str(tmp_path / "pool.h5"))
+    offset += hdf5_start(path)
     with open(path, "r+b") as fh:
         fh.seek(offset)
         byte = fh.read(1)[0]
