@@ -15,7 +15,9 @@ from ..inspect import summary
 from ..inspect.age import age_distribution
 from ..inspect.duplicates import duplicate_report
 from ..inspect.streaming import open_source, read_backend
+from ..schema import Field
 from .common import cell, check_count, echo_json, parse_fields, progress_bar, rows_table, table
+from .images import summarised
 
 JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 FIELDS = click.option("--fields", help="Comma-separated fields to show (default: all).")
@@ -43,7 +45,9 @@ def info(path: str, as_json: bool) -> None:
                 shape = "(" + ", ".join("N" if n is None else str(n) for n in spec["shape"]) + \
                     ("," if len(spec["shape"]) == 1 else "") + ")"
                 codec = f" codec {spec['codec']}" if "codec" in spec else ""
-                click.echo(f"  {name}: {shape} {spec['dtype']}{codec}")
+                layout = Field.from_json(spec).image_layout
+                marker = f" (image, {layout})" if layout else ""
+                click.echo(f"  {name}: {shape} {spec['dtype']}{codec}{marker}")
         elif key == "heaps":
             click.echo("heaps:")
             for name, heap in value.items():
@@ -88,6 +92,7 @@ def _show(path: str, start: int, count: int, fields: str | None) -> None:
         names = parse_fields(fields, source.schema)
         batch = source.read(first, last)
         batch["step_id"] = np.arange(source.first_step_id + first, source.first_step_id + last)
+        batch = summarised(batch, source.schema)
     click.echo(rows_table(batch, names) if last > first else f"(no rows: the pool holds {length})")
 
 
@@ -271,9 +276,10 @@ def sample(path: str, count: int, seed: int | None, max_age: int | None, age_uni
         else:
             batch = store.sample(count, rng=seed, max_age=max_age, age_unit=age_unit)
     if as_json:
-        echo_json({name: batch[name] for name in ["step_id"] + names})
+        shown = summarised(batch, store.schema, as_json=True)
+        echo_json({name: shown[name] for name in ["step_id"] + names})
         return
-    click.echo(rows_table(batch, names))
+    click.echo(rows_table(summarised(batch, store.schema), names))
 
 
 COMMANDS = [info, head, tail, show, stats, episodes, sample]
