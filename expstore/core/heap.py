@@ -213,6 +213,9 @@ class HeapField:
         rows = np.flatnonzero(~bad)
         if prefetch:  # a cold pool: every row's pages requested at once, not faulted in one by one
             prefetch_byte_ranges(self.heap, offsets[rows], nbytes[rows])
+        if self.codec is None and self.field.ragged:  # raw rows: one copy of all their bytes, no per-row calls
+            self._copy_raw(out, rows, offsets, nbytes, lengths)
+            return out, lengths, bad
         parallel = self.codec is not None and out.nbytes >= _PARALLEL_NBYTES
         failed = _in_parallel(lambda part: self._decode_into(out, part, offsets, nbytes, lengths), rows.tolist(),
                               parallel=parallel)
@@ -221,6 +224,15 @@ class HeapField:
             lengths[bad] = 0
             out[bad] = 0
         return out, (lengths if self.field.ragged else None), bad
+
+    def _copy_raw(self, out: np.ndarray, rows: np.ndarray, offsets: np.ndarray, nbytes: np.ndarray,
+                  lengths: np.ndarray) -> None:
+        """The checked rows of a raw ragged field into ``out`` (padded [rows, width, ...]): views of
+        the heap's bytes copied row by row, without a call per row besides the copy."""
+        heap, dtype, item_shape = self.heap, self.field.dtype, self.field.item_shape
+        for row, offset, size, length in zip(rows.tolist(), offsets[rows].tolist(), nbytes[rows].tolist(),
+                                             lengths[rows].tolist(), strict=True):
+            out[row, :length] = heap[offset:offset + size].view(dtype).reshape(length, *item_shape)
 
     def _decode_into(self, out: np.ndarray, rows: Sequence[int], offsets: np.ndarray, nbytes: np.ndarray,
                      lengths: np.ndarray) -> list[int]:
@@ -376,10 +388,11 @@ class Heaps:
                                             "do not decode; the pool is damaged: run `expstore verify`")
                 self.bad_steps.append(steps[bad])
 
-    def read(self, names: Sequence[str], steps: np.ndarray, payload: Mapping, writable: bool) -> dict:
+    def read(self, names: Sequence[str], steps: np.ndarray, payload: Mapping, writable: bool,
+             prefetch: bool = False) -> dict:
         """The rows of ``steps`` of the heap fields ``names`` (and their ``<name>_length``)."""
         batch = {name: self.by_name[name].index[steps % self.by_name[name].slots] for name in names}
-        self.decode(batch, steps, payload, writable, names)
+        self.decode(batch, steps, payload, writable, names, prefetch)
         return batch
 
     def usage(self, tail: int, head: int, payload: Mapping, writable: bool) -> dict[str, dict]:

@@ -969,7 +969,7 @@ class Store:
     def _read_heap_fields(self, names: list[str], steps: np.ndarray) -> dict[str, np.ndarray]:
         """The rows of heap fields ``names`` at ``steps`` (n-step and derived next observations)."""
         assert self._heaps is not None
-        return self._heaps.read(names, steps, self._committed.payload, self.writable)
+        return self._heaps.read(names, steps, self._committed.payload, self.writable, self._heap_prefetch())
 
     def _stale(self, steps: np.ndarray) -> np.ndarray | None:
         """Readers: which gathered steps the writer may have overwritten meanwhile."""

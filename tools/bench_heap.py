@@ -1,0 +1,256 @@
+"""Heap fields against raw storage and the peers: bytes per transition, hot and cold sampling.
+
+Workload 1, pixels: real Atari frames (84x84 gray, recorded with ale-py by tools/atari_frames.py)
+of Pong, Breakout, Seaquest and MsPacman in a pool that derives next_obs, with ``obs`` raw and
+with ``Field((84, 84), "uint8", codec="zstd")``. Per game: the bytes the pool uses per
+transition (fixed fields, the heap index and the heap bytes its window spans) against zstd-3 on
+the same frames one at a time, against the raw pool and against SB3's ReplayBuffer (obs and
+next_obs arrays); then sample(256) of both pools hot (files in the page cache), and cold (the
+files dropped from the page cache with posix_fadvise before each batch, cold reads on).
+
+Workload 2, tokens: rollouts of a prompt (32-512 tokens), a response (16-4,096 tokens) and the
+response's log-probs, appended one at a time and sampled 64 at a time, with ragged fields,
+against a Python list of numpy arrays in RAM (the in-memory limit: a sample is 64 picks padded
+into a batch) and against fixed-width fields padded to the longest prompt and response (plus
+length columns); disk bytes of the ragged pool against the padded one.
+
+Every ratio is measured in one run, the variants taking turns (bench_common.interleaved_rates).
+
+    python tools/bench_heap.py --steps 3000 --rollouts 2000 --json heap.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench_common import disk_nbytes, evict, interleaved_rates
+
+import expstore
+
+FRAME = (84, 84)
+BATCH = 256
+
+
+# ---------------------------------------------------------------------------- workload 1: frames
+def atari_pool(path: str, recording, codec: str | None, heap_bytes: int | None) -> None:
+    schema = {"obs": expstore.Field(FRAME, "uint8", codec=codec), "action": ((), "int64"),
+              "reward": ((), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+    n = len(recording.frames)
+    with expstore.open(path, "w", capacity=n, schema=schema, derive_next_obs=True, heap_bytes=heap_bytes,
+                       fsync=False) as pool:
+        pool.extend({"obs": recording.frames, "action": recording.actions, "reward": recording.rewards,
+                     "terminated": recording.terminated, "truncated": recording.truncated})
+
+
+def used_nbytes_per_row(pool) -> float:
+    """Bytes the window's rows take: each fixed field's row, each heap field's index entry and the
+    heap bytes its window spans."""
+    rows = len(pool)
+    fixed = sum(field.stored_row_nbytes for field in pool.schema.values())
+    heap = sum(usage["used_nbytes"] for usage in pool.heap_usage().values())
+    return fixed + heap / rows
+
+
+def sb3_nbytes_per_row(n: int) -> float | None:
+    try:
+        from gymnasium import spaces
+        from stable_baselines3.common.buffers import ReplayBuffer
+    except ImportError:
+        return None
+    buffer = ReplayBuffer(n, spaces.Box(0, 255, FRAME, np.uint8), spaces.Discrete(18), device="cpu",
+                          optimize_memory_usage=False, handle_timeout_termination=True)
+    arrays = [buffer.observations, buffer.next_observations, buffer.actions, buffer.rewards, buffer.dones,
+              buffer.timeouts]
+    return sum(array.nbytes for array in arrays) / n
+
+
+def cold_rate(path: str, batches: int, seed: int) -> float:
+    """Batches/s of sample(256) with every file dropped from the page cache before each batch."""
+    rng = np.random.default_rng(seed)
+    times = []
+    with expstore.open(path) as pool:
+        pool.cold_reads.mode = "on"
+        for _ in range(batches):
+            evict(path)
+            start = time.perf_counter()
+            pool.sample(BATCH, rng=rng)
+            times.append(time.perf_counter() - start)
+    return 1 / statistics.median(times)
+
+
+def frames_workload(games: list[str], steps: int, cache_dir: str, work: str, rounds: int) -> list[dict]:
+    from atari_frames import record
+
+    from expstore.codecs import get_codec
+
+    zstd = get_codec("zstd:3")
+    results = []
+    for game in games:
+        recording = record(game, steps, cache_dir=cache_dir)
+        frame_nbytes = [len(zstd.encode(frame.tobytes())) for frame in recording.frames]
+        mean_zstd = float(np.mean(frame_nbytes))
+        raw_path, heap_path = os.path.join(work, f"{game}-raw.h5"), os.path.join(work, f"{game}-zstd.h5")
+        atari_pool(raw_path, recording, None, None)
+        # The heap a user sizes from a sample of frames: 25% over their zstd-3 size.
+        atari_pool(heap_path, recording, "zstd:3", int(1.25 * sum(frame_nbytes)) + (1 << 16))
+        with expstore.open(raw_path) as raw, expstore.open(heap_path) as heap:
+            assert len(heap) == len(raw) == steps, "the heap evicted rows: size it larger"
+            check = raw.read(np.arange(steps))["obs"], heap.read(np.arange(steps))["obs"]
+            assert np.array_equal(*check), "heap frames differ from the raw ones"
+            raw_row, heap_row = used_nbytes_per_row(raw), used_nbytes_per_row(heap)
+            heap_frame = heap.heap_usage()["obs"]["used_nbytes"] / steps
+            hot = interleaved_rates({"raw": lambda: raw.sample(BATCH), "zstd": lambda: heap.sample(BATCH)},
+                                    calls=20, rounds=rounds)
+        cold = {"raw": cold_rate(raw_path, 3 * rounds, 1), "zstd": cold_rate(heap_path, 3 * rounds, 1)}
+        sb3 = sb3_nbytes_per_row(steps)
+        results.append({
+            "game": game, "steps": steps, "zstd3_frame_nbytes": mean_zstd, "heap_frame_nbytes": heap_frame,
+            "heap_frame_over_zstd3": heap_frame / mean_zstd, "raw_row_nbytes": raw_row, "heap_row_nbytes": heap_row,
+            "raw_over_heap_row_nbytes": raw_row / heap_row, "sb3_row_nbytes": sb3,
+            "sb3_over_heap_row_nbytes": None if sb3 is None else sb3 / heap_row,
+            "raw_disk_nbytes": disk_nbytes(raw_path), "heap_disk_nbytes": disk_nbytes(heap_path),
+            "hot_batches_per_s": hot, "hot_heap_over_raw": hot["zstd"] / hot["raw"],
+            "cold_batches_per_s": cold, "cold_heap_over_raw": cold["zstd"] / cold["raw"],
+        })
+        print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+# ---------------------------------------------------------------------------- workload 2: tokens
+MAX_PROMPT, MAX_RESPONSE = 512, 4096
+
+
+def rollouts(count: int, seed: int) -> list[dict]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for version in range(count):
+        prompt, response = int(rng.integers(32, MAX_PROMPT + 1)), int(rng.integers(16, MAX_RESPONSE + 1))
+        out.append({"prompt_ids": rng.integers(0, 50_000, prompt, dtype=np.int32),
+                    "response_ids": rng.integers(0, 50_000, response, dtype=np.int32),
+                    "logprobs": -rng.random(response, dtype=np.float32), "reward": np.float32(rng.random()),
+                    "policy_version": np.int64(version)})
+    return out
+
+
+def ragged_schema() -> dict:
+    return {"prompt_ids": expstore.Field((None,), "int32"), "response_ids": expstore.Field((None,), "int32"),
+            "logprobs": expstore.Field((None,), "float32"), "reward": ((), "float32"),
+            "policy_version": ((), "int64")}
+
+
+def padded_schema() -> dict:
+    return {"prompt_ids": ((MAX_PROMPT,), "int32"), "prompt_length": ((), "int64"),
+            "response_ids": ((MAX_RESPONSE,), "int32"), "response_length": ((), "int64"),
+            "logprobs": ((MAX_RESPONSE,), "float32"), "reward": ((), "float32"), "policy_version": ((), "int64")}
+
+
+def padded_row(rollout: dict) -> dict:
+    row = {"reward": rollout["reward"], "policy_version": rollout["policy_version"]}
+    for name, width in (("prompt_ids", MAX_PROMPT), ("response_ids", MAX_RESPONSE), ("logprobs", MAX_RESPONSE)):
+        values = np.zeros(width, rollout[name].dtype)
+        values[:len(rollout[name])] = rollout[name]
+        row[name] = values
+    row["prompt_length"] = np.int64(len(rollout["prompt_ids"]))
+    row["response_length"] = np.int64(len(rollout["response_ids"]))
+    return row
+
+
+def pad_batch(rows: list[dict]) -> dict:
+    """What a sample of the in-RAM list gives: each ragged field padded to the batch's longest row."""
+    batch = {}
+    for name in ("prompt_ids", "response_ids", "logprobs"):
+        lengths = np.array([len(row[name]) for row in rows])
+        values = np.zeros((len(rows), int(lengths.max())), rows[0][name].dtype)
+        for k, row in enumerate(rows):
+            values[k, :len(row[name])] = row[name]
+        batch[name], batch[f"{name}_length"] = values, lengths
+    batch["reward"] = np.array([row["reward"] for row in rows])
+    return batch
+
+
+def tokens_workload(count: int, work: str, rounds: int) -> dict:
+    data = rollouts(count, 0)
+    raw_nbytes = sum(r["prompt_ids"].nbytes + r["response_ids"].nbytes + r["logprobs"].nbytes for r in data)
+    ragged_path, padded_path = os.path.join(work, "rollouts.zarr"), os.path.join(work, "padded.zarr")
+    ragged = expstore.open(ragged_path, "w", capacity=count, schema=ragged_schema(),
+                           heap_bytes=int(1.1 * raw_nbytes), fsync=False)
+    padded = expstore.open(padded_path, "w", capacity=count, schema=padded_schema(), fsync=False)
+    padded_rows = [padded_row(r) for r in data]
+    kept: list[dict] = []
+    cursor = {"ragged": 0, "padded": 0, "list": 0}
+
+    def append(kind: str):
+        def run():
+            i = cursor[kind] % count
+            cursor[kind] += 1
+            if kind == "ragged":
+                ragged.append(data[i])
+            elif kind == "padded":
+                padded.append(padded_rows[i])
+            else:
+                kept.append(data[i])
+        return run
+
+    appends = interleaved_rates({kind: append(kind) for kind in cursor}, calls=max(1, count // (3 * rounds)),
+                                rounds=rounds)
+    for kind, store in (("ragged", ragged), ("padded", padded)):  # fill both to count rows
+        while cursor[kind] < count:
+            append(kind)()
+        store.flush()
+    kept = kept[-count:]
+    rng = np.random.default_rng(1)
+    samples = interleaved_rates({
+        "ragged": lambda: ragged.sample(64, rng=rng),
+        "padded": lambda: padded.sample(64, rng=rng),
+        "list": lambda: pad_batch([kept[i] for i in rng.integers(0, len(kept), 64)]),
+    }, calls=10, rounds=rounds)
+    ragged.close()
+    padded.close()
+    result = {"rollouts": count, "raw_token_nbytes": raw_nbytes, "appends_per_s": appends, "samples_per_s": samples,
+              "append_ragged_over_list": appends["ragged"] / appends["list"],
+              "append_ragged_over_padded": appends["ragged"] / appends["padded"],
+              "sample_ragged_over_list": samples["ragged"] / samples["list"],
+              "sample_ragged_over_padded": samples["ragged"] / samples["padded"],
+              "ragged_disk_nbytes": disk_nbytes(ragged_path), "padded_disk_nbytes": disk_nbytes(padded_path)}
+    result["padded_over_ragged_disk"] = result["padded_disk_nbytes"] / result["ragged_disk_nbytes"]
+    print(json.dumps(result), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--games", default="Pong,Breakout,Seaquest,MsPacman")
+    parser.add_argument("--steps", type=int, default=3000, help="recorded agent steps per game")
+    parser.add_argument("--rollouts", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds per measurement (medians)")
+    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "expstore-atari-cache"))
+    parser.add_argument("--workdir", default=None, help="where the pools go (default: a temporary directory)")
+    parser.add_argument("--skip-frames", action="store_true")
+    parser.add_argument("--skip-tokens", action="store_true")
+    parser.add_argument("--json", default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        results: dict = {}
+        if not args.skip_frames:
+            results["frames"] = frames_workload(args.games.split(","), args.steps, args.cache_dir, work, args.rounds)
+        if not args.skip_tokens:
+            results["tokens"] = tokens_workload(args.rollouts, work, args.rounds)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(results, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
