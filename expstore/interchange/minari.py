@@ -29,6 +29,8 @@ from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
 from .base import ExportOption, ExportResult
 from .common import REQUIRED, check_required, restore
+from .minari_arrow import FORMATS as ARROW_STORAGES
+from .minari_arrow import ArrowEpisode, episode_dirs, shape_hints, write_episodes
 from .minari_fields import check_episode, field_layouts, read_rows
 
 MINARI_VERSION = "0.5.4"  # the newest dataset version this layout matches
@@ -38,8 +40,12 @@ _EXTRAS = "expstore_fields"
 
 # ---------------------------------------------------------------------------------------- export
 def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id: str | None = None,
-                  overwrite: bool = False, progress: Progress | None = None) -> tuple[int, int]:
+                  data_format: str | None = None, overwrite: bool = False,
+                  progress: Progress | None = None) -> tuple[int, int]:
     """Write pool ``src`` as the Minari dataset directory ``dst``; return (rows, episodes).
+
+    ``data_format`` is Minari's storage: ``hdf5`` (the default), ``arrow`` or ``parquet``
+    (minari_arrow.py; pyarrow needed).
 
     ``minari.load_dataset(dataset_id)`` reads it when ``dst`` is
     ``$MINARI_DATASETS_PATH/<dataset_id>``. ``dataset_id`` defaults to ``dst``'s name and must
@@ -48,6 +54,7 @@ def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id:
     dst = os.fspath(dst)
     dataset_id = dataset_id or os.path.basename(os.path.normpath(dst))
     _check_dataset_id(dataset_id)
+    storage = _storage(data_format)
     check_destination(dst, overwrite, "minari")
     with closing(open_source(src)) as source:
         check_required(source.schema, source.path, "a Minari dataset", REQUIRED + ("next_obs",))
@@ -55,8 +62,13 @@ def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id:
 
         def build(temp: str) -> list[str]:
             os.makedirs(os.path.join(temp, "data"))
-            _write_episodes(os.path.join(temp, "data", "main_data.hdf5"), source, ends, progress)
+            if storage == "hdf5":
+                _write_episodes(os.path.join(temp, "data", "main_data.hdf5"), source, ends, progress)
+            else:
+                extras = [name for name in source.schema if name not in _STANDARD]
+                write_episodes(os.path.join(temp, "data"), source, ends, progress, storage, extras)
             metadata = _metadata(source, dataset_id, len(ends), bounds)
+            metadata["data_format"] = storage
             with open(os.path.join(temp, "data", "metadata.json"), "w") as fh:
                 json.dump(metadata, fh)
             return []
@@ -64,6 +76,14 @@ def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id:
         make_parent(dst)
         files.build_aside(dst, build, replace=overwrite)
         return len(source), len(ends)
+
+
+def _storage(data_format: str | None) -> str:
+    storage = (data_format or "hdf5").lower()
+    if storage not in ("hdf5", *ARROW_STORAGES):
+        raise InvalidArgumentError(f"--data-format {storage} is not one of hdf5, {', '.join(ARROW_STORAGES)} "
+                                   "(Minari's storages)")
+    return storage
 
 
 def _check_dataset_id(dataset_id: str) -> None:
@@ -202,18 +222,31 @@ def import_minari(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: i
     data_dir = _data_dir(os.fspath(src))
     with open(os.path.join(data_dir, "metadata.json")) as fh:
         metadata = json.load(fh)
-    if metadata.get("data_format", "hdf5") != "hdf5":
-        raise NotAPoolError(f"{src} stores its episodes as {metadata['data_format']!r}; only Minari's hdf5 format "
-                            "is supported")
+    storage = metadata.get("data_format", "hdf5")
+    if storage not in ("hdf5", *ARROW_STORAGES):
+        raise NotAPoolError(f"{src} stores its episodes as {storage!r}; Minari's hdf5, arrow and parquet storages "
+                            "can be imported")
+    if storage != "hdf5":
+        saved = metadata.get(SAVED_KEY, {}).get("schema") if isinstance(metadata.get(SAVED_KEY), dict) else None
+        hints = shape_hints(metadata, saved)
+        episodes = [ArrowEpisode(path, hints, storage)
+                    for path in episode_dirs(data_dir, metadata)]
+        return _import_episodes(src, dst, metadata, episodes, capacity, backend, overwrite, progress)
     with h5py.File(os.path.join(data_dir, "main_data.hdf5"), "r", locking=False) as f:
         episodes = _episode_groups(src, f, metadata)
-        layouts = field_layouts(os.fspath(src), metadata, episodes[0])
-        schema, attrs = _import_schema(src, metadata, episodes[0], layouts)
-        per_step = _per_step_layout(episodes[0], schema)
-        rows = sum(check_episode(os.fspath(src), k, ep, layouts, per_step)
-                   for k, ep in enumerate(episodes))
-        build_pool(dst, resolve_backend(dst, backend).name, schema, capacity or max(1, rows), attrs,
-                   _episode_slices(src, episodes, schema, layouts, progress), overwrite=overwrite)
+        return _import_episodes(src, dst, metadata, episodes, capacity, backend, overwrite, progress)
+
+
+def _import_episodes(src, dst: str, metadata: dict, episodes: list, capacity, backend, overwrite: bool,
+                     progress) -> int:
+    """Check every episode (h5py groups, or minari_arrow's episodes), then build the pool."""
+    layouts = field_layouts(os.fspath(src), metadata, episodes[0])
+    schema, attrs = _import_schema(src, metadata, episodes[0], layouts)
+    per_step = _per_step_layout(episodes[0], schema)
+    rows = sum(check_episode(os.fspath(src), k, ep, layouts, per_step)
+               for k, ep in enumerate(episodes))
+    build_pool(dst, resolve_backend(dst, backend).name, schema, capacity or max(1, rows), attrs,
+               _episode_slices(src, episodes, schema, layouts, progress), overwrite=overwrite)
     return rows
 
 
@@ -234,8 +267,9 @@ def _data_dir(src: str) -> str:
         if os.path.isdir(os.path.join(root, src)):
             src = os.path.join(root, src)
     for candidate in (os.path.join(src, "data"), src):
-        if os.path.exists(os.path.join(candidate, "metadata.json")) and \
-                os.path.exists(os.path.join(candidate, "main_data.hdf5")):
+        episodes_there = os.path.exists(os.path.join(candidate, "main_data.hdf5")) or \
+            os.path.isdir(os.path.join(candidate, "0"))  # hdf5, or the arrow/parquet storages' episode 0
+        if os.path.exists(os.path.join(candidate, "metadata.json")) and episodes_there:
             return candidate
     if not os.path.exists(src):
         raise StoreNotFoundError(f"no Minari dataset at {src}; pass its directory or a dataset id "
@@ -298,7 +332,8 @@ class MinariFormat:
     suffixes: tuple[str, ...] = ()  # a dataset is a directory (or an id under $MINARI_DATASETS_PATH)
     export_passes: int = 2  # one to find the episodes, one to write them
     export_options: tuple[ExportOption, ...] = (
-        ExportOption("dataset_id", "Minari dataset id, e.g. pendulum/random-v0 (default: DST's name)."),)
+        ExportOption("dataset_id", "Minari dataset id, e.g. pendulum/random-v0 (default: DST's name)."),
+        ExportOption("data_format", "Minari storage: hdf5 (default), arrow or parquet."))
 
     def recognises(self, path: str) -> bool:
         return any(os.path.exists(os.path.join(path, *parts, "metadata.json")) for parts in ((), ("data",)))

@@ -26,6 +26,8 @@ REPLACEABLE = {"pool": ("pool", "archive"), "d4rl": ("d4rl",), "minari": ("minar
 _KIND_NAMES = {"pool": "a pool", "archive": "an archive", "d4rl": "a D4RL file", "minari": "a Minari dataset",
                "parquet": "a Parquet file", "lerobot": "a LeRobot dataset"}
 _PARQUET_MAGIC = b"PAR1"
+# The episode files of Minari's arrow and parquet storages (interchange/minari_arrow.py).
+_MINARI_EPISODE_FILE = re.compile(r"data/\d+/(metadata\.json|part-0\.(arrow|parquet))")
 # The files of a LeRobot v3.0 dataset that expstore exports (interchange/lerobot.py).
 _LEROBOT_FILE = re.compile(r"meta/(info|stats)\.json|meta/tasks\.parquet|meta/episodes/chunk-\d+/file-\d+\.parquet"
                            r"|data/chunk-\d+/file-\d+\.parquet|videos/[^/]+/chunk-\d+/file-\d+\.mp4")
@@ -159,7 +161,8 @@ def _written_by_expstore(kind: str, name: str, backend: Backend | None) -> bool:
     """Whether ``name`` (relative to the directory) is a file expstore writes in that kind of directory:
     one the pool's backend writes (Backend.writes), or a Minari dataset's two files."""
     if kind == "minari":
-        return name in (os.path.join("data", "metadata.json"), os.path.join("data", "main_data.hdf5"))
+        return name in (os.path.join("data", "metadata.json"), os.path.join("data", "main_data.hdf5")) or \
+            _MINARI_EPISODE_FILE.fullmatch(name.replace(os.sep, "/")) is not None
     if kind == "lerobot":
         return _LEROBOT_FILE.fullmatch(name.replace(os.sep, "/")) is not None
     return backend is not None and backend.writes(name)
