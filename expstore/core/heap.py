@@ -267,7 +267,7 @@ class HeapField:
         span = int(positions[1]) - int(positions[0]) if head > tail else 0
         return {"codec": self.field.codec or "raw", "heap_nbytes": self.heap_nbytes, "used_nbytes": span,
                 "used_fraction": span / self.heap_nbytes, "stored_nbytes": stored, "raw_nbytes": raw,
-                "ratio": raw / stored if stored else None, "rows": head - tail}
+                "ratio": raw / stored if stored else None, "rows": head - tail, "max_length": self.max_length}
 
     def check(self, tail: int, head: int, positions: Sequence[int], block_rows: int = 1 << 16) -> tuple[int, list[str]]:
         """Verify the rows of [tail, head) (``verify``): each index entry against the commit's

@@ -44,6 +44,8 @@ def _mix(values: np.ndarray) -> np.ndarray:
 def row_words(rows: dict[str, np.ndarray], names: Sequence[str]) -> np.ndarray:
     """[rows, words] uint64: each row's bytes over ``names``, zero-padded to whole words."""
     count = len(rows[names[0]])
+    # A ragged field's padding is zeros: its lengths column tells [1, 2] from [1, 2, 0].
+    names = [*names, *(f"{name}_length" for name in names if f"{name}_length" in rows)]
     parts = [np.ascontiguousarray(rows[name]).reshape(count, -1).view(np.uint8) for name in names]
     raw = np.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
     padding = -raw.shape[1] % 8

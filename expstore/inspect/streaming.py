@@ -65,6 +65,11 @@ class PoolSource:
         self.first_step_id, head = self.store.window
         self._length = head - self.first_step_id
         self.book = SourceBook.of(self.store, self.first_step_id, head)
+        # Ragged fields come padded to their longest row ever (with <name>_length), so that every
+        # slice has the same width: a row then looks the same to duplicates and statistics
+        # whichever slice it is read in.
+        usage = self.store.heap_usage() if self.schema is not None and self.schema.heap_fields() else {}
+        self._ragged_widths = {name: use["max_length"] for name, use in usage.items() if self.schema[name].ragged}
 
     def __len__(self) -> int:
         return self._length
@@ -72,6 +77,10 @@ class PoolSource:
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         rows = self.store.read(np.arange(self.first_step_id + start, self.first_step_id + stop, dtype=np.int64))
         rows.pop("step_id")
+        for name, width in self._ragged_widths.items():
+            values = rows[name]
+            if values.shape[1] < width:
+                rows[name] = np.pad(values, [(0, 0), (0, width - values.shape[1])] + [(0, 0)] * (values.ndim - 2))
         return rows
 
     def read_kept(self, start: int, stop: int) -> KeptRows:

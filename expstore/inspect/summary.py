@@ -157,7 +157,10 @@ def field_stats(source: RowSource, progress: Progress | None = None) -> dict[str
     """Min, max, mean, std and NaN/inf counts of every field, in one pass."""
     stats = {name: FieldStats() for name in source.schema}
     for _first, rows in iter_slices(source, progress=progress):
-        for name, values in rows.items():
+        for name in source.schema:
+            values, lengths = rows[name], rows.get(f"{name}_length")
+            if source.schema[name].ragged and lengths is not None:  # the rows' own elements, not the padding
+                values = values[np.arange(values.shape[1]) < np.asarray(lengths)[:, None]]
             stats[name].add(values)
     return stats
 
