@@ -27,6 +27,14 @@ def pyarrow(extra: str = "parquet") -> Any:
     return pa
 
 
+def check_fixed(schema, path: str, what: str) -> None:
+    """Refuse ragged fields (rows of varying length) for a format of fixed-size columns."""
+    ragged = [name for name, field in schema.items() if getattr(field, "ragged", False)]
+    if ragged:
+        raise SchemaError(f"{path} has ragged fields {ragged}; {what} holds fixed-size rows only, so export a pool "
+                          "without them (expstore convert can copy the other fields)")
+
+
 def arrow_type(field: Field):
     """The Arrow type that holds rows of ``field``."""
     pa = pyarrow()

@@ -36,7 +36,7 @@ from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
-from .arrow_columns import arrow_type, from_arrow, pyarrow, to_arrow
+from .arrow_columns import arrow_type, check_fixed, from_arrow, pyarrow, to_arrow
 from .base import ExportOption, ExportResult
 from .building import ImportSlice, build_imported_pool, episode_ends
 from .lerobot_meta import (
@@ -93,6 +93,7 @@ def export_lerobot(src: str | os.PathLike, dst: str | os.PathLike, *, fps: int |
     settings = VideoSettings.named(video_codec)
     check_destination(dst, overwrite, "lerobot")
     with closing(open_source(src)) as source:
+        check_fixed(source.schema, source.path, "a LeRobot dataset")
         saved = dict(source.attrs.get("lerobot", {}))
         rate = _fps(fps if fps is not None else saved.get("fps", DEFAULT_FPS))
         columns = _export_columns(source.schema, saved.get("features", {}))

@@ -30,7 +30,16 @@ from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
-from .arrow_columns import arrow_type, field_of_type, from_arrow, list_levels, probed_field, pyarrow, to_arrow
+from .arrow_columns import (
+    arrow_type,
+    check_fixed,
+    field_of_type,
+    from_arrow,
+    list_levels,
+    probed_field,
+    pyarrow,
+    to_arrow,
+)
 from .base import ExportOption, ExportResult
 from .building import ImportSlice, build_imported_pool, episode_ends
 from .common import field_name, saved_json
@@ -62,6 +71,7 @@ def export_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, compressio
     group_nbytes = int(_positive_number(row_group_mb, _ROW_GROUP_MB, "--row-group-mb") * (1 << 20))
     check_destination(dst, overwrite, "parquet")
     with closing(open_source(src)) as source:
+        check_fixed(source.schema, source.path, "a Parquet export")
         schema = _file_schema(pa, source.schema, saved_json(source.schema, source.attrs))
         counted = {"episodes": 0}
 

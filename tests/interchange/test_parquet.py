@@ -154,3 +154,17 @@ def test_bad_files_are_clear_errors_and_write_nothing(tmp_path):
     pq.write_table(pa.table({"x": [1, 2]}), other)
     with pytest.raises(StoreExistsError, match="did not write"):
         export_parquet(src, other, overwrite=True)  # a Parquet file expstore did not write is left alone
+
+
+def test_a_ragged_field_is_refused_with_its_name(tmp_path):
+    path = str(tmp_path / "ragged.h5")
+    try:
+        pool = expstore.open(path, "w", capacity=10, schema={"tokens": ((None,), "int32"), "reward": ((), "float32")})
+    except SchemaError:
+        pytest.skip("this expstore has no ragged fields")
+    with pool:
+        pool.extend({"tokens": [np.arange(3, dtype=np.int32), np.arange(5, dtype=np.int32)],
+                     "reward": np.zeros(2, np.float32)})
+    with pytest.raises(SchemaError, match=r"ragged fields \['tokens'\]"):
+        export_parquet(path, tmp_path / "ragged.parquet")
+    assert not (tmp_path / "ragged.parquet").exists()
