@@ -2,8 +2,9 @@
 
 from .integrations import sb3_buffers as _moved
 from .integrations.sb3_buffers import DiskDictReplayBuffer, DiskReplayBuffer
+from .integrations.sb3_her import DiskHerReplayBuffer
 
-__all__ = ["DiskDictReplayBuffer", "DiskReplayBuffer"]
+__all__ = ["DiskDictReplayBuffer", "DiskHerReplayBuffer", "DiskReplayBuffer"]
 
 
 def __getattr__(name: str):
