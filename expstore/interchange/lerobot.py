@@ -21,6 +21,7 @@ it costs only the other file listing. Both directions stream in bounded slices.
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -512,6 +513,9 @@ class _ImportPlan:
                 continue
             stored = self.declared[column.key]  # shape (1,): a scalar column, as LeRobot writes it
             arrow = batch.column(column.key)
+            if self.info["features"][column.key].get("dtype") == "image":
+                rows[column.name] = _images(arrow, column.field, f"{path}: column {column.key!r}")
+                continue
             try:
                 values = from_arrow(arrow, stored, f"{path}: column {column.key!r}")
             except SchemaError as exc:
@@ -539,6 +543,33 @@ class _ImportPlan:
                 location = (episode, *self.video_at(column.key, episode))
             out[row] = _from_rgb(reader.frame_at(location[1], location[2] + time_s), column.field)
         return out
+
+
+def _images(column, field: Field, where: str) -> np.ndarray:
+    """LeRobot ``image`` features: PNG (or JPEG) bytes in a struct column (``bytes``, ``path``)."""
+    try:
+        # Pillow loads only here: LeRobot image features are PNG files embedded in the data files.
+        from PIL import Image
+    except ImportError as exc:
+        raise ImportError("LeRobot image features need Pillow: pip install 'expstore[lerobot]' "
+                          "(or pip install pillow)") from exc
+    pa = pyarrow("lerobot")
+    if not pa.types.is_struct(column.type) or column.type.get_field_index("bytes") < 0:
+        raise SchemaError(f"{where} holds {column.type}; LeRobot stores an image feature as a struct of bytes and "
+                          "path")
+    encoded = column.field("bytes").to_pylist()
+    out = np.empty((len(encoded), *field.shape), np.uint8)
+    for row, data in enumerate(encoded):
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                frame = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except (OSError, TypeError, ValueError) as exc:  # UnidentifiedImageError is an OSError; None bytes
+            raise CorruptStoreError(f"{where}: row {row} is not a readable image ({exc})") from None
+        if frame.shape[:2] != _height_width(field):
+            raise SchemaError(f"{where}: row {row} is a {frame.shape[1]}x{frame.shape[0]} image; info.json declares "
+                              f"{_height_width(field)[1]}x{_height_width(field)[0]}")
+        out[row] = _from_rgb(frame, field)
+    return out
 
 
 def _hwc_of(feature: dict) -> tuple[int, int, int]:

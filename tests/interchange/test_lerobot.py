@@ -261,3 +261,25 @@ def test_bad_export_options_are_errors(tmp_path):
     with pytest.raises(InvalidArgumentError, match="--video-codec"):
         export_lerobot(pool, tmp_path / "b", video_codec="mpeg1")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_image_features_embedded_by_lerobot_import_exactly(tmp_path, backend):
+    from tests.helpers.lerobot import import_lerobot_dataset
+
+    module = import_lerobot_dataset()
+    root = str(tmp_path / "images")
+    features = {"observation.state": {"dtype": "float32", "shape": (2,), "names": None},
+                "observation.image": {"dtype": "image", "shape": (32, 48, 3), "names": ["height", "width", "channels"]}}
+    dataset = module.LeRobotDataset.create("tests/images", fps=10, root=root, features=features, use_videos=False)
+    frames = [gradient_frame(k) for k in range(9)]
+    for k, frame in enumerate(frames):
+        dataset.add_frame({"observation.state": np.full(2, k, np.float32), "observation.image": frame, "task": "look"})
+        if k in (3, 8):
+            dataset.save_episode()
+    dataset.finalize()
+    pool = str(tmp_path / f"images{BACKENDS[backend]}")
+    assert import_lerobot(root, pool) == 9
+    rows = _all(pool)
+    np.testing.assert_array_equal(rows["image"], np.stack(frames))  # PNG: lossless
+    with expstore.open(pool) as opened:
+        assert opened.episodes()["length"].tolist() == [4, 5]
