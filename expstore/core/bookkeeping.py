@@ -22,7 +22,7 @@ from ..sampling.base import WindowView
 from ..sampling.priorities import PriorityIndex
 from ..schema import Schema
 from .commit import CommitRecord
-from .episodes import EpisodeBook, decode, write_run
+from .episodes import EpisodeBook, decode
 
 PRIORITY_KEY = "priorities"
 
@@ -82,7 +82,11 @@ class Bookkeeping:
     def on_extend(self, first_step: int, columns: Mapping, derived: Mapping | None, env_ids) -> None:
         self.book.on_extend(first_step, columns, derived, env_ids)
         count = len(next(iter(columns.values())))
-        write_run(self.priority_view, first_step, np.full(count, self.max_priority, np.float32), self.slots)
+        start = first_step % self.slots
+        head = min(count, self.slots - start)
+        self.priority_view[start:start + head] = self.max_priority  # new rows get the max, filled in place
+        if head < count:
+            self.priority_view[:count - head] = self.max_priority
 
     def set_priorities(self, steps: np.ndarray, values: np.ndarray) -> None:
         """Write priorities of steps inside the window (checked by the caller)."""

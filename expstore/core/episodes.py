@@ -60,6 +60,8 @@ _PAYLOAD_RESERVE_NBYTES = 512  # for what the store adds to the payload (priorit
 _OPEN_ROOM_NBYTES = MAX_PAYLOAD_NBYTES - 128
 _SAFE_OPEN = 64  # open episodes that always fit however large their numbers: no size check below it
 _ONE_RUN = np.zeros(1, np.int64)  # the run starts of a batch that holds one episode run
+_NO_ROWS = np.zeros(0, np.int64)
+_ARANGE = {"rows": np.arange(0, dtype=np.int64)}  # 0, 1, 2, ...: shared, grown on demand, never written
 
 
 @dataclass(slots=True)
@@ -120,6 +122,12 @@ class EpisodeBook:
         self.committed_open = {}
 
     # ------------------------------------------------------------------ writer: appends
+    def open_room(self) -> int:
+        """Envs that may open an episode before an append has to check that the open episodes
+        still fit the commit record (``check_open_room``): how many appends a stage may take
+        before its bookkeeping runs (core/staging.py)."""
+        return _SAFE_OPEN - len(self.open)
+
     def status_of(self, transition: Mapping[str, Any]) -> EpisodeStatus:
         if self.terminated is not None and transition[self.terminated]:
             return TERMINATED
@@ -183,16 +191,16 @@ class EpisodeBook:
                   env_ids: np.ndarray | None) -> None:
         """Tag a run of rows ``first_step, first_step + 1, ...`` just written; vectorised."""
         n_rows = len(next(iter(columns.values())))
-        status = self._status_column(columns, n_rows)
-        rewards = (np.asarray(columns[self.reward], np.float64) if self.reward is not None
-                   else np.zeros(n_rows))
         if env_ids is None or (env_ids == env_ids[0]).all():
             env_id = 0 if env_ids is None else int(env_ids[0])
-            self._extend_one_env(env_id, first_step, status, rewards, derived)
+            self._extend_one_env(env_id, first_step, *self._ends(columns, n_rows), self._rewards(columns, n_rows),
+                                 derived)
             return
+        status = self._status_column(columns, n_rows)
+        rewards = np.asarray(self._rewards(columns, n_rows), np.float64)
         envs = env_ids
         # rows grouped by env, each group in step order
-        order = np.arange(n_rows) if env_ids is None else np.argsort(envs, kind="stable")
+        order = np.argsort(envs, kind="stable")
         runs = _Runs(first_step + order, envs[order], status[order], rewards[order], self.open)
         ids = self._assign_ids(runs)
         self._link_open(runs, ids)
@@ -200,48 +208,105 @@ class EpisodeBook:
         self._write_entries(runs, ids, order, derived)
         self._update_open(runs, ids)
 
-    def _extend_one_env(self, env_id: int, first_step: int, status: np.ndarray, rewards: np.ndarray,
-                        derived: Mapping | None) -> None:
+    def _rewards(self, columns: Mapping[str, np.ndarray], n_rows: int) -> np.ndarray:
+        if self.reward is None:
+            return np.zeros(n_rows)
+        rewards = columns[self.reward]
+        return rewards if rewards.ndim == 1 else rewards.reshape(n_rows, -1)[:, 0]
+
+    def _ends(self, columns: Mapping[str, np.ndarray], n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The rows of a batch that end an episode, and how each ends (terminated wins)."""
+        terminated = None if self.terminated is None else _any_per_row(columns[self.terminated], n_rows)
+        truncated = None if self.truncated is None else _any_per_row(columns[self.truncated], n_rows)
+        if terminated is None or truncated is None:
+            flags, status = (truncated, TRUNCATED) if terminated is None else (terminated, TERMINATED)
+            if flags is None:
+                return _NO_ROWS, _NO_ROWS
+            ends = np.flatnonzero(flags)
+            return ends, np.full(len(ends), status, np.int64)
+        ends = np.flatnonzero(terminated | truncated)
+        return ends, np.where(terminated[ends], np.int64(TERMINATED), np.int64(TRUNCATED))
+
+    def _extend_one_env(self, env_id: int, first_step: int, ends: np.ndarray, end_status: np.ndarray,
+                        rewards: np.ndarray, derived: Mapping | None) -> None:
         """``on_extend`` of rows from one env, the common case: its episodes are contiguous runs
-        of the batch, so every tag is a cumulative sum or a slice; no sort, no per-run loop."""
-        n_rows = len(status)
-        ends = status.nonzero()[0]  # rows that end an episode
+        of the batch, so every tag is a cumulative sum or a slice, computed straight into the
+        mapped arrays (a batch that wraps the ring goes through a copy); no sort, no per-run loop."""
+        n_rows = len(rewards)
         state = self.open.get(env_id)
         continuing = state is not None
-        first_id = state.episode_id if state is not None else self.next_id
-        if ends.size == 0 or (ends.size == 1 and ends[0] == n_rows - 1):
-            starts = _ONE_RUN  # one episode run: tags without per-run indexing
-            ids = np.full(n_rows, first_id, np.int64)
-            index = np.arange(n_rows, dtype=np.int64)
-            returns = np.cumsum(rewards)
+        start = first_step % self.slots
+        wraps = start + n_rows > self.slots
+        ids, index, returns, next_delta = (
+            np.empty(n_rows, view.dtype) if wraps else view[start:start + n_rows]
+            for view in (self.episode_id, self.episode_step, self.episode_return, self.next_delta))
+        rows = _arange(n_rows)
+        one_run = ends.size == 0 or (ends.size == 1 and ends[0] == n_rows - 1)
+        if one_run:
+            run_starts = _ONE_RUN
+            first_run = n_rows
+            ids.fill(self.next_id if state is None else state.episode_id)
+            index[:] = rows
+            np.cumsum(rewards, dtype=np.float64, out=returns)
         else:
-            starts = np.concatenate((_ONE_RUN, ends[ends < n_rows - 1] + 1))  # first row of each run
-            run_of_row = np.zeros(n_rows, np.int64)
-            run_of_row[starts[1:]] = 1
-            np.cumsum(run_of_row, out=run_of_row)
-            ids = run_of_row + (self.next_id - continuing)
-            ids[:starts[1]] = first_id
-            index = np.arange(n_rows, dtype=np.int64) - starts[run_of_row]
-            totals = np.cumsum(rewards)
-            returns = totals - (totals - rewards)[starts][run_of_row]
-        next_delta = np.ones(n_rows, np.int64)
+            run_starts = np.concatenate((_ONE_RUN, ends[:-1] + 1 if ends[-1] == n_rows - 1 else ends + 1))
+            first_run = int(run_starts[1])
+            run_of_row = np.searchsorted(ends, rows)  # the number of episode ends before each row
+            np.add(run_of_row, self.next_id - continuing, out=ids)
+            if state is not None:
+                ids[:first_run] = state.episode_id
+            np.subtract(rows, run_starts[run_of_row], out=index)
+            totals = np.cumsum(rewards, dtype=np.float64, out=returns)
+            returns -= (totals[run_starts] - rewards[run_starts])[run_of_row]
+        next_delta.fill(1)
         next_delta[ends] = 0
         next_delta[-1] = 0
         if state is not None:
-            first_run = slice(0, starts[1] if len(starts) > 1 else n_rows)
-            index[first_run] += state.last_index + 1
-            returns[first_run] += state.total_return
+            index[:first_run] += state.last_index + 1
+            returns[:first_run] += state.total_return
             self._link(state.last_step, first_step)
-        for view, values in ((self.episode_id, ids), (self.episode_step, index),
-                             (self.episode_return, returns), (self.next_delta, next_delta)):
-            write_run(view, first_step, values, self.slots)
-        new_runs = len(starts) - continuing
+        if wraps:
+            for view, values in ((self.episode_id, ids), (self.episode_step, index),
+                                 (self.episode_return, returns), (self.next_delta, next_delta)):
+                write_run(view, first_step, values, self.slots)
+        last_id = int(ids[-1])
+        if (self.final_table is None or derived is None) and not self.kept:
+            self._write_run_entries(env_id, first_step, state, run_starts, ends, end_status)
+        else:
+            new_runs = len(run_starts) - continuing
+            if new_runs:
+                self._enter_runs(env_id, first_step,
+                                 np.arange(self.next_id, self.next_id + new_runs, dtype=np.int64),
+                                 run_starts[int(continuing):])
+            if ends.size:
+                self._close_runs(env_id, first_step, ids[ends], ends, end_status, derived)
+        last_status = int(end_status[-1]) if ends.size and ends[-1] == n_rows - 1 else OPEN
+        self._keep_open_one_env(env_id, first_step, state, last_id, int(run_starts[-1]), n_rows, last_status)
+
+    def _write_run_entries(self, env_id: int, first_step: int, state: OpenEpisode | None, run_starts: np.ndarray,
+                           ends: np.ndarray, end_status: np.ndarray) -> None:
+        """The table entries of a one-env batch in a pool without kept entries or final
+        observations to store: each new episode's entry written whole (first and last step, how it
+        ended) in one slice, then the end of the episode the batch continued, if it ended."""
+        continuing = state is not None
+        new_runs = len(run_starts) - continuing
         if new_runs:
-            self._enter_runs(env_id, first_step, np.arange(self.next_id, self.next_id + new_runs, dtype=np.int64),
-                             starts[int(continuing):])
-        if ends.size:
-            self._close_runs(env_id, first_step, ids[ends], ends, status[ends], derived)
-        self._keep_open_one_env(env_id, first_step, state, int(ids[-1]), int(starts[-1]), n_rows, status[-1])
+            entries = np.empty((len(run_starts), 4), np.int64)
+            entries[:, 0] = _arange(len(run_starts))
+            entries[:, 0] += self.next_id - continuing
+            np.add(run_starts, first_step, out=entries[:, 1])
+            entries[:, 2] = -1
+            entries[:len(ends), 2] = ends
+            entries[:len(ends), 2] += first_step
+            entries[:, 3] = episode_info(env_id)
+            entries[:len(ends), 3] += end_status
+            new = entries[int(continuing):][-self.table_rows:]  # more episodes than table rows: the newest fit
+            write_run(self.table[:, :4], int(new[0, 0]), new, self.table_rows)
+            self.next_id += new_runs
+        if state is not None and ends.size:
+            row = state.episode_id % self.table_rows
+            if self.table[row, 0] == state.episode_id:  # else a newer episode took the row (a small table)
+                self.table[row, 2:4] = (first_step + int(ends[0]), episode_info(env_id, int(end_status[0])))
 
     def _enter_runs(self, env_id: int, first_step: int, new_ids: np.ndarray, first_rows: np.ndarray) -> None:
         """Table entries of the episodes that begin in this batch; their ids are consecutive."""
@@ -724,6 +789,16 @@ class _Runs:
         self.next_delta = np.zeros(n_rows, np.int64)
         same_run_next = self.run_of_row[1:] == self.run_of_row[:-1]
         self.next_delta[:-1] = np.where(same_run_next, steps[1:] - steps[:-1], 0)
+
+
+def _arange(n_rows: int) -> np.ndarray:
+    """``np.arange(n_rows)`` as a read-only view of one shared array (no allocation per batch)."""
+    rows = _ARANGE["rows"]
+    if len(rows) < n_rows:
+        rows = np.arange(max(n_rows, 2 * len(rows)), dtype=np.int64)
+        rows.flags.writeable = False
+        _ARANGE["rows"] = rows
+    return rows[:n_rows]
 
 
 def _digits(values: np.ndarray) -> np.ndarray:

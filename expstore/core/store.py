@@ -57,6 +57,7 @@ from .mapping import MappedPool
 from .ragged import check_ragged, finish, merge_rows
 from .ring import Ring
 from .stacking import FrameStacker, frame_stack_of, refuse_incomplete
+from .staging import Stage, stage_rows
 
 logger = logging.getLogger("expstore.store")  # its name before the layered layout
 
@@ -118,6 +119,7 @@ class Store:
         self._heaps: Heaps | None = None  # the ragged and compressed fields' byte heaps (heap.py)
         self._ragged: tuple[str, ...] = ()
         self._heaps_exceed_memory: bool | None = None  # decided at the first gather (_heap_prefetch)
+        self._stage: Stage | None = None  # a writer's staged appends (staging.py)
         if layout is not None:
             self._attach(layout)
         if writer_lock is not None:
@@ -180,6 +182,7 @@ class Store:
             self._keeping.heap_rows = self._read_heap_fields
         self._schedule_commit()
         if self.writable:
+            self._stage = self._new_stage()
             self._idle_committer = IdleCommitter(self, self._policy.interval_s)
 
     def _read_commit(self, warn: bool = False) -> commit.CommitRecord:
@@ -315,34 +318,94 @@ class Store:
                 raise _not_a_mapping("append", transition) from None
             if keys != self._names:
                 transition, derived = self._split_derived(transition, None)
-            converted = None
-            for name, field, dtype, shape, float_limit, _ in self._row_loop:  # RowSpec fields, as plain tuples
-                value = transition[name]
-                kind = type(value)
-                if kind is np.ndarray:
-                    if value.dtype is dtype and value.shape == shape:
-                        continue
-                elif kind is float:
-                    if float_limit is not None and not shape and -float_limit <= value <= float_limit:
-                        continue
-                elif kind is bool and dtype.kind == "b" and not shape:
+            stage = self._stage
+            if stage is not None and stage.count < stage.limit:
+                if not stage.put(transition, derived, env_id) and not self._restage(stage, transition, derived, env_id):
+                    self._append_direct(transition, derived, env_id)
+                    return
+                self._head += 1
+                # The stage drains when full, and every commit drains it (see staging.py); the
+                # interval is checked at the drains (the idle-commit thread covers a quiet writer).
+                if stage.count >= stage.limit:
+                    self._drain_stage()
+                    if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
+                        self._commit(self._policy.fsync)
+                elif self._head >= self._commit_due_head:
+                    self._commit(self._policy.fsync)
+                return
+            self._append_direct(transition, derived, env_id)
+
+    def _append_direct(self, transition: Mapping[str, Any], derived: dict | None, env_id: int) -> None:
+        """An append straight into the maps, the write lock held: pools with heap fields, and rows
+        the stage cannot take (staging.py). Values are checked before any is written."""
+        converted = None
+        for name, field, dtype, shape, float_limit, _ in self._row_loop:  # RowSpec fields, as plain tuples
+            value = transition[name]
+            kind = type(value)
+            if kind is np.ndarray:
+                if value.dtype is dtype and value.shape == shape:
                     continue
-                if converted is None:
-                    converted = {}
-                converted[name] = as_rows(name, field, value, None)
-            if converted is not None:
-                transition = {**transition, **converted}
-            if self._heaps is not None:
-                self._write_heap_rows(self._heaps.encode(transition, None), 0, 1)
-            slot = self._head % self._slots
-            for name, _, _, _, _, view in self._row_loop:
-                view[slot] = transition[name]
-            if self._keeping is not None:
-                self._keeping.on_append(self._head, slot, transition, derived, env_id)
-            self._head += 1
-            # A commit whenever `slack` rows are pending keeps the next write off committed rows.
-            if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
-                self._commit(self._policy.fsync)
+            elif kind is float:
+                if float_limit is not None and not shape and -float_limit <= value <= float_limit:
+                    continue
+            elif kind is bool and dtype.kind == "b" and not shape:
+                continue
+            if converted is None:
+                converted = {}
+            converted[name] = as_rows(name, field, value, None)
+        if converted is not None:
+            transition = {**transition, **converted}
+        if self._heaps is not None:
+            self._write_heap_rows(self._heaps.encode(transition, None), 0, 1)
+        slot = self._head % self._slots
+        for name, _, _, _, _, view in self._row_loop:
+            view[slot] = transition[name]
+        if self._keeping is not None:
+            self._keeping.on_append(self._head, slot, transition, derived, env_id)
+            if self._stage is not None:  # the direct way because it is full: maybe it has room again
+                self._stage.set_env_room(self._keeping.book.open_room())
+        self._head += 1
+        # A commit whenever `slack` rows are pending keeps the next write off committed rows.
+        if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
+            self._commit(self._policy.fsync)
+
+    # ------------------------------------------------------------------ staged appends (staging.py)
+    def _new_stage(self) -> Stage | None:
+        if self._heaps is not None:
+            return None  # heap rows go through the heap's eviction at once
+        schema = self._mapped()[1].schema
+        derived = {f"next_{name}": (schema[name].shape, schema[name].dtype) for name in self._derived}
+        row_nbytes = sum(spec.field.row_nbytes for spec in self._row_specs)
+        stage = Stage(self._row_loop, derived, stage_rows(row_nbytes, self._ring.slack))
+        stage.set_env_room(None if self._keeping is None else self._keeping.book.open_room())
+        return stage
+
+    def _restage(self, stage: Stage, transition: Mapping[str, Any], derived: dict | None, env_id: Any) -> bool:
+        """Drain a stage that cannot take this row, and stage the row alone (False: go direct)."""
+        self._drain_stage()
+        return stage.limit > 0 and stage.put(transition, derived, env_id)
+
+    def _drain_stage(self) -> None:
+        """Write the staged rows into the maps in one step per field, and their bookkeeping; the
+        write lock is held. Every path that reads rows or bookkeeping of its own drains first."""
+        stage = self._stage
+        if stage is None or not stage.count:
+            return
+        first = self._head - stage.count
+        columns, derived, env_ids = stage.take()
+        for offset, slot, length in self._ring.runs(first, len(env_ids)):
+            for spec in self._row_specs:
+                spec.view[slot:slot + length] = columns[spec.name][offset:offset + length]
+        if self._keeping is not None:
+            self._keeping.on_extend(first, columns, derived, env_ids)
+            stage.set_env_room(self._keeping.book.open_room())
+
+    def _drain(self) -> None:
+        """Before a read of the writer's own (the write lock not held): the staged rows into the maps."""
+        stage = self._stage
+        if stage is not None and stage.count:
+            with self._write_lock:
+                self._drain_stage()
 
     def _prepare_append(self, transition: Mapping[str, Any]) -> None:
         """The slow checks the hot path skips once they passed: open, writable, created."""
@@ -366,6 +429,7 @@ class Store:
                 raise _not_a_mapping("extend", batch)
             if self._layout is None:
                 self._create_from(batch, n_rows=_batch_length(batch))
+            self._drain_stage()  # staged appends come first, in step order
             n_rows = _batch_length(batch)
             derived = None
             if batch.keys() != self._names:
@@ -389,8 +453,11 @@ class Store:
                 for offset, slot, length in self._ring.runs(self._head, take):
                     for spec, column in zip(self._row_specs, columns, strict=True):
                         spec.view[slot:slot + length] = column[done + offset:done + offset + length]
-                part = slice(done, done + take)
-                if self._keeping is not None:
+                if self._keeping is not None and take == n_rows:  # the batch in one piece: no slices
+                    rows = {spec.name: column for spec, column in zip(self._row_specs, columns, strict=True)}
+                    self._keeping.on_extend(self._head, rows, derived, env_ids)
+                elif self._keeping is not None:
+                    part = slice(done, done + take)
                     rows = {spec.name: column[part] for spec, column in zip(self._row_specs, columns, strict=True)}
                     self._keeping.on_extend(self._head, rows,
                                             derived and {name: values[part] for name, values in derived.items()},
@@ -467,6 +534,7 @@ class Store:
             self._commit(self._policy.fsync)
 
     def _commit(self, fsync: bool, heap_floors: Mapping[str, int] | None = None) -> None:
+        self._drain_stage()  # a commit's rows are in the maps before its record
         previous = self._committed
         maps, layout = self._mapped()
         try:
@@ -701,6 +769,7 @@ class Store:
 
     def _view(self, low: int | None = None, high: int | None = None) -> WindowView:
         """The read-only view a strategy draws from: the committed window (or [low, high))."""
+        self._drain()
         if low is None or high is None:
             low, high = self._nonempty_window()
         seq = None if self.writable else self._committed.seq
@@ -753,6 +822,7 @@ class Store:
         return self._view() if tail >= view.head else replace(view, tail=tail)
 
     def _builder(self) -> Batches:
+        self._drain()
         if self._batches is None:
             self._check_open()
             raise EmptyStoreError(f"{self.path} holds no committed transition yet; append and flush first")
@@ -847,6 +917,7 @@ class Store:
         """
         self._check_writable()
         keeping = self._need_keeping()
+        self._drain()  # staged rows get their max priority first, then these
         steps = np.asarray(step_ids, dtype=np.int64).reshape(-1)
         values = np.asarray(priorities, dtype=np.float64).reshape(-1)
         if values.shape != steps.shape:
@@ -883,6 +954,7 @@ class Store:
             if self._layout is None:
                 return np.zeros(0, np.int64)
             book = self._need_book()
+            self._drain_stage()  # the staged rows' episodes are the open ones to end
             env_ids = np.array(sorted(book.open), np.int64) if env_ids is None else np.atleast_1d(np.asarray(env_ids))
             checked = book.check_env_ids(env_ids, len(env_ids))
             if checked is None:  # no env id given
@@ -929,6 +1001,7 @@ class Store:
         return self._finish(self._read_checked(steps, stacker, state.head), ragged, pad_value)
 
     def _episode_state(self) -> tuple[Bookkeeping, EpisodeState]:
+        self._drain()
         keeping = self._need_keeping()
         low, high = self._window()
         return keeping, keeping.episode_state(low, high, self._committed)
@@ -945,6 +1018,7 @@ class Store:
 
     # ------------------------------------------------------------------ gathering
     def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+        self._drain()  # a writer's staged rows are part of its reads
         if self._layout is None:  # no schema yet, so nothing was ever written: no field to read
             return {"step_id": steps}
         columns = self.cold_reads.gather(self._views, self._ring.slots_of(steps))
@@ -1039,6 +1113,7 @@ class Store:
         self._views, self._row_specs, self._row_loop = [], [], []
         self._keeping = None
         self._batches = None
+        self._stage = None  # rows still staged here were never committed: a crash would lose them too
         self.cold_reads = ColdReads(self.cold_reads.mode)
 
     def __enter__(self) -> Store:
@@ -1101,11 +1176,13 @@ class Store:
     @property
     def mapped(self) -> MappedPool | None:
         """The pool's memory maps: every array by name, the commit slots, the checksum table."""
+        self._drain()
         return self._maps
 
     @property
     def field_views(self) -> list[np.ndarray]:
         """The user fields' mapped arrays in schema order, indexed by slot."""
+        self._drain()
         return self._views
 
     def heap_usage(self) -> dict[str, dict]:
@@ -1139,6 +1216,7 @@ class Store:
     @property
     def bookkeeping(self) -> Bookkeeping | None:
         """The episode book and priorities (None for a pool created without them)."""
+        self._drain()
         return self._keeping
 
     @property
