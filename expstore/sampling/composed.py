@@ -65,7 +65,7 @@ class PrioritizedRecency:
         bands = min(-(-view.rows // width), MAX_BANDS)
         highs = view.head - width * np.arange(bands, dtype=np.int64)
         lows = np.maximum(highs - width, view.tail)
-        band_mass = index.masses(lows, highs)[2]
+        first_start, first_mass, band_mass = index.masses(lows, highs)
         if not band_mass.sum() > 0:  # every priority is zero: recency alone decides
             return self.recency.draw(rng, view, count)
         band_weight = band_mass * 0.5 ** ((view.head - highs) / half_life)
@@ -75,7 +75,8 @@ class PrioritizedRecency:
         for _ in range(_MAX_ROUNDS):
             chosen = np.minimum(np.searchsorted(cumulative, rng.random(len(todo)) * cumulative[-1], side="right"),
                                 bands - 1)
-            steps = index.draw_in_ranges(rng, lows[chosen], highs[chosen])
+            steps = index.draw_in_ranges(rng, lows[chosen], highs[chosen],
+                                         (first_start[chosen], first_mass[chosen], band_mass[chosen]))
             age_in_band = highs[chosen] - 1 - steps
             kept = rng.random(len(todo)) < 0.5 ** (age_in_band / half_life)
             out[todo[kept]] = steps[kept]

@@ -180,10 +180,12 @@ class PriorityIndex:
         first_mass = prefix[1] - prefix[0]
         return prefix[0], first_mass, first_mass + prefix[2]
 
-    def draw_in_ranges(self, rng: np.random.Generator, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+    def draw_in_ranges(self, rng: np.random.Generator, lows: np.ndarray, highs: np.ndarray,
+                       pieces: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
         """One step id per range [lows[i], highs[i]), in proportion to priority ** alpha within it
-        (uniform within a range whose priorities are all zero)."""
-        first_start, first_mass, mass = self.masses(lows, highs)
+        (uniform within a range whose priorities are all zero); ``pieces``: the ranges'
+        ``masses`` when the caller has them already."""
+        first_start, first_mass, mass = self.masses(lows, highs) if pieces is None else pieces
         targets = rng.random(len(lows)) * mass
         targets = np.where(targets < first_mass, first_start + targets, targets - first_mass)
         steps = sampling.steps_of_slots(self._built.find(targets), lows, self.slots)
