@@ -114,7 +114,7 @@ def record(game: str, n_steps: int, *, seed: int = 0, epsilon: float = 1.0, poli
     """
     path = _cache_path(cache_dir, game, n_steps, seed, epsilon, max_episode_steps, policy) if cache_dir else None
     if path is not None and path.exists():
-        return load(path)
+        return _first(load(path), n_steps)
     recording = _play(game, n_steps, seed=seed, epsilon=epsilon, policy=policy,
                       max_episode_steps=max_episode_steps, progress=progress)
     if path is not None:
@@ -195,10 +195,29 @@ def load(path: str | os.PathLike) -> AtariRecording:
 def _cache_path(cache_dir, game, n_steps, seed, epsilon, max_episode_steps, policy) -> Path:
     import ale_py  # the ALE version is part of the key: another release may emulate differently
 
-    key = json.dumps([_CACHE_FORMAT, game, n_steps, seed, float(epsilon if policy is not None else 1.0),
+    key = json.dumps([_CACHE_FORMAT, game, seed, float(epsilon if policy is not None else 1.0),
                       max_episode_steps, getattr(policy, "__qualname__", None), ale_py.__version__])
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    # A longer recording with the same key starts with this one (same seeds, same emulator): reuse it.
+    for cached in sorted(Path(cache_dir).glob(f"atari-{game}-*-{digest}.npz")):
+        if int(cached.name.split("-")[2]) >= n_steps:
+            return cached
     return Path(cache_dir) / f"atari-{game}-{n_steps}-{digest}.npz"
+
+
+def _first(recording: AtariRecording, n_steps: int) -> AtariRecording:
+    """The first ``n_steps`` steps of a longer recording."""
+    if len(recording) == n_steps:
+        return recording
+    ends = recording.final_steps < n_steps
+    last_done = bool(recording.done[n_steps - 1])
+    after = recording.final_frames[ends][-1] if last_done else recording.frames[n_steps]
+    return AtariRecording(
+        game=recording.game, frames=recording.frames[:n_steps], actions=recording.actions[:n_steps],
+        rewards=recording.rewards[:n_steps], terminated=recording.terminated[:n_steps],
+        truncated=recording.truncated[:n_steps], final_steps=recording.final_steps[ends],
+        final_frames=recording.final_frames[ends], after_last=after, n_actions=recording.n_actions,
+        seed=recording.seed)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -142,14 +142,18 @@ class FrameStacker:
         needed = np.unique(np.concatenate([ids[ids >= 0], last_ids[last_ids >= 0]])) if len(steps) else ids[:0, 0]
         rows = self.gather(needed)
         ok = complete & last_complete & self._fresh_history(ids, last_ids)
+        same_rows = last_ids is ids
         for name in request.fields:
             frames = rows[name]
-            batch[name] = self._arrange(self._stack(frames, needed, ids))
+            stacks = self._stack(frames, needed, ids)
             key = f"next_{name}"
             if key in batch:
-                older = self._stack(frames, needed, last_ids)[:, 1:]
-                newest = np.asarray(batch[key])[:, None]
-                batch[key] = self._arrange(np.concatenate([older, newest], axis=1))
+                older = stacks if same_rows else self._stack(frames, needed, last_ids)
+                following = np.empty_like(older)  # the stack one frame on: oldest out, the next frame in
+                following[:, :-1] = older[:, 1:]
+                following[:, -1] = batch[key]
+                batch[key] = self._arrange(following)
+            batch[name] = self._arrange(stacks)
         return ok
 
     def _history(self, steps: np.ndarray, low: int) -> tuple[np.ndarray, np.ndarray]:

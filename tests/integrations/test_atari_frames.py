@@ -32,3 +32,7 @@ def test_cache_round_trip_and_determinism(tmp_path):
         assert np.array_equal(other.actions, first.actions)
         assert np.array_equal(other.next_frames(), first.next_frames())
     assert not list(tmp_path.glob("*.tmp"))
+    shorter = record("Pong", 150, seed=1, cache_dir=tmp_path)  # the first 150 steps of the cached 200
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+    assert np.array_equal(shorter.frames, first.frames[:150])
+    assert np.array_equal(shorter.next_frames(), first.next_frames()[:150])

@@ -199,3 +199,21 @@ def test_bad_requests_are_clear_errors(tmp_path, backend):
                 with pytest.raises(expstore.ExpstoreError, match=message):
                     call(bad)
         assert pool.read([0], frame_stack=2)["obs"].shape == (1, 2, 3, 84, 84)
+
+
+def test_readme_frame_stack_example_runs(tmp_path, monkeypatch):
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    code = re.search(r"<!-- frame-stack-example -->\s*```python\n(.*?)```", text, re.DOTALL).group(1)
+    (tmp_path / "runs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "README frame-stack example", "exec"), namespace)  # the README's code
+    assert namespace["batch"]["obs"].shape == (32, 4, 84, 84) == namespace["batch"]["next_obs"].shape
+    frames = namespace["frames"]
+    assert np.array_equal(namespace["first"], np.stack([np.zeros((84, 84), np.uint8)] * 3 + [frames[0]]))
+    for i, step in enumerate(namespace["batch"]["step_id"]):
+        expected = [frames[max(0, step - back)] for back in (3, 2, 1, 0)]
+        assert np.array_equal(namespace["batch"]["obs"][i], np.stack(expected))
