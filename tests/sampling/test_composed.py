@@ -124,6 +124,7 @@ def test_the_keywords_build_the_composed_strategy_and_the_object_gives_the_same_
     {"prioritized": True, "recency": ExponentialRecency(20)},
     {"prioritized": True, "recency": ERE(1, 3, c_min=30), "max_age": 100, "age_unit": "steps"},
     {"recency": ExponentialRecency(10)},
+    {"prioritized": True, "recency": ExponentialRecency(20), "max_age": 150, "age_unit": "steps", "frame_stack": 3},
 ])
 def test_n_step_with_prioritized_and_recency_gives_the_n_step_values_of_the_drawn_rows(pool_path, options):
     pool, _model = _episode_pool(pool_path)
@@ -131,7 +132,8 @@ def test_n_step_with_prioritized_and_recency_gives_the_n_step_values_of_the_draw
         steps = np.arange(pool.first_step_id, pool.next_step_id)
         pool.update_priorities(steps, 1.0 + steps % 3)
         batch = pool.sample(200, rng=9, n_step=3, gamma=0.9, **options)
-        same_rows = pool.sample(200, rng=0, n_step=3, gamma=0.9, sampler=FixedSteps(batch["step_id"]))
+        stacking = {"frame_stack": options["frame_stack"]} if "frame_stack" in options else {}
+        same_rows = pool.sample(200, rng=0, n_step=3, gamma=0.9, sampler=FixedSteps(batch["step_id"]), **stacking)
     for name in same_rows:
         np.testing.assert_array_equal(batch[name], same_rows[name], err_msg=name)
     assert ("weights" in batch) == bool(options.get("prioritized"))
@@ -142,6 +144,7 @@ def test_n_step_with_prioritized_and_recency_gives_the_n_step_values_of_the_draw
     {"recency": ExponentialRecency(15)},
     {"prioritized": True, "recency": ExponentialRecency(15), "max_age": 120, "age_unit": "steps"},
     {"sampler": AgeWindow(50, "steps", within=PrioritizedRecency(Prioritized(), ERE(1, 2, c_min=10)))},
+    {"prioritized": True, "recency": ERE(1, 2, c_min=10), "frame_stack": 2},
 ])
 def test_sequences_start_where_the_strategy_draws(pool_path, options):
     pool, _model = _episode_pool(pool_path)
@@ -150,7 +153,9 @@ def test_sequences_start_where_the_strategy_draws(pool_path, options):
         pool.update_priorities(steps, 0.5 + steps % 4)
         sequences = pool.sample_sequences(150, 4, rng=3, **options)
         rows = pool.sample(150, rng=3, **options)
-        uniform_windows = pool.sample_sequences(150, 4, rng=0, sampler=FixedSteps(sequences["step_id"][:, 0]))
+        stacking = {"frame_stack": options["frame_stack"]} if "frame_stack" in options else {}
+        uniform_windows = pool.sample_sequences(150, 4, rng=0, sampler=FixedSteps(sequences["step_id"][:, 0]),
+                                                **stacking)
     np.testing.assert_array_equal(sequences["step_id"][:, 0], rows["step_id"])
     for name in uniform_windows:
         np.testing.assert_array_equal(sequences[name], uniform_windows[name], err_msg=name)
