@@ -16,6 +16,10 @@ way it holds every transition the pool committed, and logs how many it adopted.
 
 Sampling draws the same random numbers, from numpy's global generator, as SB3's own buffers,
 so with the same seeds a run with a disk buffer is the run with SB3's buffer.
+
+Under ``VecFrameStack(n_stack=k)`` pass ``frame_stack=k``: each row then stores the newest frame
+only (one frame per transition instead of 2k) and the stacks are rebuilt at sample time, bit for
+bit the ones SB3's own buffer returns (sb3_frame_stack.py).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ import inspect
 from ..core.opening import open as open_pool
 from ..errors import EmptyStoreError, InvalidArgumentError, SchemaError, StoreExistsError, StoreLockedError
 from ..schema import check_field_name
+from .sb3_frame_stack import StackLayout, stack_layout
 
 __all__ = ["DiskDictReplayBuffer", "DiskReplayBuffer"]
 
@@ -76,13 +81,18 @@ class DiskReplayBuffer(ReplayBuffer):
         commit_every: commit every this many transitions (rounded up to whole env steps)...
         commit_interval_s: ...or when this many seconds passed.
         fsync: whether commits are durable against power loss.
+        frame_stack: the ``n_stack`` of the ``VecFrameStack`` the env is wrapped in: store one
+            frame per row (the newest channel(s) of each observation) and rebuild the stacks at
+            sample time, zero-padded at episode starts as VecFrameStack pads them. The pool keeps
+            ``frame_stack - 1`` env steps more than ``buffer_size``, the history of its oldest
+            stacks. Not with ``optimize_memory_usage`` (it already stores each frame once).
     """
 
     def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space,
                  device: Any = "auto", n_envs: int = 1, optimize_memory_usage: bool = False,
                  handle_timeout_termination: bool = True, *, path: str | os.PathLike, mode: str = "x",
                  backend: str | None = None, commit_every: int = 10_000, commit_interval_s: float = 5.0,
-                 fsync: bool = True):
+                 fsync: bool = True, frame_stack: int | None = None):
         if path is None:
             raise InvalidArgumentError("DiskReplayBuffer needs a pool path: replay_buffer_kwargs={'path': 'pool.h5'}")
         if mode not in _MODES:
@@ -93,12 +103,17 @@ class DiskReplayBuffer(ReplayBuffer):
             raise InvalidArgumentError(
                 "optimize_memory_usage=True cannot honour handle_timeout_termination=True (the next observation "
                 "of a time-limited step is not stored), as in SB3; pass handle_timeout_termination=False")
+        if frame_stack is not None and optimize_memory_usage:
+            raise InvalidArgumentError("frame_stack already stores every frame once; pass "
+                                       "optimize_memory_usage=False with it")
+        if frame_stack is not None:
+            stack_layout(observation_space, frame_stack)  # a bad frame_stack fails before any pool is made
         self._config = {
             "buffer_size": buffer_size, "observation_space": observation_space, "action_space": action_space,
             "n_envs": n_envs, "optimize_memory_usage": optimize_memory_usage,
             "handle_timeout_termination": handle_timeout_termination, "path": os.path.abspath(os.fspath(path)),
             "mode": mode, "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s,
-            "fsync": fsync,
+            "fsync": fsync, "frame_stack": frame_stack,
         }
         self.device = get_device(device)
         self._set_up(self._config, pending_next_obs=None, mode="a" if mode == "a" else "x")
@@ -117,6 +132,9 @@ class DiskReplayBuffer(ReplayBuffer):
         self.handle_timeout_termination = config["handle_timeout_termination"]
         self.path = config["path"]
         self._obs_fields = _obs_fields(self.observation_space)
+        frame_stack = config.get("frame_stack")
+        self._stacking: StackLayout | None = (None if frame_stack is None
+                                               else stack_layout(self.observation_space, frame_stack))
         self._pool = _open_taking_over(self, config, self._schema(), mode)
         # Rows are grouped in env steps of n_envs rows from the step id the pool had at open.
         self._origin = self._pool.next_step_id % self.n_envs
@@ -129,7 +147,9 @@ class DiskReplayBuffer(ReplayBuffer):
         for name, key in self._obs_fields.items():
             space = whole[key] if isinstance(whole, spaces.Dict) and key is not None else whole
             schema[name] = (_shape_of(self.obs_shape, key), space.dtype)
-        if not self.optimize_memory_usage:
+        if self._stacking is not None:  # one frame per row; next frames derived, final ones kept
+            schema["obs"] = (self._stacking.frame_shape, self.observation_space.dtype)
+        elif not self.optimize_memory_usage:
             schema.update({"next_" + name: spec for name, spec in schema.items()})
         schema["action"] = ((self.action_dim,), self._maybe_cast_dtype(self.action_space.dtype))
         schema["reward"] = ((), np.float32)
@@ -182,7 +202,10 @@ class DiskReplayBuffer(ReplayBuffer):
             infos: list[dict[str, Any]]) -> None:
         """Append one env step: one row per sub-env, in env order."""
         batch = self._obs_columns(obs, "")
-        if not self.optimize_memory_usage:
+        if self._stacking is not None:
+            batch["next_obs"] = self._stacking.newest(np.asarray(next_obs, dtype=batch["obs"].dtype))
+            self._pending_next_obs = {"obs": batch["next_obs"]}  # the newest step's, until its successor comes
+        elif not self.optimize_memory_usage:
             batch.update(self._obs_columns(next_obs, "next_"))
         done = np.asarray(done).reshape(self.n_envs).astype(bool)
         timeouts = np.array([bool(info.get("TimeLimit.truncated", False)) for info in infos], dtype=bool)
@@ -205,6 +228,8 @@ class DiskReplayBuffer(ReplayBuffer):
         for name, key in self._obs_fields.items():
             field = self._pool.schema[name]
             value = obs[key] if key is not None else obs
+            if self._stacking is not None:
+                value = self._stacking.newest(np.asarray(value).reshape(self.n_envs, *self.obs_shape))
             columns[prefix + name] = np.array(value, dtype=field.dtype).reshape(self.n_envs, *field.shape)
         return columns
 
@@ -229,9 +254,10 @@ class DiskReplayBuffer(ReplayBuffer):
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None):
         env_indices = np.random.randint(0, high=self.n_envs, size=(len(batch_inds),))
         step_ids = self._step_ids(batch_inds, env_indices)
-        rows = self._pool.read(step_ids)
+        rows: Any = (self._stacked_rows(step_ids, env_indices) if self._stacking is not None
+                     else self._pool.read(step_ids))
         obs = self._gather_obs(rows, "")
-        if self.optimize_memory_usage:
+        if self.optimize_memory_usage:  # never with frame_stack, whose rows carry next_obs stacks
             next_obs = self._next_obs(step_ids, env_indices)
         else:
             next_obs = self._gather_obs(rows, "next_")
@@ -247,6 +273,45 @@ class DiskReplayBuffer(ReplayBuffer):
                 next_observations={key: self.to_torch(value) for key, value in next_obs_dict.items()},
                 dones=self.to_torch(dones), rewards=self.to_torch(rewards))
         return ReplayBufferSamples(*map(self.to_torch, (obs, rows["action"], next_obs, dones, rewards)))
+
+    def _stacked_rows(self, step_ids: np.ndarray, env_indices: np.ndarray) -> dict[str, np.ndarray]:
+        """frame_stack: the rows with their stacks rebuilt. The next frame of the newest env step's
+        running episodes is not in the pool yet: their next stacks are pushed with the frame add()
+        was given (SB3 stores it)."""
+        layout = cast(StackLayout, self._stacking)
+        rows = self._pool.read(step_ids, **layout.sample_options)
+        if "next_obs" in rows:
+            return rows
+        ended = rows["terminated"] | rows["truncated"]
+        newest = (step_ids >= self._pool.next_step_id - self.n_envs) & ~ended & (self._pending_next_obs is not None)
+        rows["next_obs"] = np.empty_like(rows["obs"])
+        if newest.any():
+            pending = self._pending_next_obs["obs"][env_indices[newest]]
+            rows["next_obs"][newest] = layout.push(rows["obs"][newest], pending)
+        rest = np.flatnonzero(~newest)
+        if rest.size:
+            rest_rows = self._pool.read(step_ids[rest], **layout.sample_options)
+            if "next_obs" in rest_rows:
+                rows["next_obs"][rest] = rest_rows["next_obs"]
+            else:  # rows cut off by a restart: their next frame was never given to the pool
+                rows["next_obs"][rest] = self._unknown_next(step_ids[rest], rows["obs"][rest])
+        return rows
+
+    def _unknown_next(self, step_ids: np.ndarray, stacks: np.ndarray) -> np.ndarray:
+        """Next stacks of rows whose next frame the pool never got: the last rows of episodes that
+        were running when an earlier writer of the pool stopped. Read one by one (few such rows
+        exist, one per env and restart); those without one repeat their own newest frame."""
+        layout = cast(StackLayout, self._stacking)
+        result = np.empty_like(stacks)
+        for i, step in enumerate(step_ids):
+            one = self._pool.read([step], **layout.sample_options)
+            if "next_obs" in one:
+                result[i] = one["next_obs"][0]
+            else:
+                logger.warning("%s: step %d ended an episode cut off by a restart; its next frame is unknown and "
+                               "sampled as its own newest frame", self.path, int(step))
+                result[i] = layout.push(stacks[i:i + 1], layout.newest(stacks[i:i + 1]))[0]
+        return result
 
     def _step_ids(self, positions: np.ndarray, env_indices: np.ndarray) -> np.ndarray:
         """Pool step ids of SB3 ring positions (as SB3 numbers its rows) and env indices."""
@@ -353,10 +418,16 @@ def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict, mode
     attrs = {"sb3": {"n_envs": n_envs, "buffer_size": config["buffer_size"],
                      "observation_space": str(config["observation_space"]),
                      "action_space": str(config["action_space"])}}
+    frame_stack = config.get("frame_stack")
+    if frame_stack is not None:
+        attrs["sb3"]["frame_stack"] = frame_stack
+    # A stack of the oldest env step needs the frame_stack - 1 env steps before it.
+    history_steps = 0 if frame_stack is None else frame_stack - 1
     try:
-        pool = open_pool(path, "a", capacity=max(config["buffer_size"] // n_envs, 1) * n_envs, schema=schema,
-                         backend=config["backend"], attrs=attrs, commit_every=commit_every,
-                         commit_interval_s=config["commit_interval_s"], fsync=config["fsync"])
+        pool = open_pool(path, "a", capacity=(max(config["buffer_size"] // n_envs, 1) + history_steps) * n_envs,
+                         schema=schema, backend=config["backend"], attrs=attrs, commit_every=commit_every,
+                         commit_interval_s=config["commit_interval_s"], fsync=config["fsync"],
+                         derive_next_obs=frame_stack is not None)
     except StoreLockedError as exc:
         raise StoreLockedError(f"{exc}; another process (or an SB3 model of this process that was not "
                                "closed) is writing this pool: close it, or give this buffer another path") from None
