@@ -25,12 +25,7 @@ def split_batch(rng: np.random.Generator, batch_size: int, lengths: Sequence[int
     Raises:
         EmptyStoreError: every shard is empty.
     """
-    sizes = np.asarray(lengths, dtype=np.float64)
-    total = sizes.sum()
-    if total <= 0:
-        raise EmptyStoreError(f"every shard is empty (lengths {list(map(int, sizes))}); "
-                              "record and flush some transitions first")
-    return rng.multinomial(int(batch_size), sizes / total).astype(np.int64)
+    return rng.multinomial(int(batch_size), _shard_shares(lengths)).astype(np.int64)
 
 
 def split_rounds(rng: np.random.Generator, n_batches: int, batch_size: int, lengths: Sequence[int]) -> np.ndarray:
@@ -40,12 +35,17 @@ def split_rounds(rng: np.random.Generator, n_batches: int, batch_size: int, leng
     Raises:
         EmptyStoreError: every shard is empty.
     """
+    return rng.multinomial(int(batch_size), _shard_shares(lengths), size=int(n_batches)).astype(np.int64)
+
+
+def _shard_shares(lengths: Sequence[int]) -> np.ndarray:
+    """Each shard's share of the stored rows, the probability a batch row comes from it."""
     sizes = np.asarray(lengths, dtype=np.float64)
     total = sizes.sum()
     if total <= 0:
         raise EmptyStoreError(f"every shard is empty (lengths {list(map(int, sizes))}); "
                               "record and flush some transitions first")
-    return rng.multinomial(int(batch_size), sizes / total, size=int(n_batches)).astype(np.int64)
+    return sizes / total
 
 
 def join_parts(parts: Sequence[tuple[int, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
