@@ -1,8 +1,10 @@
 """SAC with and without prior data (``python -m expstore.train --offline-data``), several seeds.
 
-Runs the reference trainer for every (arm, seed) in its own run directory, all at once (each
-with one torch thread), then prints the evaluation return of each run at the fixed step counts
-where the trainer evaluates (``--eval-every``), the mean over seeds per arm, and writes
+Runs the reference trainer for every (arm, seed) in its own run directory, ``--jobs`` at a time
+(each with one torch thread and one OpenMP thread, so each holds one core; arms interleaved, so a
+cut-short invocation has as many seeds of one arm as of the other), then prints the evaluation
+return of each run at the fixed step counts where the trainer evaluates (``--eval-every``), the
+mean over seeds per arm, and writes
 ``summary.json`` in ``--out``. A run directory that exists resumes (the trainer's own resume),
 so a cut-short invocation can be continued with the same command.
 
@@ -11,7 +13,8 @@ Example (the numbers in tools/README.md)::
     python -m expstore.train --env Hopper-v5 --total-steps 15000 --hidden-units 128 \\
         --batch-size 128 --run-dir runs/prior                     # the earlier run: its pool is the prior data
     python tools/offline_mix_evidence.py --env Hopper-v5 --offline-data runs/prior/pool.h5 \\
-        --total-steps 8000 --seeds 1 2 3 --out runs/mix-evidence
+        --total-steps 50000 --eval-every 5000 --eval-episodes 10 --seeds 1 2 3 --jobs 2 \\
+        --out runs/mix-evidence
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hidden-units", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one core each)")
     parser.add_argument("--out", default="runs/mix-evidence")
     parser.add_argument("--report-only", action="store_true", help="only summarise the runs in --out")
     return parser.parse_args()
@@ -46,7 +50,7 @@ def command(args: argparse.Namespace, arm: str, seed: int) -> list[str]:
             "--learning-starts", str(args.learning_starts), "--eval-every", str(args.eval_every),
             "--checkpoint-every", str(args.eval_every), "--eval-episodes", str(args.eval_episodes),
             "--hidden-units", str(args.hidden_units), "--batch-size", str(args.batch_size), "--seed", str(seed),
-            "--run-dir", os.path.join(args.out, f"{arm}-seed{seed}"), "--log-interval", "60"]
+            "--run-dir", os.path.join(args.out, f"{arm}-seed{seed}"), "--log-interval", "60", "--threads", "1"]
     if arm == "offline":
         line += ["--offline-data", args.offline_data, "--offline-ratio", str(args.offline_ratio)]
     return line
@@ -85,16 +89,24 @@ def main() -> int:
     args = parse_args()
     os.makedirs(args.out, exist_ok=True)
     if not args.report_only:
-        processes = []
-        for arm in ("online", "offline"):
-            for seed in args.seeds:
-                with open(os.path.join(args.out, f"{arm}-seed{seed}.log"), "a") as log:  # the child keeps its copy
-                    processes.append(subprocess.Popen(command(args, arm, seed), stdout=log, stderr=subprocess.STDOUT))
+        queue = [(arm, seed) for seed in args.seeds for arm in ("online", "offline")]
+        # One thread per run: more would only fight over the cores the other runs hold.
+        child_env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        running: list[subprocess.Popen] = []
         started = time.monotonic()
-        while any(process.poll() is None for process in processes):
-            time.sleep(30)
-            done = sum(process.poll() is not None for process in processes)
-            print(f"{time.monotonic() - started:6.0f} s: {done}/{len(processes)} runs done", flush=True)
+        finished = 0
+        while queue or running:
+            while queue and len(running) < args.jobs:
+                arm, seed = queue.pop(0)
+                with open(os.path.join(args.out, f"{arm}-seed{seed}.log"), "a") as log:  # the child keeps its copy
+                    running.append(subprocess.Popen(command(args, arm, seed), stdout=log, stderr=subprocess.STDOUT,
+                                                    env=child_env))
+            time.sleep(10)
+            for process in [process for process in running if process.poll() is not None]:
+                running.remove(process)
+                finished += 1
+                print(f"{time.monotonic() - started:6.0f} s: {finished} runs done (exit {process.returncode}), "
+                      f"{len(running)} running, {len(queue)} waiting", flush=True)
     report(args)
     return 0
 
