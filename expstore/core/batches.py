@@ -20,6 +20,7 @@ from .commit import CommitRecord
 from .stacking import FrameStacker
 
 Gather = Callable[[np.ndarray], dict]
+CHAIN = "_chain"  # the [batch, n] rows an n-step return summed, kept for hindsight relabelling
 HeapRows = Callable[[list[str], np.ndarray], dict]  # heap fields' rows at step ids (core/heap.py)
 
 
@@ -38,13 +39,14 @@ class Batches:
         self.heap_rows = heap_rows
 
     def transitions(self, steps: np.ndarray, n_step: int, gamma: float, high: int,
-                    stacker: FrameStacker | None = None) -> tuple[dict, np.ndarray]:
+                    stacker: FrameStacker | None = None, keep_chain: bool = False) -> tuple[dict, np.ndarray]:
         """The batch for start rows ``steps``, and which rows are usable (next obs known, and
-        with ``stacker`` their frame stacks still in the window)."""
+        with ``stacker`` their frame stacks still in the window). With ``keep_chain`` and
+        n > 1, the rows each return summed are in the batch as ``CHAIN`` (-1 past the end)."""
         batch = self.gather(steps)
         last = steps
         if n_step > 1:
-            last = self._n_step(batch, steps, n_step, gamma, high)
+            last = self._n_step(batch, steps, n_step, gamma, high, keep_chain)
         ok = np.ones(len(steps), bool)
         if self.keeping is not None and self.keeping.derived:
             values, ok = self.keeping.next_values(last, high, self.keeping.kept_now(self.committed()))
@@ -63,7 +65,8 @@ class Batches:
                 batch.update(values)
         return stacker.apply(batch, steps, steps)
 
-    def _n_step(self, batch: dict, steps: np.ndarray, n_step: int, gamma: float, high: int) -> np.ndarray:
+    def _n_step(self, batch: dict, steps: np.ndarray, n_step: int, gamma: float, high: int,
+                keep_chain: bool = False) -> np.ndarray:
         """Sum up to ``n_step`` rewards of each row's episode into ``batch``; the last rows summed."""
         if "reward" not in self.schema:
             raise SchemaError(f"n-step sampling needs a 'reward' field; {self.path} stores {list(self.schema)}")
@@ -80,6 +83,8 @@ class Batches:
         if in_heap and self.heap_rows is not None:
             batch.update(self.heap_rows(in_heap, last))
         batch["discount"] = (np.float64(gamma) ** counts).astype(np.float32)
+        if keep_chain:
+            batch[CHAIN] = chain
         return last
 
     def windows(self, steps: np.ndarray, length: int, high: int, full_only: bool,

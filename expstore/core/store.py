@@ -44,7 +44,7 @@ from ..sampling.prioritized import Prioritized
 from ..sampling.uniform import Uniform
 from ..schema import Field, Schema
 from . import checksums, commit, lock
-from .batches import Batches
+from .batches import CHAIN, Batches
 from .bookkeeping import Bookkeeping, EpisodeState, check_env_ids
 from .casting import as_rows, to_numpy
 from .coldread import ColdReads, available_memory_nbytes
@@ -656,7 +656,8 @@ class Store:
         The keywords build a sampling strategy; ``sampler`` takes one directly. They compose:
         ``max_age`` with ``prioritized`` and/or ``recency`` (the strategy draws among the young
         rows only), ``prioritized`` with ``recency`` (expstore/sampling/composed.py), and
-        ``n_step`` and ``her`` with every strategy (``her`` with one-step rows only).
+        ``n_step`` and ``her`` with every strategy and with each other (a relabelled n-step
+        return recomputes each of its rewards for the new goal).
 
         Args:
             batch_size: rows to draw.
@@ -696,7 +697,9 @@ class Store:
             stack_padding: how the first rows of an episode are padded: "reset" repeats the
                 episode's first frame (gymnasium's default), "zero" pads zeros (SB3).
             her: hindsight relabelling of the drawn rows, ``expstore.HER(compute_reward, ...)``
-                (expstore/mixing/her.py): adds the ``relabeled`` column.
+                (expstore/mixing/her.py): adds the ``relabeled`` column. With ``n_step`` > 1 a
+                relabelled row's ``reward`` is the discounted sum of the rewards recomputed for
+                the new goal along the same rows (the same episode end, ``discount`` as without).
             ragged: how ragged fields (``Field((None, ...), dtype)``) come back: ``"pad"``, an
                 array padded to the longest row of the batch plus an int64 ``<name>_length``
                 column; ``"list"``, a list of one array per row (and the lengths column).
@@ -712,15 +715,20 @@ class Store:
         _check_sampling_args(batch_size, n_step, gamma, alpha, beta)
         stacker = self._stacker(frame_stack, stack_axis, stack_padding)
         strategy = self._strategy(sampler, prioritized, alpha, beta, max_age, age_unit, current_version, recency)
-        _check_her(her, n_step)
+        _check_her(her)
         if n_step > 1:
             self._need_book()
         generator = _generator(rng)
+        keep_chain = her is not None and n_step > 1  # relabelling recomputes every reward of the chain
         batch, view = self._draw_usable(
             strategy, generator, batch_size, self._view(),
-            lambda steps, high: self._builder().transitions(steps, n_step, gamma, high, stacker))
+            lambda steps, high: self._builder().transitions(steps, n_step, gamma, high, stacker, keep_chain))
         _add_weights(strategy, view, batch, batch["step_id"])
-        batch = batch if her is None else her.relabel(self, batch, generator, view)
+        if her is not None:
+            if keep_chain:
+                batch = her.relabel(self, batch, generator, view, chain=batch.pop(CHAIN), gamma=gamma)
+            else:
+                batch = her.relabel(self, batch, generator, view)
         return self._finish(batch, ragged, pad_value)
 
     def _finish(self, batch: dict[str, np.ndarray], ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
@@ -1283,15 +1291,11 @@ def _add_weights(strategy: Sampler, view: WindowView, batch: dict[str, np.ndarra
             batch["weights"] = values
 
 
-def _check_her(her: Any, n_step: int) -> None:
+def _check_her(her: Any) -> None:
     if her is None:
         return
     if not callable(getattr(her, "relabel", None)):
         raise InvalidArgumentError(f"her={her!r} is not a relabelling: pass expstore.HER(compute_reward, ...)")
-    if n_step > 1:
-        raise InvalidArgumentError("her= relabels one-step transitions; an n-step return would need every reward "
-                                   "of the chain recomputed for the new goal, which expstore does not do: "
-                                   "sample with n_step=1")
 
 
 def _generator(rng: int | np.random.Generator | None) -> np.random.Generator:

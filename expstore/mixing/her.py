@@ -77,8 +77,13 @@ class HER:
 
     # ------------------------------------------------------------------ the hook Store.sample calls
     def relabel(self, pool: Store, batch: dict[str, np.ndarray], rng: np.random.Generator,
-                view: WindowView) -> dict[str, np.ndarray]:
-        """Relabel a batch ``pool.sample`` drew from ``view`` (in place); returns it."""
+                view: WindowView, chain: np.ndarray | None = None, gamma: float = 1.0) -> dict[str, np.ndarray]:
+        """Relabel a batch ``pool.sample`` drew from ``view`` (in place); returns it.
+
+        ``chain``: for an n-step batch, the [batch, n] rows each return summed (-1 past the
+        episode's end); a relabelled row's reward is then ``sum_i gamma ** i * r_i`` with every
+        ``r_i`` recomputed for the new goal from the next achieved goal of the chain's row i.
+        """
         self._check_fields(pool, batch)
         steps = batch["step_id"]
         chosen = np.sort(rng.permutation(len(steps))[:int(round(float(self.relabel_ratio) * len(steps)))])
@@ -88,20 +93,55 @@ class HER:
             goals, known = next_achieved(pool, goal_rows, view.head, self.achieved_goal)
             known &= goal_rows >= pool.window[0]  # a goal row the writer overwrote while it was read
             rows = chosen[known]
-            if rows.size:
-                goal = goals[known]
+            goal = goals[known]
+            if rows.size and chain is not None:
+                rewards, fresh = self._chain_rewards(pool, batch, rows, goal, chain[rows], gamma)
+                rows, goal, rewards = rows[fresh], goal[fresh], rewards[fresh]
+            elif rows.size:
                 info = {name: batch[name][rows] for name in self.info_fields}
-                rewards = np.asarray(self.compute_reward(batch["next_" + self.achieved_goal][rows], goal, info))
-                if rewards.size != rows.size:
-                    raise InvalidArgumentError(f"HER compute_reward returned {rewards.size} rewards for {rows.size} "
-                                               "rows; it must be vectorised over rows (as gymnasium-robotics' is)")
+                rewards = self._rewards(batch["next_" + self.achieved_goal][rows], goal, info)
+            if rows.size:
                 batch[self.desired_goal][rows] = goal
                 if "next_" + self.desired_goal in batch:
                     batch["next_" + self.desired_goal][rows] = goal
-                batch["reward"][rows] = rewards.reshape(rows.size).astype(batch["reward"].dtype)
+                batch["reward"][rows] = rewards.astype(batch["reward"].dtype)
                 relabeled[rows] = True
         batch["relabeled"] = relabeled
         return batch
+
+    def _rewards(self, achieved: np.ndarray, goal: np.ndarray, info: dict[str, np.ndarray]) -> np.ndarray:
+        rewards = np.asarray(self.compute_reward(achieved, goal, info))
+        if rewards.size != len(goal):
+            raise InvalidArgumentError(f"HER compute_reward returned {rewards.size} rewards for {len(goal)} "
+                                       "rows; it must be vectorised over rows (as gymnasium-robotics' is)")
+        return rewards.reshape(len(goal))
+
+    def _chain_rewards(self, pool: Store, batch: dict[str, np.ndarray], rows: np.ndarray, goal: np.ndarray,
+                       chain: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+        """The relabelled n-step return of each of ``rows`` (chains ``chain``, goals ``goal``), and
+        which rows' chains were still in the pool once read (the others keep their own goal)."""
+        mapped = pool.mapped
+        if mapped is None:
+            raise SchemaError(f"{pool.path} holds no committed transition yet")
+        valid = chain >= 0  # a prefix of each row: the chain stops at the episode's end
+        counts = valid.sum(axis=1)
+        last = (np.arange(len(rows)), counts - 1)
+        interior = valid.copy()
+        interior[last] = False
+        achieved = np.empty((*chain.shape, *goal.shape[1:]), goal.dtype)
+        achieved[last] = batch["next_" + self.achieved_goal][rows]  # the builder's, known for a usable row
+        if interior.any():
+            stored = "next_" + self.achieved_goal
+            # a row's derived next achieved goal is the achieved goal of the chain's next row
+            field, at = (stored, chain[interior]) if stored in mapped.views else \
+                (self.achieved_goal, chain[:, 1:][interior[:, :-1]])
+            achieved[interior] = _read(pool, mapped.views, field, at)
+        info = {name: _read(pool, mapped.views, name, chain[valid]) for name in self.info_fields}
+        # a chain row the writer overwrote while it was read: that row keeps its own goal
+        fresh = np.where(valid, chain, np.iinfo(np.int64).max).min(axis=1) >= pool.window[0]
+        each = np.zeros(chain.shape, np.float64)
+        each[valid] = self._rewards(achieved[valid], np.repeat(goal, counts, axis=0), info)
+        return each @ (np.float64(gamma) ** np.arange(chain.shape[1])), fresh
 
     def goal_rows(self, pool: Store, steps: np.ndarray, rng: np.random.Generator, view: WindowView) -> np.ndarray:
         """For each drawn step: the row of its episode whose next achieved goal becomes the goal."""
@@ -139,8 +179,13 @@ class HER:
             raise SchemaError(f"HER draws goals from the episode bookkeeping, which {pool.path} was created "
                               "without; copy it into a new pool with `expstore convert`")
         if batch[self.desired_goal].shape[1:] != schema[self.desired_goal].shape:
-            raise InvalidArgumentError("her= with frame_stack would relabel stacked goals; sample goal-conditioned "
-                                       "pools without frame_stack")
+            raise InvalidArgumentError(
+                f"her= with frame_stack: frame_stack stacks every observation field ('obs_*'), the goal fields "
+                f"{self.desired_goal} and {self.achieved_goal} too, and HER relabels unstacked goals only (a "
+                "relabelled stack would need the new goal in each of its k frames but not in zero padding, and the "
+                "reward from the newest frame of the next achieved-goal stack). Sample goal-conditioned pools "
+                "without frame_stack, or store the goals in fields not named 'obs_*' and name them with "
+                "HER(achieved_goal=..., desired_goal=...)")
         if "next_" + self.achieved_goal not in batch:
             raise SchemaError(f"HER needs next_{self.achieved_goal} (stored, or derived with derive_next_obs=True)")
 
@@ -224,6 +269,14 @@ class EpisodeRows:
         rows = self.book.rows_of(episode_id, oldest, last)
         found = rows[self.index_of(rows) == target]
         return int(found[0]) if found.size else last
+
+
+def _read(pool: Store, views, name: str, rows: np.ndarray) -> np.ndarray:
+    """The values of a plain (memory-mapped) field at step ids ``rows``."""
+    if name not in views:
+        raise SchemaError(f"HER with n_step > 1 reads {name} along each chain; {pool.path} keeps it compressed "
+                          "(a heap field), which relabelled n-step returns do not read: sample with n_step=1")
+    return np.asarray(views[name][pool.ring.slots_of(rows)])
 
 
 def next_achieved(pool: Store, rows: np.ndarray, high: int, achieved_goal: str) -> tuple[np.ndarray, np.ndarray]:
