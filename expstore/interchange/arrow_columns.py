@@ -3,8 +3,10 @@ LeRobot's data files, Minari's Arrow storage).
 
 A field of row shape ``()`` is a plain column; a field of shape ``(d0, d1, ...)`` is a nested
 ``fixed_size_list`` (d0 lists of d1 lists of ...), the type Hugging Face ``datasets`` reads as
-``Sequence(length=...)`` and pandas as arrays. Converting either way works on the flat values
-buffer, so it costs one copy, never a Python loop over rows.
+``Sequence(length=...)`` and pandas as arrays. A ragged field (shape ``(None, d1, ...)``, rows of
+their own length) is a variable-length ``list`` of those: ``Sequence()`` to ``datasets``. Converting
+either way works on the flat values buffer, so it costs one copy, never a Python loop over rows
+(a ragged column read back is split into one view per row, as ``Store.extend`` takes it).
 """
 
 from __future__ import annotations
@@ -27,35 +29,52 @@ def pyarrow(extra: str = "parquet") -> Any:
     return pa
 
 
-def check_fixed(schema, path: str, what: str) -> None:
-    """Refuse ragged fields (rows of varying length) for a format of fixed-size columns."""
+def check_fixed(schema, path: str, what: str, why: str = "") -> None:
+    """Refuse ragged fields (rows of varying length) for a format of fixed-size columns; ``why``
+    says what in the format needs the fixed size."""
     ragged = [name for name, field in schema.items() if getattr(field, "ragged", False)]
     if ragged:
-        raise SchemaError(f"{path} has ragged fields {ragged}; {what} holds fixed-size rows only, so export a pool "
-                          "without them (expstore convert can copy the other fields)")
+        reason = f" ({why})" if why else ""
+        raise SchemaError(f"{path} has ragged fields {ragged}; {what} holds fixed-size rows only{reason}, so export "
+                          "a pool without them (expstore convert can copy the other fields), or export to Parquet, "
+                          "which keeps them as list columns")
 
 
 def arrow_type(field: Field):
     """The Arrow type that holds rows of ``field``."""
     pa = pyarrow()
     element = pa.from_numpy_dtype(field.dtype)
-    for size in reversed(field.shape):
+    for size in reversed(field.item_shape):
         element = pa.list_(element, size)
-    return element
+    return pa.list_(element) if field.ragged else element
 
 
-def to_arrow(values: np.ndarray):
-    """``values`` (rows of a field: a leading row axis, then the row shape) as an Arrow array."""
+def to_arrow(values: np.ndarray, lengths: np.ndarray | None = None):
+    """``values`` (rows of a field: a leading row axis, then the row shape) as an Arrow array.
+
+    ``lengths``: for a ragged field, each row's length; ``values`` is then padded along axis 1
+    (as a pool reads it, with ``<name>_length``) and only each row's first ``length`` elements
+    are kept, in a variable-length list.
+    """
     pa = pyarrow()
     values = np.ascontiguousarray(values)
+    if lengths is not None:
+        lengths = np.asarray(lengths, np.int64)
+        kept = np.arange(values.shape[1]) < lengths[:, None]  # the elements that are not padding
+        offsets = np.concatenate([[0], np.cumsum(lengths)])
+        if offsets[-1] > np.iinfo(np.int32).max:
+            raise SchemaError(f"a slice of {len(lengths)} ragged rows holds {offsets[-1]} elements, more than an "
+                              "Arrow list column's 32-bit offsets hold")
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), to_arrow(values[kept]))
     array = pa.array(values.reshape(-1))
     for size in reversed(values.shape[1:]):
         array = pa.FixedSizeListArray.from_arrays(array, size)
     return array
 
 
-def from_arrow(column, field: Field, where: str) -> np.ndarray:
-    """The rows of an Arrow column (Array or ChunkedArray) as an array of ``field``'s shape and dtype.
+def from_arrow(column, field: Field, where: str) -> Any:
+    """The rows of an Arrow column (Array or ChunkedArray) as an array of ``field``'s shape and dtype
+    (a ragged field: a list of one array per row, views of one buffer).
 
     Fixed-size lists, and variable-length lists whose every row has the field's length (what
     ``datasets`` and pandas write for vectors), both hold a field of that shape.
@@ -69,6 +88,12 @@ def from_arrow(column, field: Field, where: str) -> np.ndarray:
     rows = len(column)
     if column.null_count:
         raise SchemaError(f"{where} has {column.null_count} missing values; every row needs one")
+    if field.ragged:
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type)):
+            raise _mismatch(where, column, field, 0)
+        lengths = column.value_lengths().to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = from_arrow(column.flatten(), Field(field.item_shape, field.dtype), where)
+        return np.split(flat, np.cumsum(lengths)[:-1]) if rows else []
     for depth, size in enumerate(field.shape):
         if not _is_list(pa, column.type) or not _has_length(pa, column, size):
             raise _mismatch(where, column, field, depth)
@@ -138,6 +163,7 @@ def probed_field(arrow_type_, batches) -> Field | None:
     if levels is None:
         return None
     found: list[set[int]] = [set() for _level in range(levels)]  # the row lengths seen at each level
+    ragged = False  # rows of their own length at the first level: a ragged field
     for batch in batches:
         column = batch
         for level in range(levels):
@@ -148,12 +174,17 @@ def probed_field(arrow_type_, batches) -> Field | None:
             else:
                 found[level].update(np.unique(column.value_lengths().to_numpy(zero_copy_only=False)).tolist())
             if len(found[level]) > 1:
-                return None
+                if level > 0:
+                    return None  # only the first axis of a ragged field has rows of their own length
+                ragged = True
             column = column.flatten()
     leaf = arrow_type_
     while _is_list(pa, leaf):
         leaf = leaf.value_type
     dtype = _numpy_dtype(leaf)
-    if dtype is None or any(len(lengths) != 1 for lengths in found):
+    inner = found[1:] if levels > 1 else []
+    if dtype is None or any(len(lengths) != 1 for lengths in inner) or (not ragged and len(found[0]) != 1):
         return None
+    if ragged:
+        return Field((None, *(int(next(iter(lengths))) for lengths in inner)), dtype)
     return Field(tuple(int(next(iter(lengths))) for lengths in found), dtype)

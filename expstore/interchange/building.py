@@ -53,15 +53,17 @@ def backend_for(dst: str, backend: str | None) -> str:
 
 
 def build_imported_pool(dst: str, backend: str | None, schema: Schema, capacity: int, attrs: dict,
-                        slices: Iterable[ImportSlice], *, overwrite: bool = False, first_step_id: int = 0) -> None:
-    """Create pool ``dst`` from ``slices`` at a temporary sibling, then rename it into place."""
+                        slices: Iterable[ImportSlice], *, overwrite: bool = False, first_step_id: int = 0,
+                        heap_bytes: dict[str, int] | None = None) -> None:
+    """Create pool ``dst`` from ``slices`` at a temporary sibling, then rename it into place
+    (``heap_bytes``: the heap sizes of its ragged fields, as ``expstore.open`` takes them)."""
     dst = os.fspath(dst)
     chosen = backend_for(dst, backend)
     make_parent(dst)
 
     def build(temp: str) -> list[str]:
         store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs, backend=chosen,
-                           first_step_id=first_step_id, fsync=False)
+                           first_step_id=first_step_id, fsync=False, heap_bytes=heap_bytes)
         try:
             for part in slices:
                 _append(store, part)

@@ -2,17 +2,20 @@
 
 One row per transition: ``step_id``, ``episode_id`` and ``episode_step`` (the row's position in
 its episode), then every pool field in pool order (arrow_columns.py: a field of row shape
-``(d0, d1, ...)`` is a nested fixed-size list). Row groups hold whole episodes where they fit
+``(d0, d1, ...)`` is a nested fixed-size list, a ragged field ``(None, d1, ...)`` a variable-length
+list of them, each row's own length). Row groups hold whole episodes where they fit
 (about ``row_group_mb`` each), so the ``episode_id`` statistics of a row group give its episode
 range and a reader that filters by episode reads only the groups it needs. The pool's schema and
 attrs ride in the file's key-value metadata under ``expstore``, so an import gives back every
 field bit for bit, with the same step ids and episodes.
 
 Import also reads Parquet files expstore did not write (``datasets.Dataset.to_parquet``,
-pandas): every numeric or boolean column, scalar or fixed-size list, becomes a field named
-after it; ``episode_id`` (or ``episode_index``) numbers the episodes; columns of other types
-(strings, variable-length lists) cannot be fixed-size rows and are listed in
-``attrs["parquet"]["skipped"]``. Both directions stream in bounded slices.
+pandas): every numeric or boolean column, scalar or list, becomes a field named after it (a
+list column whose rows differ in length, a ragged field); ``episode_id`` (or ``episode_index``)
+numbers the episodes; columns of other types (strings, structs, lists whose inner lists differ in
+length) cannot be pool rows and are listed in ``attrs["parquet"]["skipped"]``. A ragged field's
+heap is sized from the file's own list lengths, so every row fits. Both directions stream in
+bounded slices.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from contextlib import closing
 import numpy as np
 
 from ..backends import files
+from ..core.heap import length_key
 from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError, SchemaError, StoreNotFoundError
 from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import make_parent
@@ -32,7 +36,6 @@ from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
 from .arrow_columns import (
     arrow_type,
-    check_fixed,
     field_of_type,
     from_arrow,
     list_levels,
@@ -71,7 +74,6 @@ def export_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, compressio
     group_nbytes = int(_positive_number(row_group_mb, _ROW_GROUP_MB, "--row-group-mb") * (1 << 20))
     check_destination(dst, overwrite, "parquet")
     with closing(open_source(src)) as source:
-        check_fixed(source.schema, source.path, "a Parquet export")
         schema = _file_schema(pa, source.schema, saved_json(source.schema, source.attrs))
         counted = {"episodes": 0}
 
@@ -121,7 +123,8 @@ def _tables(pa, source, schema, counted: dict, progress):
         ids, steps = tagger.tags(first, rows, n)
         columns = [pa.array(np.arange(source.first_step_id + first, source.first_step_id + first + n)), pa.array(ids),
                    pa.array(steps)]
-        columns += [to_arrow(rows[name]) for name in source.schema]
+        columns += [to_arrow(rows[name], rows.get(length_key(name)) if field.ragged else None)
+                    for name, field in source.schema.items()]
         table = pa.Table.from_arrays(columns, schema=schema)
         starts = tagger.starts_in_last()
         counted["episodes"] = tagger.episodes
@@ -235,9 +238,11 @@ def import_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: 
         plan = _import_plan(src, parquet)
         rows = parquet.metadata.num_rows
         first_step = _first_step_id(parquet, plan) if plan.saved else 0
+        capacity = capacity or max(1, rows)
+        heap_bytes = _ragged_heap_bytes(src, parquet, plan, capacity)
         slices = _import_slices(src, parquet, plan, progress)
-        build_imported_pool(dst, backend, plan.schema, capacity or max(1, rows), plan.attrs, slices,
-                            overwrite=overwrite, first_step_id=first_step)
+        build_imported_pool(dst, backend, plan.schema, capacity, plan.attrs, slices,
+                            overwrite=overwrite, first_step_id=first_step, heap_bytes=heap_bytes)
     return rows
 
 
@@ -287,6 +292,30 @@ def _import_plan(src: str, parquet) -> _Plan:
     attrs = {"parquet": {"source": os.path.basename(src), "skipped": skipped,
                          "columns": {name: column for name, column in columns.items() if name != column}}}
     return _Plan(Schema(fields), attrs, columns, episode_column, saved=False)
+
+
+def _ragged_heap_bytes(src: str, parquet, plan: _Plan, capacity: int) -> dict[str, int] | None:
+    """Heap sizes for the ragged fields that hold every row of the file: the default
+    (``capacity`` rows of 64 elements) sized up to the rows' bytes, with room for the heap's
+    tail slack (a sixteenth) and a row that does not fit before the heap's end."""
+    ragged = [name for name, field in plan.schema.items() if field.ragged]
+    if not ragged:
+        return None
+    sizes = {}
+    for name in ragged:
+        field, column = plan.schema[name], plan.columns[name]
+        if not list_levels(parquet.schema_arrow.field(column).type):
+            continue  # not a list column: reading it says so (from_arrow)
+        element_nbytes = field.dtype.itemsize * int(np.prod(field.item_shape, dtype=np.int64))
+        total = longest = 0
+        for batch in parquet.iter_batches(columns=[column]):
+            lengths = batch.column(0).value_lengths().to_numpy(zero_copy_only=False)
+            lengths = np.nan_to_num(lengths.astype(np.float64)).astype(np.int64)  # a missing row: from_arrow says so
+            total += int(lengths.sum())
+            longest = max(longest, int(lengths.max(initial=0)))
+        needed = total * element_nbytes
+        sizes[name] = max(capacity * field.row_nbytes, needed + needed // 8 + 2 * longest * element_nbytes, 1)
+    return sizes or None
 
 
 def _first_step_id(parquet, plan: _Plan) -> int:
@@ -341,7 +370,8 @@ def _check_steps(src: str, column, expected: int | None) -> int:
 
 
 def _done(rows: dict) -> np.ndarray | None:
-    flags = [rows[name].astype(bool) for name in ("terminated", "truncated") if name in rows and rows[name].ndim == 1]
+    flags = [rows[name].astype(bool) for name in ("terminated", "truncated")
+             if isinstance(rows.get(name), np.ndarray) and rows[name].ndim == 1]
     if not flags:
         return None
     return np.logical_or.reduce(flags)

@@ -115,18 +115,23 @@ def test_a_parquet_file_written_by_datasets_imports_with_its_episodes(tmp_path, 
     n = 40
     episode = np.repeat(np.arange(4), 10)
     data = {"observation": np.arange(n * 2, dtype=np.float32).reshape(n, 2).tolist(), "reward": np.arange(n) * 0.5,
-            "episode_index": episode, "task": ["push"] * n, "weights": [[1.0] * (i % 3) for i in range(n)]}
+            "episode_index": episode, "task": ["push"] * n, "weights": [[0.5 * i] * (i % 3) for i in range(n)],
+            "pairs": [[[1, 2]] * (i % 2) + [[3]] for i in range(n)]}
     file = str(tmp_path / "hf.parquet")
     datasets.Dataset.from_dict(data).to_parquet(file)
     pool = str(tmp_path / f"hf{BACKENDS[backend]}")
     assert import_parquet(file, pool) == n
     with expstore.open(pool) as opened:
-        assert list(opened.schema) == ["observation", "reward"]
-        assert opened.attrs["parquet"]["skipped"] == ["task", "weights"]
+        assert list(opened.schema) == ["observation", "reward", "weights"]
+        assert opened.schema["weights"].shape == (None,)  # rows of their own length: a ragged field
+        assert opened.attrs["parquet"]["skipped"] == ["task", "pairs"]  # inner lists of their own length
         assert opened.episodes()["length"].tolist() == [10, 10, 10, 10]
         rows = opened[:]
     np.testing.assert_array_equal(rows["observation"], np.asarray(data["observation"], np.float32))
     np.testing.assert_array_equal(rows["reward"], data["reward"])
+    assert rows["weights_length"].tolist() == [i % 3 for i in range(n)]
+    for i in range(n):
+        np.testing.assert_array_equal(rows["weights"][i, :i % 3], data["weights"][i])
 
 
 def test_bad_files_are_clear_errors_and_write_nothing(tmp_path):
@@ -156,15 +161,60 @@ def test_bad_files_are_clear_errors_and_write_nothing(tmp_path):
         export_parquet(src, other, overwrite=True)  # a Parquet file expstore did not write is left alone
 
 
-def test_a_ragged_field_is_refused_with_its_name(tmp_path):
-    path = str(tmp_path / "ragged.h5")
-    try:
-        pool = expstore.open(path, "w", capacity=10, schema={"tokens": ((None,), "int32"), "reward": ((), "float32")})
-    except SchemaError:
-        pytest.skip("this expstore has no ragged fields")
-    with pool:
-        pool.extend({"tokens": [np.arange(3, dtype=np.int32), np.arange(5, dtype=np.int32)],
-                     "reward": np.zeros(2, np.float32)})
-    with pytest.raises(SchemaError, match=r"ragged fields \['tokens'\]"):
-        export_parquet(path, tmp_path / "ragged.parquet")
-    assert not (tmp_path / "ragged.parquet").exists()
+def _ragged_pool(path: str, rows: int = 60) -> str:
+    """Token ids of their own length (some empty, some longer than the default heap's 64 per row)
+    and per-token 2-vectors, beside fixed fields; episodes of 9."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(0, 200, size=rows)
+    lengths[[0, 5]] = 0
+    schema = {"tokens": ((None,), "int32"), "logits": ((None, 2), "float16"), "reward": ((), "float32"),
+              "terminated": ((), "bool"), "truncated": ((), "bool")}
+    with expstore.open(path, "w", capacity=rows, schema=schema, heap_bytes=4 << 20) as pool:
+        pool.extend({"tokens": [rng.integers(-2**31, 2**31 - 1, size=n, dtype=np.int32) for n in lengths],
+                     "logits": [rng.normal(size=(n, 2)).astype(np.float16) for n in lengths],
+                     "reward": rng.normal(size=rows).astype(np.float32),
+                     "terminated": np.arange(rows) % 9 == 8, "truncated": np.zeros(rows, bool)})
+        pool.end_episodes()
+    return path
+
+
+def test_ragged_fields_round_trip_as_list_columns(tmp_path, backend):
+    src = _ragged_pool(str(tmp_path / f"ragged{BACKENDS[backend]}"))
+    file = tmp_path / "ragged.parquet"
+    assert export_parquet(src, file) == (60, 7)
+    arrow = pq.read_table(file)
+    assert arrow.schema.field("tokens").type == pa.list_(pa.int32())
+    assert arrow.schema.field("logits").type == pa.list_(pa.list_(pa.float16(), 2))
+    with expstore.open(src) as pool:
+        rows = pool.read(np.arange(pool.first_step_id, pool.first_step_id + len(pool)), ragged="list")
+    for name in ("tokens", "logits"):
+        column = arrow.column(name).to_pylist()
+        assert [len(row) for row in column] == [len(row) for row in rows[name]], name
+        for written, kept in zip(column, rows[name], strict=True):
+            np.testing.assert_array_equal(np.asarray(written, kept.dtype).reshape(kept.shape), kept, err_msg=name)
+    for other in BACKENDS:  # and back, into either backend, bit for bit with the same episodes
+        back = str(tmp_path / f"back{BACKENDS[other]}")
+        assert import_parquet(file, back) == 60
+        with expstore.open(back) as pool:
+            again = pool.read(np.arange(pool.first_step_id, pool.first_step_id + len(pool)), ragged="list")
+            assert pool.schema["tokens"].shape == (None,) and pool.schema["logits"].shape == (None, 2)
+        for name in ("tokens", "logits"):
+            assert len(again[name]) == 60
+            for kept, restored in zip(rows[name], again[name], strict=True):
+                assert restored.dtype == kept.dtype
+                np.testing.assert_array_equal(restored.view(np.uint8), kept.view(np.uint8), err_msg=name)
+        np.testing.assert_array_equal(_all(back)["reward"], _all(src)["reward"])
+        assert _episodes(back) == _episodes(src)
+
+
+def test_a_ragged_column_that_is_not_a_list_is_a_clear_error(tmp_path):
+    src = _ragged_pool(str(tmp_path / "ragged.h5"), rows=20)
+    file = str(tmp_path / "ragged.parquet")
+    export_parquet(src, file)
+    table = pq.read_table(file)
+    changed = table.set_column(table.schema.get_field_index("tokens"), pa.field("tokens", pa.int32()),
+                               pa.array(np.zeros(20, np.int32)))
+    pq.write_table(changed.replace_schema_metadata(table.schema.metadata), file)
+    with pytest.raises(SchemaError, match=r"column 'tokens' holds int32.*list<item: int32>"):
+        import_parquet(file, tmp_path / "out.h5")
+    assert not list(tmp_path.glob("out.h5*"))
