@@ -76,6 +76,8 @@ def main() -> int:
             "HER future": lambda rng: a.sample(args.batch, rng=rng, her=her["future"]),
             "HER final": lambda rng: a.sample(args.batch, rng=rng, her=her["final"]),
             "HER episode": lambda rng: a.sample(args.batch, rng=rng, her=her["episode"]),
+            "n_step=3 (no HER)": lambda rng: a.sample(args.batch, rng=rng, n_step=3),
+            "HER future + n_step=3": lambda rng: a.sample(args.batch, rng=rng, n_step=3, her=her["future"]),
             "sequences (8) uniform": lambda rng: a.sample_sequences(args.batch // 8, 8, rng=rng),
             "sequences (8) prioritized + exponential": lambda rng: a.sample_sequences(
                 args.batch // 8, 8, rng=rng, prioritized=True, recency=expstore.ExponentialRecency(args.rows / 10)),
