@@ -161,10 +161,15 @@ def largest_remainders(total: int, p: np.ndarray) -> np.ndarray:
     """``total`` split in proportion to ``p`` (sums to 1): floors, then one more row for the
     largest fractional parts (ties to the earlier source)."""
     quotas = total * np.asarray(p, np.float64)
-    counts = np.floor(quotas).astype(np.int64)
+    # Normalising in floating point leaves quotas a few ulps off the exact ratio (94 rows at
+    # 1/3 : 1 : 2 give 9.3999... and 56.4000...1): floors and remainders within a tolerance of
+    # the rational result, so that equal remainders tie to the earlier source as they should.
+    tolerance = 1e-9 * max(1, total)
+    counts = np.floor(quotas + tolerance).astype(np.int64)
     missing = total - int(counts.sum())
     if missing > 0:
-        order = np.lexsort((np.arange(len(p)), -(quotas - counts)))
+        remainders = np.round(np.maximum(quotas - counts, 0.0) / tolerance) * tolerance
+        order = np.lexsort((np.arange(len(p)), -remainders))
         counts[order[:missing]] += 1
     return counts
 

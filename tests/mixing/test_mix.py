@@ -93,6 +93,15 @@ def test_largest_remainders_always_sums_to_the_batch():
         assert counts.sum() == total and (np.abs(counts - total * p) < 1).all()
 
 
+def test_largest_remainders_agrees_with_rational_arithmetic_on_ties():
+    # 94 rows at 1/3 : 1 : 2 are quotas 9.4, 28.2, 56.4 exactly: the tie goes to the earlier
+    # source, though normalising in floats makes the third remainder a few ulps larger.
+    for weights in ([1 / 3, 1.0, 2.0], [0.1, 0.25, 7.0], [1 / 3, 1 / 3, 1 / 3], [0.1, 0.1, 0.1, 0.7]):
+        for total in range(0, 301):
+            p = np.array(weights) / np.sum(weights)
+            assert largest_remainders(total, p).tolist() == reference_split(total, weights), (weights, total)
+
+
 def test_multinomial_split_matches_the_weights_over_many_batches(tmp_path, backend):
     a = episode_pool(str(tmp_path / f"a{SUFFIX[backend]}"), 50, 50)
     b = episode_pool(str(tmp_path / f"b{SUFFIX[backend]}"), 50, 50, seed=1)
