@@ -350,8 +350,26 @@ class DiskReplayBuffer(ReplayBuffer):
         self._pool.flush()
 
     def close(self) -> None:
-        """Commit and release the pool; the buffer cannot be used afterwards."""
+        """Commit and release the pool; the buffer cannot be used afterwards.
+
+        With ``frame_stack``, the episodes still running end here (as truncated; their rows keep
+        the flags the env gave, so TD targets still bootstrap), with the frame ``add()`` got last
+        as their final next frame: a pool reopened later (a restarted training run) knows the
+        next observation of every row. Without ``close()`` (a crash, a killed process) that frame
+        is lost, and those last rows are sampled with their own newest frame as the next one.
+        """
+        if not self._pool._closed:
+            self._end_running_episodes()
         self._pool.close()
+
+    def _end_running_episodes(self) -> None:
+        """frame_stack: keep the newest step's next frames as the final frames of the open episodes."""
+        if self._stacking is None or self._pending_next_obs is None or not self._pool.writable:
+            return
+        pending = self._pending_next_obs["obs"]
+        env_ids = np.arange(self.n_envs) if self._with_env_ids else np.zeros(1, np.int64)
+        self._pool.end_episodes(env_ids, next_obs={"next_obs": pending[:len(env_ids)]})
+        self._pending_next_obs = None
 
     def __getstate__(self) -> dict:
         """Pickle (``save_replay_buffer``) the path and settings only; the data stays in the pool."""
@@ -413,6 +431,9 @@ def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict, mode
         _refuse_a_pool_with_transitions(path, previous_pool)
     if previous_pool is not None:
         logger.info("%s: a new replay buffer takes the pool over; the previous buffer is closed", path)
+        end_running_episodes = getattr(previous, "_end_running_episodes", None)
+        if end_running_episodes is not None:  # frame_stack: its newest next frames survive the reopen
+            end_running_episodes()
         previous_pool.close()
     commit_every = -(-config["commit_every"] // n_envs) * n_envs
     attrs = {"sb3": {"n_envs": n_envs, "buffer_size": config["buffer_size"],

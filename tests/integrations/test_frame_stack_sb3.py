@@ -83,3 +83,57 @@ def test_frame_layouts_and_bad_arguments(tmp_path):
         DiskReplayBuffer(50, rgb_first, action, path=str(tmp_path / "c.h5"), frame_stack=4)
     with pytest.raises(expstore.InvalidArgumentError, match="n_stack"):
         DiskReplayBuffer(50, channels_last, action, path=str(tmp_path / "d.h5"), frame_stack=0)
+
+
+@pytest.mark.parametrize("n_envs", [1, 2])
+def test_an_episode_running_at_close_keeps_its_next_frame_across_a_restart(tmp_path, n_envs):
+    """A training run stops mid-episode and a new one reopens the pool: the last rows of the cut
+    episodes still sample the next frame add() was given (close() keeps it as the final frame)."""
+    space, action = spaces.Box(0, 255, (4, 8, 8), np.uint8), spaces.Discrete(2)
+    path = str(tmp_path / "pool.h5")
+
+    def run(buffer, first_frame, steps):
+        stacks = np.zeros((n_envs, 4, 8, 8), np.uint8)
+        for step in range(steps):  # frame values: first_frame + step (+ 100 for env 1)
+            frames = (first_frame + step + 1 + 100 * np.arange(n_envs)).astype(np.uint8)[:, None, None, None]
+            next_stacks = np.concatenate([stacks[:, 1:], np.broadcast_to(frames, (n_envs, 1, 8, 8))], axis=1)
+            buffer.add(stacks, next_stacks, np.zeros(n_envs), np.zeros(n_envs), np.zeros(n_envs, bool),
+                       [{} for _ in range(n_envs)])
+            stacks = next_stacks
+
+    first = DiskReplayBuffer(100, space, action, n_envs=n_envs, path=path, frame_stack=4)
+    run(first, 0, 6)
+    first.close()
+    second = DiskReplayBuffer(100, space, action, n_envs=n_envs, path=path, frame_stack=4, mode="a")
+    run(second, 50, 3)  # the env was reset: a new episode
+    positions = np.full(8, 5)  # the last env step of the first run
+    batch = second._get_samples(positions)
+    envs = (batch.observations.numpy()[:, -1, 0, 0] // 100).astype(int)  # which env each row came from
+    newest = batch.next_observations.numpy()[:, -1, 0, 0]
+    assert newest.tolist() == (6 + 100 * envs).tolist()  # the frame after the cut step, not a repeat
+    assert np.array_equal(batch.next_observations.numpy()[:, :-1], batch.observations.numpy()[:, 1:])
+    assert batch.dones.sum() == 0  # the cut episodes still bootstrap
+    episodes = second.pool.episodes()
+    assert episodes["truncated"].sum() == n_envs and not episodes["cut_off"].any()
+    second.close()
+
+
+def test_an_episode_cut_off_without_close_samples_its_own_newest_frame_as_next(tmp_path, caplog):
+    """Documented limit: a writer that stopped without close() (a crash) never gave the pool the
+    frame after its last step; those rows sample their own newest frame as the next one."""
+    space, action = spaces.Box(0, 255, (4, 8, 8), np.uint8), spaces.Discrete(2)
+    path = str(tmp_path / "pool.h5")
+    first = DiskReplayBuffer(100, space, action, path=path, frame_stack=4)
+    stacks = np.zeros((1, 4, 8, 8), np.uint8)
+    for step in range(6):
+        next_stacks = np.concatenate([stacks[:, 1:], np.full((1, 1, 8, 8), step + 1, np.uint8)], axis=1)
+        first.add(stacks, next_stacks, np.zeros(1), np.zeros(1), np.zeros(1, bool), [{}])
+        stacks = next_stacks
+    first.pool.close()  # the rows are committed; the buffer itself never closes
+    second = DiskReplayBuffer(100, space, action, path=path, frame_stack=4, mode="a")
+    batch = second._get_samples(np.array([5]))
+    assert batch.observations.numpy()[0, :, 0, 0].tolist() == [2, 3, 4, 5]
+    assert batch.next_observations.numpy()[0, :, 0, 0].tolist() == [3, 4, 5, 5]
+    assert "cut off by a restart" in caplog.text
+    assert second.pool.episodes()["cut_off"].all()
+    second.close()
