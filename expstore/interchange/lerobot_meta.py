@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -41,11 +42,28 @@ VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.m
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 # LeRobot's bookkeeping columns of every frame: the pool's step ids and episodes hold them.
 FRAME_COLUMNS = ("index", "frame_index", "episode_index")
+CHUNKS_SIZE = 1000  # LeRobot's default: files per chunk folder
 _FIXED = {"observation.state": "obs", "next.observation.state": "next_obs", "action": "action",
           "next.reward": "reward", "next.done": "terminated", "next.truncated": "truncated",
           "timestamp": "timestamp", "task_index": "task_index"}
 _FIXED_BACK = {field: key for key, field in _FIXED.items()}
 VISUAL = ("video", "image")
+
+
+@dataclass
+class LeRobotColumn:
+    """One pool field as a LeRobot feature."""
+
+    name: str
+    key: str
+    field: Field
+    video: bool
+
+
+def height_width(field: Field) -> tuple[int, int]:
+    """The frame size of an image field, whatever its layout."""
+    layout = field.image_layout or "HWC"
+    return field.shape[layout.index("H")], field.shape[layout.index("W")]
 
 
 def field_for_feature(key: str, taken: set[str]) -> str:

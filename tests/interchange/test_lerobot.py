@@ -263,6 +263,17 @@ def test_bad_export_options_are_errors(tmp_path):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_a_ragged_field_is_refused_saying_why(tmp_path):
+    pool = str(tmp_path / "ragged.h5")
+    with expstore.open(pool, "w", capacity=10, schema={"tokens": ((None,), "int32"), "action": ((2,), "float32")}) \
+            as opened:
+        opened.extend({"tokens": [np.arange(3, dtype=np.int32), np.arange(5, dtype=np.int32)],
+                       "action": np.zeros((2, 2), np.float32)})
+    with pytest.raises(SchemaError, match=r"ragged fields \['tokens'\].*one shape in meta/info.json.*Parquet"):
+        export_lerobot(pool, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_image_features_embedded_by_lerobot_import_exactly(tmp_path, backend):
     from tests.helpers.lerobot import import_lerobot_dataset
 
