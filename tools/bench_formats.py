@@ -8,9 +8,11 @@ format's own tool takes to write and read the same rows in the same run, and the
 The formats' own tools: pyarrow's ``write_table``/``read_table`` (Parquet), h5py's datasets
 (D4RL), Minari's ``DataCollector``/``load_dataset`` (its three storages), LeRobot's
 ``LeRobotDataset.create/add_frame/save_episode/finalize`` and ``LeRobotDataset[i]`` (states and
-a 32x48 camera; with ``lerobot-dataset`` installed).
+a 32x48 camera; with ``lerobot-dataset`` installed). A ragged field (token ids of their own
+length) goes through Parquet as a list column, against pyarrow writing the same list column.
 
-    python tools/bench_formats.py [--rows 200000] [--video-rows 600] [--out runs/formats]
+    python tools/bench_formats.py [--rows 200000] [--ragged-rows 200000] [--video-rows 600]
+                                  [--only parquet,ragged,d4rl,minari,lerobot]
 """
 
 from __future__ import annotations
@@ -44,9 +46,25 @@ def _rows(n: int, episode: int = 1000) -> dict:
             "truncated": np.zeros(n, bool)}
 
 
+RAGGED_SCHEMA = {"tokens": ((None,), "int32"), "reward": ((), "float32"), "terminated": ((), "bool"),
+                 "truncated": ((), "bool")}
+
+
+def _ragged_rows(n: int, episode: int = 1000, longest: int = 128) -> dict:
+    """Token ids of their own length (0 to ``longest``, 64 on average) per row."""
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(0, longest + 1, size=n)
+    steps = np.arange(n)
+    return {"tokens": [rng.integers(0, 50_000, size=k, dtype=np.int32) for k in lengths],
+            "reward": rng.normal(size=n).astype(np.float32), "terminated": steps % episode == episode - 1,
+            "truncated": np.zeros(n, bool)}
+
+
 def _pool(path: str, rows: dict, schema: dict = SCHEMA) -> str:
     n = len(next(iter(rows.values())))
-    with expstore.open(path, "w", capacity=n, schema=schema) as pool:
+    ragged = sum(row.nbytes for value in rows.values() if isinstance(value, list) for row in value)
+    heap = {"heap_bytes": 2 * ragged + (1 << 20)} if ragged else {}  # every row fits, with the heap's slack
+    with expstore.open(path, "w", capacity=n, schema=schema, **heap) as pool:
         pool.extend(rows)
     return path
 
@@ -73,16 +91,33 @@ def _size(path: str) -> str:
 
 # ---------------------------------------------------------------------------- the formats' own tools
 def own_parquet(rows: dict, path: str) -> tuple[float, float]:
+    """pyarrow writing the same columns (a ragged field: a list column of each row's values) and
+    reading them back to numpy (each column's flat values, and a list column's offsets)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from expstore.interchange.arrow_columns import to_arrow
 
-    write = _timed(lambda: pq.write_table(pa.table({k: to_arrow(np.asarray(v)) for k, v in rows.items()}), path,
+    def column(values):
+        if isinstance(values, list):  # rows of their own length
+            offsets = np.concatenate([[0], np.cumsum([len(row) for row in values])]).astype(np.int32)
+            return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(values)))
+        return to_arrow(np.asarray(values))
+
+    def numpy(array):
+        array = array.combine_chunks()
+        offsets = array.offsets.to_numpy() if pa.types.is_list(array.type) else None
+        while pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type):
+            array = array.flatten()
+        return array.to_numpy(zero_copy_only=False), offsets
+
+    write = _timed(lambda: pq.write_table(pa.table({k: column(v) for k, v in rows.items()}), path,
                                           compression="zstd"))
-    read = _timed(lambda: {name: column.to_numpy() for name, column in
-                           zip(pq.read_table(path).column_names, pq.read_table(path).columns, strict=True)})
-    return write, read
+    def read():
+        table = pq.read_table(path)
+        return {name: numpy(table.column(name)) for name in table.column_names}
+
+    return write, _timed(read)
 
 
 def own_d4rl(rows: dict, path: str) -> tuple[float, float]:
@@ -179,22 +214,29 @@ def own_lerobot(n: int, root: str, video: bool) -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------------------- the table
-def run(fmt: str, backend: str, rows: dict, work: str, dest: str, options: dict, own, schema=SCHEMA) -> list[str]:
+_PARTS = ("parquet", "ragged", "d4rl", "minari", "lerobot")
+
+
+def run(fmt: str, backend: str, rows: dict, work: str, dest: str, options: dict, own, schema=SCHEMA, *,
+        fmt_name: str | None = None) -> list[str]:
+    """One table row; ``fmt`` labels it, ``fmt_name`` (default ``fmt``) is the registered format."""
     n = len(next(iter(rows.values())))
     suffix = BACKENDS[backend]
-    src = _pool(os.path.join(work, f"src-{fmt}-{backend}{suffix}"), rows, schema)
+    label = fmt
+    fmt = fmt_name or fmt
+    src = _pool(os.path.join(work, f"src-{dest}{suffix}"), rows, schema)
     chosen = get_format(fmt)
     out = os.path.join(work, dest)
     export = _timed(lambda: chosen.export_pool(src, out, **options))
-    back = os.path.join(work, f"back-{fmt}-{backend}{suffix}")
+    back = os.path.join(work, f"back-{dest}{suffix}")
     imported = _timed(lambda: chosen.import_pool(out, back))
     equal = _same(src, back)
     own_write, own_read, own_path = own(out + ".own")
-    again_pool = os.path.join(work, f"again-{fmt}-{backend}{suffix}")
+    again_pool = os.path.join(work, f"again-{dest}{suffix}")
     again_import = _timed(lambda: chosen.import_pool(own_path, again_pool))
     again = os.path.join(work, "again-" + dest)
     again_export = _timed(lambda: chosen.export_pool(again_pool, again, **options))
-    line = [fmt + (f" ({options})" if options else ""), backend, str(n), _size(src), _size(out),
+    line = [label + (f" ({options})" if options else ""), backend, str(n), _size(src), _size(out),
             _per_million(export, n), _per_million(own_write, n), _per_million(imported, n),
             _per_million(own_read, n), "yes" if equal else "NO", _size(own_path),
             _per_million(again_import, n), _per_million(again_export, n), _size(again)]
@@ -209,7 +251,13 @@ def main() -> None:
     parser.add_argument("--minari-rows", type=int, default=50_000)
     parser.add_argument("--lerobot-rows", type=int, default=2_000)
     parser.add_argument("--video-rows", type=int, default=600)
+    parser.add_argument("--ragged-rows", type=int, default=200_000)
+    parser.add_argument("--only", default=",".join(_PARTS),
+                        help=f"comma-separated, of {', '.join(_PARTS)} (default: all)")
     args = parser.parse_args()
+    parts = set(args.only.split(","))
+    if not parts <= set(_PARTS):
+        parser.error(f"--only {args.only}: the parts are {', '.join(_PARTS)}")
     work = tempfile.mkdtemp(prefix="bench-formats-")
     rows = _rows(args.rows)
     header = ["format", "backend", "rows", "pool", "export size", "export /1M", "own writer /1M", "import /1M",
@@ -220,15 +268,24 @@ def main() -> None:
             write, read = writer(rows, path)
             return write, read, path
 
-        table.append(run("parquet", backend, rows, work, f"rows-{backend}.parquet", {},
-                         lambda path: own_file(path + ".parquet", own_parquet)))
-        table.append(run("d4rl", backend, rows, work, f"rows-{backend}.hdf5", {},
-                         lambda path: own_file(path + ".hdf5", own_d4rl)))
+        if "parquet" in parts:
+            table.append(run("parquet", backend, rows, work, f"rows-{backend}.parquet", {},
+                             lambda path: own_file(path + ".parquet", own_parquet)))
+        if "ragged" in parts:
+            tokens = _ragged_rows(args.ragged_rows)
+            table.append(run("parquet, ragged tokens", backend, tokens, work, f"ragged-{backend}.parquet", {},
+                             lambda path, tokens=tokens: (*own_parquet(tokens, path + ".parquet"),
+                                                          path + ".parquet"), RAGGED_SCHEMA, fmt_name="parquet"))
+        if "d4rl" in parts:
+            table.append(run("d4rl", backend, rows, work, f"rows-{backend}.hdf5", {},
+                             lambda path: own_file(path + ".hdf5", own_d4rl)))
         small = {k: v[:args.minari_rows] for k, v in rows.items()}
-        for storage in ("hdf5", "arrow", "parquet"):
+        for storage in ("hdf5", "arrow", "parquet") if "minari" in parts else ():
             table.append(run("minari", backend, small, work, f"minari-{storage}-{backend}-v0",
                              {"data_format": storage},
                              lambda path, storage=storage, small=small: own_minari(small, path, storage)))
+        if "lerobot" not in parts:
+            continue
         try:
             states = {k: v[:args.lerobot_rows] for k, v in rows.items()}
             table.append(run("lerobot", backend, states, work, f"lerobot-{backend}", {},
