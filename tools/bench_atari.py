@@ -17,7 +17,9 @@ Records (or loads from --cache-dir) real preprocessed frames of each game with a
 - with --budget F: cold sampling under a memory budget of 1/F of the raw stacked pool of every
   recorded transition of that game: each pool sampled by a fresh process in a memory cgroup of
   that size (page cache included), after the page cache was dropped, for a fixed number of
-  batches (root only; elsewhere the samplers run uncapped and the table says so).
+  batches (root only; elsewhere the samplers run uncapped and the table says so);
+- with --dictionary-probe (alone): the bytes and cost per frame of zstd with a dictionary trained
+  on each game's first frames, outside any pool (no expstore codec carries a dictionary yet).
 
     python tools/bench_atari.py --steps 100000 --budget 4 --cache-dir /tmp/atari-cache
 """
@@ -182,6 +184,31 @@ def codec_cost(rec: AtariRecording, codec_name: str, every: int = 10) -> tuple[f
     decode_s = time.process_time() - start
     n = len(frames)
     return sum(map(len, encoded)) / n, encode_s / n * 1e6, decode_s / n * 1e6
+
+
+def dictionary_probe(rec: AtariRecording, level: int = 3, every: int = 10) -> list[object]:
+    """What a zstd dictionary would save: trained on 1,000 of the first 5,000 frames, applied to
+    every ``every``-th later frame, one frame per call. A probe outside any pool: no expstore codec
+    carries a dictionary (a pool would have to store it, immutably, with its schema)."""
+    import zstandard
+
+    train = [np.ascontiguousarray(frame).tobytes() for frame in rec.frames[:5000:5]]
+    dictionary = zstandard.train_dictionary(64 << 10, train)
+    frames = [np.ascontiguousarray(frame).tobytes() for frame in rec.frames[5000::every]]
+    plain = zstandard.ZstdCompressor(level=level)
+    with_dict = zstandard.ZstdCompressor(level=level, dict_data=dictionary)
+    start = time.process_time()
+    encoded = [with_dict.compress(frame) for frame in frames]
+    encode_us = (time.process_time() - start) / len(frames) * 1e6
+    decompressor = zstandard.ZstdDecompressor(dict_data=dictionary)
+    start = time.process_time()
+    for data in encoded:
+        decompressor.decompress(data)
+    decode_us = (time.process_time() - start) / len(frames) * 1e6
+    without = sum(len(plain.compress(frame)) for frame in frames) / len(frames)
+    per_frame = sum(map(len, encoded)) / len(frames)
+    return [rec.game, f"zstd:{level}", f"{without:,.0f}", f"{per_frame:,.0f}", f"{without / per_frame:.2f}x",
+            f"{encode_us:,.0f}", f"{decode_us:,.1f}"]
 
 
 # ---------------------------------------------------------------------------------------- sampling
@@ -374,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
                              "1/FRACTION of the raw stacked pool (e.g. 4; needs root for the cgroup)")
     parser.add_argument("--budget-batches", type=int, default=1000, help="batches per capped sampler")
     parser.add_argument("--skip-bytes", action="store_true", help="only the sampling tables")
+    parser.add_argument("--dictionary-probe", action="store_true",
+                        help="only measure what a trained zstd dictionary would save per frame, for each game")
     args = parser.parse_args(argv)
     codecs = args.codec or ["zstd:3", "zstd:12"]
     logging.basicConfig(level=logging.WARNING)
@@ -382,6 +411,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# Atari replay, real frames ({machine()})\n")
         print(versions(["numpy", "h5py", "zarr", "ale-py", "stable-baselines3", "torchrl", "zstandard"]) + "\n")
         steps_of = {game: int(count) for game, count in (item.split("=") for item in args.game_steps)}
+        if args.dictionary_probe:
+            probes = [dictionary_probe(record(game, steps_of.get(game, args.steps), cache_dir=args.cache_dir))
+                      for game in args.game or GAMES]
+            print("## A zstd dictionary (64 KiB, trained on 1,000 of the first 5,000 frames), every 10th later "
+                  "frame, one per call (not a pool codec)\n")
+            print(markdown_table(["game", "level", "bytes/frame without", "with the dictionary", "smaller by",
+                                  "encode us/frame", "decode us/frame"], probes))
+            return 0
         recordings = {}
         if not args.skip_bytes:
             recordings = bytes_tables(args, codecs, steps_of, where)
