@@ -214,6 +214,11 @@ class Store:
         return self._lock is not None
 
     @property
+    def closed(self) -> bool:
+        """Whether ``close()`` has run; a closed pool is opened again with ``expstore.open``."""
+        return self._closed
+
+    @property
     def backend(self) -> str:
         return self._backend.name
 

@@ -358,7 +358,7 @@ class DiskReplayBuffer(ReplayBuffer):
         next observation of every row. Without ``close()`` (a crash, a killed process) that frame
         is lost, and those last rows are sampled with their own newest frame as the next one.
         """
-        if not self._pool._closed:
+        if not self._pool.closed:
             self._end_running_episodes()
         self._pool.close()
 
