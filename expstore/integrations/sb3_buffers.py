@@ -20,6 +20,9 @@ so with the same seeds a run with a disk buffer is the run with SB3's buffer.
 Under ``VecFrameStack(n_stack=k)`` pass ``frame_stack=k``: each row then stores the newest frame
 only (one frame per transition instead of 2k) and the stacks are rebuilt at sample time, bit for
 bit the ones SB3's own buffer returns (sb3_frame_stack.py).
+
+``codec="zstd"`` stores every observation field compressed, one row at a time (Atari frames
+shrink 6-40x); samples are the same arrays as without it.
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 import inspect
 
+from ..codecs.registry import normalise_codec
 from ..core.opening import open as open_pool
 from ..errors import EmptyStoreError, InvalidArgumentError, SchemaError, StoreExistsError, StoreLockedError
-from ..schema import check_field_name
+from ..schema import Field, check_field_name
 from .sb3_frame_stack import StackLayout, stack_layout
 
 __all__ = ["DiskDictReplayBuffer", "DiskReplayBuffer"]
@@ -86,13 +90,21 @@ class DiskReplayBuffer(ReplayBuffer):
             sample time, zero-padded at episode starts as VecFrameStack pads them. The pool keeps
             ``frame_stack - 1`` env steps more than ``buffer_size``, the history of its oldest
             stacks. Not with ``optimize_memory_usage`` (it already stores each frame once).
+        codec: compress the observations row by row, as ``expstore.Field(codec=)`` does:
+            ``"zstd"``, ``"zstd:N"``, ``"lz4"`` or ``None``/``"raw"`` for every observation field
+            (``obs`` and ``next_obs``; ``obs_<key>`` and ``next_obs_<key>`` of a Dict space), or a
+            mapping from observation field names (``"obs"``, ``"obs_<key>"``) to codecs, the
+            ``next_obs`` fields following theirs. A creation setting: a pool continued with
+            ``mode="a"`` must have been made with the same codecs (``expstore convert --codec``
+            changes them).
     """
 
     def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space,
                  device: Any = "auto", n_envs: int = 1, optimize_memory_usage: bool = False,
                  handle_timeout_termination: bool = True, *, path: str | os.PathLike, mode: str = "x",
                  backend: str | None = None, commit_every: int = 10_000, commit_interval_s: float = 5.0,
-                 fsync: bool = True, frame_stack: int | None = None):
+                 fsync: bool = True, frame_stack: int | None = None,
+                 codec: str | dict[str, str | None] | None = None):
         if path is None:
             raise InvalidArgumentError("DiskReplayBuffer needs a pool path: replay_buffer_kwargs={'path': 'pool.h5'}")
         if mode not in _MODES:
@@ -108,12 +120,13 @@ class DiskReplayBuffer(ReplayBuffer):
                                        "optimize_memory_usage=False with it")
         if frame_stack is not None:
             stack_layout(observation_space, frame_stack)  # a bad frame_stack fails before any pool is made
+        _obs_codecs(codec, _obs_fields(observation_space))  # a bad codec too
         self._config = {
             "buffer_size": buffer_size, "observation_space": observation_space, "action_space": action_space,
             "n_envs": n_envs, "optimize_memory_usage": optimize_memory_usage,
             "handle_timeout_termination": handle_timeout_termination, "path": os.path.abspath(os.fspath(path)),
             "mode": mode, "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s,
-            "fsync": fsync, "frame_stack": frame_stack,
+            "fsync": fsync, "frame_stack": frame_stack, "codec": codec,
         }
         self.device = get_device(device)
         self._set_up(self._config, pending_next_obs=None, mode="a" if mode == "a" else "x")
@@ -135,6 +148,7 @@ class DiskReplayBuffer(ReplayBuffer):
         frame_stack = config.get("frame_stack")
         self._stacking: StackLayout | None = (None if frame_stack is None
                                                else stack_layout(self.observation_space, frame_stack))
+        self._codecs = _obs_codecs(config.get("codec"), self._obs_fields)  # pickles older than codec= lack it
         self._pool = _open_taking_over(self, config, self._schema(), mode)
         # Rows are grouped in env steps of n_envs rows from the step id the pool had at open.
         self._origin = self._pool.next_step_id % self.n_envs
@@ -142,13 +156,14 @@ class DiskReplayBuffer(ReplayBuffer):
         self._with_env_ids = _extend_takes_env_ids(self._pool)
 
     def _schema(self) -> dict:
-        schema: dict[str, tuple[tuple[int, ...], DTypeLike | None]] = {}
+        schema: dict[str, Field | tuple[tuple[int, ...], DTypeLike | None]] = {}
         whole = self.observation_space
         for name, key in self._obs_fields.items():
             space = whole[key] if isinstance(whole, spaces.Dict) and key is not None else whole
-            schema[name] = (_shape_of(self.obs_shape, key), space.dtype)
+            schema[name] = Field(_shape_of(self.obs_shape, key), cast(DTypeLike, space.dtype), codec=self._codecs[name])
         if self._stacking is not None:  # one frame per row; next frames derived, final ones kept
-            schema["obs"] = (self._stacking.frame_shape, self.observation_space.dtype)
+            schema["obs"] = Field(self._stacking.frame_shape, cast(DTypeLike, self.observation_space.dtype),
+                                  codec=self._codecs["obs"])
         elif not self.optimize_memory_usage:
             schema.update({"next_" + name: spec for name, spec in schema.items()})
         schema["action"] = ((self.action_dim,), self._maybe_cast_dtype(self.action_space.dtype))
@@ -414,6 +429,20 @@ def _obs_fields(space: spaces.Space) -> dict[str, str | None]:
             raise SchemaError(f"observation key {key!r} cannot name a pool field (obs_{key}); "
                               "use keys that are Python identifiers") from None
     return fields
+
+
+def _obs_codecs(codec: Any, obs_fields: dict[str, str | None]) -> dict[str, str | None]:
+    """Observation field name -> canonical codec name (None: raw), from the ``codec`` argument."""
+    if codec is None or isinstance(codec, str):
+        return dict.fromkeys(obs_fields, normalise_codec(codec))
+    if not isinstance(codec, dict):
+        raise InvalidArgumentError(f"codec={codec!r}: give a codec name such as 'zstd', or a mapping from "
+                                   f"observation fields ({', '.join(obs_fields)}) to codec names")
+    unknown = sorted(set(codec) - set(obs_fields))
+    if unknown:
+        raise InvalidArgumentError(f"codec names {unknown}, which are not observation fields of this buffer; "
+                                   f"the fields are {', '.join(obs_fields)} (next_obs fields follow theirs)")
+    return {name: normalise_codec(codec.get(name)) for name in obs_fields}
 
 
 def _shape_of(obs_shape: Any, key: str | None) -> tuple[int, ...]:

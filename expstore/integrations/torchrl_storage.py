@@ -11,6 +11,9 @@ existing pool starts its writer where the pool ends, so a new process continues 
 
 Priorities live in the sampler, as with every TorchRL storage: a new buffer on an existing pool
 gives every row the default priority; ``rb.dumps``/``rb.loads`` carry learned priorities over.
+
+``codec={"pixels": "zstd", "next__pixels": "zstd"}`` stores those fields compressed row by row
+(``expstore.Field(codec=)``); they are sampled as the same tensors.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("expstore.torchrl needs TorchRL: pip install torch==<your torch> 'expstore[torchrl]'") from exc
 
+from ..codecs.registry import normalise_codec
 from ..core.casting import to_numpy
 from ..core.opening import open as open_pool
 from ..core.store import Store
 from ..errors import InvalidArgumentError, SchemaError, StepNotFoundError
-from ..schema import check_field_name
+from ..schema import Field, check_field_name
 
 __all__ = ["PoolStorage"]
 
@@ -72,13 +76,19 @@ class PoolStorage(TensorStorage):
         commit_every: commit every this many rows...
         commit_interval_s: ...or when this many seconds passed.
         fsync: whether commits are durable against power loss.
+        codec: field name (nested keys joined by ``__``, ``"data"`` for plain tensors) -> codec
+            (``"zstd"``, ``"zstd:N"``, ``"lz4"``, ``None``/``"raw"``), as ``expstore.Field(codec=)``:
+            those fields are stored compressed row by row. Applied when the first write creates
+            the pool; an existing pool must have been made with the same codecs (``expstore
+            convert --codec`` changes them).
     """
 
     def __init__(self, path: str | os.PathLike, max_size: int | None = None, *, mode: str = "a",
                  backend: str | None = None, commit_every: int = 10_000, commit_interval_s: float = 5.0,
-                 fsync: bool = True):
+                 fsync: bool = True, codec: dict[str, str | None] | None = None):
         if mode not in ("a", "r"):
             raise InvalidArgumentError(f"mode={mode!r}: a PoolStorage opens its pool with 'a' (write) or 'r' (read)")
+        self._codecs = _check_codecs(codec)
         self.path = os.path.abspath(os.fspath(path))
         self._options = _OpenOptions(mode, backend, commit_every, commit_interval_s, fsync)
         self._pool: Store | None = None
@@ -86,6 +96,7 @@ class PoolStorage(TensorStorage):
         self.device = torch.device("cpu")
         if os.path.exists(self.path) or mode == "r":
             pool = self._open(capacity=None)
+            _check_pool_codecs(pool, self._codecs)
             if max_size is not None and max_size != pool.capacity:
                 raise InvalidArgumentError(f"{self.path} holds {pool.capacity} rows, not max_size={max_size}; "
                                            "omit max_size to reopen it, or use another path")
@@ -114,7 +125,12 @@ class PoolStorage(TensorStorage):
 
     def _create(self, columns: dict[str, np.ndarray], kind: str, keys: dict[str, list[str]], batched: bool
                 ) -> Store:
-        schema = {name: (values.shape[1:] if batched else values.shape, values.dtype)
+        unknown = sorted(set(self._codecs) - set(columns))
+        if unknown:
+            raise SchemaError(f"codec given for {unknown}, which the data does not have; its fields are "
+                              f"{', '.join(sorted(columns))}")
+        schema = {name: Field(values.shape[1:] if batched else values.shape, values.dtype,
+                              codec=self._codecs.get(name))
                   for name, values in columns.items()}
         return self._open(self.max_size, schema, attrs={"torchrl": {"kind": kind, "keys": keys}})
 
@@ -288,6 +304,33 @@ class PoolStorage(TensorStorage):
 
     def __repr__(self) -> str:
         return f"PoolStorage({self.path!r}, max_size={self.max_size}, len={len(self)})"
+
+
+def _check_codecs(codec: Any) -> dict[str, str | None]:
+    """The ``codec`` argument with canonical codec names; a bad one fails before any pool exists."""
+    if codec is None:
+        return {}
+    if not isinstance(codec, dict):
+        raise InvalidArgumentError(f"codec={codec!r}: give a mapping from field names to codec names, such as "
+                                   "{'pixels': 'zstd'}")
+    return {str(name): normalise_codec(value) for name, value in codec.items()}
+
+
+def _check_pool_codecs(pool: Store, codecs: dict[str, str | None]) -> None:
+    """An existing pool keeps the codecs it was made with: a different request is an error, not ignored."""
+    schema = pool.schema
+    if schema is None:  # created, never written: the first write applies the codecs
+        return
+    unknown = sorted(set(codecs) - set(schema))
+    if unknown:
+        raise InvalidArgumentError(f"{pool.path}: codec given for {unknown}, which the pool does not have; its "
+                                   f"fields are {', '.join(name for name in schema if name != 'step_id')}")
+    for name, wanted in codecs.items():
+        if schema[name].codec != wanted:
+            raise InvalidArgumentError(
+                f"{pool.path}: field {name!r} is stored with codec {schema[name].codec or 'raw'}, not "
+                f"{wanted or 'raw'}; omit codec= to use the pool as it is, or change it with "
+                f"expstore convert --codec {name}={wanted or 'raw'}")
 
 
 def _positions(cursor: Any, max_size: int) -> np.ndarray:

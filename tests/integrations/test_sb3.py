@@ -241,3 +241,60 @@ def test_readme_sb3_example_runs(tmp_path, monkeypatch):
     assert (tmp_path / "runs" / "sac_pendulum.zip").exists()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["runs"]  # nothing else in the working directory
     namespace["model"].replay_buffer.close()
+
+
+@pytest.mark.parametrize("case", ["box", "optimize-memory", "dict"])
+def test_compressed_observations_sample_as_sb3s_buffer_does(case, pool_path):
+    config = CASES[case]
+    reference, disk = filled(config, pool_path, buffer_size=24, steps=17)  # wrapped once
+    disk.close()
+    reference_class = DiskDictReplayBuffer if case == "dict" else DiskReplayBuffer
+    compressed_path = pool_path.replace("pool", "compressed")
+    compressed = reference_class(24, device="cpu", path=compressed_path, codec="zstd:5", **config)
+    rng = np.random.default_rng(0)
+    for _ in range(17):
+        compressed.add(*random_step(rng, config))
+    observation_fields = [name for name in compressed.pool.schema if "obs" in name]
+    assert observation_fields and all(compressed.pool.schema[name].codec == "zstd:5" for name in observation_fields)
+    assert compressed.pool.schema["reward"].codec is None
+    assert_same_samples(reference, compressed, seed=5)
+    compressed.close()
+
+
+def frame_stack_buffer(path: str, codec) -> DiskReplayBuffer:
+    """A frame_stack=4 buffer of (4, 12, 12) uint8 stacks fed frames numbered by step, episodes of 7."""
+    space = spaces.Box(0, 255, (4, 12, 12), np.uint8)
+    buffer = DiskReplayBuffer(40, space, spaces.Discrete(3), device="cpu", n_envs=2, path=path, frame_stack=4,
+                              handle_timeout_termination=False, codec=codec)
+    stacks = np.zeros((2, 4, 12, 12), np.uint8)
+    rng = np.random.default_rng(0)
+    for step in range(45):  # the 40-row ring wraps
+        frame = rng.integers(0, 255, (2, 1, 12, 12), dtype=np.uint8)
+        done = np.array([step % 7 == 6, step % 5 == 4])
+        next_stacks = np.concatenate([stacks[:, 1:], frame], axis=1)
+        buffer.add(stacks, next_stacks, rng.integers(0, 3, (2, 1)), np.ones(2), done, [{}, {}])
+        stacks = np.where(done[:, None, None, None], 0, next_stacks)
+    return buffer
+
+
+def test_frame_stacks_sample_the_same_with_and_without_a_codec(pool_path):
+    raw = frame_stack_buffer(pool_path, codec=None)
+    compressed = frame_stack_buffer(pool_path.replace("pool", "compressed"), codec={"obs": "lz4"})
+    assert compressed.pool.schema["obs"].codec == "lz4" and raw.pool.schema["obs"].codec is None
+    for seed in range(3):
+        assert_same_samples(raw, compressed, seed=seed, batch_size=64)
+    raw.close()
+    compressed.close()
+    with expstore.open(pool_path.replace("pool", "compressed")) as reopened:
+        assert reopened.schema["obs"].codec == "lz4"
+
+
+def test_bad_codecs_are_refused_before_any_pool_is_made(tmp_path):
+    path = tmp_path / "pool.h5"
+    with pytest.raises(expstore.ExpstoreError, match="zstd"):
+        DiskReplayBuffer(10, BOX, ACTION, path=str(path), codec="brotli")
+    with pytest.raises(expstore.InvalidArgumentError, match="the fields are obs_goal, obs_position"):
+        DiskDictReplayBuffer(10, DICT, ACTION, path=str(path), codec={"position": "zstd"})
+    with pytest.raises(expstore.InvalidArgumentError, match="codec name"):
+        DiskReplayBuffer(10, BOX, ACTION, path=str(path), codec=3)
+    assert not path.exists()

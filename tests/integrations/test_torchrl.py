@@ -214,3 +214,47 @@ def test_readme_example_runs(tmp_path, monkeypatch):
     steps = namespace["batch"]["observation"]
     assert steps.shape == (64, 4)
     assert len(expstore.open(tmp_path / "runs" / "trl_pool.zarr")) == 1000
+
+
+def pixel_transitions(first: int, count: int) -> TensorDict:
+    """Rows of 16x16 uint8 'frames' with nested next frames; values derive from the row number."""
+    base = torch.arange(first, first + count)
+    frames = ((base[:, None, None] * 7 + torch.arange(256).reshape(16, 16)) % 251).to(torch.uint8)
+    return TensorDict({"pixels": frames, "action": base[:, None], ("next", "pixels"): frames + 1,
+                       ("next", "reward"): base[:, None].float()}, batch_size=[count])
+
+
+def test_compressed_fields_sample_the_same_tensors(pool_path):
+    compressed_path = pool_path.replace("pool", "compressed")
+    buffers = [TensorDictReplayBuffer(storage=PoolStorage(path, max_size=50, codec=codec), batch_size=40)
+               for path, codec in ((pool_path, None),
+                                   (compressed_path, {"pixels": "zstd", "next__pixels": "lz4"}))]
+    for rb in buffers:
+        rb.extend(pixel_transitions(0, 70))  # wraps
+    schema = buffers[1].storage.pool.schema
+    assert (schema["pixels"].codec, schema["next__pixels"].codec, schema["action"].codec) == ("zstd:3", "lz4", None)
+    assert buffers[0].storage.pool.schema["pixels"].codec is None
+    index = torch.randint(0, 50, (40,), generator=torch.Generator().manual_seed(0))
+    plain, packed = (rb.storage.get(index) for rb in buffers)
+    for key in (("pixels",), ("next", "pixels"), ("action",), ("next", "reward")):
+        assert torch.equal(plain[key], packed[key]), key
+    assert torch.equal(packed["pixels"], pixel_transitions(0, 70)["pixels"][20:][(index - 20) % 50])
+    for rb in buffers:
+        rb.storage.close()
+    assert PoolStorage(compressed_path, codec={"pixels": "zstd:3"}).pool.schema["pixels"].codec == "zstd:3"
+
+
+def test_codecs_that_do_not_fit_are_refused(pool_path):
+    with pytest.raises(expstore.ExpstoreError, match="zstd"):
+        PoolStorage(pool_path, max_size=10, codec={"pixels": "brotli"})
+    with pytest.raises(expstore.InvalidArgumentError, match="mapping"):
+        PoolStorage(pool_path, max_size=10, codec="zstd")
+    rb = TensorDictReplayBuffer(storage=PoolStorage(pool_path, max_size=10, codec={"pixel": "zstd"}))
+    with pytest.raises(expstore.SchemaError, match=r"\['pixel'\].*pixels"):
+        rb.extend(pixel_transitions(0, 3))
+    assert len(rb) == 0
+    rb = TensorDictReplayBuffer(storage=PoolStorage(pool_path.replace("pool", "other"), max_size=10))
+    rb.extend(pixel_transitions(0, 3))
+    rb.storage.close()
+    with pytest.raises(expstore.InvalidArgumentError, match="convert --codec pixels=zstd:3"):
+        PoolStorage(pool_path.replace("pool", "other"), codec={"pixels": "zstd"})
