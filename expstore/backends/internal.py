@@ -109,6 +109,10 @@ def derived_fields(schema: Schema) -> list[str]:
     return [name for name in schema if (name == "obs" or name.startswith("obs_")) and f"next_{name}" not in schema]
 
 
+def _shape_text(shape: tuple) -> str:
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
 def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: bool = False,
          final_rows: int | None = None, heap_nbytes: Mapping[str, int] | None = None) -> dict:
     """The ``internal`` entry of a new pool's metadata: name -> {shape, dtype}.
@@ -129,8 +133,13 @@ def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: 
     for name in derived_fields(schema) if derive_next_obs else []:
         field = schema[name]
         if field.ragged:
-            raise SchemaError(f"derive_next_obs=True keeps each episode's final {name!r} in a table of fixed "
-                              f"rows, and {name!r} is ragged {field.shape}; store next_{name} as a field instead")
+            # A ragged final observation would need a heap of its own, evicted with the episode
+            # table and covered by the commit record: the final table has fixed-shape rows only.
+            raise SchemaError(
+                f"derive_next_obs=True cannot derive next_{name}: {name!r} is ragged {field.shape}, and the "
+                f"observation after each episode's last row is kept in a table of fixed-shape rows; declare "
+                f"next_{name} as a field too (expstore.Field({_shape_text(field.shape)}, {field.dtype.name!r})): "
+                f"the pool then stores it and derive_next_obs derives only the fixed-shape observation fields")
         rows = episode_rows if final_rows is None else final_rows
         arrays[FINAL_PREFIX + name] = {"shape": [rows, *field.shape], "dtype": field.dtype.name}
     for name in schema.heap_fields():

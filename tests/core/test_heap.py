@@ -252,9 +252,27 @@ def test_open_errors(pool_path, tmp_path):
         expstore.open(pool_path, "w", capacity=8, schema={"a": ((), "float32")}, heap_bytes=100)
     with pytest.raises(InvalidArgumentError, match="positive int"):
         expstore.open(pool_path, "w", capacity=8, schema=schema, heap_bytes=-1)
-    with pytest.raises(SchemaError, match="ragged"):
+    with pytest.raises(SchemaError, match=r"fixed-shape rows; declare next_obs as a field too "
+                                          r"\(expstore.Field\(\(None,\), 'float32'\)\)"):
         expstore.open(pool_path, "w", capacity=8, derive_next_obs=True,
                       schema={"obs": expstore.Field((None,), "float32"), "reward": ((), "float32")})
+
+
+def test_a_ragged_observation_beside_derived_ones_stores_its_next_field(pool_path):
+    """What the derive_next_obs error advises: next_obs_tokens declared, next_obs derived."""
+    schema = {"obs": expstore.Field((4,), "uint8", codec="zstd"), "obs_tokens": expstore.Field((None,), "int32"),
+              "next_obs_tokens": expstore.Field((None,), "int32"), "terminated": ((), "bool"),
+              "truncated": ((), "bool")}
+    with expstore.open(pool_path, "w", capacity=64, schema=schema, derive_next_obs=True) as pool:
+        for step in range(40):
+            end = step % 10 == 9
+            row = {"obs": np.full(4, step, np.uint8), "obs_tokens": np.arange(step % 7, dtype=np.int32),
+                   "next_obs_tokens": np.arange(step % 5, dtype=np.int32), "terminated": end, "truncated": False}
+            pool.append({**row, "next_obs": np.full(4, 200, np.uint8)} if end else row)
+        batch = pool.sample(64, rng=0, ragged="list")
+    for step, next_obs, tokens in zip(batch["step_id"], batch["next_obs"], batch["next_obs_tokens"], strict=True):
+        np.testing.assert_array_equal(next_obs, np.full(4, 200 if step % 10 == 9 else step + 1, np.uint8))
+        np.testing.assert_array_equal(tokens, np.arange(step % 5, dtype=np.int32))
 
 
 def test_heap_sizes_split_the_pool_total_by_raw_row_size():
