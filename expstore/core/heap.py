@@ -194,19 +194,7 @@ class HeapField:
         """Decode the rows of ``steps`` from their index ``entries``, checked against the commit
         entry ``positions`` the reader holds. Returns the values (ragged: padded with zeros),
         the lengths (ragged fields) and which rows failed the checks (values zero)."""
-        tail_position, head_position, max_length = (int(n) for n in positions)
-        start, nbytes, lengths = entries[:, POSITION], entries[:, NBYTES], entries[:, LENGTH]
-        offsets = start % self.heap_nbytes
-        expected = lengths * self.field.item_nbytes
-        bad = ((start < tail_position) | (start + nbytes > head_position) | (nbytes < 0)
-               | (offsets + nbytes > self.heap_nbytes))
-        if self.field.ragged:
-            bad |= (lengths < 0) | (lengths > max_length)
-        else:
-            bad |= lengths != 1
-        if self.codec is None:
-            bad |= nbytes != expected
-        lengths = np.where(bad, 0, lengths)
+        offsets, nbytes, lengths, bad = self._checked(entries, positions)
         width = int(lengths.max()) if self.field.ragged and len(lengths) else 0
         shape = (len(steps), width, *self.field.item_shape) if self.field.ragged else (len(steps), *self.field.shape)
         out = np.zeros(shape, self.field.dtype)
@@ -224,6 +212,36 @@ class HeapField:
             lengths[bad] = 0
             out[bad] = 0
         return out, (lengths if self.field.ragged else None), bad
+
+    def _checked(self, entries: np.ndarray, positions: Sequence[int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Heap offsets, stored bytes and lengths (0 where bad) of index ``entries``, and which
+        fail the checks against the commit entry ``positions``."""
+        tail_position, head_position, max_length = (int(n) for n in positions)
+        start, nbytes, lengths = entries[:, POSITION], entries[:, NBYTES], entries[:, LENGTH]
+        offsets = start % self.heap_nbytes
+        bad = ((start < tail_position) | (start + nbytes > head_position) | (nbytes < 0)
+               | (offsets + nbytes > self.heap_nbytes))
+        if self.field.ragged:
+            bad |= (lengths < 0) | (lengths > max_length)
+        else:
+            bad |= lengths != 1
+        if self.codec is None:
+            bad |= nbytes != lengths * self.field.item_nbytes
+        return offsets, nbytes, np.where(bad, 0, lengths), bad
+
+    def prefetch(self, entries: np.ndarray, positions: Sequence[int]) -> None:
+        """Ask for the heap pages of the rows of index ``entries`` that pass the checks."""
+        offsets, nbytes, _, bad = self._checked(entries, positions)
+        good = ~bad
+        prefetch_byte_ranges(self.heap, offsets[good], nbytes[good])
+
+    def prefetch_index(self, slots: np.ndarray) -> None:
+        """Ask for the index pages of ``slots`` (a gather outside the Store's own, prefetched one)."""
+        entry_nbytes = self.index.strides[0]
+        flat = self.index.reshape(-1).view(np.uint8) if self.index.flags.c_contiguous else None
+        if flat is not None:
+            prefetch_byte_ranges(flat, slots * entry_nbytes, np.full(len(slots), entry_nbytes, np.int64))
 
     def _copy_raw(self, out: np.ndarray, rows: np.ndarray, offsets: np.ndarray, nbytes: np.ndarray,
                   lengths: np.ndarray) -> None:
@@ -379,10 +397,15 @@ class Heaps:
         """Replace each heap field's index entries in ``batch`` by its rows (and ``<name>_length``);
         of the fields ``names`` only, when given."""
         entries = payload.get(PAYLOAD_KEY, {})
-        for heap in self.fields if names is None else [self.by_name[name] for name in names]:
-            # The writer reads its own rows, pending ones too; the Store keeps it inside its window.
-            positions = (0, heap.head_position, heap.max_length) if writable else entries.get(heap.name, (0, 0, 0))
-            values, lengths, bad = heap.read(steps, batch[heap.name], positions, prefetch)
+        heaps = self.fields if names is None else [self.by_name[name] for name in names]
+        # The writer reads its own rows, pending ones too; the Store keeps it inside its window.
+        positions = {heap.name: (0, heap.head_position, heap.max_length) if writable
+                     else entries.get(heap.name, (0, 0, 0)) for heap in heaps}
+        if prefetch:  # every field's pages asked for before any is read: one round of disk reads, not one per field
+            for heap in heaps:
+                heap.prefetch(batch[heap.name], positions[heap.name])
+        for heap in heaps:
+            values, lengths, bad = heap.read(steps, batch[heap.name], positions[heap.name])
             batch[heap.name] = values
             if lengths is not None:
                 batch[length_key(heap.name)] = lengths
@@ -395,6 +418,9 @@ class Heaps:
     def read(self, names: Sequence[str], steps: np.ndarray, payload: Mapping, writable: bool,
              prefetch: bool = False) -> dict:
         """The rows of ``steps`` of the heap fields ``names`` (and their ``<name>_length``)."""
+        if prefetch:  # these index entries are not in the Store's prefetched gather: ask for their pages first
+            for name in names:
+                self.by_name[name].prefetch_index(steps % self.by_name[name].slots)
         batch = {name: self.by_name[name].index[steps % self.by_name[name].slots] for name in names}
         self.decode(batch, steps, payload, writable, names, prefetch)
         return batch

@@ -282,3 +282,35 @@ def test_heap_sizes_split_the_pool_total_by_raw_row_size():
     assert sizes == {"obs": 250_000, "tokens": 250_000, "points": 500_000}
     assert heap_sizes(schema, {"obs": 5000}, 10)["obs"] == 5000
     assert heap_sizes(schema, None, 10)["obs"] == 10 * (256 + 32)
+
+
+def test_cold_reads_ask_for_every_heap_fields_pages_before_reading_any(pool_path, monkeypatch):
+    from expstore.core import heap as heap_module
+    from tests.helpers.pools import drop_from_page_cache
+
+    with expstore.open(pool_path, "w", capacity=200, schema=heap_schema(), derive_next_obs=True) as pool:
+        _fill(pool, range(150))
+    with expstore.open(pool_path) as reader:
+        reader.cold_reads.mode = "off"
+        expected = reader.sample(48, rng=3)
+    events: list[tuple[str, object]] = []
+    prefetch, read = heap_module.prefetch_byte_ranges, heap_module.HeapField.read
+    monkeypatch.setattr(heap_module, "prefetch_byte_ranges",
+                        lambda view, starts, nbytes: events.append(("prefetch", view.size)) or
+                        prefetch(view, starts, nbytes))
+    monkeypatch.setattr(heap_module.HeapField, "read",
+                        lambda self, *args, **kwargs: events.append(("read", self.name)) or read(self, *args, **kwargs))
+    drop_from_page_cache(pool_path)
+    with expstore.open(pool_path) as reader:
+        reader.cold_reads.mode = "on"
+        got = reader.sample(48, rng=3)
+        heap_sizes_by_name = {heap.name: heap.heap.size for heap in reader._heaps.fields}
+        index_size = reader._heaps.by_name["obs"].index.size * 8
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    assert_rows_match(got)
+    # The batch's own rows: the three heaps' pages asked for, then the three fields decoded.
+    assert events[:6] == [("prefetch", heap_sizes_by_name[name]) for name in ("obs", "tokens", "points")] + [
+        ("read", "obs"), ("read", "tokens"), ("read", "points")]
+    # The derived next_obs: the index pages of the next rows first, then their heap pages.
+    assert events[6:9] == [("prefetch", index_size), ("prefetch", heap_sizes_by_name["obs"]), ("read", "obs")]
