@@ -6,11 +6,13 @@ a baseline measured in the same run, because the disk and the CPU of a shared ma
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import platform
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -181,3 +183,23 @@ def wait_for_quiet(max_wait_s: float, max_cores: float = 0.5) -> float:
         load = (cpu_busy_s() - start_busy) / (time.monotonic() - start)
         if load < max_cores or time.monotonic() >= deadline:
             return load
+
+
+def run_in_memory_cgroup(command: Sequence[str], limit_nbytes: int) -> tuple[subprocess.CompletedProcess, str]:
+    """Run ``command`` in a fresh memory cgroup of ``limit_nbytes`` (page cache included; root
+    only), and say which cap it ran under: ``"cgroup v1"``/``"cgroup v2"``, or ``"none"`` where no
+    cgroup could be made (then it runs uncapped). The cgroup is removed afterwards."""
+    from larger_than_ram import make_cgroup
+
+    cgroup = make_cgroup(limit_nbytes)
+    if cgroup is None:
+        return subprocess.run(list(command), capture_output=True, text=True, check=False), "none"
+    directory, version = cgroup
+    try:  # the shell joins the cgroup, then becomes the command: every page it touches is charged
+        done = subprocess.run(["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', directory, *command],
+                              capture_output=True, text=True, check=False)
+    finally:
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
+    return done, f"cgroup {version}"
+

@@ -16,12 +16,21 @@ length columns); disk bytes of the ragged pool against the padded one.
 
 Every ratio is measured in one run, the variants taking turns (bench_common.interleaved_rates).
 
+With --budget F (alone): cold sampling under a memory budget, as tools/bench_atari.py's --budget
+measures it. Per game, every recorded frame in a raw pool and in a zstd pool (both deriving
+next_obs); the budget is 1/F of the raw pool on disk; each pool is sampled (unstacked obs and
+next_obs, sample(256)) by a fresh process in a memory cgroup of the budget (page cache
+included), started after the page cache was dropped, for --budget-batches batches, its open
+included. The variants take turns for --budget-rounds rounds; the medians are reported.
+
     python tools/bench_heap.py --steps 3000 --rollouts 2000 --json heap.json
+    python tools/bench_heap.py --budget 4 --steps 100000 --cache-dir /var/tmp/atari-cache
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -34,7 +43,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_common import disk_nbytes, evict, interleaved_rates
+from bench_common import disk_nbytes, evict, interleaved_rates, run_in_memory_cgroup, versions
 
 import expstore
 
@@ -51,6 +60,18 @@ def atari_pool(path: str, recording, codec: str | None, heap_bytes: int | None) 
                        fsync=False) as pool:
         pool.extend({"obs": recording.frames, "action": recording.actions, "reward": recording.rewards,
                      "terminated": recording.terminated, "truncated": recording.truncated})
+
+
+def stored_next_pool(path: str, recording) -> None:
+    """The raw layout without derived next_obs: next_obs a field of its own (twice the frames),
+    gathered with obs in one prefetched read."""
+    schema = {"obs": (FRAME, "uint8"), "next_obs": (FRAME, "uint8"), "action": ((), "int64"),
+              "reward": ((), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+    n = len(recording.frames)
+    with expstore.open(path, "w", capacity=n, schema=schema, fsync=False) as pool:
+        pool.extend({"obs": recording.frames, "next_obs": recording.next_frames(), "action": recording.actions,
+                     "reward": recording.rewards, "terminated": recording.terminated,
+                     "truncated": recording.truncated})
 
 
 def used_nbytes_per_row(pool) -> float:
@@ -125,6 +146,76 @@ def frames_workload(games: list[str], steps: int, cache_dir: str, work: str, rou
         })
         print(json.dumps(results[-1]), flush=True)
     return results
+
+
+# ---------------------------------------------------------------------------- frames under a budget
+def budget_workload(games: list[str], steps: int, cache_dir: str, work: str, fraction: int, batches: int,
+                    rounds: int, codec: str) -> list[dict]:
+    from atari_frames import record
+
+    from expstore.codecs import get_codec
+    from tools.bench_atari import drop_page_cache
+
+    coder = get_codec(codec)
+    results = []
+    timing_priority = os.getpriority(os.PRIO_PROCESS, 0)
+    for game in games:
+        os.setpriority(os.PRIO_PROCESS, 0, 19)  # building the pools yields to other work; the timing does not
+        recording = record(game, steps, cache_dir=cache_dir)
+        n = len(recording.frames)
+        compressed = sum(len(coder.encode(frame.tobytes())) for frame in recording.frames[::20]) * 20
+        paths = {"raw": os.path.join(work, f"{game}-budget-raw.h5"),
+                 "raw, next_obs stored": os.path.join(work, f"{game}-budget-raw-next.h5"),
+                 codec: os.path.join(work, f"{game}-budget-zstd.h5")}
+        atari_pool(paths["raw"], recording, None, None)
+        stored_next_pool(paths["raw, next_obs stored"], recording)
+        atari_pool(paths[codec], recording, codec, int(1.25 * compressed) + (1 << 20))
+        with expstore.open(paths[codec]) as pool:
+            assert len(pool) == n, "the heap evicted rows: size it larger"
+        budget = disk_nbytes(paths["raw"]) // fraction
+        with contextlib.suppress(OSError):  # back to the run's own priority: root only
+            os.setpriority(os.PRIO_PROCESS, 0, timing_priority)
+        runs: dict[str, list[dict]] = {kind: [] for kind in paths}
+        caps = set()
+        for _ in range(rounds):
+            for kind, path in paths.items():
+                drop_page_cache(list(paths.values()))
+                command = [sys.executable, os.path.abspath(__file__), "--budget-child", path, str(batches)]
+                done, cap = run_in_memory_cgroup(command, budget)
+                caps.add(cap)
+                if done.returncode == 0:
+                    runs[kind].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                else:  # an OOM kill is a result too: the sampler did not fit the budget
+                    runs[kind].append({"error": "killed (out of memory)" if done.returncode in (-9, 137)
+                                       else done.stderr.strip()[-300:]})
+        rates = {kind: statistics.median(run["batches_per_s"] for run in kind_runs) if
+                 all("batches_per_s" in run for run in kind_runs) else None for kind, kind_runs in runs.items()}
+        result = {"game": game, "rows": n, "codec": codec, "budget_nbytes": budget, "fraction": fraction,
+                  "cap": sorted(caps), "batches": batches, "rounds": rounds,
+                  "disk_nbytes": {kind: disk_nbytes(path) for kind, path in paths.items()},
+                  "batches_per_s": rates, "runs": runs,
+                  "codec_over_raw": None if None in rates.values() else rates[codec] / rates["raw"],
+                  "codec_over_raw_stored_next": (None if None in rates.values()
+                                                 else rates[codec] / rates["raw, next_obs stored"])}
+        print(json.dumps(result), flush=True)
+        results.append(result)
+        for path in paths.values():
+            os.remove(path)
+    return results
+
+
+def budget_child(path: str, batches: int) -> dict:
+    """The capped sampler: open the pool, sample ``batches`` batches of 256 (obs and next_obs),
+    report the wall time."""
+    start = time.perf_counter()
+    with expstore.open(path, "r") as pool:
+        rng = np.random.default_rng(0)
+        for _ in range(batches):
+            batch = pool.sample(BATCH, rng=rng)
+        assert batch["next_obs"].shape == (BATCH, *FRAME)
+        seconds = time.perf_counter() - start
+        cold_reads = pool.cold_reads.active
+    return {"seconds": seconds, "batches_per_s": batches / seconds, "cold_reads_active": bool(cold_reads)}
 
 
 # ---------------------------------------------------------------------------- workload 2: tokens
@@ -229,6 +320,10 @@ def tokens_workload(count: int, work: str, rounds: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--budget-child"]:  # the capped sampler of --budget (see budget_workload)
+        print(json.dumps(budget_child(argv[1], int(argv[2]))))
+        return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--games", default="Pong,Breakout,Seaquest,MsPacman")
     parser.add_argument("--steps", type=int, default=3000, help="recorded agent steps per game")
@@ -239,12 +334,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-frames", action="store_true")
     parser.add_argument("--skip-tokens", action="store_true")
     parser.add_argument("--json", default=None, help="write the results here")
+    parser.add_argument("--budget", type=int, default=0, metavar="FRACTION",
+                        help="only cold sampling under a memory budget of 1/FRACTION of the raw pool (root, for "
+                             "the memory cgroup and dropping the page cache)")
+    parser.add_argument("--budget-batches", type=int, default=300, help="batches per capped sampler")
+    parser.add_argument("--budget-rounds", type=int, default=3, help="capped samplers per pool, in turns")
+    parser.add_argument("--codec", default="zstd:3", help="the compressed pool's codec (--budget)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        results: dict = {}
-        if not args.skip_frames:
+        results: dict = {"versions": versions(["expstore", "numpy", "h5py", "zstandard", "ale-py"])}
+        if args.budget:
+            results["budget"] = budget_workload(args.games.split(","), args.steps, args.cache_dir, work, args.budget,
+                                                args.budget_batches, args.budget_rounds, args.codec)
+        elif not args.skip_frames:
             results["frames"] = frames_workload(args.games.split(","), args.steps, args.cache_dir, work, args.rounds)
-        if not args.skip_tokens:
+        if not args.skip_tokens and not args.budget:
             results["tokens"] = tokens_workload(args.rollouts, work, args.rounds)
     if args.json:
         with open(args.json, "w") as fh:
