@@ -25,7 +25,7 @@ a new env's episode might not fit the commit record (that check runs per append)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,7 @@ from .casting import as_rows
 STAGE_NBYTES = 1 << 22  # RAM per stage, at most: 4 MiB
 STAGE_MAX_ROWS = 1024  # a stage drained every 1,024 rows costs under 0.1 us a row
 STAGE_MIN_ROWS = 16
+NO_FAST_ENV = object()  # Stage.fast_env when no row may take append's fast path
 
 
 def stage_rows(row_nbytes: int, slack: int) -> int:
@@ -57,12 +58,17 @@ class Stage:
         self.last_env = -1
         self.count = 0
         self.columns = [np.empty((rows, *shape), dtype) for _, _, dtype, shape, _, _ in row_loop]
-        # The append loop's tuples (RowSpec fields) with the stage column in the place of the map.
-        self.loop = [(*spec[:5], column) for spec, column in zip(row_loop, self.columns, strict=True)]
         self.names = [spec[0] for spec in row_loop]
         self.env_ids = np.zeros(rows, np.int64)
         self.derived = {key: np.empty((rows, *shape), dtype) for key, (shape, dtype) in derived.items()}
         self.with_derived = False  # whether the staged rows came with their next_<obs> (all or none)
+        self.put_row = row_writer(row_loop, self.columns)
+        # The env id whose next row may take append's fast path (Store.append): the last staged
+        # row's env while the stage has room and no next_<obs>; NO_FAST_ENV (equal to no env id)
+        # otherwise. The fast path skips put's checks of the env id and the mix of rows, and its
+        # rows' env ids are filled in at take (the same as the row before).
+        self.fast_env: Any = NO_FAST_ENV
+        self.env_runs = 0  # rows whose env_ids entry is written (the rows of the fast path are not)
 
     def put(self, transition: Mapping[str, Any], derived: Mapping[str, Any] | None, env_id: Any) -> bool:
         """Stage one row, checked as ``Store.append`` checks it; False (nothing staged) when the row
@@ -83,38 +89,37 @@ class Stage:
                     return False
                 self.envs.add(env_id)
             self.last_env = env_id
-        for name, field, dtype, shape, float_limit, column in self.loop:
-            value = transition[name]
-            kind = type(value)
-            if kind is np.ndarray:
-                if value.dtype is dtype and value.shape == shape:
-                    column[k] = value
-                    continue
-            elif kind is float:
-                if float_limit is not None and not shape and -float_limit <= value <= float_limit:
-                    column[k] = value
-                    continue
-            elif kind is bool and dtype.kind == "b" and not shape:
-                column[k] = value
-                continue
-            column[k] = as_rows(name, field, value, None)
+        self.put_row(transition, k)
         if derived is not None:
             for key, column in self.derived.items():
                 column[k] = derived[key]
+        self._fill_env_ids(k)
         self.env_ids[k] = env_id
+        self.env_runs = k + 1
         self.with_derived = derived is not None
         self.count = k + 1
+        self.fast_env = NO_FAST_ENV if self.with_derived or self.count >= self.limit else env_id
         return True
+
+    def _fill_env_ids(self, end: int) -> None:
+        """The env ids of the fast path's rows before ``end``: each the env of the row before it."""
+        if self.env_runs < end:
+            self.env_ids[self.env_runs:end] = self.env_ids[self.env_runs - 1]
+            self.env_runs = end
 
     def take(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, np.ndarray]:
         """The staged rows (columns, next_<obs> if given, env ids), and an empty stage. The arrays
         are views of the stage: use them before the next ``put``."""
         n = self.count
+        self._fill_env_ids(n)
         self.count = 0
+        self.env_runs = 0
         self.envs.clear()
         self.last_env = -1
+        self.fast_env = NO_FAST_ENV
         columns = {name: column[:n] for name, column in zip(self.names, self.columns, strict=True)}
         derived = {key: column[:n] for key, column in self.derived.items()} if self.with_derived else None
+        self.with_derived = False
         return columns, derived, self.env_ids[:n]
 
     def set_env_room(self, room: int | None) -> None:
@@ -122,6 +127,8 @@ class Stage:
         room for new envs' episodes without the per-append check (0: appends go the direct way)."""
         self.env_room = self.rows if room is None else max(0, room)
         self.limit = self.rows if self.env_room else 0
+        if self.count >= self.limit:
+            self.fast_env = NO_FAST_ENV
 
 
 def checked_env_id(env_id: Any) -> int:
@@ -130,3 +137,35 @@ def checked_env_id(env_id: Any) -> int:
         return int(env_id)
     raise InvalidArgumentError(f"env_id={env_id!r} must be a non-negative int (the env that produced the row), "
                                "e.g. the index of the sub-env of a vector env")
+
+
+def row_writer(row_loop: list[tuple[Any, ...]], columns: list[np.ndarray]) -> Callable[[Mapping[str, Any], int], None]:
+    """``put_row(transition, k)``: check each field's value of one row and write it into row ``k``
+    of its stage column; a value that fails raises (the row's earlier fields stay written into a
+    row the stage does not count yet).
+
+    The function is generated for the schema, one block per field: an append of a pendulum row is
+    about a microsecond, and a loop over the fields (unpacking each field's tuple, branching on
+    the value's type) costs about a third of that again. Each block takes the exact value types an
+    env loop hands over (an ndarray of the field's dtype and row shape, a Python float that fits a
+    float field, a Python bool for a bool field) with one inline check, and anything else through
+    ``as_rows``, the checks and casts of every other path.
+    """
+    scope: dict[str, Any] = {"ndarray": np.ndarray, "as_rows": as_rows}
+    lines = ["def put_row(transition, k):"]
+    for i, ((name, field, dtype, shape, float_limit, _), column) in enumerate(zip(row_loop, columns, strict=True)):
+        scope.update({f"name{i}": name, f"field{i}": field, f"dtype{i}": dtype, f"shape{i}": shape,
+                      f"column{i}": column, f"limit{i}": float_limit})
+        lines.append(f"    value = transition[name{i}]")
+        if not shape and float_limit is not None:
+            fast = f"type(value) is float and -limit{i} <= value <= limit{i}"
+        elif not shape and dtype.kind == "b":
+            fast = "type(value) is bool"
+        else:
+            fast = f"type(value) is ndarray and value.dtype is dtype{i} and value.shape == shape{i}"
+        lines += [f"    if {fast}:", f"        column{i}[k] = value", "    else:",
+                  f"        column{i}[k] = as_rows(name{i}, field{i}, value, None)"]
+    if not row_loop:
+        lines.append("    pass")
+    exec(compile("\n".join(lines), f"<put_row of {len(row_loop)} fields>", "exec"), scope)
+    return scope["put_row"]

@@ -314,6 +314,18 @@ class Store:
         the env-loop hot path: the common value types are checked inline, without calls.
         """
         with self._write_lock:  # uncontended: only an idle writer's commit thread takes it too
+            stage = self._stage
+            # The fast path: a dict of the pool's fields, from the env of the last staged row, into
+            # a stage with room (staging.py: Stage.fast_env); its values checked by put_row.
+            if (stage is not None and env_id == stage.fast_env and type(transition) is dict
+                    and transition.keys() == self._names and self._append_ready):
+                k = stage.count
+                stage.put_row(transition, k)
+                stage.count = k + 1
+                self._head += 1
+                if k + 1 >= stage.limit or self._head >= self._commit_due_head:
+                    self._after_staged_append(stage)
+                return
             if not self._append_ready:
                 self._prepare_append(transition)
             derived = None
@@ -329,16 +341,19 @@ class Store:
                     self._append_direct(transition, derived, env_id)
                     return
                 self._head += 1
-                # The stage drains when full, and every commit drains it (see staging.py); the
-                # interval is checked at the drains (the idle-commit thread covers a quiet writer).
-                if stage.count >= stage.limit:
-                    self._drain_stage()
-                    if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
-                        self._commit(self._policy.fsync)
-                elif self._head >= self._commit_due_head:
-                    self._commit(self._policy.fsync)
+                self._after_staged_append(stage)
                 return
             self._append_direct(transition, derived, env_id)
+
+    def _after_staged_append(self, stage: Stage) -> None:
+        """The stage drains when full, and every commit drains it (see staging.py); the interval
+        is checked at the drains (the idle-commit thread covers a quiet writer)."""
+        if stage.count >= stage.limit:
+            self._drain_stage()
+            if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
+                self._commit(self._policy.fsync)
+        elif self._head >= self._commit_due_head:
+            self._commit(self._policy.fsync)
 
     def _append_direct(self, transition: Mapping[str, Any], derived: dict | None, env_id: int) -> None:
         """An append straight into the maps, the write lock held: pools with heap fields, and rows
