@@ -161,6 +161,7 @@ class Store:
             for name, field in self._fields if not field.uses_heap
         ]
         self._row_loop: list[tuple[Any, ...]] = [tuple(spec) for spec in self._row_specs]
+        self._extend_loop = [(spec.name, spec.dtype, spec.shape) for spec in self._row_specs]
         self._committed = self._read_commit(warn=True)
         if self._committed.head - self._committed.tail > self._ring.capacity:
             # Checked before the bookkeeping set-up, which a writer may rewrite from this window.
@@ -445,16 +446,20 @@ class Store:
         """
         with self._write_lock:
             self._check_writable()
-            if not isinstance(batch, Mapping):
-                raise _not_a_mapping("extend", batch)
-            if self._layout is None:
-                self._create_from(batch, n_rows=_batch_length(batch))
             self._drain_stage()  # staged appends come first, in step order
-            n_rows = _batch_length(batch)
             derived = None
-            if batch.keys() != self._names:
-                batch, derived = self._split_derived(batch, n_rows)
-            columns = [self._column(spec, batch[spec.name], n_rows) for spec in self._row_specs]
+            columns = self._columns_as_given(batch)
+            if columns is not None:
+                n_rows = len(columns[0])
+            else:
+                if not isinstance(batch, Mapping):
+                    raise _not_a_mapping("extend", batch)
+                if self._layout is None:
+                    self._create_from(batch, n_rows=_batch_length(batch))
+                n_rows = _batch_length(batch)
+                if batch.keys() != self._names:
+                    batch, derived = self._split_derived(batch, n_rows)
+                columns = [self._column(spec, batch[spec.name], n_rows) for spec in self._row_specs]
             env_ids = check_env_ids(self._keeping, env_ids, n_rows, self._head)
             encoded = None if self._heaps is None else self._heaps.encode(batch, n_rows)
             done = 0
@@ -502,6 +507,27 @@ class Store:
             return 0
         self._heaps.write(encoded, first, fits, self._head)
         return fits
+
+    def _columns_as_given(self, batch: Any) -> list[np.ndarray] | None:
+        """The columns of the common batch, taken as they are: a dict of exactly the pool's
+        fields (none of them in a heap), each an ndarray of its field's dtype and row shape, all
+        of one non-zero length. None for anything else, which goes through ``_column``'s checks
+        and casts (and ``_batch_length``'s errors); what passes here would pass those unchanged."""
+        if type(batch) is not dict or self._layout is None or self._heaps is not None or batch.keys() != self._names:
+            return None
+        columns = []
+        n_rows = -1
+        for name, dtype, shape in self._extend_loop:
+            value = batch[name]
+            if type(value) is not np.ndarray or value.dtype is not dtype or value.shape[1:] != shape:
+                return None
+            length = value.shape[0] if value.ndim else -1
+            if length != n_rows:
+                if n_rows != -1 or length < 1:
+                    return None
+                n_rows = length
+            columns.append(value)
+        return columns
 
     @staticmethod
     def _column(spec: RowSpec, value: Any, n_rows: int) -> np.ndarray:
@@ -1138,7 +1164,7 @@ class Store:
     def _release_views(self) -> None:
         """Drop this store's own views of the mappings, so that closing unmaps the files; a view
         a caller still holds keeps its mapping alive instead (see mapping.py)."""
-        self._views, self._row_specs, self._row_loop = [], [], []
+        self._views, self._row_specs, self._row_loop, self._extend_loop = [], [], [], []
         self._keeping = None
         self._batches = None
         self._stage = None  # rows still staged here were never committed: a crash would lose them too
