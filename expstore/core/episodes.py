@@ -52,7 +52,8 @@ logger = logging.getLogger("expstore.episodes")  # its name before the layered l
 OPEN, TERMINATED, TRUNCATED, CUT_OFF = EpisodeStatus  # short names for the module's many comparisons
 PAYLOAD_KEY = "episodes"
 _SCAN_ROWS = 1 << 16
-_LOW_BLOCK = 1024  # episode ids checked per step when the oldest live episode moves on
+_LOW_BLOCK = 1024  # episode ids checked per step when the oldest live episode moves on, at most
+_LOW_FIRST_BLOCK = 64  # and in the first step (a 1,024-id step cost 60 us of every commit)
 _KEPT_NBYTES = 1024  # the payload's room for kept entries (about 40), leaving the rest to open episodes
 _PAYLOAD_RESERVE_NBYTES = 512  # for what the store adds to the payload (priorities, checksums)
 # The payload's room for the open episodes: what the rest of the episode state ({"next", "low",
@@ -61,6 +62,7 @@ _OPEN_ROOM_NBYTES = MAX_PAYLOAD_NBYTES - 128
 _SAFE_OPEN = 64  # open episodes that always fit however large their numbers: no size check below it
 _ONE_RUN = np.zeros(1, np.int64)  # the run starts of a batch that holds one episode run
 _NO_ROWS = np.zeros(0, np.int64)
+_TERMINATED, _TRUNCATED = np.int64(TERMINATED), np.int64(TRUNCATED)
 _ARANGE = {"rows": np.arange(0, dtype=np.int64)}  # 0, 1, 2, ...: shared, grown on demand, never written
 
 
@@ -222,10 +224,10 @@ class EpisodeBook:
             flags, status = (truncated, TRUNCATED) if terminated is None else (terminated, TERMINATED)
             if flags is None:
                 return _NO_ROWS, _NO_ROWS
-            ends = np.flatnonzero(flags)
+            ends = flags.nonzero()[0]  # the method: np.flatnonzero adds a Python call and a ravel
             return ends, np.full(len(ends), status, np.int64)
-        ends = np.flatnonzero(terminated | truncated)
-        return ends, np.where(terminated[ends], np.int64(TERMINATED), np.int64(TRUNCATED))
+        ends = (terminated | truncated).nonzero()[0]
+        return ends, np.where(terminated[ends], _TERMINATED, _TRUNCATED)
 
     def _extend_one_env(self, env_id: int, first_step: int, ends: np.ndarray, end_status: np.ndarray,
                         rewards: np.ndarray, derived: Mapping | None) -> None:
@@ -237,33 +239,49 @@ class EpisodeBook:
         continuing = state is not None
         start = first_step % self.slots
         wraps = start + n_rows > self.slots
-        ids, index, returns, next_delta = (
-            np.empty(n_rows, view.dtype) if wraps else view[start:start + n_rows]
-            for view in (self.episode_id, self.episode_step, self.episode_return, self.next_delta))
+        if wraps:
+            ids, index, returns, next_delta = (np.empty(n_rows, view.dtype) for view in (
+                self.episode_id, self.episode_step, self.episode_return, self.next_delta))
+        else:
+            end = start + n_rows
+            ids, index, returns, next_delta = (self.episode_id[start:end], self.episode_step[start:end],
+                                               self.episode_return[start:end], self.next_delta[start:end])
         rows = _arange(n_rows)
         one_run = ends.size == 0 or (ends.size == 1 and ends[0] == n_rows - 1)
         if one_run:
             run_starts = _ONE_RUN
-            first_run = n_rows
             ids.fill(self.next_id if state is None else state.episode_id)
-            index[:] = rows
-            np.cumsum(rewards, dtype=np.float64, out=returns)
-        else:
-            run_starts = np.concatenate((_ONE_RUN, ends[:-1] + 1 if ends[-1] == n_rows - 1 else ends + 1))
-            first_run = int(run_starts[1])
-            run_of_row = np.searchsorted(ends, rows)  # the number of episode ends before each row
-            np.add(run_of_row, self.next_id - continuing, out=ids)
+            if state is None:
+                index[:] = rows
+            else:
+                np.add(rows, state.last_index + 1, out=index)
+            np.add.accumulate(rewards, dtype=np.float64, out=returns)  # np.cumsum less its Python wrapper
             if state is not None:
-                ids[:first_run] = state.episode_id
-            np.subtract(rows, run_starts[run_of_row], out=index)
-            totals = np.cumsum(rewards, dtype=np.float64, out=returns)
-            returns -= (totals[run_starts] - rewards[run_starts])[run_of_row]
+                returns += state.total_return
+        else:
+            # Each run's values per row as one value per run repeated by the run lengths
+            # (ndarray.repeat costs a third of a searchsorted or a gather over every row); the
+            # episode a batch continues shifts its run's values, one scalar each.
+            edges = (np.concatenate((_ONE_RUN, ends + 1)) if ends[-1] == n_rows - 1
+                     else np.concatenate((_ONE_RUN, ends + 1, (n_rows,))))
+            run_starts = edges[:-1]
+            lengths = edges[1:] - run_starts
+            run_ids = _arange(len(lengths)) + (self.next_id - continuing)
+            totals = np.add.accumulate(rewards, dtype=np.float64, out=returns)
+            offsets = totals[run_starts] - rewards[run_starts]  # the batch's rewards before each run
+            index_offsets = run_starts
+            if state is not None:
+                run_ids[0] = state.episode_id
+                index_offsets = run_starts.copy()
+                index_offsets[0] = -(state.last_index + 1)
+                offsets[0] -= state.total_return
+            ids[:] = run_ids.repeat(lengths)
+            np.subtract(rows, index_offsets.repeat(lengths), out=index)
+            returns -= offsets.repeat(lengths)
         next_delta.fill(1)
         next_delta[ends] = 0
         next_delta[-1] = 0
         if state is not None:
-            index[:first_run] += state.last_index + 1
-            returns[:first_run] += state.total_return
             self._link(state.last_step, first_step)
         if wraps:
             for view, values in ((self.episode_id, ids), (self.episode_step, index),
@@ -291,16 +309,15 @@ class EpisodeBook:
         continuing = state is not None
         new_runs = len(run_starts) - continuing
         if new_runs:
-            entries = np.empty((len(run_starts), 4), np.int64)
-            entries[:, 0] = _arange(len(run_starts))
-            entries[:, 0] += self.next_id - continuing
-            np.add(run_starts, first_step, out=entries[:, 1])
-            entries[:, 2] = -1
-            entries[:len(ends), 2] = ends
-            entries[:len(ends), 2] += first_step
-            entries[:, 3] = episode_info(env_id)
-            entries[:len(ends), 3] += end_status
-            new = entries[int(continuing):][-self.table_rows:]  # more episodes than table rows: the newest fit
+            columns = np.empty((4, len(run_starts)), np.int64)  # the entries' columns: one call each
+            np.add(_arange(len(run_starts)), self.next_id - continuing, out=columns[0])
+            np.add(run_starts, first_step, out=columns[1])
+            columns[2] = -1
+            np.add(ends, first_step, out=columns[2, :len(ends)])
+            info = episode_info(env_id)
+            columns[3] = info
+            np.add(end_status, info, out=columns[3, :len(ends)])
+            new = columns.T[int(continuing):][-self.table_rows:]  # more episodes than table rows: the newest fit
             write_run(self.table[:, :4], int(new[0, 0]), new, self.table_rows)
             self.next_id += new_runs
         if state is not None and ends.size:
@@ -509,8 +526,10 @@ class EpisodeBook:
         open_ids = [state.episode_id for state in self.open.values()]
         if self.low_id in open_ids:
             return  # the common case between episode ends: the oldest episode is still open
+        block = _LOW_FIRST_BLOCK  # a commit's tail passes a few episodes: a first small block, then larger
         while self.low_id < self.next_id:
-            ids = np.arange(self.low_id, min(self.next_id, self.low_id + _LOW_BLOCK), dtype=np.int64)
+            ids = np.arange(self.low_id, min(self.next_id, self.low_id + block), dtype=np.int64)
+            block = min(2 * block, _LOW_BLOCK)
             entries = self.entries_of(ids, self.kept)
             live = (info_status(entries[:, 3]) != OPEN) & (entries[:, 2] >= tail)  # ended, last row still in the pool
             for episode_id in open_ids:  # at most one per env

@@ -7,7 +7,8 @@ again. So a writer stages its appends: each row's checked values go into per-fie
 ``rows`` rows in RAM, and the stage is written into the maps with one slice copy per field, its
 episode bookkeeping computed for all its rows at once (``EpisodeBook.on_extend``), when
 
-- the stage is full,
+- the stage is full (its ``limit``: the rows up to the next commit that the row count asks for,
+  or fewer),
 - the writer commits (on its own, ``flush``, ``close``, the idle-commit thread),
 - the writer reads anything its staged rows are part of: a gather (``read``, ``[]``, ``sample``,
   episodes, n-step, sequences), the episode table, priorities, ``end_episodes``, an ``extend``
@@ -17,6 +18,15 @@ Nothing changes in what a crash may lose: staged rows are uncommitted rows, and 
 writes the stage before its record. Nothing changes in what the writer sees: its reads drain
 the stage first, and ``len`` and ``next_step_id`` count staged rows. Readers in other processes
 see committed rows only, as before.
+
+The hot path (``Stage.fast_put``) is a function written for the pool's schema when the stage is
+made: one length check, then per field a dict lookup, the check of the one value type that needs
+no conversion (an array of the field's exact dtype and shape, a Python float in a float field's
+range, a bool, an int in an integer field's range) and a write into the stage row. Any other
+value, key set, env id or stage state makes it give up before the row counts, and ``Stage.put``
+(the checked path, with the conversions and their errors) takes the row instead. Generated code
+because an interpreted loop over the fields costs more than the writes it does (measured: the
+loop's tuple unpacking and branches were about half of an append).
 
 Not staged (the direct path, as before): pools with heap fields (ragged or codec fields, whose
 bytes go through the heap's eviction at once), and a writer whose open episodes are so many that
@@ -36,7 +46,6 @@ from .casting import as_rows
 STAGE_NBYTES = 1 << 22  # RAM per stage, at most: 4 MiB
 STAGE_MAX_ROWS = 1024  # a stage drained every 1,024 rows costs under 0.1 us a row
 STAGE_MIN_ROWS = 16
-NO_FAST_ENV = object()  # Stage.fast_env when no row may take append's fast path
 
 
 def stage_rows(row_nbytes: int, slack: int) -> int:
@@ -46,29 +55,34 @@ def stage_rows(row_nbytes: int, slack: int) -> int:
     return max(1, min(rows, slack))
 
 
+def refuse_row(transition: Any, env_id: Any) -> bool:
+    """The fast path of a writer without a stage, or not (or no longer) allowed to append."""
+    return False
+
+
 class Stage:
     """The staged rows of one writer: ``count`` rows, the newest steps it appended."""
+
+    __slots__ = ("rows", "limit", "fast_limit", "env_room", "envs", "last_env", "run_start", "count", "columns",
+                 "loop", "names", "env_ids", "derived", "with_derived")
 
     def __init__(self, row_loop: list[tuple[Any, ...]], derived: Mapping[str, tuple[tuple[int, ...], np.dtype]],
                  rows: int):
         self.rows = rows
-        self.limit = rows  # rows it takes before it must be drained
-        self.env_room = rows  # distinct envs it takes before it must be drained (see set_env_room)
+        self.limit = rows  # rows it takes before it must be drained (see set_room)
+        self.fast_limit = rows - 1  # rows below which fast_put may stage one (0: it stages none)
+        self.env_room = rows  # distinct envs it takes before it must be drained (see set_room)
         self.envs: set[int] = set()  # the env ids of the staged rows
-        self.last_env = -1
+        self.last_env: Any = -1
+        self.run_start = 0  # the rows from here on are last_env's, their env_ids not yet written
         self.count = 0
         self.columns = [np.empty((rows, *shape), dtype) for _, _, dtype, shape, _, _ in row_loop]
+        # The append loop's tuples (RowSpec fields) with the stage column in the place of the map.
+        self.loop = [(*spec[:5], column) for spec, column in zip(row_loop, self.columns, strict=True)]
         self.names = [spec[0] for spec in row_loop]
         self.env_ids = np.zeros(rows, np.int64)
         self.derived = {key: np.empty((rows, *shape), dtype) for key, (shape, dtype) in derived.items()}
         self.with_derived = False  # whether the staged rows came with their next_<obs> (all or none)
-        self.put_row = row_writer(row_loop, self.columns)
-        # The env id whose next row may take append's fast path (Store.append): the last staged
-        # row's env while the stage has room and no next_<obs>; NO_FAST_ENV (equal to no env id)
-        # otherwise. The fast path skips put's checks of the env id and the mix of rows, and its
-        # rows' env ids are filled in at take (the same as the row before).
-        self.fast_env: Any = NO_FAST_ENV
-        self.env_runs = 0  # rows whose env_ids entry is written (the rows of the fast path are not)
 
     def put(self, transition: Mapping[str, Any], derived: Mapping[str, Any] | None, env_id: Any) -> bool:
         """Stage one row, checked as ``Store.append`` checks it; False (nothing staged) when the row
@@ -81,54 +95,125 @@ class Stage:
         k = self.count
         if k and (derived is not None) != self.with_derived:
             return False
-        if env_id != self.last_env:  # a vector env's rows take turns; one env's rows skip this
+        if env_id is not self.last_env:  # a vector env's rows take turns; one env's rows skip this
             if type(env_id) is not int or env_id < 0:
                 env_id = checked_env_id(env_id)
-            if env_id not in self.envs:
-                if len(self.envs) >= self.env_room:
-                    return False
-                self.envs.add(env_id)
+            if env_id != self.last_env:
+                if env_id not in self.envs:
+                    if len(self.envs) >= self.env_room:
+                        return False
+                    self.envs.add(env_id)
+                self.env_ids[self.run_start:k] = self.last_env
+                self.run_start = k
             self.last_env = env_id
-        self.put_row(transition, k)
+        for name, field, dtype, shape, float_limit, column in self.loop:
+            value = transition[name]
+            kind = type(value)
+            if kind is np.ndarray:
+                if value.dtype is dtype and value.shape == shape:
+                    column[k] = value
+                    continue
+            elif kind is float:
+                if float_limit is not None and not shape and -float_limit <= value <= float_limit:
+                    column[k] = value
+                    continue
+            elif kind is bool and dtype.kind == "b" and not shape:
+                column[k] = value
+                continue
+            column[k] = as_rows(name, field, value, None)
         if derived is not None:
             for key, column in self.derived.items():
                 column[k] = derived[key]
-        self._fill_env_ids(k)
-        self.env_ids[k] = env_id
-        self.env_runs = k + 1
-        self.with_derived = derived is not None
+        if self.with_derived != (derived is not None):
+            self.with_derived = derived is not None
+            self._set_fast_limit()
         self.count = k + 1
-        self.fast_env = NO_FAST_ENV if self.with_derived or self.count >= self.limit else env_id
         return True
-
-    def _fill_env_ids(self, end: int) -> None:
-        """The env ids of the fast path's rows before ``end``: each the env of the row before it."""
-        if self.env_runs < end:
-            self.env_ids[self.env_runs:end] = self.env_ids[self.env_runs - 1]
-            self.env_runs = end
 
     def take(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None, np.ndarray]:
         """The staged rows (columns, next_<obs> if given, env ids), and an empty stage. The arrays
         are views of the stage: use them before the next ``put``."""
         n = self.count
-        self._fill_env_ids(n)
+        self.env_ids[self.run_start:n] = self.last_env
         self.count = 0
-        self.env_runs = 0
+        self.run_start = 0
         self.envs.clear()
-        self.last_env = -1
-        self.fast_env = NO_FAST_ENV
+        self.envs.add(self.last_env)  # the next rows may go on with the last env without a check
         columns = {name: column[:n] for name, column in zip(self.names, self.columns, strict=True)}
         derived = {key: column[:n] for key, column in self.derived.items()} if self.with_derived else None
-        self.with_derived = False
         return columns, derived, self.env_ids[:n]
 
-    def set_env_room(self, room: int | None) -> None:
-        """At most ``room`` distinct envs (None: no bound) before the next drain: the episode book's
-        room for new envs' episodes without the per-append check (0: appends go the direct way)."""
-        self.env_room = self.rows if room is None else max(0, room)
-        self.limit = self.rows if self.env_room else 0
-        if self.count >= self.limit:
-            self.fast_env = NO_FAST_ENV
+    def set_room(self, env_room: int | None, rows_to_commit: int) -> None:
+        """Set, for an empty stage, how much it may take before the next drain: at most ``env_room``
+        distinct envs (None: no bound; 0: appends go the direct way), the episode book's room for
+        new envs' episodes without the per-append check, and ``rows_to_commit`` rows, the rows
+        until the commit that the row count asks for (so that no write lands past the slack)."""
+        self.env_room = self.rows if env_room is None else max(0, env_room)
+        self.limit = min(self.rows, max(0, rows_to_commit)) if self.env_room else 0
+        if self.last_env not in self.envs or len(self.envs) > self.env_room:
+            self.envs.clear()
+            self.last_env = -1  # the next row's env is checked against the room again
+        self._set_fast_limit()
+
+    def _set_fast_limit(self) -> None:
+        # fast_put never fills the stage (the last row goes through put, which the drain follows),
+        # and stages no row after rows that came with next_<obs> (put matches them).
+        self.fast_limit = 0 if self.with_derived else self.limit - 1
+
+
+def fast_put_for(stage: Stage, lock: Any, writer: Any) -> Callable[[Any, Any], bool]:
+    """A writer's append hot path: ``fast_put(transition, env_id)`` stages the row under the
+    writer's ``lock`` (taken and let go here: ``with`` costs twice a plain acquire and release),
+    counts it in ``writer._head`` and returns True, or returns False having staged nothing (the
+    row goes to ``Stage.put``, which checks it in full).
+
+    True only when: the stage has room for it below ``fast_limit``, ``env_id`` is the last row's env
+    (the same int object: the checks of an env id passed for it), the mapping is a plain dict (whose
+    lookups add no keys) with as many keys as the schema has fields, and each field's value is of
+    the kind staged without a conversion."""
+    lines = ["def fast_put(transition, env_id):",
+             "    acquire()",
+             "    try:",
+             "        k = stage.count",
+             "        if (k >= stage.fast_limit or env_id is not stage.last_env or type(transition) is not dict",
+             "                or len(transition) != n_fields):",
+             "            return False"]
+    scope: dict[str, Any] = {"stage": stage, "n_fields": len(stage.loop), "ndarray": np.ndarray,
+                             "acquire": lock.acquire, "release": lock.release, "writer": writer}
+    for i, (name, _, dtype, shape, float_limit, column) in enumerate(stage.loop):
+        scope[f"dtype_{i}"], scope[f"shape_{i}"], scope[f"column_{i}"] = dtype, shape, column
+        lines.append(f"        value = transition[{name!r}]")
+        if shape:  # a row of several values: a view per stage row takes it at the cost of a copy
+            scope[f"rows_{i}"] = list(column)
+            lines += [f"        if type(value) is not ndarray or value.dtype is not dtype_{i} "
+                      f"or value.shape != shape_{i}:",
+                      "            return False",
+                      f"        rows_{i}[k][...] = value"]
+            continue
+        if dtype.kind == "f":
+            scope[f"limit_{i}"] = float_limit
+            check = f"type(value) is float and -limit_{i} <= value <= limit_{i}"
+        elif dtype.kind == "b":
+            check = "type(value) is bool"
+        elif dtype.kind in "iu":
+            info = np.iinfo(dtype)
+            scope[f"low_{i}"], scope[f"high_{i}"] = int(info.min), int(info.max)
+            check = f"type(value) is int and low_{i} <= value <= high_{i}"
+        else:  # no Python scalar is staged without a conversion: only a 0-d array of the dtype
+            check = f"type(value) is ndarray and value.dtype is dtype_{i} and value.shape == ()"
+        lines += [f"        if not ({check}):",
+                  "            return False",
+                  f"        column_{i}[k] = value"]
+    # A missing key (as many keys as fields, so one of them is not a field): put says which.
+    lines += ["        stage.count = k + 1",
+              "        writer._head += 1",
+              "        return True",
+              "    except KeyError:",
+              "        return False",
+              "    finally:",
+              "        release()"]
+    exec("\n".join(lines), scope)  # the source is built above from the schema alone
+    return scope["fast_put"]
 
 
 def checked_env_id(env_id: Any) -> int:
@@ -137,35 +222,3 @@ def checked_env_id(env_id: Any) -> int:
         return int(env_id)
     raise InvalidArgumentError(f"env_id={env_id!r} must be a non-negative int (the env that produced the row), "
                                "e.g. the index of the sub-env of a vector env")
-
-
-def row_writer(row_loop: list[tuple[Any, ...]], columns: list[np.ndarray]) -> Callable[[Mapping[str, Any], int], None]:
-    """``put_row(transition, k)``: check each field's value of one row and write it into row ``k``
-    of its stage column; a value that fails raises (the row's earlier fields stay written into a
-    row the stage does not count yet).
-
-    The function is generated for the schema, one block per field: an append of a pendulum row is
-    about a microsecond, and a loop over the fields (unpacking each field's tuple, branching on
-    the value's type) costs about a third of that again. Each block takes the exact value types an
-    env loop hands over (an ndarray of the field's dtype and row shape, a Python float that fits a
-    float field, a Python bool for a bool field) with one inline check, and anything else through
-    ``as_rows``, the checks and casts of every other path.
-    """
-    scope: dict[str, Any] = {"ndarray": np.ndarray, "as_rows": as_rows}
-    lines = ["def put_row(transition, k):"]
-    for i, ((name, field, dtype, shape, float_limit, _), column) in enumerate(zip(row_loop, columns, strict=True)):
-        scope.update({f"name{i}": name, f"field{i}": field, f"dtype{i}": dtype, f"shape{i}": shape,
-                      f"column{i}": column, f"limit{i}": float_limit})
-        lines.append(f"    value = transition[name{i}]")
-        if not shape and float_limit is not None:
-            fast = f"type(value) is float and -limit{i} <= value <= limit{i}"
-        elif not shape and dtype.kind == "b":
-            fast = "type(value) is bool"
-        else:
-            fast = f"type(value) is ndarray and value.dtype is dtype{i} and value.shape == shape{i}"
-        lines += [f"    if {fast}:", f"        column{i}[k] = value", "    else:",
-                  f"        column{i}[k] = as_rows(name{i}, field{i}, value, None)"]
-    if not row_loop:
-        lines.append("    pass")
-    exec(compile("\n".join(lines), f"<put_row of {len(row_loop)} fields>", "exec"), scope)
-    return scope["put_row"]

@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -57,7 +57,7 @@ from .mapping import MappedPool
 from .ragged import check_ragged, finish, merge_rows
 from .ring import Ring
 from .stacking import FrameStacker, frame_stack_of, refuse_incomplete
-from .staging import Stage, stage_rows
+from .staging import Stage, fast_put_for, refuse_row, stage_rows
 
 logger = logging.getLogger("expstore.store")  # its name before the layered layout
 
@@ -120,6 +120,7 @@ class Store:
         self._ragged: tuple[str, ...] = ()
         self._heaps_exceed_memory: bool | None = None  # decided at the first gather (_heap_prefetch)
         self._stage: Stage | None = None  # a writer's staged appends (staging.py)
+        self._stage_row: Callable[[Any, Any], bool] = refuse_row  # append hot path: fast_put once ready
         if layout is not None:
             self._attach(layout)
         if writer_lock is not None:
@@ -137,7 +138,7 @@ class Store:
         """Undo a set-up that failed part-way: such a store must not commit or close what it never
         opened, now or from its finaliser; the lock goes back at once."""
         self._closed = True
-        self._append_ready = False
+        self._disarm_append()
         if self._idle_committer is not None:
             self._idle_committer.stop()
         self._release_views()
@@ -161,7 +162,6 @@ class Store:
             for name, field in self._fields if not field.uses_heap
         ]
         self._row_loop: list[tuple[Any, ...]] = [tuple(spec) for spec in self._row_specs]
-        self._extend_loop = [(spec.name, spec.dtype, spec.shape) for spec in self._row_specs]
         self._committed = self._read_commit(warn=True)
         if self._committed.head - self._committed.tail > self._ring.capacity:
             # Checked before the bookkeeping set-up, which a writer may rewrite from this window.
@@ -314,19 +314,9 @@ class Store:
         Values are checked before any is written, so a bad transition writes nothing. This is
         the env-loop hot path: the common value types are checked inline, without calls.
         """
+        if self._stage_row(transition, env_id):  # the common row, staged (staging.fast_put_for)
+            return
         with self._write_lock:  # uncontended: only an idle writer's commit thread takes it too
-            stage = self._stage
-            # The fast path: a dict of the pool's fields, from the env of the last staged row, into
-            # a stage with room (staging.py: Stage.fast_env); its values checked by put_row.
-            if (stage is not None and env_id == stage.fast_env and type(transition) is dict
-                    and transition.keys() == self._names and self._append_ready):
-                k = stage.count
-                stage.put_row(transition, k)
-                stage.count = k + 1
-                self._head += 1
-                if k + 1 >= stage.limit or self._head >= self._commit_due_head:
-                    self._after_staged_append(stage)
-                return
             if not self._append_ready:
                 self._prepare_append(transition)
             derived = None
@@ -342,19 +332,16 @@ class Store:
                     self._append_direct(transition, derived, env_id)
                     return
                 self._head += 1
-                self._after_staged_append(stage)
+                # The stage drains when full, and every commit drains it (see staging.py); the
+                # interval is checked at the drains (the idle-commit thread covers a quiet writer).
+                if stage.count >= stage.limit:
+                    self._drain_stage()
+                    if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
+                        self._commit(self._policy.fsync)
+                elif self._head >= self._commit_due_head:
+                    self._commit(self._policy.fsync)
                 return
             self._append_direct(transition, derived, env_id)
-
-    def _after_staged_append(self, stage: Stage) -> None:
-        """The stage drains when full, and every commit drains it (see staging.py); the interval
-        is checked at the drains (the idle-commit thread covers a quiet writer)."""
-        if stage.count >= stage.limit:
-            self._drain_stage()
-            if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
-                self._commit(self._policy.fsync)
-        elif self._head >= self._commit_due_head:
-            self._commit(self._policy.fsync)
 
     def _append_direct(self, transition: Mapping[str, Any], derived: dict | None, env_id: int) -> None:
         """An append straight into the maps, the write lock held: pools with heap fields, and rows
@@ -383,12 +370,11 @@ class Store:
             view[slot] = transition[name]
         if self._keeping is not None:
             self._keeping.on_append(self._head, slot, transition, derived, env_id)
-            if self._stage is not None:  # the direct way because it is full: maybe it has room again
-                self._stage.set_env_room(self._keeping.book.open_room())
         self._head += 1
         # A commit whenever `slack` rows are pending keeps the next write off committed rows.
         if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
             self._commit(self._policy.fsync)
+        self._set_stage_room()  # the direct way because the stage was full: maybe it has room again
 
     # ------------------------------------------------------------------ staged appends (staging.py)
     def _new_stage(self) -> Stage | None:
@@ -398,8 +384,23 @@ class Store:
         derived = {f"next_{name}": (schema[name].shape, schema[name].dtype) for name in self._derived}
         row_nbytes = sum(spec.field.row_nbytes for spec in self._row_specs)
         stage = Stage(self._row_loop, derived, stage_rows(row_nbytes, self._ring.slack))
-        stage.set_env_room(None if self._keeping is None else self._keeping.book.open_room())
+        self._stage = stage
+        self._set_stage_room()
         return stage
+
+    def _set_stage_room(self) -> None:
+        """After the head moved outside the stage (a drain, a commit, an extend, a direct append):
+        what an empty stage may take, so that its rows end at the next commit the row count asks
+        for (the stage's rows never run past the slack, whatever path filled it)."""
+        stage = self._stage
+        if stage is not None and not stage.count:
+            stage.set_room(None if self._keeping is None else self._keeping.book.open_room(),
+                           self._commit_due_head - self._head)
+
+    def _disarm_append(self) -> None:
+        """Back to append's slow checks (closed, failed, forked): the hot path refuses every row."""
+        self._append_ready = False
+        self._stage_row = refuse_row
 
     def _restage(self, stage: Stage, transition: Mapping[str, Any], derived: dict | None, env_id: Any) -> bool:
         """Drain a stage that cannot take this row, and stage the row alone (False: go direct)."""
@@ -419,7 +420,7 @@ class Store:
                 spec.view[slot:slot + length] = columns[spec.name][offset:offset + length]
         if self._keeping is not None:
             self._keeping.on_extend(first, columns, derived, env_ids)
-            stage.set_env_room(self._keeping.book.open_room())
+        self._set_stage_room()
 
     def _drain(self) -> None:
         """Before a read of the writer's own (the write lock not held): the staged rows into the maps."""
@@ -435,7 +436,14 @@ class Store:
             raise _not_a_mapping("append", transition)
         if self._layout is None:
             self._create_from(transition, n_rows=None)
+        self._arm_writes()
+
+    def _arm_writes(self) -> None:
+        """The checks passed (open, writable, no failed write, this process's handle, created):
+        append and extend skip them until ``_disarm_append``, and append takes its hot path."""
         self._append_ready = True
+        if self._stage is not None:  # the lock of this process: a fork disarms this path
+            self._stage_row = fast_put_for(self._stage, self._write_lock, self)
 
     def extend(self, batch: Mapping[str, Any], *, env_ids=None) -> None:
         """Append a batch: a mapping of field name -> values with a leading batch dimension.
@@ -445,17 +453,21 @@ class Store:
         The whole batch is checked before anything is written: a bad batch writes nothing.
         """
         with self._write_lock:
-            self._check_writable()
-            self._drain_stage()  # staged appends come first, in step order
-            derived = None
-            columns = self._columns_as_given(batch)
-            if columns is not None:
-                n_rows = len(columns[0])
-            else:
+            if not self._append_ready:  # the checks a ready writer passed already (see _disarm_append)
+                self._check_writable()
                 if not isinstance(batch, Mapping):
                     raise _not_a_mapping("extend", batch)
                 if self._layout is None:
                     self._create_from(batch, n_rows=_batch_length(batch))
+                self._arm_writes()
+            self._drain_stage()  # staged appends come first, in step order
+            derived = None
+            exact = self._exact_columns(batch)
+            if exact is not None:
+                n_rows, columns = exact
+            else:
+                if not isinstance(batch, Mapping):
+                    raise _not_a_mapping("extend", batch)
                 n_rows = _batch_length(batch)
                 if batch.keys() != self._names:
                     batch, derived = self._split_derived(batch, n_rows)
@@ -479,7 +491,8 @@ class Store:
                     for spec, column in zip(self._row_specs, columns, strict=True):
                         spec.view[slot:slot + length] = column[done + offset:done + offset + length]
                 if self._keeping is not None and take == n_rows:  # the batch in one piece: no slices
-                    rows = {spec.name: column for spec, column in zip(self._row_specs, columns, strict=True)}
+                    rows = batch if exact is not None else {  # an exact batch is its columns already
+                        spec.name: column for spec, column in zip(self._row_specs, columns, strict=True)}
                     self._keeping.on_extend(self._head, rows, derived, env_ids)
                 elif self._keeping is not None:
                     part = slice(done, done + take)
@@ -490,6 +503,7 @@ class Store:
                 self._head += take
                 done += take
             self._maybe_commit()
+            self._set_stage_room()
 
     def _write_heap_rows(self, encoded: dict[str, EncodedRows], first: int, count: int) -> int:
         """Write the heap bytes of up to ``count`` rows from row ``first`` as the next steps; returns
@@ -508,26 +522,24 @@ class Store:
         self._heaps.write(encoded, first, fits, self._head)
         return fits
 
-    def _columns_as_given(self, batch: Any) -> list[np.ndarray] | None:
-        """The columns of the common batch, taken as they are: a dict of exactly the pool's
-        fields (none of them in a heap), each an ndarray of its field's dtype and row shape, all
-        of one non-zero length. None for anything else, which goes through ``_column``'s checks
-        and casts (and ``_batch_length``'s errors); what passes here would pass those unchanged."""
-        if type(batch) is not dict or self._layout is None or self._heaps is not None or batch.keys() != self._names:
+    def _exact_columns(self, batch: Any) -> tuple[int, list[np.ndarray]] | None:
+        """An extend's common batch, checked in one pass without calls: a plain dict of the
+        schema's fields, each an array of the field's dtype and row shape, all of one length, in a
+        pool without heap fields. None for anything else (the checks with conversions and errors)."""
+        if type(batch) is not dict or self._heaps is not None or batch.keys() != self._names:
             return None
         columns = []
         n_rows = -1
-        for name, dtype, shape in self._extend_loop:
+        for name, _, dtype, shape, _, _ in self._row_loop:
             value = batch[name]
-            if type(value) is not np.ndarray or value.dtype is not dtype or value.shape[1:] != shape:
+            if type(value) is not np.ndarray or value.dtype is not dtype:
                 return None
-            length = value.shape[0] if value.ndim else -1
-            if length != n_rows:
-                if n_rows != -1 or length < 1:
-                    return None
-                n_rows = length
+            full = value.shape
+            if not full or full[1:] != shape or (full[0] != n_rows and n_rows >= 0):
+                return None
+            n_rows = full[0]
             columns.append(value)
-        return columns
+        return n_rows, columns
 
     @staticmethod
     def _column(spec: RowSpec, value: Any, n_rows: int) -> np.ndarray:
@@ -612,10 +624,11 @@ class Store:
             # Linux marks pages clean after a failed writeback, so a retry could "succeed"
             # without the data: stop writing, and let a reopen recover from the last commit.
             self._failure = exc
-            self._append_ready = False
+            self._disarm_append()
             raise
         self._committed = record
         self._schedule_commit()
+        self._set_stage_room()
 
     def _schedule_commit(self) -> None:
         self._commit_due_head = self._committed.head + min(self._policy.every_rows, self._ring.slack)
@@ -1153,7 +1166,7 @@ class Store:
                     self._commit(self._policy.fsync)
         finally:
             self._closed = True
-            self._append_ready = False
+            self._disarm_append()
             self._release_views()
             if self._maps is not None:
                 self._maps.close()
@@ -1164,10 +1177,11 @@ class Store:
     def _release_views(self) -> None:
         """Drop this store's own views of the mappings, so that closing unmaps the files; a view
         a caller still holds keeps its mapping alive instead (see mapping.py)."""
-        self._views, self._row_specs, self._row_loop, self._extend_loop = [], [], [], []
+        self._views, self._row_specs, self._row_loop = [], [], []
         self._keeping = None
         self._batches = None
         self._stage = None  # rows still staged here were never committed: a crash would lose them too
+        self._stage_row = refuse_row
         self.cold_reads = ColdReads(self.cold_reads.mode)
 
     def __enter__(self) -> Store:
@@ -1368,7 +1382,7 @@ def _id_summary(ids: np.ndarray) -> str:
 def _forbid_writes_after_fork() -> None:
     """A forked child inherits writer objects but not the right to write: re-arm the checks."""
     for store in list(_open_writers):
-        store._append_ready = False
+        store._disarm_append()
         # The parent's idle-commit thread may have held the lock at the fork; it does not run
         # here, so a fresh lock lets the child's writes reach their ReadOnlyError.
         store._write_lock = threading.Lock()

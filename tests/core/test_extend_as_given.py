@@ -1,4 +1,4 @@
-"""Extend's path for batches taken as given (Store._columns_as_given): a dict of the pool's
+"""Extend's path for batches taken as given (Store._exact_columns): a dict of the pool's
 fields as ndarrays of their dtypes and row shapes. Anything else still goes through the checks."""
 
 from __future__ import annotations
