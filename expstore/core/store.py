@@ -488,6 +488,10 @@ class Store:
                     if not take:
                         continue  # a commit made room in a heap
                 for offset, slot, length in self._ring.runs(self._head, take):
+                    if length == n_rows:  # the batch in one run of slots: the columns need no slices
+                        for spec, column in zip(self._row_specs, columns, strict=True):
+                            spec.view[slot:slot + length] = column
+                        continue
                     for spec, column in zip(self._row_specs, columns, strict=True):
                         spec.view[slot:slot + length] = column[done + offset:done + offset + length]
                 if self._keeping is not None and take == n_rows:  # the batch in one piece: no slices
