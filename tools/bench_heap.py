@@ -24,7 +24,12 @@ included), started after the page cache was dropped, for --budget-batches batche
 included. The variants take turns for --budget-rounds rounds; the medians are reported.
 
     python tools/bench_heap.py --steps 3000 --rollouts 2000 --json heap.json
+With --compare-code ROOT (alone): cold batches/s (files dropped from the page cache before each
+batch) of the expstore at ROOT, another checkout, against this one, in fresh processes taking
+turns: sample(256) of the first game's zstd pool and sample(64) of the token rollouts.
+
     python tools/bench_heap.py --budget 4 --steps 100000 --cache-dir /var/tmp/atari-cache
+    python tools/bench_heap.py --compare-code ../expstore-before --games Pong --budget-batches 30
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import contextlib
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -218,6 +224,72 @@ def budget_child(path: str, batches: int) -> dict:
     return {"seconds": seconds, "batches_per_s": batches / seconds, "cold_reads_active": bool(cold_reads)}
 
 
+# ---------------------------------------------------------------------------- one code against another
+# The cold sampler of --compare-code, run by the interpreter with a given expstore first on its path.
+_COLD_CHILD = """
+import json, statistics, sys, time
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import numpy as np
+import expstore
+from bench_common import evict
+path, batch, batches = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+rng, times = np.random.default_rng(0), []
+with expstore.open(path) as pool:
+    pool.cold_reads.mode = "on"
+    for _ in range(batches):
+        evict(path)
+        start = time.perf_counter()
+        pool.sample(batch, rng=rng)
+        times.append(time.perf_counter() - start)
+print(json.dumps({"expstore": expstore.__file__, "batches_per_s": 1 / statistics.median(times)}))
+"""
+
+
+def compare_code(before: str, game: str, steps: int, count: int, cache_dir: str, work: str, batches: int,
+                 rounds: int) -> dict:
+    """Cold batches/s (every file dropped from the page cache before each batch, cold reads on) of the
+    expstore at ``before`` (a checkout's root) against this one, in fresh processes taking turns:
+    sample(256) of a zstd frame pool deriving next_obs, and sample(64) of the token rollouts."""
+    from atari_frames import record
+
+    from expstore.codecs import get_codec
+
+    os.setpriority(os.PRIO_PROCESS, 0, 19)  # building yields to other work
+    recording = record(game, steps, cache_dir=cache_dir)
+    coder = get_codec("zstd:3")
+    compressed = sum(len(coder.encode(frame.tobytes())) for frame in recording.frames[::20]) * 20
+    frames_path = os.path.join(work, f"{game}-compare-zstd.h5")
+    atari_pool(frames_path, recording, "zstd:3", int(1.25 * compressed) + (1 << 20))
+    data = rollouts(count, 0)
+    tokens_path = os.path.join(work, "compare-rollouts.h5")
+    raw_nbytes = sum(r["prompt_ids"].nbytes + r["response_ids"].nbytes + r["logprobs"].nbytes for r in data)
+    with expstore.open(tokens_path, "w", capacity=count, schema=ragged_schema(), heap_bytes=int(1.1 * raw_nbytes),
+                       fsync=False) as pool:
+        for row in data:
+            pool.append(row)
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tools = os.path.dirname(os.path.abspath(__file__))
+    cases = {"frames": (frames_path, BATCH), "tokens": (tokens_path, 64)}
+    runs: dict[str, dict[str, list[float]]] = {case: {"before": [], "after": []} for case in cases}
+    for _ in range(rounds):
+        for case, (path, batch) in cases.items():
+            for label, root in (("before", before), ("after", here)):
+                done = subprocess.run([sys.executable, "-c", _COLD_CHILD, root, tools, path, str(batch), str(batches)],
+                                      capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": ""})
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                assert result["expstore"].startswith(os.path.abspath(root)), result
+                runs[case][label].append(result["batches_per_s"])
+    medians = {case: {label: statistics.median(rates) for label, rates in by_label.items()}
+               for case, by_label in runs.items()}
+    result = {"before": before, "game": game, "frames": steps, "rollouts": count, "batches": batches, "rounds": rounds,
+              "runs": runs, "batches_per_s": medians,
+              "after_over_before": {case: rates["after"] / rates["before"] for case, rates in medians.items()}}
+    print(json.dumps(result), flush=True)
+    return result
+
+
 # ---------------------------------------------------------------------------- workload 2: tokens
 MAX_PROMPT, MAX_RESPONSE = 512, 4096
 
@@ -340,15 +412,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-batches", type=int, default=300, help="batches per capped sampler")
     parser.add_argument("--budget-rounds", type=int, default=3, help="capped samplers per pool, in turns")
     parser.add_argument("--codec", default="zstd:3", help="the compressed pool's codec (--budget)")
+    parser.add_argument("--compare-code", default=None, metavar="ROOT",
+                        help="only cold sampling of this expstore against the one at ROOT (another checkout)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         results: dict = {"versions": versions(["expstore", "numpy", "h5py", "zstandard", "ale-py"])}
-        if args.budget:
+        if args.compare_code:
+            results["compare_code"] = compare_code(os.path.abspath(args.compare_code), args.games.split(",")[0],
+                                                   args.steps, args.rollouts, args.cache_dir, work,
+                                                   args.budget_batches, args.budget_rounds)
+        elif args.budget:
             results["budget"] = budget_workload(args.games.split(","), args.steps, args.cache_dir, work, args.budget,
                                                 args.budget_batches, args.budget_rounds, args.codec)
         elif not args.skip_frames:
             results["frames"] = frames_workload(args.games.split(","), args.steps, args.cache_dir, work, args.rounds)
-        if not args.skip_tokens and not args.budget:
+        if not args.skip_tokens and not args.budget and not args.compare_code:
             results["tokens"] = tokens_workload(args.rollouts, work, args.rounds)
     if args.json:
         with open(args.json, "w") as fh:
