@@ -18,18 +18,19 @@ Every ratio is measured in one run, the variants taking turns (bench_common.inte
 
 With --budget F (alone): cold sampling under a memory budget, as tools/bench_atari.py's --budget
 measures it. Per game, every recorded frame in a raw pool and in a zstd pool (both deriving
-next_obs); the budget is 1/F of the raw pool on disk; each pool is sampled (unstacked obs and
-next_obs, sample(256)) by a fresh process in a memory cgroup of the budget (page cache
-included), started after the page cache was dropped, for --budget-batches batches, its open
-included. The variants take turns for --budget-rounds rounds; the medians are reported.
+next_obs) and in a raw pool that stores next_obs as a field (twice the frames); the budget is
+1/F of the raw pool on disk; each pool is sampled (unstacked obs and next_obs, sample(256)) by
+a fresh process in a memory cgroup of the budget (page cache included), started after the page
+cache was dropped, for --budget-batches batches, its open included. The variants take turns
+for --budget-rounds rounds; the medians are reported.
 
-    python tools/bench_heap.py --steps 3000 --rollouts 2000 --json heap.json
 With --compare-code ROOT (alone): cold batches/s (files dropped from the page cache before each
 batch) of the expstore at ROOT, another checkout, against this one, in fresh processes taking
 turns: sample(256) of the first game's zstd pool and sample(64) of the token rollouts.
 
+    python tools/bench_heap.py --steps 3000 --rollouts 2000 --json heap.json
     python tools/bench_heap.py --budget 4 --steps 100000 --cache-dir /var/tmp/atari-cache
-    python tools/bench_heap.py --compare-code ../expstore-before --games Pong --budget-batches 30
+    python tools/bench_heap.py --compare-code ../expstore-before --games Pong --budget-batches 4
 """
 
 from __future__ import annotations
