@@ -318,7 +318,11 @@ class EpisodeBook:
             columns[3] = info
             np.add(end_status, info, out=columns[3, :len(ends)])
             new = columns.T[int(continuing):][-self.table_rows:]  # more episodes than table rows: the newest fit
-            write_run(self.table[:, :4], int(new[0, 0]), new, self.table_rows)
+            row = int(new[0, 0]) % self.table_rows
+            if row + len(new) <= self.table_rows:
+                self.table[row:row + len(new), :4] = new
+            else:
+                write_run(self.table[:, :4], int(new[0, 0]), new, self.table_rows)
             self.next_id += new_runs
         if state is not None and ends.size:
             row = state.episode_id % self.table_rows
