@@ -33,6 +33,7 @@ BACKENDS = {"hdf5": ".h5", "zarr": ".zarr"}
 EXTEND_ROWS = 1000
 SAMPLE_ROWS = 256
 SOURCE_ROWS = 20_000  # distinct rows cycled through by every writer
+BLOCKS_PER_ROUND = 10  # write blocks per --rounds, taken in turns by the systems
 
 OPEN_CHILD = r"""
 import json, sys, time
@@ -112,9 +113,27 @@ def write_rates(writers: dict, source: dict, rounds: int, appends: int) -> dict[
     for name, writer in writers.items():
         append_fns[name] = _cycler(writer.append, singles)
         extend_fns[name] = _cycler(writer.extend, batches)
-    appends_per_s = bc.interleaved_rates(append_fns, calls=appends // rounds, rounds=rounds)
-    extends_per_s = bc.interleaved_rates(extend_fns, calls=max(20, 200_000 // EXTEND_ROWS // rounds), rounds=rounds)
+    appends_per_s = finely_interleaved_rates(append_fns, calls=appends, blocks=rounds * BLOCKS_PER_ROUND)
+    extends_per_s = finely_interleaved_rates(extend_fns, calls=max(20 * rounds, 200_000 // EXTEND_ROWS),
+                                             blocks=rounds * BLOCKS_PER_ROUND)
     return {name: {"append": appends_per_s[name], "extend": extends_per_s[name] * EXTEND_ROWS} for name in writers}
+
+
+def finely_interleaved_rates(fns: dict, calls: int, blocks: int) -> dict[str, float]:
+    """Calls/s per function over ``calls`` calls in ``blocks`` short blocks, the functions taking
+    turns block by block: on a shared machine every system then meets the same load (a few blocks
+    of tens of milliseconds each put one system's median in a quiet spell and the next one's in a
+    busy one). The rate is all calls over all their time, so each system's commits and stage
+    drains count in full (a median of short blocks would leave out the blocks that commit)."""
+    per_block = max(1, calls // blocks)
+    spent = dict.fromkeys(fns, 0.0)
+    for _ in range(blocks):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            for _ in range(per_block):
+                fn()
+            spent[name] += time.perf_counter() - start
+    return {name: per_block * blocks / seconds for name, seconds in spent.items()}
 
 
 def _cycler(method, items: list):
