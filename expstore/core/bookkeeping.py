@@ -61,6 +61,12 @@ class Bookkeeping:
         # The Store's reader of heap fields' rows by step id (core/heap.py), in pools with heap fields.
         self.heap_rows: Callable[[list[str], np.ndarray], dict] | None = None
         self._in_heap = [name for name in schema.heap_fields() if name in self.derived]
+        # The derived fields stored raw, one list kept so that the Store's cold-read plan for
+        # them is built once; and the Store's gather of their rows (prefetched when the batch's
+        # own gather was, core/coldread.py), in place of a plain fancy index.
+        self._derived_raw = [name for name in self.derived if name not in self._in_heap]
+        self._derived_views = [views[name] for name in self._derived_raw]
+        self.gather_more: Callable[[list[np.ndarray], np.ndarray], list[np.ndarray]] | None = None
 
     @classmethod
     def of(cls, views: dict[str, np.ndarray], schema: Schema, slots: int, capacity: int,
@@ -133,8 +139,10 @@ class Bookkeeping:
         """next_<obs> of rows ``last`` in a pool that derives them; and where they are known."""
         following = draws.next_in_episode(last, high, self.slots, self.book.next_delta, self.book.episode_id)
         rows = np.where(following >= 0, following, last)
-        values = {f"next_{name}": self.views[name][rows % self.slots] for name in self.derived
-                  if name not in self._in_heap}
+        slots = rows % self.slots
+        columns = (self.gather_more(self._derived_views, slots) if self.gather_more is not None
+                   else [view[slots] for view in self._derived_views])
+        values = {f"next_{name}": column for name, column in zip(self._derived_raw, columns, strict=True)}
         if self._in_heap and self.heap_rows is not None:  # compressed observations: decoded
             values.update({f"next_{name}": value for name, value in self.heap_rows(self._in_heap, rows).items()})
         known = following >= 0

@@ -54,6 +54,8 @@ class ColdReads:
 
     def __init__(self, mode: str = "auto"):
         self._plan: _Plan | None = None
+        self._companion: _Plan | None = None  # the views gather_more reads (derived next observations)
+        self._last_prefetched = False
         self._active = False
         self._slow_streak = 0
         self._probe_every = _FIRST_PROBE_EVERY
@@ -80,7 +82,7 @@ class ColdReads:
     def gather(self, views: Sequence[np.ndarray], slots: np.ndarray) -> list[np.ndarray]:
         """``[view[slots] for view in views]``, prefetched first when the pool reads cold."""
         plan = self._plan_for(views)
-        prefetched = self._should_prefetch(plan)
+        prefetched = self._last_prefetched = self._should_prefetch(plan)
         if prefetched:
             plan.prefetch(slots)
         start_s = time.perf_counter()
@@ -89,6 +91,19 @@ class ColdReads:
         if self._mode == "auto" and plan.can_prefetch:
             self._observe(time.perf_counter() - start_s, plan, len(slots), prefetched)
         return columns
+
+    def gather_more(self, views: Sequence[np.ndarray], slots: np.ndarray) -> list[np.ndarray]:
+        """More rows for the batch the last ``gather`` read (the next observations of its rows, in
+        pools that derive them): prefetched whenever that gather was, so a cold batch does not
+        fault its second set of rows in one page at a time. It has no switch logic of its own:
+        probes and mode changes follow the batch's own gather."""
+        plan = self._companion
+        if plan is None or not plan.covers(views):
+            plan = self._companion = _Plan(views)
+        if self._last_prefetched and plan.can_prefetch:
+            plan.prefetch(slots)
+        return [view.take(slots, axis=0) if take else view[slots]
+                for view, take in zip(views, plan.use_take, strict=True)]
 
     # ------------------------------------------------------------------ switch logic
     def _plan_for(self, views: Sequence[np.ndarray]) -> _Plan:

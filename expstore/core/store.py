@@ -179,6 +179,9 @@ class Store:
         self._derived = () if self._keeping is None else self._keeping.derived
         self._batches = Batches(views, layout.schema, self._slots, self._keeping, self._gather,
                                 lambda: self._committed, self.path, self._read_heap_fields)
+        if self._keeping is not None:
+            # Through self, not bound to today's instance: reopening replaces cold_reads.
+            self._keeping.gather_more = lambda views, slots: self.cold_reads.gather_more(views, slots)
         if self._keeping is not None and self._heaps is not None:
             self._keeping.heap_rows = self._read_heap_fields
         self._schedule_commit()

@@ -112,6 +112,33 @@ def test_on_always_prefetches_and_off_never(pool, prefetches):
     assert len(prefetches) == 5 and not pool.cold_reads.active
 
 
+def test_derived_next_observations_are_prefetched_with_their_batch(pool_path, prefetches, monkeypatch):
+    """A pool deriving next_obs gathers a second set of rows per batch (the next rows): cold,
+    they are asked for at once as the batch's own rows are, not faulted in one page at a time."""
+    schema = {name: spec for name, spec in pendulum_schema().items() if name != "next_obs"}
+    rows = {name: values for name, values in rows_for(np.arange(N_ROWS)).items() if name in schema}
+    with expstore.open(pool_path, "w", capacity=N_ROWS, schema=schema, derive_next_obs=True, fsync=False) as writer:
+        writer.extend(rows)
+    with expstore.open(pool_path, "r") as reader:
+        reader.cold_reads.mode = "off"
+        plain = reader.sample(256, rng=3)
+        assert prefetches == []
+        reader.cold_reads.mode = "on"
+        companion = []
+        original = ColdReads.gather_more
+
+        def recording(cold_reads, views, slots):
+            companion.append(len(slots))
+            return original(cold_reads, views, slots)
+
+        monkeypatch.setattr(ColdReads, "gather_more", recording)
+        prefetched = reader.sample(256, rng=3)
+        assert 256 in companion  # the batch's next rows went through the cold-read gather
+        # and each such gather was prefetched, as the rows it follows were
+        assert all(prefetches.count(n) >= 2 for n in companion)
+    _same(plain, prefetched)
+
+
 def test_auto_stays_off_while_gathers_are_fast(pool, clock, prefetches):
     clock.gather_s = 1e-5
     for seed in range(200):
