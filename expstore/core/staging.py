@@ -19,9 +19,9 @@ writes the stage before its record. Nothing changes in what the writer sees: its
 the stage first, and ``len`` and ``next_step_id`` count staged rows. Readers in other processes
 see committed rows only, as before.
 
-The hot path (``Stage.fast_put``) is a function written for the pool's schema when the stage is
-made: one length check, then per field a dict lookup, the check of the one value type that needs
-no conversion (an array of the field's exact dtype and shape, a Python float in a float field's
+The hot path (``fast_put_for``) is a function written for the pool's schema when a writer's
+appends are ready: one dict-and-length check, then per field a dict lookup, the check of the one
+value type that needs no conversion (an array of the field's exact dtype and shape, a Python float in a float field's
 range, a bool, an int in an integer field's range) and a write into the stage row. Any other
 value, key set, env id or stage state makes it give up before the row counts, and ``Stage.put``
 (the checked path, with the conversions and their errors) takes the row instead. Generated code
