@@ -314,3 +314,28 @@ def test_cold_reads_ask_for_every_heap_fields_pages_before_reading_any(pool_path
         ("read", "obs"), ("read", "tokens"), ("read", "points")]
     # The derived next_obs: the index pages of the next rows first, then their heap pages.
     assert events[6:9] == [("prefetch", index_size), ("prefetch", heap_sizes_by_name["obs"]), ("read", "obs")]
+
+
+@pytest.mark.parametrize(("shape", "threads"), [((84, 84), False), ((160, 160, 3), True)])
+def test_rows_decode_on_the_codec_threads_only_when_each_row_is_large(pool_path, monkeypatch, shape, threads):
+    """Short decodes lose to the GIL on several threads (a thread back from the codec waits for the
+    one running Python), so only batches of large rows are decoded in parallel; either way the
+    rows come back as appended."""
+    from expstore.core import heap
+
+    calls = []
+    original = heap._in_parallel
+
+    def recording(work, items, parallel=True):
+        calls.append(parallel)
+        return original(work, items, parallel)
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 4, (128, *shape), dtype=np.uint8)  # compressible; 0.9 MB or more a batch
+    schema = {"obs": expstore.Field(shape, "uint8", codec="zstd"), "reward": ((), "float32")}
+    with expstore.open(pool_path, "w", capacity=128, schema=schema, fsync=False) as pool:
+        pool.extend({"obs": frames, "reward": np.zeros(128, np.float32)})
+        monkeypatch.setattr(heap, "_in_parallel", recording)
+        batch = pool.read(np.arange(128))
+    np.testing.assert_array_equal(batch["obs"], frames)
+    assert calls == [threads]
