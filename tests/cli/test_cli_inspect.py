@@ -49,6 +49,17 @@ def test_head_tail_show_print_the_right_rows(pool_path):
     assert [line.split()[0] for line in shown[1:]] == ["295", "296"]
 
 
+def test_show_prints_ragged_rows_as_their_own_elements(pool_path):
+    import expstore
+
+    schema = {"tokens": expstore.Field((None,), "int32"), "reward": ((), "float32")}
+    with expstore.open(pool_path, "w", capacity=10, schema=schema) as pool:
+        for n in (0, 1, 3):
+            pool.append({"tokens": np.arange(10, 10 + n, dtype=np.int32), "reward": 1.0})
+    lines = run("show", pool_path, "--fields", "tokens").output.splitlines()
+    assert [line.split(None, 1)[1] for line in lines[1:]] == ["[]", "[10]", "[10, 11, 12]"]
+
+
 @pytest.mark.parametrize("args, words", [
     (["show", "{p}", "--start", "500"], ["--start 500", "200 rows"]),
     (["show", "{p}", "--count", "-1"], ["--count -1"]),
