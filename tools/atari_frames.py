@@ -13,7 +13,7 @@ next episode. `next_frames()` builds the full next-observation column from both.
 
 Used as a library (`from tools.atari_frames import record`) or from the command line:
 
-    python tools/atari_frames.py --game Pong --steps 10000 --cache-dir /tmp/atari-cache
+    python tools/atari_frames.py --game Pong --steps 10000 --cache-dir runs/atari-cache
 """
 
 from __future__ import annotations

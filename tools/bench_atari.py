@@ -21,7 +21,7 @@ Records (or loads from --cache-dir) real preprocessed frames of each game with a
 - with --dictionary-probe (alone): the bytes and cost per frame of zstd with a dictionary trained
   on each game's first frames, outside any pool (no expstore codec carries a dictionary yet).
 
-    python tools/bench_atari.py --steps 100000 --budget 4 --cache-dir /tmp/atari-cache
+    python tools/bench_atari.py --steps 100000 --budget 4 --cache-dir runs/atari-cache
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ batch) of the expstore at ROOT, another checkout, against this one, in fresh pro
 turns: sample(256) of the first game's zstd pool and sample(64) of the token rollouts.
 
     python tools/bench_heap.py --steps 3000 --rollouts 2000 --json heap.json
-    python tools/bench_heap.py --budget 4 --steps 100000 --cache-dir /var/tmp/atari-cache
+    python tools/bench_heap.py --budget 4 --steps 100000 --cache-dir runs/atari-cache
     python tools/bench_heap.py --compare-code ../expstore-before --games Pong --budget-batches 4
 """
 
