@@ -6,7 +6,8 @@ import contextlib
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 import click
 import numpy as np
@@ -128,7 +129,8 @@ def table(columns: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def rows_table(batch: dict[str, np.ndarray], fields: list[str]) -> str:
+def rows_table(batch: Mapping[str, Any], fields: list[str]) -> str:
+    """Rows as a table: each column an array or a list of per-row values (ragged rows)."""
     n = len(batch["step_id"])
     columns = ["step_id"] + fields
     return table(columns, [[cell(batch[name][i]) for name in columns] for i in range(n)])

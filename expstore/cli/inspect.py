@@ -92,12 +92,12 @@ def _show(path: str, start: int, count: int, fields: str | None) -> None:
         names = parse_fields(fields, source.schema)
         batch = source.read(first, last)
         batch["step_id"] = np.arange(source.first_step_id + first, source.first_step_id + last)
-        batch = summarised(batch, source.schema)
+        shown: dict[str, Any] = summarised(batch, source.schema)
         for name in names:  # ragged rows as their own elements, not padded to the longest row shown
-            lengths = batch.get(f"{name}_length")
+            lengths = shown.get(f"{name}_length")
             if lengths is not None and source.schema[name].ragged:
-                batch[name] = [row[:length] for row, length in zip(batch[name], lengths.tolist(), strict=True)]
-    click.echo(rows_table(batch, names) if last > first else f"(no rows: the pool holds {length})")
+                shown[name] = [row[:length] for row, length in zip(shown[name], lengths.tolist(), strict=True)]
+    click.echo(rows_table(shown, names) if last > first else f"(no rows: the pool holds {length})")
 
 
 @click.command()
