@@ -50,8 +50,9 @@ class DiskHerReplayBuffer(DiskDictReplayBuffer, HerReplayBuffer):
         handle_timeout_termination, n_sampled_goal, goal_selection_strategy: as SB3's
             ``HerReplayBuffer`` (the observation space is a Dict with ``observation``,
             ``achieved_goal`` and ``desired_goal``).
-        path, mode, backend, commit_every, commit_interval_s, fsync: as
-            :class:`expstore.sb3.DiskReplayBuffer`.
+        path, mode, backend, commit_every, commit_interval_s, fsync, codec: as
+            :class:`expstore.sb3.DiskReplayBuffer` (``codec="zstd"`` stores the observation
+            and goal fields compressed; relabelling reads the goals back decoded).
     """
 
     def __init__(self, buffer_size: int, observation_space: spaces.Dict, action_space: spaces.Space, env: Any,
@@ -59,7 +60,8 @@ class DiskHerReplayBuffer(DiskDictReplayBuffer, HerReplayBuffer):
                  handle_timeout_termination: bool = True, n_sampled_goal: int = 4,
                  goal_selection_strategy: GoalSelectionStrategy | str = "future", copy_info_dict: bool = False, *,
                  path: str | os.PathLike, mode: str = "x", backend: str | None = None, commit_every: int = 10_000,
-                 commit_interval_s: float = 5.0, fsync: bool = True):
+                 commit_interval_s: float = 5.0, fsync: bool = True,
+                 codec: str | dict[str, str | None] | None = None):
         if optimize_memory_usage:
             raise InvalidArgumentError("DiskHerReplayBuffer does not support optimize_memory_usage (nor does SB3's "
                                        "HerReplayBuffer): relabelling reads the next achieved goals")
@@ -76,7 +78,7 @@ class DiskHerReplayBuffer(DiskDictReplayBuffer, HerReplayBuffer):
         self.copy_info_dict = False
         super().__init__(buffer_size, observation_space, action_space, device, n_envs, False,
                          handle_timeout_termination, path=path, mode=mode, backend=backend, commit_every=commit_every,
-                         commit_interval_s=commit_interval_s, fsync=fsync)
+                         commit_interval_s=commit_interval_s, fsync=fsync, codec=codec)
         self._config.update(n_sampled_goal=n_sampled_goal, goal_selection_strategy=self.goal_selection_strategy)
         self.env = env
 

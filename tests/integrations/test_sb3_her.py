@@ -80,6 +80,23 @@ def test_the_same_seeds_sample_the_same_batches_as_sb3(tmp_path, backend, strate
     reopened.close()
 
 
+@pytest.mark.parametrize("codec", ["zstd", {"obs_achieved_goal": "lz4", "obs_desired_goal": "zstd:9"}])
+def test_a_compressed_pool_samples_the_same_batches_as_sb3(tmp_path, backend, codec):
+    env = vec_env(2)
+    kwargs = {"buffer_size": 120, "observation_space": env.observation_space, "action_space": env.action_space,
+              "env": env, "n_envs": 2, "n_sampled_goal": 4, "goal_selection_strategy": "future", "device": "cpu"}
+    theirs = HerReplayBuffer(**kwargs)
+    path = str(tmp_path / ("pool" + (".h5" if backend == "hdf5" else ".zarr")))
+    ours = DiskHerReplayBuffer(**kwargs, path=path, commit_every=7, codec=codec)
+    fill([ours, theirs], env, 150, seed=3)  # the ring wraps
+    assert_same_batches(ours, theirs)
+    ours.close()
+    with expstore.open(path, "r") as pool:
+        compressed = {name for name in pool.schema if pool.schema[name].codec is not None}
+    chosen = {"obs_observation", "obs_achieved_goal", "obs_desired_goal"} if codec == "zstd" else set(codec)
+    assert compressed == chosen | {f"next_{name}" for name in chosen}  # next observations follow their fields
+
+
 @pytest.mark.slow  # two short DQN runs: minutes on a busy 2-core machine
 def test_dqn_with_the_disk_buffer_learns_what_it_learns_with_sb3s(tmp_path):
     parameters = []
