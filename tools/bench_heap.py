@@ -103,8 +103,8 @@ def sb3_nbytes_per_row(n: int) -> float | None:
     return sum(array.nbytes for array in arrays) / n
 
 
-def cold_rate(path: str, batches: int, seed: int) -> float:
-    """Batches/s of sample(256) with every file dropped from the page cache before each batch."""
+def cold_rate(path: str, batches: int, seed: int, batch: int = BATCH) -> float:
+    """Batches/s of sample(batch) with every file dropped from the page cache before each batch."""
     rng = np.random.default_rng(seed)
     times = []
     with expstore.open(path) as pool:
@@ -112,7 +112,7 @@ def cold_rate(path: str, batches: int, seed: int) -> float:
         for _ in range(batches):
             evict(path)
             start = time.perf_counter()
-            pool.sample(BATCH, rng=rng)
+            pool.sample(batch, rng=rng)
             times.append(time.perf_counter() - start)
     return 1 / statistics.median(times)
 
@@ -228,21 +228,12 @@ def budget_child(path: str, batches: int) -> dict:
 # ---------------------------------------------------------------------------- one code against another
 # The cold sampler of --compare-code, run by the interpreter with a given expstore first on its path.
 _COLD_CHILD = """
-import json, statistics, sys, time
+import json, sys
 sys.path[:0] = [sys.argv[1], sys.argv[2]]
-import numpy as np
-import expstore
-from bench_common import evict
+import expstore  # the checkout under test: imported before bench_heap puts its own on the path
+from bench_heap import cold_rate
 path, batch, batches = sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-rng, times = np.random.default_rng(0), []
-with expstore.open(path) as pool:
-    pool.cold_reads.mode = "on"
-    for _ in range(batches):
-        evict(path)
-        start = time.perf_counter()
-        pool.sample(batch, rng=rng)
-        times.append(time.perf_counter() - start)
-print(json.dumps({"expstore": expstore.__file__, "batches_per_s": 1 / statistics.median(times)}))
+print(json.dumps({"expstore": expstore.__file__, "batches_per_s": cold_rate(path, batches, 0, batch)}))
 """
 
 
