@@ -318,11 +318,7 @@ class EpisodeBook:
             columns[3] = info
             np.add(end_status, info, out=columns[3, :len(ends)])
             new = columns.T[int(continuing):][-self.table_rows:]  # more episodes than table rows: the newest fit
-            row = int(new[0, 0]) % self.table_rows
-            if row + len(new) <= self.table_rows:
-                self.table[row:row + len(new), :4] = new
-            else:
-                write_run(self.table[:, :4], int(new[0, 0]), new, self.table_rows)
+            write_run(self.table[:, :4], int(new[0, 0]), new, self.table_rows)
             self.next_id += new_runs
         if state is not None and ends.size:
             row = state.episode_id % self.table_rows
@@ -845,7 +841,10 @@ def write_run(view: np.ndarray, first_step: int, values: np.ndarray, slots: int)
     """Write the values of consecutive steps from ``first_step`` on as one or two slices
     (a run shorter than the ring wraps at most once); no fancy-indexed scatter."""
     start = first_step % slots
-    head = min(len(values), slots - start)
+    if start + len(values) <= slots:  # the common run, which does not wrap: one slice
+        view[start:start + len(values)] = values
+        return
+    head = slots - start
     view[start:start + head] = values[:head]
     view[:len(values) - head] = values[head:]
 
