@@ -243,10 +243,10 @@ class HeapField:
 
     def prefetch_index(self, slots: np.ndarray) -> None:
         """Ask for the index pages of ``slots`` (a gather outside the Store's own, prefetched one)."""
-        entry_nbytes = self.index.strides[0]
-        flat = self.index.reshape(-1).view(np.uint8) if self.index.flags.c_contiguous else None
-        if flat is not None:
-            prefetch_byte_ranges(flat, slots * entry_nbytes, np.full(len(slots), entry_nbytes, np.int64))
+        if self.index.flags.c_contiguous:  # advice only: an index view of another layout goes without
+            entry_nbytes = self.index.strides[0]
+            prefetch_byte_ranges(self.index.reshape(-1).view(np.uint8), slots * entry_nbytes,
+                                 np.full(len(slots), entry_nbytes, np.int64))
 
     def _copy_raw(self, out: np.ndarray, rows: np.ndarray, offsets: np.ndarray, nbytes: np.ndarray,
                   lengths: np.ndarray) -> None:
