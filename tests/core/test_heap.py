@@ -318,9 +318,9 @@ def test_cold_reads_ask_for_every_heap_fields_pages_before_reading_any(pool_path
 
 @pytest.mark.parametrize(("shape", "threads"), [((84, 84), False), ((160, 160, 3), True)])
 def test_rows_decode_on_the_codec_threads_only_when_each_row_is_large(pool_path, monkeypatch, shape, threads):
-    """Short decodes lose to the GIL on several threads (a thread back from the codec waits for the
-    one running Python), so only batches of large rows are decoded in parallel; either way the
-    rows come back as appended."""
+    """A codec that decodes one row per call (lz4 here): short decodes lose to the GIL on several
+    threads (a thread back from the codec waits for the one running Python), so only batches of
+    large rows are decoded in parallel; either way the rows come back as appended."""
     from expstore.core import heap
 
     calls = []
@@ -332,10 +332,89 @@ def test_rows_decode_on_the_codec_threads_only_when_each_row_is_large(pool_path,
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 4, (128, *shape), dtype=np.uint8)  # compressible; 0.9 MB or more a batch
-    schema = {"obs": expstore.Field(shape, "uint8", codec="zstd"), "reward": ((), "float32")}
+    schema = {"obs": expstore.Field(shape, "uint8", codec="lz4"), "reward": ((), "float32")}
     with expstore.open(pool_path, "w", capacity=128, schema=schema, fsync=False) as pool:
         pool.extend({"obs": frames, "reward": np.zeros(128, np.float32)})
         monkeypatch.setattr(heap, "_in_parallel", recording)
         batch = pool.read(np.arange(128))
     np.testing.assert_array_equal(batch["obs"], frames)
     assert calls == [threads]
+
+
+@pytest.mark.parametrize(("rows", "way"), [(5, "per row"), (20, "one call"), (100, "one call on threads")])
+def test_zstd_batches_decode_in_one_call_on_the_librarys_threads(pool_path, monkeypatch, rows, way):
+    """zstd rows of a fixed shape decode in one call for the batch (python-zstandard's own threads
+    from a large batch): Atari frames cost as much Python per row as decoding."""
+    pytest.importorskip("zstandard")
+    from expstore.codecs.registry import _ZstandardBatches
+    from expstore.core import heap
+
+    calls, per_row = [], []
+    decode_rows, decode_into = _ZstandardBatches.decode_rows, heap.HeapField._decode_into
+    monkeypatch.setattr(_ZstandardBatches, "decode_rows", lambda self, buffer, offsets, nbytes, row_nbytes, threads:
+                        calls.append(threads) or decode_rows(self, buffer, offsets, nbytes, row_nbytes, threads))
+    monkeypatch.setattr(heap.HeapField, "_decode_into",
+                        lambda self, out, part, *args: per_row.append(len(part)) or decode_into(self, out, part, *args))
+    frames = np.random.default_rng(1).integers(0, 4, (rows, 84, 84), dtype=np.uint8)
+    schema = {"obs": expstore.Field((84, 84), "uint8", codec="zstd"), "reward": ((), "float32")}
+    with expstore.open(pool_path, "w", capacity=128, schema=schema, fsync=False) as pool:
+        pool.extend({"obs": frames, "reward": np.zeros(rows, np.float32)})
+        order = np.random.default_rng(2).permutation(rows)
+        batch = pool.read(order)
+    np.testing.assert_array_equal(batch["obs"], frames[order])
+    expected = {"per row": ([], [rows]), "one call": ([0], []), "one call on threads": ([heap._CODEC_THREADS], [])}
+    assert (calls, per_row) == expected[way]
+
+
+def test_a_batch_decode_leaves_the_rows_that_fail_the_checks_zero(pool_path):
+    """Rows the reader's commit no longer covers are marked bad and stay zero; the others of the
+    batch still decode in one call."""
+    frames = np.random.default_rng(3).integers(0, 4, (40, 84, 84), dtype=np.uint8)
+    schema = {"obs": expstore.Field((84, 84), "uint8", codec="zstd"), "reward": ((), "float32")}
+    with expstore.open(pool_path, "w", capacity=64, schema=schema, fsync=False) as pool:
+        pool.extend({"obs": frames, "reward": np.zeros(40, np.float32)})
+        field = pool._heaps.by_name["obs"]
+        steps = np.arange(40)
+        entries = field.index[steps]
+        positions = [int(entries[3, 0]), field.head_position, field.max_length]  # rows 0-2 lie before the tail
+        out, lengths, bad = field.read(steps, entries, positions)
+    assert lengths is None
+    np.testing.assert_array_equal(bad, steps < 3)
+    assert not out[:3].any()
+    np.testing.assert_array_equal(out[3:], frames[3:])
+
+
+def test_a_damaged_frame_in_a_batch_is_found_row_by_row(pool_path):
+    """One undecodable frame fails the whole batch call; the rows are then decoded one by one, so
+    the damage is reported for that row alone (verify names it) while the rest decode."""
+    frames = np.random.default_rng(4).integers(0, 4, (40, 84, 84), dtype=np.uint8)
+    schema = {"obs": expstore.Field((84, 84), "uint8", codec="zstd"), "reward": ((), "float32")}
+    with expstore.open(pool_path, "w", capacity=64, schema=schema, fsync=False) as pool:
+        pool.extend({"obs": frames, "reward": np.zeros(40, np.float32)})
+        field = pool._heaps.by_name["obs"]
+        steps = np.arange(40)
+        entries = field.index[steps]
+        start = int(entries[7, 0]) % field.heap_nbytes
+        field.heap[start:start + 4] = 0  # the frame's magic number: no longer a zstd frame
+        positions = [int(entries[0, 0]), field.head_position, field.max_length]
+        out, _, bad = field.read(steps, entries, positions)
+    np.testing.assert_array_equal(bad, steps == 7)
+    np.testing.assert_array_equal(out[steps != 7], frames[steps != 7])
+
+
+def test_a_zstandard_without_batches_decodes_row_by_row(pool_path, monkeypatch):
+    """python-zstandard's CFFI backend has no BufferWithSegments: its codec offers no batch decode,
+    and batches decode row by row as with any codec."""
+    zstandard = pytest.importorskip("zstandard")
+    from expstore.codecs import batch_decoder, registry
+
+    monkeypatch.delattr(zstandard, "BufferWithSegments")
+    monkeypatch.setattr(registry, "_BUILT", {})
+    codec = registry.get_codec("zstd:5")
+    assert batch_decoder(codec) is None
+    frames = np.random.default_rng(5).integers(0, 4, (70, 84, 84), dtype=np.uint8)
+    schema = {"obs": expstore.Field((84, 84), "uint8", codec="zstd:5"), "reward": ((), "float32")}
+    with expstore.open(pool_path, "w", capacity=128, schema=schema, fsync=False) as pool:
+        pool.extend({"obs": frames, "reward": np.zeros(70, np.float32)})
+        np.testing.assert_array_equal(pool.read(np.arange(70))["obs"], frames)
+        assert pool._heaps.by_name["obs"]._batch_decoder is None
