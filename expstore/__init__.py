@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ._version import __version__
+from .core.allocator import tune_allocator
 from .core.episodes import EpisodeTable
 from .core.hooks import register_hook as _register_hook
 from .core.opening import open
@@ -49,7 +50,7 @@ __all__ = [
     "StoreExistsError", "StoreLockedError", "StoreNotFoundError", "WriterOutranError", "RepairReport", "VerifyReport",
     "__version__", "open", "repair", "verify", "RecordEpisodes", "RecordVectorEpisodes", "ERE", "ERESchedule",
     "AgeWindow", "Prioritized", "Sampler", "Uniform", "WindowView",
-    "ExponentialRecency", "EpisodeTable", "HER", "Mix", "mix",
+    "ExponentialRecency", "EpisodeTable", "HER", "Mix", "mix", "tune_allocator",
 ]
 
 

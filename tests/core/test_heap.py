@@ -341,7 +341,7 @@ def test_rows_decode_on_the_codec_threads_only_when_each_row_is_large(pool_path,
     assert calls == [threads]
 
 
-@pytest.mark.parametrize(("rows", "way"), [(5, "per row"), (20, "one call"), (100, "one call on threads")])
+@pytest.mark.parametrize(("rows", "way"), [(5, "per row"), (100, "one call"), (600, "one call on threads")])
 def test_zstd_batches_decode_in_one_call_on_the_librarys_threads(pool_path, monkeypatch, rows, way):
     """zstd rows of a fixed shape decode in one call for the batch (python-zstandard's own threads
     from a large batch): Atari frames cost as much Python per row as decoding."""
@@ -357,7 +357,7 @@ def test_zstd_batches_decode_in_one_call_on_the_librarys_threads(pool_path, monk
                         lambda self, out, part, *args: per_row.append(len(part)) or decode_into(self, out, part, *args))
     frames = np.random.default_rng(1).integers(0, 4, (rows, 84, 84), dtype=np.uint8)
     schema = {"obs": expstore.Field((84, 84), "uint8", codec="zstd"), "reward": ((), "float32")}
-    with expstore.open(pool_path, "w", capacity=128, schema=schema, fsync=False) as pool:
+    with expstore.open(pool_path, "w", capacity=1024, schema=schema, fsync=False) as pool:
         pool.extend({"obs": frames, "reward": np.zeros(rows, np.float32)})
         order = np.random.default_rng(2).permutation(rows)
         batch = pool.read(order)
