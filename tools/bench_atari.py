@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import expstore
 from expstore.schema import Field
 from tools.atari_frames import GAMES, AtariRecording, record
-from tools.bench_common import disk_nbytes, evict, machine, markdown_table, versions
+from tools.bench_common import disk_nbytes, evict, machine, markdown_table, tune_allocator_for_run, versions
 
 K = 4
 
@@ -401,9 +401,13 @@ def main(argv: list[str] | None = None) -> int:
                              "1/FRACTION of the raw stacked pool (e.g. 4; needs root for the cgroup)")
     parser.add_argument("--budget-batches", type=int, default=1000, help="batches per capped sampler")
     parser.add_argument("--skip-bytes", action="store_true", help="only the sampling tables")
+    parser.add_argument("--tune-allocator", action="store_true",
+                        help="run every measurement with expstore.tune_allocator() (glibc keeps the pages of "
+                             "large batches)")
     parser.add_argument("--dictionary-probe", action="store_true",
                         help="only measure what a trained zstd dictionary would save per frame, for each game")
     args = parser.parse_args(argv)
+    tune_allocator_for_run(args.tune_allocator)
     codecs = args.codec or ["zstd:3", "zstd:12"]
     logging.basicConfig(level=logging.WARNING)
     where = tempfile.mkdtemp(prefix="bench-atari-")

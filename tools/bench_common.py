@@ -25,6 +25,18 @@ ATARI = {"obs": ((84, 84), "uint8"), "action": ((), "int64"), "reward": ((), "fl
          "next_obs": ((84, 84), "uint8"), "terminated": ((), "bool"), "truncated": ((), "bool")}
 
 
+def tune_allocator_for_run(enabled: bool) -> bool:
+    """``--tune-allocator``: ``expstore.tune_allocator()`` in this process, and glibc's same
+    settings in the environment that every child process of the run starts with, so that both
+    sides of each ratio run with them."""
+    if not enabled:
+        return False
+    import expstore
+
+    os.environ["MALLOC_MMAP_THRESHOLD_"], os.environ["MALLOC_TRIM_THRESHOLD_"] = str(32 << 20), str(64 << 20)
+    return expstore.tune_allocator()
+
+
 def without_next_obs(schema: dict) -> dict:
     return {name: spec for name, spec in schema.items() if name != "next_obs"}
 

@@ -50,7 +50,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_common import disk_nbytes, evict, interleaved_rates, run_in_memory_cgroup, versions
+from bench_common import disk_nbytes, evict, interleaved_rates, run_in_memory_cgroup, tune_allocator_for_run, versions
 
 import expstore
 
@@ -404,9 +404,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-batches", type=int, default=300, help="batches per capped sampler")
     parser.add_argument("--budget-rounds", type=int, default=3, help="capped samplers per pool, in turns")
     parser.add_argument("--codec", default="zstd:3", help="the compressed pool's codec (--budget)")
+    parser.add_argument("--tune-allocator", action="store_true",
+                        help="run every measurement with expstore.tune_allocator() (glibc keeps the pages of "
+                             "large batches)")
     parser.add_argument("--compare-code", default=None, metavar="ROOT",
                         help="only cold sampling of this expstore against the one at ROOT (another checkout)")
     args = parser.parse_args(argv)
+    tune_allocator_for_run(args.tune_allocator)
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         results: dict = {"versions": versions(["expstore", "numpy", "h5py", "zstandard", "ale-py"])}
         if args.compare_code:

@@ -69,6 +69,42 @@ def test_values_the_hot_path_does_not_take_go_through_the_checks(tmp_path, bad):
         _assert_rows(pool, list(range(11)))
 
 
+_SCALAR_DTYPES = ["float32", "float64", "float16", "bool", "int8", "uint8", "int16", "uint16", "int32",
+                  "uint32", "int64", "uint64"]
+
+
+def _edge_values(dtype: np.dtype) -> list:
+    """Python scalars the hot path takes for ``dtype``: limits, rounding cases, signs, zeros."""
+    if dtype.kind == "b":
+        return [True, False, True]
+    if dtype.kind == "f":
+        top = float(np.finfo(dtype).max)
+        return [top, -top, 0.1, -0.0, 1 / 3, 5e-324, float(np.finfo(dtype).tiny) / 3, 1.0000001, 2.5e-8, 0.0]
+    info = np.iinfo(dtype)
+    return [int(info.min), int(info.max), 0, 1, int(info.max) // 3, int(info.min) // 2 or 7]
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_scalars_stage_as_numpys_assignment_stores_them(tmp_path, backend):
+    """The hot path packs Python scalars through a memoryview of the stage column (numeric dtypes):
+    every value lands as numpy's own item assignment would store it, bit for bit."""
+    schema = {f"x_{name}": ((), name) for name in _SCALAR_DTYPES}
+    schema.update({"terminated": ((), "bool"), "truncated": ((), "bool")})
+    columns = {f"x_{name}": _edge_values(np.dtype(name)) for name in _SCALAR_DTYPES}
+    rows = max(len(values) for values in columns.values())
+    with expstore.open(tmp_path / f"pool{BACKENDS[backend]}", "w", capacity=64, schema=schema, fsync=False) as pool:
+        for i in range(rows):
+            row = {key: values[i % len(values)] for key, values in columns.items()}
+            pool.append({**row, "terminated": False, "truncated": False})
+        assert pool._stage.count == rows  # every row went the hot path, none drained yet
+        got = pool.read(np.arange(rows))
+    for key, values in columns.items():
+        want = np.empty(rows, schema[key][1])
+        for i in range(rows):
+            want[i] = values[i % len(values)]  # numpy's item assignment, the reference
+        assert got[key].tobytes() == want.tobytes(), key
+
+
 def test_a_mapping_with_a_wrong_key_writes_nothing_and_adds_no_key(tmp_path):
     with _writer(tmp_path, "zarr") as pool:
         for step in range(5):
