@@ -2,14 +2,16 @@
 
 A batch of frames is a few fresh megabytes: the sampled arrays, and inside a codec's batch decode
 its output buffers. glibc's malloc serves blocks that large with mmap, or from the top of its heap,
-which it trims back to the kernel once enough is free there; either way every page of the next
-batch faults in anew. For ``sample(256)`` of 84x84 frames with their next frames that is about
-970 page faults per batch, and they were about half of a hot batch's time on the development
-machine (a 2-core VM). With ``tune_allocator()``, glibc keeps blocks up to ``mmap_threshold`` on
-its heap and keeps up to ``trim_threshold`` of free heap, so a batch reuses the pages the last one
-freed: 0.2 faults per batch, and in one run (Breakout frames, hot) 1.7x the batches/s of a zstd
-pool, 2.2x of a raw one, 2.0x with ``frame_stack=4``. An in-RAM numpy gather gained nothing: its
-simpler pattern of blocks is one glibc already keeps.
+which it trims back to the kernel once enough is free there; either way the next batch's pages
+fault in anew. glibc adjusts its threshold from the process's history of frees, so whether it
+happens depends on the run: ``sample(256)`` of 84x84 frames with their next frames faulted about
+1,100 pages per batch in a 100,000-frame pool (2.7 ms of kernel time per batch on the development
+machine, a 2-core VM), and none on some runs of a small one. With ``tune_allocator()``, glibc keeps
+blocks up to ``mmap_threshold`` on its heap and keeps up to ``trim_threshold`` of free heap, so a
+batch reuses the pages the last one freed: no faults, and in one run (Breakout, hot, tuned
+against not in turns) 2.0x the batches/s of a zstd pool, 1.8x with ``frame_stack=4``, 2.1-3.3x of
+a raw pool. An in-RAM numpy gather gained nothing: its simpler pattern of blocks is one glibc
+already keeps.
 
 Process-wide, so opt-in: a library does not change its host's allocator behind its back. The cost
 is memory: up to ``trim_threshold`` of freed heap stays with the process. The same settings can be
