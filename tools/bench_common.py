@@ -32,8 +32,10 @@ def tune_allocator_for_run(enabled: bool) -> bool:
     if not enabled:
         return False
     import expstore
+    from expstore.core.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
 
-    os.environ["MALLOC_MMAP_THRESHOLD_"], os.environ["MALLOC_TRIM_THRESHOLD_"] = str(32 << 20), str(64 << 20)
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(TRIM_THRESHOLD)
     return expstore.tune_allocator()
 
 

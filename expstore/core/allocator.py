@@ -31,6 +31,9 @@ from ..errors import InvalidArgumentError
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _MAX_MMAP_THRESHOLD = 32 << 20
+# tune_allocator's defaults: blocks up to 32 MiB from the heap, up to 64 MiB of it kept when free.
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
 
 
 def _glibc_mallopt() -> Callable[[int, int], int] | None:
@@ -43,7 +46,7 @@ def _glibc_mallopt() -> Callable[[int, int], int] | None:
         return None
 
 
-def tune_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 64 << 20) -> bool:
+def tune_allocator(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = TRIM_THRESHOLD) -> bool:
     """Keep the memory of large batches in this process (see the module docstring): glibc serves
     blocks up to ``mmap_threshold`` bytes from its heap and returns free heap to the kernel only
     beyond ``trim_threshold``. Returns True when glibc took both settings, False in a process

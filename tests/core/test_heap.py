@@ -3,6 +3,8 @@ plain h5py/zarr reading, and every bad input writing nothing."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -366,16 +368,22 @@ def test_zstd_batches_decode_in_one_call_on_the_librarys_threads(pool_path, monk
     assert (calls, per_row) == expected[way]
 
 
-def test_a_batch_decode_leaves_the_rows_that_fail_the_checks_zero(pool_path):
-    """Rows the reader's commit no longer covers are marked bad and stay zero; the others of the
-    batch still decode in one call."""
-    frames = np.random.default_rng(3).integers(0, 4, (40, 84, 84), dtype=np.uint8)
+@contextlib.contextmanager
+def _forty_zstd_frames(pool_path, seed: int):
+    """A pool of 40 random zstd frames: the frames, the heap field and its index entries of steps 0-39."""
+    frames = np.random.default_rng(seed).integers(0, 4, (40, 84, 84), dtype=np.uint8)
     schema = {"obs": expstore.Field((84, 84), "uint8", codec="zstd"), "reward": ((), "float32")}
     with expstore.open(pool_path, "w", capacity=64, schema=schema, fsync=False) as pool:
         pool.extend({"obs": frames, "reward": np.zeros(40, np.float32)})
         field = pool._heaps.by_name["obs"]
-        steps = np.arange(40)
-        entries = field.index[steps]
+        yield frames, field, field.index[np.arange(40)]
+
+
+def test_a_batch_decode_leaves_the_rows_that_fail_the_checks_zero(pool_path):
+    """Rows the reader's commit no longer covers are marked bad and stay zero; the others of the
+    batch still decode in one call."""
+    steps = np.arange(40)
+    with _forty_zstd_frames(pool_path, 3) as (frames, field, entries):
         positions = [int(entries[3, 0]), field.head_position, field.max_length]  # rows 0-2 lie before the tail
         out, lengths, bad = field.read(steps, entries, positions)
     assert lengths is None
@@ -387,13 +395,8 @@ def test_a_batch_decode_leaves_the_rows_that_fail_the_checks_zero(pool_path):
 def test_a_damaged_frame_in_a_batch_is_found_row_by_row(pool_path):
     """One undecodable frame fails the whole batch call; the rows are then decoded one by one, so
     the damage is reported for that row alone (verify names it) while the rest decode."""
-    frames = np.random.default_rng(4).integers(0, 4, (40, 84, 84), dtype=np.uint8)
-    schema = {"obs": expstore.Field((84, 84), "uint8", codec="zstd"), "reward": ((), "float32")}
-    with expstore.open(pool_path, "w", capacity=64, schema=schema, fsync=False) as pool:
-        pool.extend({"obs": frames, "reward": np.zeros(40, np.float32)})
-        field = pool._heaps.by_name["obs"]
-        steps = np.arange(40)
-        entries = field.index[steps]
+    steps = np.arange(40)
+    with _forty_zstd_frames(pool_path, 4) as (frames, field, entries):
         start = int(entries[7, 0]) % field.heap_nbytes
         field.heap[start:start + 4] = 0  # the frame's magic number: no longer a zstd frame
         positions = [int(entries[0, 0]), field.head_position, field.max_length]
