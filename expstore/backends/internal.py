@@ -23,7 +23,10 @@ episodes end (the ``k``-th final observation kept is in row ``k % final_rows``; 
 
 - ``_finals_owner`` int64: the number ``k`` of the final observation the row holds;
 - ``_final_<obs>``, for each observation field stored without its ``next_<obs>`` field: the
-  observation that followed the episode's last row.
+  observation that followed the episode's last row;
+- for a ragged observation, ``_final_<obs>`` is instead an index of heap entries
+  (schema.HEAP_INDEX_COLUMNS), and ``_finals_heap_<obs>`` uint8 the byte heap they point into:
+  a circular log of its own, written in the order of the ring (finals.py).
 
 Pools created before the final-observation table had a size of its own have neither
 ``_finals_owner`` nor the fifth column; their ``_final_<obs>`` rows are the episode table's
@@ -46,7 +49,7 @@ from typing import overload
 import numpy as np
 
 from ..errors import SchemaError
-from ..schema import Schema
+from ..schema import HEAP_INDEX_COLUMNS, HEAP_INDEX_DTYPE, Schema
 
 ROW_ARRAYS = {
     "_episode_id": "int64",
@@ -59,6 +62,7 @@ EPISODE_TABLE = "_episodes"
 EPISODE_COLUMNS = 4  # a fifth in pools whose final-observation table is a ring of its own
 FINAL_PREFIX = "_final_"
 FINAL_OWNER = "_finals_owner"  # outside FINAL_PREFIX: it is no observation's table
+FINAL_HEAP_PREFIX = "_finals_heap_"  # likewise: the bytes of a ragged observation's final table
 HEAP_PREFIX = "_heap_"
 
 
@@ -109,17 +113,15 @@ def derived_fields(schema: Schema) -> list[str]:
     return [name for name in schema if (name == "obs" or name.startswith("obs_")) and f"next_{name}" not in schema]
 
 
-def _shape_text(shape: tuple) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
-
-
 def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: bool = False,
-         final_rows: int | None = None, heap_nbytes: Mapping[str, int] | None = None) -> dict:
+         final_rows: int | None = None, heap_nbytes: Mapping[str, int] | None = None,
+         final_heap_nbytes: Mapping[str, int] | None = None) -> dict:
     """The ``internal`` entry of a new pool's metadata: name -> {shape, dtype}.
 
     ``final_rows``: rows of the final-observation table, with its owner column; None plans the
     layout of pools made before it had a size of its own (``episode_rows`` rows, no owner).
-    ``heap_nbytes``: the heap size of each heap field (1 byte where not given: a plan for checks).
+    ``heap_nbytes``: the heap size of each heap field (1 byte where not given: a plan for checks);
+    ``final_heap_nbytes`` likewise for the final-observation heap of each ragged observation.
     """
     episode_rows = slots if episode_rows is None else episode_rows
     ring = derive_next_obs and final_rows is not None
@@ -133,13 +135,14 @@ def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: 
     for name in derived_fields(schema) if derive_next_obs else []:
         field = schema[name]
         if field.ragged:
-            # A ragged final observation would need a heap of its own, evicted with the episode
-            # table and covered by the commit record: the final table has fixed-shape rows only.
-            raise SchemaError(
-                f"derive_next_obs=True cannot derive next_{name}: {name!r} is ragged {field.shape}, and the "
-                f"observation after each episode's last row is kept in a table of fixed-shape rows; declare "
-                f"next_{name} as a field too (expstore.Field({_shape_text(field.shape)}, {field.dtype.name!r})): "
-                f"the pool then stores it and derive_next_obs derives only the fixed-shape observation fields")
+            if not ring:  # pools of that older layout were never made with ragged fields
+                raise SchemaError(f"derive_next_obs=True cannot derive next_{name} ({name!r} is ragged) in the "
+                                  "final-observation layout without an owner column")
+            arrays[FINAL_PREFIX + name] = {"shape": [final_rows, len(HEAP_INDEX_COLUMNS)],
+                                           "dtype": HEAP_INDEX_DTYPE.name}
+            arrays[FINAL_HEAP_PREFIX + name] = {"shape": [int((final_heap_nbytes or {}).get(name, 1))],
+                                                "dtype": "uint8"}
+            continue
         rows = episode_rows if final_rows is None else final_rows
         arrays[FINAL_PREFIX + name] = {"shape": [rows, *field.shape], "dtype": field.dtype.name}
     for name in schema.heap_fields():
@@ -147,14 +150,19 @@ def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: 
     return arrays
 
 
-def planned_heap_nbytes(arrays: dict) -> dict[str, int]:
+def planned_heap_nbytes(arrays: dict, prefix: str = HEAP_PREFIX) -> dict[str, int]:
     """The ``heap_nbytes`` that ``plan`` was given for a pool's ``internal`` arrays."""
     sizes = {}
     for name, spec in arrays.items():
         shape = spec.get("shape") if isinstance(spec, dict) else None
-        if name.startswith(HEAP_PREFIX) and isinstance(shape, list) and shape:
-            sizes[name[len(HEAP_PREFIX):]] = shape[0]
+        if name.startswith(prefix) and isinstance(shape, list) and shape:
+            sizes[name[len(prefix):]] = shape[0]
     return sizes
+
+
+def planned_final_heap_nbytes(arrays: dict) -> dict[str, int]:
+    """The ``final_heap_nbytes`` that ``plan`` was given for a pool's ``internal`` arrays."""
+    return planned_heap_nbytes(arrays, FINAL_HEAP_PREFIX)
 
 
 def planned_final_rows(arrays: dict) -> int | None:

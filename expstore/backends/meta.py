@@ -15,7 +15,15 @@ from .._version import __version__
 from ..errors import CorruptStoreError, FormatVersionError, SchemaError
 from ..schema import SUPPORTED_DTYPES, Field, Schema, check_field_name
 from .base import FORMAT_VERSION, array_nbytes, array_specs
-from .internal import EPISODE_COLUMNS, EPISODE_TABLE, FINAL_PREFIX, plan, planned_final_rows, planned_heap_nbytes
+from .internal import (
+    EPISODE_COLUMNS,
+    EPISODE_TABLE,
+    FINAL_PREFIX,
+    plan,
+    planned_final_heap_nbytes,
+    planned_final_rows,
+    planned_heap_nbytes,
+)
 
 _REQUIRED = ("format_version", "capacity", "slots", "chunk_rows", "schema", "attrs", "checksums")
 _DTYPE_NAMES = tuple(dtype.name for dtype in SUPPORTED_DTYPES)
@@ -167,7 +175,8 @@ def _check_internal(path: str, meta: dict, schema: Schema) -> None:
     try:
         expected = plan(schema, meta["slots"], _episode_rows(path, arrays, meta["slots"]),
                                  derive_next_obs=bool(finals), final_rows=planned_final_rows(arrays),
-                                 heap_nbytes=planned_heap_nbytes(arrays))
+                                 heap_nbytes=planned_heap_nbytes(arrays),
+                                 final_heap_nbytes=planned_final_heap_nbytes(arrays))
     except SchemaError:
         raise _damaged(path, "internal", f"holds final-observation tables {finals}, but the schema stores "
                                          "next_ for every observation") from None

@@ -23,6 +23,8 @@ from ..sampling.priorities import PriorityIndex
 from ..schema import Schema
 from .commit import CommitRecord
 from .episodes import EpisodeBook, decode
+from .heap import length_key
+from .ragged import put_rows
 
 PRIORITY_KEY = "priorities"
 
@@ -43,11 +45,11 @@ class Bookkeeping:
     """Episode book and priorities of one Store handle, over the pool's memory maps."""
 
     def __init__(self, views: dict[str, np.ndarray], schema: Schema, slots: int, capacity: int,
-                 committed: CommitRecord, writable: bool):
+                 committed: CommitRecord, writable: bool, checksums: bool = False):
         self.views = views
         self.slots = slots
         self.writable = writable
-        self.book = EpisodeBook(views, schema, slots, capacity, committed.payload, committed.head)
+        self.book = EpisodeBook(views, schema, slots, capacity, committed.payload, committed.head, checksums)
         if writable:
             self.book.cut_off_committed_open()
         self.derived: tuple[str, ...] = tuple(self.book.derived)
@@ -70,11 +72,11 @@ class Bookkeeping:
 
     @classmethod
     def of(cls, views: dict[str, np.ndarray], schema: Schema, slots: int, capacity: int,
-           committed: CommitRecord, writable: bool) -> Bookkeeping | None:
+           committed: CommitRecord, writable: bool, checksums: bool = False) -> Bookkeeping | None:
         """The bookkeeping of a pool created with it, else None."""
         if not has_bookkeeping(views):
             return None
-        return cls(views, schema, slots, capacity, committed, writable)
+        return cls(views, schema, slots, capacity, committed, writable, checksums)
 
     # ------------------------------------------------------------------ writing and commits
     def payload(self, previous_payload: Mapping, tail: int, head: int) -> dict:
@@ -150,7 +152,11 @@ class Bookkeeping:
         if ends.size:
             finals, found = self.book.finals_at(last[ends], kept)
             for name, final in finals.items():
-                values[f"next_{name}"][ends] = final
+                key = f"next_{name}"
+                if final.dtype == object:  # a ragged observation: rows of their own lengths
+                    values[key] = put_rows(values[key], values[length_key(key)], ends, final)
+                else:
+                    values[key][ends] = final
             known[ends] = found
         return values, known
 

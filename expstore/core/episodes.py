@@ -81,7 +81,7 @@ class EpisodeBook:
     """The episode bookkeeping of one open pool (writer or reader)."""
 
     def __init__(self, views: Mapping[str, np.ndarray], schema: Schema, slots: int, capacity: int,
-                 payload: Mapping, head: int):
+                 payload: Mapping, head: int, checksums: bool = False):
         self.episode_id = views["_episode_id"]
         self.episode_step = views["_episode_step"]
         self.episode_return = views["_episode_return"]
@@ -96,7 +96,8 @@ class EpisodeBook:
         self.truncated = "truncated" if "truncated" in schema else None
         state = decode(payload, head)
         self.next_id, self.low_id = state["next"], state["low"]
-        self.final_table = FinalTable(views, self.table, state["finals"]) if self.derived else None
+        self.final_table = (FinalTable(views, self.table, state["finals"], schema, checksums) if self.derived
+                            else None)
         self.open: dict[int, OpenEpisode] = {}  # by env id
         self.committed_open = state["open"]  # env id -> (episode id, last step), as committed
         self.committed_head = head

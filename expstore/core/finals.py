@@ -11,17 +11,29 @@ final observation the window needs while episodes average 16 rows or more.
 Readers check the owner after reading an observation, and the writer sets the owner before it
 writes one: a row being rewritten never passes for the observation of its previous episode.
 
+A ragged observation's rows have no fixed shape, so its table holds heap entries instead (the
+columns of schema.HEAP_INDEX_COLUMNS), pointing into a byte heap of its own: a circular log
+written in the order of the ring, as the field's own heap is in the order of steps (core/heap.py).
+Its values are kept raw, whatever the field's codec: a reader then checks an entry's size
+against its length before it copies a byte. Before the writer's bytes reach those of an older
+final observation, it takes that observation's owner away (-1): the reader's owner check then
+catches a row whose bytes were replaced under it, as it catches a row of the ring replaced.
+
 Pools created before the table had a size of its own (no owner column, a four-column episode
 table) keep their layout: row ``episode_id % episode rows``, owned by the episode table's entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ..backends.internal import FINAL_OWNER, FINAL_PREFIX, final_fields
+from ..backends.internal import FINAL_HEAP_PREFIX, FINAL_OWNER, FINAL_PREFIX, final_fields
+from ..errors import SchemaError
+from ..schema import Field, Schema
+from .heap import NBYTES, NO_CRC, POSITION, place_in_heap
 
 FINAL_COLUMN = 4  # the episode table's column naming an episode's final observation (ring layout)
 
@@ -29,13 +41,18 @@ FINAL_COLUMN = 4  # the episode table's column naming an episode's final observa
 class FinalTable:
     """The final observations of one open pool (writer or reader)."""
 
-    def __init__(self, views: Mapping[str, np.ndarray], episode_table: np.ndarray, written: int):
+    def __init__(self, views: Mapping[str, np.ndarray], episode_table: np.ndarray, written: int, schema: Schema,
+                 checksums: bool = False):
         self.names = final_fields(views)
-        self.values = {name: views[FINAL_PREFIX + name] for name in self.names}
         self.owner = views.get(FINAL_OWNER)
         self.episode_table = episode_table
         self.rows = len(episode_table) if self.owner is None else len(self.owner)
         self.written = written  # final observations kept so far: the next one's number
+        ragged = [name for name in self.names if FINAL_HEAP_PREFIX + name in views]
+        self.values = {name: views[FINAL_PREFIX + name] for name in self.names if name not in ragged}
+        self.ragged = {name: RaggedFinals(name, schema[name], views[FINAL_PREFIX + name],
+                                          views[FINAL_HEAP_PREFIX + name], views[FINAL_OWNER], checksums)
+                       for name in ragged}
 
     @property
     def is_ring(self) -> bool:
@@ -57,6 +74,8 @@ class FinalTable:
         owner[rows] = numbers  # first: see the module docstring
         for name, table in self.values.items():
             table[rows] = finals[name][chosen]
+        for name, heap in self.ragged.items():
+            heap.write(numbers, [finals[name][i] for i in chosen.tolist()])
         kept = np.full(len(ids), -1, np.int64)
         kept[chosen] = numbers
         return kept
@@ -75,13 +94,95 @@ class FinalTable:
         numbers = ids if self.owner is None else entries[:, FINAL_COLUMN]
         rows = numbers % self.rows
         values = {name: table[rows] for name, table in self.values.items()}
+        readable = stored.copy()
+        for name, heap in self.ragged.items():
+            values[name], ok = heap.read(rows, stored)
+            readable &= ok
         owners = self.episode_table[rows, 0] if self.owner is None else self.owner[rows]
-        return values, stored & (owners == numbers)  # the owners read after the values
+        return values, readable & (owners == numbers)  # the owners read after the values
 
     def clear(self) -> None:
         if self.owner is not None:
             self.owner[:] = 0
         self.written = 0
+        for heap in self.ragged.values():
+            heap.forget_position()
+
+
+class RaggedFinals:
+    """The final observations of one ragged observation field (see the module docstring)."""
+
+    def __init__(self, name: str, field: Field, index: np.ndarray, heap: np.ndarray, owner: np.ndarray,
+                 checksums: bool):
+        self.name = name
+        self.field = field
+        self.index = index  # one heap entry per row of the ring
+        self.heap = heap
+        self.heap_nbytes = int(heap.shape[0])
+        self.owner = owner
+        self.checksums = checksums
+        self._head: int | None = None  # the log position past the newest bytes: found at the first write
+        self._oldest: int | None = None  # no older final observation keeps its bytes (the eviction's cursor)
+
+    def check(self, key: str, values: Sequence[np.ndarray]) -> None:
+        """Refuse, before anything is written, a row no final observation of this heap could hold."""
+        for row, value in enumerate(values):
+            if value.nbytes > self.heap_nbytes:
+                raise SchemaError(f"{key} row {row} holds {value.nbytes} bytes ({value.shape} {value.dtype}), more "
+                                  f"than the {self.heap_nbytes}-byte heap that keeps the final observations of "
+                                  f"{self.name!r}; create the pool with a larger heap_bytes or max_final_obs")
+
+    def forget_position(self) -> None:
+        self._head = self._oldest = None
+
+    def write(self, numbers: np.ndarray, values: Sequence[np.ndarray]) -> None:
+        """Write final observations ``values`` as ``numbers`` (ascending; their owners set already)."""
+        if self._head is None:  # past every byte ever written, a crashed writer's uncommitted ones too
+            self._head = int((self.index[:, POSITION] + self.index[:, NBYTES]).max(initial=0))
+        for number, value in zip(numbers.tolist(), values, strict=True):
+            data = np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+            start = place_in_heap(self._head, len(data), self.heap_nbytes)
+            self._evict(number, start + len(data) - self.heap_nbytes)
+            offset = start % self.heap_nbytes
+            self.heap[offset:offset + len(data)] = data
+            crc = zlib.crc32(data.data) if self.checksums else NO_CRC
+            self.index[number % len(self.index)] = (start, len(data), len(value), crc)
+            self._head = start + len(data)
+
+    def _evict(self, number: int, floor: int) -> None:
+        """Take the owner from every final observation older than ``number`` whose bytes start
+        below log position ``floor``: they are about to be written over."""
+        rows = len(self.index)
+        if self._oldest is None:  # the oldest that may still own its row, found once per writer
+            candidates = np.arange(max(0, number - rows), number, dtype=np.int64)
+            owned = np.flatnonzero(self.owner[candidates % rows] == candidates)
+            self._oldest = int(candidates[owned[0]]) if len(owned) else number
+        while self._oldest < number:
+            row = self._oldest % rows
+            if self.owner[row] == self._oldest:
+                if self.index[row, POSITION] >= floor:
+                    return
+                self.owner[row] = -1
+            self._oldest += 1
+
+    def read(self, rows: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The observations in ring ``rows`` where ``wanted`` (an object array of arrays, empty
+        elsewhere), and which passed the checks of their entries; the caller checks the owners."""
+        item_shape, dtype, item = self.field.item_shape, self.field.dtype, self.field.item_nbytes
+        values = np.empty(len(rows), object)
+        ok = np.zeros(len(rows), bool)
+        empty = np.zeros((0, *item_shape), dtype)
+        for position, (start, nbytes, length, _) in enumerate(self.index[rows].tolist()):
+            offset = start % self.heap_nbytes
+            values[position] = empty
+            if (not wanted[position] or start < 0 or length < 0 or nbytes != length * item
+                    or offset + nbytes > self.heap_nbytes):
+                continue
+            raw = self.heap[offset:offset + nbytes].tobytes()  # a copy: the writer may replace them later
+            values[position] = np.frombuffer(raw, dtype).reshape(length, *item_shape)
+            ok[position] = True
+        return values, ok
+
 
 
 def _newest_per_row(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -65,6 +65,13 @@ def length_key(name: str) -> str:
     return f"{name}_length"
 
 
+def place_in_heap(position: int, nbytes: int, heap_nbytes: int) -> int:
+    """Where ``nbytes`` written at log ``position`` of a heap of ``heap_nbytes`` start: there, or
+    at the heap's start when they would run past the heap's end."""
+    offset = position % heap_nbytes
+    return position if offset + nbytes <= heap_nbytes else position + heap_nbytes - offset
+
+
 @dataclass
 class EncodedRows:
     """One heap field's rows of an append or extend, encoded and checked, not written yet."""
@@ -115,41 +122,40 @@ class HeapField:
         crcs = np.array([zlib.crc32(d) if self.checksums else NO_CRC for d in data], np.int64)
         return EncodedRows(data, lengths, crcs)
 
-    def check_rows(self, value: Any, n_rows: int | None) -> list[np.ndarray]:
-        """The rows of one append (``n_rows`` None) or extend, checked and cast to the field."""
+    def check_rows(self, value: Any, n_rows: int | None, name: str | None = None) -> list[np.ndarray]:
+        """The rows of one append (``n_rows`` None) or extend, checked and cast to the field;
+        ``name``: the key they came as, when not the field's own (a ``next_<obs>``)."""
+        name = self.name if name is None else name
         if not self.field.ragged:
-            rows = as_rows(self.name, self.field, value, n_rows)
+            rows = as_rows(name, self.field, value, n_rows)
             return [rows] if n_rows is None else list(rows)
         if n_rows is None:
-            return [self._ragged_row(value, None)]
+            return [self._ragged_row(name, value, None)]
         if isinstance(value, np.ndarray) and value.dtype != object:
             if value.ndim != 1 + len(self.field.shape) or len(value) != n_rows:
-                raise SchemaError(f"field {self.name!r}: a batch array of shape {value.shape} does not hold "
+                raise SchemaError(f"field {name!r}: a batch array of shape {value.shape} does not hold "
                                   f"{n_rows} rows of shape {self.field.shape}; pass a list of {n_rows} arrays")
-            return [self._ragged_row(row, i) for i, row in enumerate(value)]
+            return [self._ragged_row(name, row, i) for i, row in enumerate(value)]
         try:
             items = list(value)
         except TypeError:
-            raise SchemaError(f"field {self.name!r} is ragged: extend takes a list of {n_rows} arrays (one per "
+            raise SchemaError(f"field {name!r} is ragged: extend takes a list of {n_rows} arrays (one per "
                               f"row), not {type(value).__name__}") from None
         if len(items) != n_rows:
-            raise SchemaError(f"field {self.name!r} has {len(items)} rows, the batch has {n_rows}; pass one array "
+            raise SchemaError(f"field {name!r} has {len(items)} rows, the batch has {n_rows}; pass one array "
                               "per row")
-        return [self._ragged_row(item, i) for i, item in enumerate(items)]
+        return [self._ragged_row(name, item, i) for i, item in enumerate(items)]
 
-    def _ragged_row(self, value: Any, row: int | None) -> np.ndarray:
-        arr = to_numpy(self.name, value)
-        where = f"field {self.name!r}" + ("" if row is None else f" row {row}")
+    def _ragged_row(self, name: str, value: Any, row: int | None) -> np.ndarray:
+        arr = to_numpy(name, value)
+        where = f"field {name!r}" + ("" if row is None else f" row {row}")
         if arr.ndim != len(self.field.shape) or arr.shape[1:] != self.field.item_shape:
             raise SchemaError(f"{where} has shape {arr.shape}; the ragged field takes arrays of shape "
                               f"{_shape_text(self.field.shape)} (any length along the first axis)")
-        return cast_to(self.name, arr, self.field.dtype)
+        return cast_to(name, arr, self.field.dtype)
 
     def place(self, position: int, nbytes: int) -> int:
-        """Where a row of ``nbytes`` written at ``position`` starts: there, or at the heap's
-        start when it would run past the heap's end."""
-        offset = position % self.heap_nbytes
-        return position if offset + nbytes <= self.heap_nbytes else position + self.heap_nbytes - offset
+        return place_in_heap(position, nbytes, self.heap_nbytes)
 
     def rows_that_fit(self, rows: EncodedRows, first: int, count: int) -> tuple[int, int | None]:
         """How many of ``count`` rows from row ``first`` can be written before a commit, and if

@@ -48,9 +48,11 @@ class _Creator:
         slots = plan_slots(self.capacity, self.slack, chunk_rows)
         meta = build_meta(schema, self.capacity, slots, chunk_rows, self.attrs, self.checksums)
         episode_rows = _episode_rows(self.max_episodes, slots)
-        meta["internal"] = internal.plan(schema, slots, episode_rows, self.derive_next_obs,
-                                         _final_rows(self.max_final_obs, self.capacity + self.slack, episode_rows),
-                                         heap_sizes(schema, self.heap_bytes, self.capacity + self.slack))
+        rows = self.capacity + self.slack
+        final_rows = _final_rows(self.max_final_obs, rows, episode_rows)
+        heaps = heap_sizes(schema, self.heap_bytes, rows)
+        meta["internal"] = internal.plan(schema, slots, episode_rows, self.derive_next_obs, final_rows, heaps,
+                                         final_heap_sizes(schema, heaps, final_rows, rows))
         files.check_free_space(self.path, self.backend.disk_nbytes(schema, slots) + internal_nbytes(meta))
         files.build_aside(
             self.path,
@@ -150,7 +152,7 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
         if schema is not None:
             heap_sizes(Schema(schema), heap_bytes, 1)  # fail before touching the disk
         if derive_next_obs and schema is not None:
-            internal.plan(Schema(schema), 1, 1, True)  # fail before touching the disk
+            internal.plan(Schema(schema), 1, 1, True, final_rows=1)  # fail before touching the disk
     # A read-only mount, an immutable file or a missing permission: ReadOnlyError, not a bare OSError.
     with files.refusing_read_only(path):
         if creating:
@@ -204,6 +206,20 @@ def heap_sizes(schema: Schema, heap_bytes: Any, rows: int) -> dict[str, int]:
         shares = np.maximum(1, (total * weights / weights.sum()).astype(np.int64))
         sizes.update({name: int(share) for name, share in zip(rest, shares, strict=True)})
     return {name: sizes[name] for name in names}
+
+
+# The final-observation heap of a ragged observation never drops below this (a small pool's share
+# of its heap would hold only a few final observations).
+_MIN_FINAL_HEAP_NBYTES = 1 << 16
+
+
+def final_heap_sizes(schema: Schema, heaps: dict[str, int], final_rows: int, rows: int) -> dict[str, int]:
+    """The final-observation heap of each ragged observation a new pool derives ``next_`` of: the
+    share of the field's own heap that ``final_rows`` of its ``rows`` rows take, so that the final
+    observations of the newest ``final_rows`` episodes fit as their rows do; at least 64 KiB and
+    at most the field's heap (which bounds every row already)."""
+    return {name: min(heaps[name], max(_MIN_FINAL_HEAP_NBYTES, -(-heaps[name] * final_rows // rows)))
+            for name in internal.derived_fields(schema) if schema[name].ragged}
 
 
 def _positive_bytes(what: str, value: Any) -> int:

@@ -44,6 +44,18 @@ def merge_rows(batch: dict[str, np.ndarray], rows: np.ndarray, new_batch: dict[s
         target[rows] = incoming
 
 
+def put_rows(values: np.ndarray, lengths: np.ndarray, positions: np.ndarray, rows: Sequence[np.ndarray]
+             ) -> np.ndarray:
+    """Rows of their own lengths into a ragged column at ``positions`` (zeros past each row's end,
+    ``lengths`` set); returns the column, widened first when a row is longer than it is wide."""
+    values = _widen(values, 1, max((len(row) for row in rows), default=0))
+    for position, row in zip(positions.tolist(), rows, strict=True):
+        values[position, :len(row)] = row
+        values[position, len(row):] = 0
+        lengths[position] = len(row)
+    return values
+
+
 def _widen(values: np.ndarray, axis: int, width: int) -> np.ndarray:
     if values.shape[axis] >= width:
         return values

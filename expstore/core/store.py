@@ -173,10 +173,11 @@ class Store:
         views = self._maps.views
         self._heaps = Heaps.of(views, layout.schema, self._slots, bool(layout.meta["checksums"]),
                                self._committed.payload)
-        self._ragged = tuple(name for name, field in self._fields if field.ragged)
         self._keeping = Bookkeeping.of(views, layout.schema, self._slots, self._ring.capacity, self._committed,
-                                       self.writable)
+                                       self.writable, bool(layout.meta["checksums"]))
         self._derived = () if self._keeping is None else self._keeping.derived
+        self._ragged = tuple(name for name, field in self._fields if field.ragged) + tuple(
+            f"next_{name}" for name in self._derived if layout.schema[name].ragged)
         self._batches = Batches(views, layout.schema, self._slots, self._keeping, self._gather,
                                 lambda: self._committed, self.path, self._read_heap_fields)
         if self._keeping is not None:
@@ -561,9 +562,25 @@ class Store:
         wanted = {f"next_{name}" for name in self._derived}
         if not wanted or not wanted <= mapping.keys() or mapping.keys() - wanted != self._names:
             raise self._names_error(mapping)
-        schema = self._mapped()[1].schema
-        derived = {key: as_rows(key, schema[key[5:]], mapping[key], n_rows) for key in wanted}
+        derived = {key: self._derived_rows(key, mapping[key], n_rows) for key in wanted}
         return {key: value for key, value in mapping.items() if key not in wanted}, derived
+
+    def _derived_rows(self, key: str, value: Any, n_rows: int | None) -> Any:
+        """A ``next_<obs>`` value of an append (``n_rows`` None) or extend, checked; a ragged
+        observation's as one array, or an object array of one per row."""
+        name = key[len("next_"):]
+        field = self._mapped()[1].schema[name]
+        if not field.ragged:
+            return as_rows(key, field, value, n_rows)
+        assert self._heaps is not None and self._keeping is not None and self._keeping.book.final_table is not None
+        rows = self._heaps.by_name[name].check_rows(value, n_rows, key)
+        self._keeping.book.final_table.ragged[name].check(key, rows)
+        if n_rows is None:
+            return rows[0]
+        column = np.empty(len(rows), object)
+        for row, values in enumerate(rows):  # one by one: rows of one length would make a 2-d array
+            column[row] = values
+        return column
 
     def _final_rows(self, next_obs: Mapping[str, Any], n_rows: int) -> dict[str, np.ndarray] | None:
         """The ``next_<obs>`` rows given to ``end_episodes``, checked; those a deriving pool keeps."""
@@ -573,7 +590,8 @@ class Store:
         if not isinstance(next_obs, Mapping) or set(next_obs) != expected:
             given = sorted(next_obs) if isinstance(next_obs, Mapping) else type(next_obs).__name__
             raise InvalidArgumentError(f"next_obs must map {sorted(expected)} to one row per env id, got {given}")
-        rows = {key: as_rows(key, schema[key[5:]], value, n_rows) for key, value in next_obs.items()}
+        rows = {key: (self._derived_rows(key, value, n_rows) if key[len("next_"):] in self._derived
+                      else as_rows(key, schema[key[5:]], value, n_rows)) for key, value in next_obs.items()}
         derived = {key: rows[key] for key in (f"next_{name}" for name in self._derived)}
         return derived or None
 
