@@ -101,6 +101,15 @@ class FinalTable:
         owners = self.episode_table[rows, 0] if self.owner is None else self.owner[rows]
         return values, readable & (owners == numbers)  # the owners read after the values
 
+    def check(self) -> tuple[int, list[str]]:
+        """``verify``'s check of the ragged observations' final heaps: (final observations whose
+        bytes matched a recorded crc32, findings)."""
+        checked, findings = 0, list[str]()
+        for heap in self.ragged.values():
+            crcs, found = heap.check()
+            checked, findings = checked + crcs, findings + found
+        return checked, findings
+
     def clear(self) -> None:
         if self.owner is not None:
             self.owner[:] = 0
@@ -124,7 +133,7 @@ class RaggedFinals:
         self._head: int | None = None  # the log position past the newest bytes: found at the first write
         self._oldest: int | None = None  # no older final observation keeps its bytes (the eviction's cursor)
 
-    def check(self, key: str, values: Sequence[np.ndarray]) -> None:
+    def check_fits(self, key: str, values: Sequence[np.ndarray]) -> None:
         """Refuse, before anything is written, a row no final observation of this heap could hold."""
         for row, value in enumerate(values):
             if value.nbytes > self.heap_nbytes:
@@ -164,6 +173,29 @@ class RaggedFinals:
                     return
                 self.owner[row] = -1
             self._oldest += 1
+
+    def check(self) -> tuple[int, list[str]]:
+        """Every owned final observation's entry against the heap, and its bytes against a
+        recorded crc32: (crcs checked, findings). A row whose owner changes meanwhile (a writer
+        replacing it) is not reported."""
+        rows = np.arange(len(self.index), dtype=np.int64)
+        owners = self.owner.copy()
+        entries = self.index.copy()
+        start, nbytes, length, crc = entries.T
+        owned = (owners >= 0) & (owners % len(rows) == rows)
+        offsets = start % self.heap_nbytes
+        bad = owned & ((start < 0) | (length < 0) | (nbytes != length * self.field.item_nbytes)
+                       | (offsets + nbytes > self.heap_nbytes))
+        recorded = owned & ~bad & (crc != NO_CRC)
+        for row in np.flatnonzero(recorded).tolist():
+            if zlib.crc32(self.heap[offsets[row]:offsets[row] + nbytes[row]].data) != crc[row]:
+                bad[row] = True
+        bad &= self.owner == owners  # read again: a final observation replaced meanwhile is no damage
+        findings = [] if not bad.any() else [
+            f"field {self.name!r}: {int(bad.sum())} final observation(s) do not match their heap entry or crc32 "
+            f"(the first: final observation {int(owners[bad][0])}); the last rows of their episodes are not "
+            "sampled"]
+        return int((recorded & ~bad).sum()), findings
 
     def read(self, rows: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The observations in ring ``rows`` where ``wanted`` (an object array of arrays, empty

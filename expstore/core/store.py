@@ -574,7 +574,7 @@ class Store:
             return as_rows(key, field, value, n_rows)
         assert self._heaps is not None and self._keeping is not None and self._keeping.book.final_table is not None
         rows = self._heaps.by_name[name].check_rows(value, n_rows, key)
-        self._keeping.book.final_table.ragged[name].check(key, rows)
+        self._keeping.book.final_table.ragged[name].check_fits(key, rows)
         if n_rows is None:
             return rows[0]
         column = np.empty(len(rows), object)
@@ -1299,6 +1299,10 @@ class Store:
         if findings and self._window()[0] > low:  # a writer moved on: look again at what is still there
             low, high = self._window()
             checked, findings = self._heaps.check(low, high, self._committed.payload)
+        final_table = None if self._keeping is None else self._keeping.book.final_table
+        if final_table is not None and final_table.ragged:
+            final_checked, final_findings = final_table.check()
+            checked, findings = checked + final_checked, findings + final_findings
         return checked, findings
 
     @property

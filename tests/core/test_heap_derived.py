@@ -238,3 +238,19 @@ def test_a_writer_killed_after_evicting_committed_finals_loses_only_their_last_r
         assert_next_obs_match(batch)
         assert {step for step in batch["step_id"].tolist() if ends_episode(step) and step >= head}, \
             "the resumed writer's own finals are sampled"
+
+
+def test_verify_checks_the_final_heap(pool_path):
+    with expstore.open(pool_path, "w", capacity=100, schema=schema(), derive_next_obs=True, checksums=True) as pool:
+        for step in range(40):
+            pool.append(row(step, ends_episode(step)))
+    report = expstore.verify(pool_path)
+    assert report.ok, report.findings
+    assert report.facts["heap_rows_checked"] == 40 + 8, "every row, and the 8 final observations"
+    with expstore.open(pool_path, "r+") as pool:
+        index = pool._maps.views[FINAL_PREFIX + "obs"]
+        heap = pool._maps.views[FINAL_HEAP_PREFIX + "obs"]
+        start, nbytes = int(index[3, 0]), int(index[3, 1])
+        heap[start % len(heap) + nbytes - 1] ^= 0xFF  # one byte of final observation 3
+    report = expstore.verify(pool_path)
+    assert [finding for finding in report.findings if "final observation 3" in finding], report.findings

@@ -11,7 +11,8 @@ committed, so it must survive a SIGKILL. The parent kills it whenever it likes.
 ``--batch 1`` appends one row at a time (``append``); a larger batch uses ``extend``. A seed
 >= 0 draws each batch's length from 1..batch instead (ragged batches). ``--schema heap`` writes
 the rows of ``tests.helpers.heap_rows`` (a codec field and two ragged ones) into heaps of
-``--heap-bytes``.
+``--heap-bytes``; ``--schema heap-derived`` its derived variant, with next observations, into a
+pool created with ``derive_next_obs=True``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="rows per append/extend call")
     parser.add_argument("--seed", type=int, default=-1, help=">= 0: ragged batch lengths from this seed")
     parser.add_argument("--fsync", type=int, default=0, choices=(0, 1))
-    parser.add_argument("--schema", default="pendulum", choices=("pendulum", "heap"))
+    parser.add_argument("--schema", default="pendulum", choices=("pendulum", "heap", "heap-derived"))
     parser.add_argument("--heap-bytes", type=int, default=None, help="heap bytes of a heap schema's pool")
     return parser.parse_args(argv)
 
@@ -53,17 +54,18 @@ def _batch_lengths(args: argparse.Namespace):
 def _write_forever(pool, args: argparse.Namespace) -> None:
     import numpy as np
 
-    from tests.helpers.heap_rows import heap_batch, heap_row
+    from tests.helpers.heap_rows import heap_batch, heap_derived_batch, heap_derived_row, heap_row
     from tests.helpers.pools import rows_for
 
     names = list(pool.schema)
     head = last_flushed = pool.next_step_id
+    row, batch = (heap_derived_row, heap_derived_batch) if args.schema == "heap-derived" else (heap_row, heap_batch)
     for n_rows in _batch_lengths(args):
-        if args.schema == "heap":
+        if args.schema != "pendulum":
             if n_rows == 1 and args.batch == 1:
-                pool.append(heap_row(head))
+                pool.append(row(head))
             else:
-                pool.extend(heap_batch(range(head, head + n_rows)))
+                pool.extend(batch(range(head, head + n_rows)))
         else:
             rows = rows_for(np.arange(head, head + n_rows))
             if n_rows == 1 and args.batch == 1:
@@ -80,11 +82,11 @@ def _write_forever(pool, args: argparse.Namespace) -> None:
 def main(argv: list[str]) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(WRITER_SCRIPT))))  # the checkout
     import expstore
-    from tests.helpers.heap_rows import heap_schema
+    from tests.helpers.heap_rows import heap_derived_schema, heap_schema
     from tests.helpers.pools import pendulum_schema
 
     args = _parse(argv)
-    schema = heap_schema() if args.schema == "heap" else pendulum_schema()
+    schema = {"heap": heap_schema, "heap-derived": heap_derived_schema, "pendulum": pendulum_schema}[args.schema]()
     pool = expstore.open(args.path, "a", capacity=args.capacity, schema=schema,
                          backend=args.backend, commit_every=args.commit_every,
                          commit_interval_s=3600.0, fsync=bool(args.fsync), heap_bytes=args.heap_bytes)
