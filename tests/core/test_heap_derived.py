@@ -31,8 +31,8 @@ def observation(step: int, width: int = 3) -> np.ndarray:
     return (np.arange(count * width, dtype=np.float32).reshape(count, width) + step)
 
 
-def schema(width: int = 3) -> dict:
-    return {"obs": expstore.Field((None, width), "float32"), "obs_pos": ((2,), "float32"),
+def schema(width: int = 3, codec: str | None = None) -> dict:
+    return {"obs": expstore.Field((None, width), "float32", codec=codec), "obs_pos": ((2,), "float32"),
             "action": ((), "int64"), "reward": ((), "float32"),
             "terminated": ((), "bool"), "truncated": ((), "bool")}
 
@@ -60,8 +60,10 @@ def assert_next_obs_match(batch: dict) -> None:
         np.testing.assert_array_equal(batch["next_obs_pos"][k], np.full(2, following, np.float32))
 
 
-def test_appended_and_extended_episodes_sample_their_next_ragged_obs(pool_path):
-    with expstore.open(pool_path, "w", capacity=300, schema=schema(), derive_next_obs=True) as pool:
+@pytest.mark.parametrize("codec", [None, "lz4"])
+def test_appended_and_extended_episodes_sample_their_next_ragged_obs(pool_path, codec):
+    """Rows through both write paths; a codec field's final observations are kept raw."""
+    with expstore.open(pool_path, "w", capacity=300, schema=schema(codec=codec), derive_next_obs=True) as pool:
         for step in range(120):
             pool.append(row(step, ends_episode(step)))
         rows = [row(step, ends_episode(step)) for step in range(120, 260)]
