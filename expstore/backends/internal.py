@@ -35,7 +35,10 @@ Pools created before the final-observation table had a size of its own have neit
 Per heap field (ragged, or with a codec; core/heap.py), the heap itself:
 
 - ``_heap_<name>`` uint8 (heap bytes): the rows' stored bytes, a circular log. The field's own
-  array is then its index, one entry per slot (schema.HEAP_INDEX_COLUMNS).
+  array is then its index, one entry per slot (schema.HEAP_INDEX_COLUMNS);
+- with a ``zstd:N+dict`` codec, ``_dict_<name>`` uint8 (``DICTIONARY_ARRAY_NBYTES``): the zstd
+  dictionary the writer trains on the field's first rows (core/heap_dictionary.py): int64 length
+  (0 until trained), int64 crc32 of the dictionary, then its bytes.
 
 All start zeroed. Names starting with ``_`` are never user fields, so they cannot collide.
 """
@@ -48,6 +51,7 @@ from typing import overload
 
 import numpy as np
 
+from ..codecs.registry import uses_dictionary
 from ..errors import SchemaError
 from ..schema import HEAP_INDEX_COLUMNS, HEAP_INDEX_DTYPE, Schema
 
@@ -64,6 +68,10 @@ FINAL_PREFIX = "_final_"
 FINAL_OWNER = "_finals_owner"  # outside FINAL_PREFIX: it is no observation's table
 FINAL_HEAP_PREFIX = "_finals_heap_"  # likewise: the bytes of a ragged observation's final table
 HEAP_PREFIX = "_heap_"
+DICTIONARY_PREFIX = "_dict_"
+DICTIONARY_HEADER_NBYTES = 16  # int64 length, int64 crc32
+DICTIONARY_NBYTES = 64 << 10  # what the trainer is asked for, at most
+DICTIONARY_ARRAY_NBYTES = DICTIONARY_HEADER_NBYTES + DICTIONARY_NBYTES
 
 
 class EpisodeStatus(IntEnum):
@@ -147,6 +155,8 @@ def plan(schema: Schema, slots: int, episode_rows: int | None, derive_next_obs: 
         arrays[FINAL_PREFIX + name] = {"shape": [rows, *field.shape], "dtype": field.dtype.name}
     for name in schema.heap_fields():
         arrays[HEAP_PREFIX + name] = {"shape": [int((heap_nbytes or {}).get(name, 1))], "dtype": "uint8"}
+        if uses_dictionary(schema[name].codec):
+            arrays[DICTIONARY_PREFIX + name] = {"shape": [DICTIONARY_ARRAY_NBYTES], "dtype": "uint8"}
     return arrays
 
 

@@ -9,6 +9,7 @@ import click
 import numpy as np
 
 from ..backends.archive import is_archive
+from ..core.heap_dictionary import TRAIN_ROWS
 from ..core.opening import open as open_store
 from ..errors import InvalidArgumentError, NotAPoolError
 from ..inspect import summary
@@ -63,8 +64,11 @@ def info(path: str, as_json: bool) -> None:
 def _heap_line(heap: dict) -> str:
     ratio = "no rows" if heap["ratio"] is None else \
         f"{heap['ratio']:.2f}x ({_nbytes(heap['raw_nbytes'])} raw in {_nbytes(heap['stored_nbytes'])})"
+    dictionary = heap.get("dictionary")
+    trained = "" if dictionary is None else (f"; dictionary {_nbytes(dictionary)}" if dictionary else
+                                             f"; dictionary not trained yet (on the first {TRAIN_ROWS:,} rows)")
     return (f"{heap['codec']}, ratio {ratio}; heap {_nbytes(heap['used_nbytes'])} of {_nbytes(heap['heap_nbytes'])} "
-            f"used ({100 * heap['used_fraction']:.0f}%) by {heap['rows']} rows")
+            f"used ({100 * heap['used_fraction']:.0f}%) by {heap['rows']} rows{trained}")
 
 
 def _nbytes(n: int) -> str:

@@ -8,6 +8,10 @@ zstd rows are standard zstd frames. They are coded with python-zstandard when it
 (``pip install expstore[codecs]``): its calls cost about 5 us per 84x84 frame, where numcodecs,
 the fallback, spends 30-50 us per call in Python-level argument checks (measured here). Either
 library reads what the other wrote.
+
+``"zstd:N+dict"`` is zstd with a dictionary the pool trains on the field's first rows and keeps
+(core/heap_dictionary.py); ``get_codec`` gives the codec without it, ``with_dictionary`` the one
+with it. Only python-zstandard trains and uses dictionaries.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import numpy as np
 from ..errors import SchemaError
 
 RAW = "raw"  # the bytes as they are: what a ragged field without a codec stores
+DICTIONARY_SUFFIX = "+dict"  # after a zstd codec's name: rows compressed with the pool's dictionary
 
 
 class Codec(Protocol):
@@ -70,20 +75,30 @@ class _Numcodec:
 
 
 class _Zstandard:
-    """zstd through python-zstandard; a (de)compressor object per thread, as the library asks."""
+    """zstd through python-zstandard; a (de)compressor object per thread, as the library asks.
+    With ``dictionary`` (a ZstdCompressionDict), rows are compressed with it; its decompressor
+    also decodes frames made without it (they name no dictionary)."""
 
-    def __init__(self, name: str, level: int, zstandard: Any):
+    def __init__(self, name: str, level: int, zstandard: Any, dictionary: Any = None):
         self.name = name
         self._level = level
         self._zstandard = zstandard
+        self._dictionary = dictionary
         self._local = threading.local()
 
     def _coders(self) -> tuple[Any, Any]:
         coders = getattr(self._local, "coders", None)
         if coders is None:
-            coders = self._local.coders = (self._zstandard.ZstdCompressor(level=self._level),
-                                           self._zstandard.ZstdDecompressor())
+            zstandard, dictionary = self._zstandard, self._dictionary
+            coders = self._local.coders = (zstandard.ZstdCompressor(level=self._level, dict_data=dictionary),
+                                           zstandard.ZstdDecompressor(dict_data=dictionary))
         return coders
+
+    def with_dictionary(self, data: bytes) -> Codec:
+        """This codec compressing with the trained dictionary ``data``."""
+        dictionary = self._zstandard.ZstdCompressionDict(data)
+        dictionary.precompute_compress(level=self._level)  # once, not per compressor
+        return type(self)(self.name + DICTIONARY_SUFFIX, self._level, self._zstandard, dictionary)
 
     def encode(self, data):
         return self._coders()[0].compress(data)
@@ -189,8 +204,34 @@ def _parse(name: object) -> tuple[str, int | None]:
         raise SchemaError(f"codec {name!r}: the level after ':' must be an int, as in 'zstd:3'") from None
 
 
+def uses_dictionary(name: str | None) -> bool:
+    """Whether the codec ``name`` compresses with a dictionary the pool keeps (``"zstd:3+dict"``)."""
+    return isinstance(name, str) and name.strip().lower().endswith(DICTIONARY_SUFFIX)
+
+
+def with_dictionary(codec: Codec, data: bytes) -> Codec:
+    """``codec`` compressing with the trained dictionary ``data`` (a codec ``get_codec`` gave for
+    a ``+dict`` name, so one that can)."""
+    return codec.with_dictionary(data)  # type: ignore[attr-defined]
+
+
+def train_dictionary(samples: list[bytes], nbytes: int) -> bytes:
+    """A zstd dictionary of at most ``nbytes`` trained on ``samples`` (rows' raw bytes); raises
+    ValueError when the rows give the trainer too little to learn from."""
+    import zstandard  # only a dictionary field's writer trains
+
+    chunks: list[bytes | bytearray | memoryview] = list(samples)
+    try:
+        return zstandard.train_dictionary(nbytes, chunks).as_bytes()
+    except zstandard.ZstdError as error:
+        raise ValueError(str(error)) from None
+
+
 def get_codec(name: str | None) -> Codec:
-    """The codec named ``name`` (None: raw). Raises SchemaError naming the choices when unknown."""
+    """The codec named ``name`` (None: raw). Raises SchemaError naming the choices when unknown.
+    A ``+dict`` name gives its codec without the dictionary (``with_dictionary`` adds it)."""
+    if uses_dictionary(name):
+        return _dictionary_base(str(name))
     key = RAW if name is None else name
     codec = _BUILT.get(key)
     if codec is None:
@@ -200,9 +241,23 @@ def get_codec(name: str | None) -> Codec:
     return codec
 
 
+def _dictionary_base(name: str) -> Codec:
+    base_name = name.strip().lower()[:-len(DICTIONARY_SUFFIX)]
+    codec = get_codec(base_name)
+    if _parse(base_name)[0] != "zstd":
+        raise SchemaError(f"codec {name!r}: only zstd compresses with a dictionary; write e.g. 'zstd:3+dict'")
+    if not callable(getattr(codec, "with_dictionary", None)):
+        raise SchemaError(f"codec {name!r} needs python-zstandard, which trains and reads zstd dictionaries: "
+                          "pip install 'expstore[codecs]' (or zstandard)")
+    return codec
+
+
 def normalise_codec(name: str | None) -> str | None:
-    """The canonical name of a codec (``"zstd"`` -> ``"zstd:3"``), None for raw storage."""
+    """The canonical name of a codec (``"zstd"`` -> ``"zstd:3"``, ``"zstd+dict"`` ->
+    ``"zstd:3+dict"``), None for raw storage."""
     if name is None:
         return None
     canonical = get_codec(name).name
-    return None if canonical == RAW else canonical
+    if canonical == RAW:
+        return None
+    return canonical + DICTIONARY_SUFFIX if uses_dictionary(name) else canonical

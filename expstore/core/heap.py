@@ -29,12 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.internal import HEAP_PREFIX
+from ..backends.internal import DICTIONARY_PREFIX, HEAP_PREFIX
 from ..codecs import BatchDecoder, Codec, batch_decoder, get_codec
+from ..codecs.registry import with_dictionary
 from ..errors import CorruptStoreError, SchemaError
 from ..schema import Field, Schema
 from .casting import as_rows, cast_to, to_numpy
 from .coldread import prefetch_byte_ranges
+from .heap_dictionary import HeapDictionary
 
 PAYLOAD_KEY = "heap"
 BOUND_KEY = "heap_bound"  # the heap field whose eviction set the tail last, null when the capacity did
@@ -85,7 +87,7 @@ class HeapField:
     """One heap field of an open pool: its index and heap arrays, codec and write position."""
 
     def __init__(self, name: str, field: Field, index: np.ndarray, heap: np.ndarray, slots: int,
-                 checksums: bool, positions: Sequence[int]):
+                 checksums: bool, positions: Sequence[int], dictionary: np.ndarray | None = None):
         self.name = name
         self.field = field
         self.index = index
@@ -93,19 +95,46 @@ class HeapField:
         self.heap_nbytes = int(heap.shape[0])
         self.slots = slots
         self.checksums = checksums
-        self.codec: Codec | None = None if field.codec is None else get_codec(field.codec)
-        # Fixed-shape rows only: a whole batch decodes into one buffer the shape of the batch.
-        self._batch_decoder: BatchDecoder | None = (None if self.codec is None or field.ragged
-                                                    else batch_decoder(self.codec))
+        self.codec: Codec | None = None
+        self._batch_decoder: BatchDecoder | None = None
+        self._use_codec(None if field.codec is None else get_codec(field.codec))
+        # A zstd:N+dict field's dictionary (core/heap_dictionary.py); None once it is in use.
+        self._dictionary_array = dictionary
+        self._dictionary = None if dictionary is None else HeapDictionary(name, dictionary)
+        self._load_dictionary()
         tail_position, self.head_position, self.max_length = (int(n) for n in positions)
         # The start of the oldest row the writer must not overwrite (None: no row to protect): the
         # committed tail's row, or while the window is empty, the first row written since.
         self.protected: int | None = tail_position if tail_position < self.head_position else None
 
+    def _use_codec(self, codec: Codec | None) -> None:
+        self.codec = codec
+        # Fixed-shape rows only: a whole batch decodes into one buffer the shape of the batch.
+        self._batch_decoder = None if codec is None or self.field.ragged else batch_decoder(codec)
+
+    def _load_dictionary(self) -> None:
+        """Take up the field's dictionary once it is stored (a reader: once its writer trained it)."""
+        if self._dictionary is not None and self.codec is not None:
+            data = self._dictionary.load()
+            if data is not None:
+                self._use_codec(with_dictionary(self.codec, data))
+                self._dictionary = None
+
+    @property
+    def dictionary_nbytes(self) -> int | None:
+        """The size of the dictionary this field compresses with; None without one (yet)."""
+        if self._dictionary_array is None or self._dictionary is not None:
+            return None
+        return int(self._dictionary_array[:8].view(np.int64)[0])
+
     # ------------------------------------------------------------------ writing
     def encode(self, values: Sequence[np.ndarray]) -> EncodedRows:
         """Encode rows already checked by ``check_rows``."""
         raws = [np.ascontiguousarray(value) for value in values]
+        if self._dictionary is not None:  # until it has one: collect rows, and train once there are enough
+            self._dictionary.collect(raws)
+            if self._dictionary.train() is not None:
+                self._load_dictionary()
         if self.codec is None:
             data = [raw.tobytes() for raw in raws]
         else:
@@ -214,6 +243,8 @@ class HeapField:
         """Decode the rows of ``steps`` from their index ``entries``, checked against the commit
         entry ``positions`` the reader holds. Returns the values (ragged: padded with zeros),
         the lengths (ragged fields) and which rows failed the checks (values zero)."""
+        if self._dictionary is not None:  # rows compressed with it may be among these
+            self._load_dictionary()
         offsets, nbytes, lengths, bad = self._checked(entries, positions)
         width = int(lengths.max()) if self.field.ragged and len(lengths) else 0
         shape = (len(steps), width, *self.field.item_shape) if self.field.ragged else (len(steps), *self.field.shape)
@@ -322,13 +353,16 @@ class HeapField:
 
     def usage(self, tail: int, head: int, positions: Sequence[int]) -> dict:
         """What ``info`` shows of this heap for the window [tail, head) of a commit with entry
-        ``positions``: its size, the bytes the window spans, and the ratio its codec achieved."""
+        ``positions``: its size, the bytes the window spans, the ratio its codec achieved, and a
+        ``+dict`` codec's dictionary size (0 while not trained; None for other codecs)."""
         entries = self.index[np.arange(tail, head, dtype=np.int64) % self.slots] if head > tail \
             else np.zeros((0, 4), np.int64)
         stored = int(entries[:, NBYTES].sum())
         raw = int(entries[:, LENGTH].sum()) * self.field.item_nbytes
         span = int(positions[1]) - int(positions[0]) if head > tail else 0
-        return {"codec": self.field.codec or "raw", "heap_nbytes": self.heap_nbytes, "used_nbytes": span,
+        dictionary = None if self._dictionary_array is None else self.dictionary_nbytes or 0
+        return {"codec": self.field.codec or "raw", "dictionary": dictionary, "heap_nbytes": self.heap_nbytes,
+                "used_nbytes": span,
                 "used_fraction": span / self.heap_nbytes, "stored_nbytes": stored, "raw_nbytes": raw,
                 "ratio": raw / stored if stored else None, "rows": head - tail, "max_length": self.max_length}
 
@@ -382,7 +416,7 @@ class Heaps:
                  payload: Mapping):
         entries = payload.get(PAYLOAD_KEY, {})
         self.fields = [HeapField(name, schema[name], views[name], views[HEAP_PREFIX + name], slots, checksums,
-                                 entries.get(name, (0, 0, 0)))
+                                 entries.get(name, (0, 0, 0)), views.get(DICTIONARY_PREFIX + name))
                        for name in schema.heap_fields()]
         self.by_name = {heap.name: heap for heap in self.fields}
         self.bad_steps: list[np.ndarray] = []  # steps whose rows failed the checks in a reader's gathers
