@@ -96,10 +96,11 @@ class Field:
             ``None`` (the default) detects it: uint8 fields shaped (H, W), (H, W, C) or (C, H, W)
             with 1, 3 or 4 channels are images. ``False`` says it is not; ``True`` requires the
             detected layout; ``"HW"``, ``"HWC"`` or ``"CHW"`` names it and checks the shape fits.
-        codec: compress each row on its own: ``"zstd"`` (level 3), ``"zstd:N"``, ``"lz4"``, or
-            ``None``/``"raw"`` for none (see expstore.codecs). A field with a codec, and every
-            ragged field, keeps its rows in a byte heap (see ``heap_bytes``); sampling returns
-            them as plain arrays.
+        codec: compress each row on its own: ``"zstd"`` (level 3), ``"zstd:N"``, ``"zstd:N+dict"``
+            (with a zstd dictionary the pool trains on the field's first 2,000 rows and keeps:
+            core/heap_dictionary.py), ``"lz4"``, or ``None``/``"raw"`` for none (see
+            expstore.codecs). A field with a codec, and every ragged field, keeps its rows in a
+            byte heap (see ``heap_bytes``); sampling returns them as plain arrays.
         heap_bytes: the size of this field's heap, for a ragged field or one with a codec;
             default the ``heap_bytes`` given to ``expstore.open``, else ``capacity`` raw rows
             (a ragged row counted as 64 elements). A creation setting: not part of the

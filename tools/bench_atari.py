@@ -10,7 +10,8 @@ Records (or loads from --cache-dir) real preprocessed frames of each game with a
   layouts are measured on pools of --layout-rows rows (their bytes per row do not depend on the
   count); the compressed pools hold every recorded frame, and the 1M-transition figures
   extrapolate the measured bytes per transition (said so in the output);
-- each codec's bytes and CPU cost per frame (one frame per call, as a pool codes its rows);
+- each codec's bytes and CPU cost per frame (one frame per call, as a pool codes its rows; a
+  ``+dict`` codec with a dictionary trained on the first 2,000 frames, as a pool trains it);
 - sampling batches of 32 and 256 stacked transitions (obs and next_obs (4, 84, 84)) from one game,
   hot (page cache warm) and cold (the pool's pages dropped from the page cache before each
   batch), against SB3's in-RAM buffer, TorchRL's memmap storage and the raw stacked pool;
@@ -18,8 +19,6 @@ Records (or loads from --cache-dir) real preprocessed frames of each game with a
   recorded transition of that game: each pool sampled by a fresh process in a memory cgroup of
   that size (page cache included), after the page cache was dropped, for a fixed number of
   batches (root only; elsewhere the samplers run uncapped and the table says so);
-- with --dictionary-probe (alone): the bytes and cost per frame of zstd with a dictionary trained
-  on each game's first frames, outside any pool (no expstore codec carries a dictionary yet).
 
     python tools/bench_atari.py --steps 100000 --budget 4 --cache-dir runs/atari-cache
 """
@@ -171,9 +170,15 @@ def expstore_bytes(rec: AtariRecording, kind: str, rows: int, where: str, codec:
 def codec_cost(rec: AtariRecording, codec_name: str, every: int = 10) -> tuple[float, float, float]:
     """Bytes per frame, and CPU microseconds to encode and to decode one, over every ``every``-th
     frame of the recording (one frame per call, as a pool codes its rows)."""
+    from expstore.backends.internal import DICTIONARY_NBYTES
     from expstore.codecs import get_codec
+    from expstore.codecs.registry import train_dictionary, uses_dictionary, with_dictionary
+    from expstore.core.heap_dictionary import TRAIN_ROWS
 
     codec = get_codec(codec_name)
+    if uses_dictionary(codec_name):  # trained as a pool trains it: on the first rows it stores
+        samples = [np.ascontiguousarray(frame).tobytes() for frame in rec.frames[:TRAIN_ROWS]]
+        codec = with_dictionary(codec, train_dictionary(samples, DICTIONARY_NBYTES))
     frames = [np.ascontiguousarray(frame).tobytes() for frame in rec.frames[::every]]
     start = time.process_time()
     encoded = [codec.encode(frame) for frame in frames]
@@ -184,31 +189,6 @@ def codec_cost(rec: AtariRecording, codec_name: str, every: int = 10) -> tuple[f
     decode_s = time.process_time() - start
     n = len(frames)
     return sum(map(len, encoded)) / n, encode_s / n * 1e6, decode_s / n * 1e6
-
-
-def dictionary_probe(rec: AtariRecording, level: int = 3, every: int = 10) -> list[object]:
-    """What a zstd dictionary would save: trained on 1,000 of the first 5,000 frames, applied to
-    every ``every``-th later frame, one frame per call. A probe outside any pool: no expstore codec
-    carries a dictionary (a pool would have to store it, immutably, with its schema)."""
-    import zstandard
-
-    train = [np.ascontiguousarray(frame).tobytes() for frame in rec.frames[:5000:5]]
-    dictionary = zstandard.train_dictionary(64 << 10, train)
-    frames = [np.ascontiguousarray(frame).tobytes() for frame in rec.frames[5000::every]]
-    plain = zstandard.ZstdCompressor(level=level)
-    with_dict = zstandard.ZstdCompressor(level=level, dict_data=dictionary)
-    start = time.process_time()
-    encoded = [with_dict.compress(frame) for frame in frames]
-    encode_us = (time.process_time() - start) / len(frames) * 1e6
-    decompressor = zstandard.ZstdDecompressor(dict_data=dictionary)
-    start = time.process_time()
-    for data in encoded:
-        decompressor.decompress(data)
-    decode_us = (time.process_time() - start) / len(frames) * 1e6
-    without = sum(len(plain.compress(frame)) for frame in frames) / len(frames)
-    per_frame = sum(map(len, encoded)) / len(frames)
-    return [rec.game, f"zstd:{level}", f"{without:,.0f}", f"{per_frame:,.0f}", f"{without / per_frame:.2f}x",
-            f"{encode_us:,.0f}", f"{decode_us:,.1f}"]
 
 
 # ---------------------------------------------------------------------------------------- sampling
@@ -404,8 +384,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tune-allocator", action="store_true",
                         help="run every measurement with expstore.tune_allocator() (glibc keeps the pages of "
                              "large batches)")
-    parser.add_argument("--dictionary-probe", action="store_true",
-                        help="only measure what a trained zstd dictionary would save per frame, for each game")
     args = parser.parse_args(argv)
     tune_allocator_for_run(args.tune_allocator)
     codecs = args.codec or ["zstd:3", "zstd:12"]
@@ -415,14 +393,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"# Atari replay, real frames ({machine()})\n")
         print(versions(["numpy", "h5py", "zarr", "ale-py", "stable-baselines3", "torchrl", "zstandard"]) + "\n")
         steps_of = {game: int(count) for game, count in (item.split("=") for item in args.game_steps)}
-        if args.dictionary_probe:
-            probes = [dictionary_probe(record(game, steps_of.get(game, args.steps), cache_dir=args.cache_dir))
-                      for game in args.game or GAMES]
-            print("## A zstd dictionary (64 KiB, trained on 1,000 of the first 5,000 frames), every 10th later "
-                  "frame, one per call (not a pool codec)\n")
-            print(markdown_table(["game", "level", "bytes/frame without", "with the dictionary", "smaller by",
-                                  "encode us/frame", "decode us/frame"], probes))
-            return 0
         recordings = {}
         if not args.skip_bytes:
             recordings = bytes_tables(args, codecs, steps_of, where)

@@ -411,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only cold sampling of this expstore against the one at ROOT (another checkout)")
     args = parser.parse_args(argv)
     tune_allocator_for_run(args.tune_allocator)
+    if args.workdir:
+        os.makedirs(args.workdir, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         results: dict = {"versions": versions(["expstore", "numpy", "h5py", "zstandard", "ale-py"])}
         if args.compare_code:

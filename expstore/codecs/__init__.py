@@ -4,7 +4,8 @@ A codec is a small object (``Codec`` protocol): ``encode(bytes) -> bytes``,
 ``decode(bytes, nbytes) -> bytes``, and its ``name``; one that can also decode a whole batch of
 rows in one call (``BatchDecoder``: ``decode_rows``) is asked to, for fixed-shape fields.
 ``"zstd"`` (level 3, or ``"zstd:N"``) comes from python-zstandard, which decodes batches on its own
-threads, or else numcodecs; ``"lz4"`` from numcodecs, a zarr dependency. ``register_codec`` adds
+threads, or else numcodecs; ``"zstd:N+dict"`` (python-zstandard only) adds a dictionary the pool
+trains and keeps; ``"lz4"`` from numcodecs, a zarr dependency. ``register_codec`` adds
 another. ``None`` and ``"raw"`` store the bytes as they are.
 """
 

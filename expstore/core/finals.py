@@ -104,7 +104,8 @@ class FinalTable:
     def check(self) -> tuple[int, list[str]]:
         """``verify``'s check of the ragged observations' final heaps: (final observations whose
         bytes matched a recorded crc32, findings)."""
-        checked, findings = 0, []  # type: tuple[int, list[str]]
+        checked = 0
+        findings: list[str] = []
         for heap in self.ragged.values():
             crcs, found = heap.check()
             checked, findings = checked + crcs, findings + found

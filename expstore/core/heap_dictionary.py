@@ -28,7 +28,9 @@ from ..backends.internal import DICTIONARY_HEADER_NBYTES, DICTIONARY_NBYTES
 from ..codecs.registry import train_dictionary
 from ..errors import CorruptStoreError
 
-TRAIN_ROWS = 1000  # about 7 MB of Atari frames: a hundred times the dictionary, as zstd advises
+# About 14 MB of Atari frames. Measured at level 3: dictionaries trained on the first 2,000 frames
+# code Pong and Breakout frames in 112 B, against 172 and 218 B from the first 1,000.
+TRAIN_ROWS = 2000
 
 
 class HeapDictionary:

@@ -65,11 +65,12 @@ def plain_zstd_nbytes(steps) -> float:
 
 
 def test_the_pool_trains_its_dictionary_on_the_first_rows_and_compresses_later_rows_with_it(pool_path):
-    with expstore.open(pool_path, "w", capacity=4000, schema=schema()) as pool:
+    with expstore.open(pool_path, "w", capacity=3 * TRAIN_ROWS, schema=schema()) as pool:
         assert pool.schema["obs"].codec == "zstd:3+dict"
-        fill(pool, 0, 2500)
+        fill(pool, 0, TRAIN_ROWS + 1500)
         # Batches of 250: the fourth completes the training rows and is the first compressed with it.
-        before, after = stored_nbytes(pool, range(TRAIN_ROWS - 250)), stored_nbytes(pool, range(TRAIN_ROWS, 2500))
+        before = stored_nbytes(pool, range(TRAIN_ROWS - 250))
+        after = stored_nbytes(pool, range(TRAIN_ROWS, TRAIN_ROWS + 1500))
         assert after < 0.7 * before, (before, after)
         assert_frames_match(pool.sample(512, rng=0))
         assert_frames_match(pool[:])  # rows from before and after the dictionary, in one read
@@ -79,12 +80,12 @@ def test_the_pool_trains_its_dictionary_on_the_first_rows_and_compresses_later_r
 
 
 def test_a_reader_opened_before_the_dictionary_reads_rows_compressed_with_it(pool_path):
-    with expstore.open(pool_path, "w", capacity=4000, schema=schema()) as writer:
+    with expstore.open(pool_path, "w", capacity=3 * TRAIN_ROWS, schema=schema()) as writer:
         fill(writer, 0, 300)
         writer.flush()
         with expstore.open(pool_path) as reader:
             assert reader._heaps.fields[0].dictionary_nbytes is None
-            fill(writer, 300, 2000)
+            fill(writer, 300, TRAIN_ROWS + 1000)
             writer.flush()
             batch = reader.sample(512, rng=0)
             assert_frames_match(batch)
@@ -93,13 +94,14 @@ def test_a_reader_opened_before_the_dictionary_reads_rows_compressed_with_it(poo
 
 
 def test_a_reopened_writer_keeps_the_stored_dictionary(pool_path):
-    with expstore.open(pool_path, "w", capacity=4000, schema=schema()) as pool:
-        fill(pool, 0, 1500)
+    with expstore.open(pool_path, "w", capacity=3 * TRAIN_ROWS, schema=schema()) as pool:
+        fill(pool, 0, TRAIN_ROWS + 500)
         stored = pool._maps.views[DICTIONARY_PREFIX + "obs"].copy()
     with expstore.open(pool_path, "a") as pool:
-        fill(pool, 1500, 2000)
+        fill(pool, TRAIN_ROWS + 500, TRAIN_ROWS + 1000)
         np.testing.assert_array_equal(pool._maps.views[DICTIONARY_PREFIX + "obs"], stored)
-        assert stored_nbytes(pool, range(1500, 2000)) < 0.7 * plain_zstd_nbytes(range(1500, 2000))
+        assert stored_nbytes(pool, range(TRAIN_ROWS + 500, TRAIN_ROWS + 1000)) < 0.7 * plain_zstd_nbytes(
+            range(TRAIN_ROWS + 500, TRAIN_ROWS + 1000))
         assert_frames_match(pool[:])
 
 
@@ -114,10 +116,10 @@ def test_rows_the_trainer_cannot_learn_from_leave_the_field_without_one_until_th
         return train(samples, nbytes)
 
     monkeypatch.setattr(heap_dictionary, "train_dictionary", failing_once)
-    with expstore.open(pool_path, "w", capacity=4000, schema=schema()) as pool:
-        fill(pool, 0, 1500)
+    with expstore.open(pool_path, "w", capacity=4 * TRAIN_ROWS, schema=schema()) as pool:
+        fill(pool, 0, TRAIN_ROWS + 500)
         assert attempts == [TRAIN_ROWS] and pool._heaps.fields[0].dictionary_nbytes is None
-        fill(pool, 1500, 3000)
+        fill(pool, TRAIN_ROWS + 500, 2 * TRAIN_ROWS + 500)
         assert attempts == [TRAIN_ROWS, TRAIN_ROWS] and pool._heaps.fields[0].dictionary_nbytes > 0
         assert_frames_match(pool[:])
 
@@ -128,8 +130,8 @@ def test_a_ragged_field_with_a_dictionary(pool_path):
     def row(step: int) -> np.ndarray:
         return (np.arange(step % 50 + 20, dtype=np.int32) * 3 + 1000) % 997
 
-    with expstore.open(pool_path, "w", capacity=3000, schema=tokens) as pool:
-        for first in range(0, 2000, 100):
+    with expstore.open(pool_path, "w", capacity=3 * TRAIN_ROWS, schema=tokens) as pool:
+        for first in range(0, TRAIN_ROWS + 1000, 100):
             pool.extend({"tokens": [row(step) for step in range(first, first + 100)],
                          "reward": np.arange(first, first + 100, dtype=np.float32)})
         assert pool._heaps.fields[0].dictionary_nbytes > 0
@@ -139,8 +141,8 @@ def test_a_ragged_field_with_a_dictionary(pool_path):
 
 
 def test_a_damaged_dictionary_is_a_clear_error_and_a_verify_finding(pool_path):
-    with expstore.open(pool_path, "w", capacity=4000, schema=schema()) as pool:
-        fill(pool, 0, 1500)
+    with expstore.open(pool_path, "w", capacity=3 * TRAIN_ROWS, schema=schema()) as pool:
+        fill(pool, 0, TRAIN_ROWS + 500)
         pool._maps.views[DICTIONARY_PREFIX + "obs"][DICTIONARY_HEADER_NBYTES + 100] ^= 0xFF
     with pytest.raises(CorruptStoreError, match="'obs': the zstd dictionary fails its crc32"):
         expstore.open(pool_path)
@@ -164,18 +166,19 @@ def test_a_dictionary_needs_python_zstandard(monkeypatch):
 
 def test_convert_trains_a_dictionary_for_the_copy_and_info_shows_it(tmp_path):
     source, copy = str(tmp_path / "raw.h5"), str(tmp_path / "dict.zarr")
-    with expstore.open(source, "w", capacity=3000, schema=schema(None)) as pool:
-        fill(pool, 0, 2000)
+    with expstore.open(source, "w", capacity=3 * TRAIN_ROWS, schema=schema(None)) as pool:
+        fill(pool, 0, TRAIN_ROWS + 1000)
     run("convert", source, copy, "--codec", "obs=zstd:3+dict")
     with expstore.open(copy) as pool:
         assert pool.schema["obs"].codec == "zstd:3+dict"
         assert_frames_match(pool[:])
-        assert stored_nbytes(pool, range(2000)) < 0.7 * plain_zstd_nbytes(range(2000))
+        assert stored_nbytes(pool, range(TRAIN_ROWS + 1000)) < 0.7 * plain_zstd_nbytes(range(TRAIN_ROWS + 1000))
     nbytes = expstore.open(copy)._heaps.fields[0].dictionary_nbytes
     assert f"; dictionary {nbytes / 1024:.1f} KiB" in run("info", copy).output
-    with expstore.open(str(tmp_path / "fresh.h5"), "w", capacity=10, schema=schema()):
+    fresh = str(tmp_path / "fresh.h5")
+    with expstore.open(fresh, "w", capacity=10, schema=schema()):
         pass
-    assert "dictionary not trained yet (on the first 1,000 rows)" in run("info", str(tmp_path / "fresh.h5")).output
+    assert f"dictionary not trained yet (on the first {TRAIN_ROWS:,} rows)" in run("info", fresh).output
 
 
 def test_plain_h5py_and_zstandard_read_a_row(tmp_path):
@@ -184,16 +187,16 @@ def test_plain_h5py_and_zstandard_read_a_row(tmp_path):
     import zstandard
 
     pool_path = str(tmp_path / "pool.h5")
-    with expstore.open(pool_path, "w", capacity=3000, schema=schema()) as pool:
-        fill(pool, 0, 1500)
+    with expstore.open(pool_path, "w", capacity=3 * TRAIN_ROWS, schema=schema()) as pool:
+        fill(pool, 0, TRAIN_ROWS + 500)
     with h5py.File(pool_path, "r") as f:
         header = f["_dict_obs"][:16].view(np.int64)
         data = f["_dict_obs"][16:16 + header[0]].tobytes()
         assert zlib.crc32(data) == header[1]
-        position, nbytes, _, _ = f["obs"][1400 % len(f["obs"])]
+        position, nbytes, _, _ = f["obs"][TRAIN_ROWS + 400]
         heap = f[HEAP_PREFIX + "obs"]
         offset = position % len(heap)
         stored = heap[offset:offset + nbytes].tobytes()
     decompressor = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(data))
     row = np.frombuffer(decompressor.decompress(stored), np.uint8).reshape(84, 84)
-    np.testing.assert_array_equal(row, frame(1400))
+    np.testing.assert_array_equal(row, frame(TRAIN_ROWS + 400))
