@@ -2,9 +2,8 @@
 
 Small rows of one kind (Atari frames: 200-1,100 B of zstd each) share most of what a compressor
 learns, and a frame compressed alone relearns it every time; a dictionary trained on the first
-rows holds it once. Measured on real Atari frames with 64 KiB dictionaries at level 3: 1.3x
-(Pong, Breakout) to 4x (MsPacman) fewer bytes per frame, and 2.3x faster decoding (Breakout;
-tools/README.md).
+rows holds it once. Measured on real Atari frames with 64 KiB dictionaries at level 3: 1.5x
+(Pong) to 3.3x (MsPacman) fewer bytes per frame, decoded 1.2-2.8x faster (tools/README.md).
 
 The writer keeps the raw bytes of the field's first ``TRAIN_ROWS`` rows (those before the batch
 that completes them are stored without a dictionary); with that batch it trains one, writes it
