@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.internal import DICTIONARY_PREFIX, HEAP_PREFIX
+from ..backends.internal import DICTIONARY_HEADER_NBYTES, DICTIONARY_PREFIX, HEAP_PREFIX
 from ..codecs import BatchDecoder, Codec, batch_decoder, get_codec
 from ..codecs.registry import with_dictionary
 from ..errors import CorruptStoreError, SchemaError
@@ -125,7 +125,7 @@ class HeapField:
         """The size of the dictionary this field compresses with; None without one (yet)."""
         if self._dictionary_array is None or self._dictionary is not None:
             return None
-        return int(self._dictionary_array[:8].view(np.int64)[0])
+        return int(self._dictionary_array[:DICTIONARY_HEADER_NBYTES].view(np.int64)[0])  # its length
 
     # ------------------------------------------------------------------ writing
     def encode(self, values: Sequence[np.ndarray]) -> EncodedRows:
@@ -362,9 +362,9 @@ class HeapField:
         span = int(positions[1]) - int(positions[0]) if head > tail else 0
         dictionary = None if self._dictionary_array is None else self.dictionary_nbytes or 0
         return {"codec": self.field.codec or "raw", "dictionary": dictionary, "heap_nbytes": self.heap_nbytes,
-                "used_nbytes": span,
-                "used_fraction": span / self.heap_nbytes, "stored_nbytes": stored, "raw_nbytes": raw,
-                "ratio": raw / stored if stored else None, "rows": head - tail, "max_length": self.max_length}
+                "used_nbytes": span, "used_fraction": span / self.heap_nbytes, "stored_nbytes": stored,
+                "raw_nbytes": raw, "ratio": raw / stored if stored else None, "rows": head - tail,
+                "max_length": self.max_length}
 
     def check(self, tail: int, head: int, positions: Sequence[int], block_rows: int = 1 << 16) -> tuple[int, list[str]]:
         """Verify the rows of [tail, head) (``verify``): each index entry against the commit's
