@@ -87,9 +87,10 @@ class Bookkeeping:
         self.book.on_append(step_id, slot, transition, derived, env_id)
         self.priority_view[slot] = self.max_priority
 
-    def on_extend(self, first_step: int, columns: Mapping, derived: Mapping | None, env_ids) -> None:
-        self.book.on_extend(first_step, columns, derived, env_ids)
-        count = len(next(iter(columns.values())))
+    def on_extend(self, first_step: int, columns: Mapping, derived: Mapping | None, env_ids,
+                  n_rows: int | None = None) -> None:
+        self.book.on_extend(first_step, columns, derived, env_ids, n_rows)
+        count = len(next(iter(columns.values()))) if n_rows is None else n_rows
         start = first_step % self.slots
         head = min(count, self.slots - start)
         self.priority_view[start:start + head] = self.max_priority  # new rows get the max, filled in place

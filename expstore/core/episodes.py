@@ -191,9 +191,10 @@ class EpisodeBook:
         return ended
 
     def on_extend(self, first_step: int, columns: Mapping[str, np.ndarray], derived: Mapping | None,
-                  env_ids: np.ndarray | None) -> None:
-        """Tag a run of rows ``first_step, first_step + 1, ...`` just written; vectorised."""
-        n_rows = len(next(iter(columns.values())))
+                  env_ids: np.ndarray | None, n_rows: int | None = None) -> None:
+        """Tag a run of ``n_rows`` rows ``first_step, first_step + 1, ...`` just written (default:
+        the columns' length; a schema of heap fields only has no columns here); vectorised."""
+        n_rows = len(next(iter(columns.values()))) if n_rows is None else n_rows
         if env_ids is None or (env_ids == env_ids[0]).all():
             env_id = 0 if env_ids is None else int(env_ids[0])
             self._extend_one_env(env_id, first_step, *self._ends(columns, n_rows), self._rewards(columns, n_rows),

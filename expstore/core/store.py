@@ -501,13 +501,13 @@ class Store:
                 if self._keeping is not None and take == n_rows:  # the batch in one piece: no slices
                     rows = batch if exact is not None else {  # an exact batch is its columns already
                         spec.name: column for spec, column in zip(self._row_specs, columns, strict=True)}
-                    self._keeping.on_extend(self._head, rows, derived, env_ids)
+                    self._keeping.on_extend(self._head, rows, derived, env_ids, take)
                 elif self._keeping is not None:
                     part = slice(done, done + take)
                     rows = {spec.name: column[part] for spec, column in zip(self._row_specs, columns, strict=True)}
                     self._keeping.on_extend(self._head, rows,
                                             derived and {name: values[part] for name, values in derived.items()},
-                                            None if env_ids is None else env_ids[part])
+                                            None if env_ids is None else env_ids[part], take)
                 self._head += take
                 done += take
             self._maybe_commit()

@@ -11,6 +11,7 @@ import pytest
 import expstore
 from expstore.core.opening import heap_sizes
 from expstore.errors import InvalidArgumentError, SchemaError
+from expstore.maintenance.convert import convert
 from expstore.schema import Schema
 from tests.helpers.heap_rows import assert_rows_match, heap_batch, heap_row, heap_schema
 
@@ -417,3 +418,19 @@ def test_a_zstandard_without_batches_decodes_row_by_row(pool_path, monkeypatch):
         pool.extend({"obs": frames, "reward": np.zeros(70, np.float32)})
         np.testing.assert_array_equal(pool.read(np.arange(70))["obs"], frames)
         assert pool._heaps.by_name["obs"]._batch_decoder is None
+
+
+def test_a_schema_of_heap_fields_only_extends_and_converts(pool_path, tmp_path):
+    """No fixed field: the episode bookkeeping of an extend counts the rows without a column."""
+    schema = {"obs": expstore.Field((4,), "uint8", codec="zstd")}
+    with expstore.open(pool_path, "w", capacity=100, schema=schema) as pool:
+        pool.extend({"obs": np.arange(40, dtype=np.uint8).reshape(10, 4)})
+        pool.append({"obs": np.full(4, 7, np.uint8)})
+        assert len(pool) == 11
+    raw = str(tmp_path / "raw.h5")
+    with expstore.open(raw, "w", capacity=100, schema={"obs": ((4,), "uint8")}) as pool:
+        pool.extend({"obs": np.arange(40, dtype=np.uint8).reshape(10, 4)})
+    copy = str(tmp_path / "copy.zarr")
+    convert(raw, copy, codecs={"obs": "zstd"})
+    with expstore.open(copy) as pool:
+        np.testing.assert_array_equal(pool[:]["obs"], np.arange(40, dtype=np.uint8).reshape(10, 4))
