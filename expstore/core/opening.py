@@ -115,6 +115,9 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
             observations of the newest this many episode ends are kept; default one per 16 rows
             of ``capacity + slack``, plus 64, at most ``max_episodes``. An older episode keeps
             its rows, but its last row's ``next_obs`` is unknown, so that row is not sampled.
+            A ragged observation's final values go into a byte heap of their own, the field's
+            heap times ``max_final_obs`` over ``capacity + slack`` (at least 64 KiB, at most the
+            field's heap; core/finals.py), which may keep fewer when they are large.
         first_step_id: step id of the first transition of a new pool (default 0); a copy made
             by ``expstore convert`` keeps its source's step ids this way. Used only at creation.
         heap_bytes: the byte heaps of ragged fields and fields with a codec (core/heap.py): an
