@@ -36,10 +36,27 @@ class _Group(click.Group):
             advice = "" if "pip install" in str(exc) else \
                 "; install the optional dependencies: pip install 'expstore[train]'"
             raise click.ClickException(f"{exc}{advice}") from None
+        except Exception as exc:
+            # Ctrl-C while a C extension initialises (matplotlib's first import) reaches us as its
+            # ImportError, caused by the KeyboardInterrupt: the same one line as any Ctrl-C.
+            if _caused_by_interrupt(exc):
+                raise click.Abort() from None
+            raise
 
     def _invoked(self, ctx: click.Context) -> click.Command | None:
         name = ctx.invoked_subcommand
         return None if name is None else self.get_command(ctx, name)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, KeyboardInterrupt):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
 
 
 def _one_line(exc: BaseException) -> str:

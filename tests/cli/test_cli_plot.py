@@ -73,6 +73,25 @@ main()
 """
 
 
+def test_ctrl_c_while_a_c_extension_initialises_is_one_line(tmp_path, pool_path, monkeypatch):
+    """The signal can land inside matplotlib's first import, whose C extension then raises an
+    ImportError caused by the KeyboardInterrupt: the same one line as any Ctrl-C."""
+    from expstore.cli import plot as plot_module
+
+    make_pool(pool_path, rows=30, capacity=30)
+
+    def interrupted_import(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as interrupt:
+            raise ImportError("initialization failed") from interrupt
+
+    monkeypatch.setattr(plot_module, "plot_pool", interrupted_import)
+    result = run("plot", pool_path, "-o", tmp_path / "pool.png", ok=False)
+    assert result.exit_code == 1 and result.output.strip() == "Aborted!", result.output
+    assert not (tmp_path / "pool.png").exists()
+
+
 def test_ctrl_c_during_plot_is_one_line_and_leaves_no_image(tmp_path, pool_path):
     make_pool(pool_path, rows=300, capacity=300)
     out = out_dir(tmp_path) / "pool.png"
