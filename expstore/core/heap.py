@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backends.internal import DICTIONARY_HEADER_NBYTES, DICTIONARY_PREFIX, HEAP_PREFIX
+from ..backends.internal import DICTIONARY_PREFIX, HEAP_PREFIX
 from ..codecs import BatchDecoder, Codec, batch_decoder, get_codec
-from ..codecs.registry import with_dictionary
+from ..codecs.registry import uses_dictionary, with_dictionary
 from ..errors import CorruptStoreError, SchemaError
 from ..schema import Field, Schema
 from .casting import as_rows, cast_to, to_numpy
@@ -99,8 +99,8 @@ class HeapField:
         self._batch_decoder: BatchDecoder | None = None
         self._use_codec(None if field.codec is None else get_codec(field.codec))
         # A zstd:N+dict field's dictionary (core/heap_dictionary.py); None once it is in use.
-        self._dictionary_array = dictionary
         self._dictionary = None if dictionary is None else HeapDictionary(name, dictionary)
+        self.dictionary_nbytes: int | None = None  # the size of the dictionary in use, once there is one
         self._load_dictionary()
         tail_position, self.head_position, self.max_length = (int(n) for n in positions)
         # The start of the oldest row the writer must not overwrite (None: no row to protect): the
@@ -118,14 +118,7 @@ class HeapField:
             data = self._dictionary.load()
             if data is not None:
                 self._use_codec(with_dictionary(self.codec, data))
-                self._dictionary = None
-
-    @property
-    def dictionary_nbytes(self) -> int | None:
-        """The size of the dictionary this field compresses with; None without one (yet)."""
-        if self._dictionary_array is None or self._dictionary is not None:
-            return None
-        return int(self._dictionary_array[:DICTIONARY_HEADER_NBYTES].view(np.int64)[0])  # its length
+                self._dictionary, self.dictionary_nbytes = None, len(data)
 
     # ------------------------------------------------------------------ writing
     def encode(self, values: Sequence[np.ndarray]) -> EncodedRows:
@@ -360,7 +353,7 @@ class HeapField:
         stored = int(entries[:, NBYTES].sum())
         raw = int(entries[:, LENGTH].sum()) * self.field.item_nbytes
         span = int(positions[1]) - int(positions[0]) if head > tail else 0
-        dictionary = None if self._dictionary_array is None else self.dictionary_nbytes or 0
+        dictionary = (self.dictionary_nbytes or 0) if uses_dictionary(self.field.codec) else None
         return {"codec": self.field.codec or "raw", "dictionary": dictionary, "heap_nbytes": self.heap_nbytes,
                 "used_nbytes": span, "used_fraction": span / self.heap_nbytes, "stored_nbytes": stored,
                 "raw_nbytes": raw, "ratio": raw / stored if stored else None, "rows": head - tail,
