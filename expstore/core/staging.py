@@ -19,14 +19,16 @@ writes the stage before its record. Nothing changes in what the writer sees: its
 the stage first, and ``len`` and ``next_step_id`` count staged rows. Readers in other processes
 see committed rows only, as before.
 
-The hot path (``fast_put_for``) is a function written for the pool's schema when a writer's
-appends are ready: one dict-and-length check, then per field a dict lookup, the check of the one
-value type that needs no conversion (an array of the field's exact dtype and shape, a Python float in a float field's
-range, a bool, an int in an integer field's range) and a write into the stage row. Any other
-value, key set, env id or stage state makes it give up before the row counts, and ``Stage.put``
-(the checked path, with the conversions and their errors) takes the row instead. Generated code
+The hot path (``fast_append_for``) is a function written for the pool's schema when a writer's
+appends are ready, and installed as the writer's ``append``: one dict-and-length check, then per
+field a dict lookup, the check of the one value type that needs no conversion (an array of the
+field's exact dtype and shape, a Python float in a float field's range, a bool, an int in an
+integer field's range) and a write into the stage row. Any other value, key set, env id or stage
+state makes it give up before the row counts, and the method ``Store.append`` (the checked path:
+``Stage.put``, with the conversions and their errors) takes the row instead. Generated code
 because an interpreted loop over the fields costs more than the writes it does (measured: the
-loop's tuple unpacking and branches were about half of an append).
+loop's tuple unpacking and branches were about half of an append); installed in the method's
+place because the call into it was one more Python call per row.
 
 Not staged (the direct path, as before): pools with heap fields (ragged or codec fields, whose
 bytes go through the heap's eviction at once), and a writer whose open episodes are so many that
@@ -58,11 +60,6 @@ def stage_rows(row_nbytes: int, slack: int) -> int:
     return max(1, min(rows, slack))
 
 
-def refuse_row(transition: Any, env_id: Any) -> bool:
-    """The fast path of a writer without a stage, or not (or no longer) allowed to append."""
-    return False
-
-
 class Stage:
     """The staged rows of one writer: ``count`` rows, the newest steps it appended."""
 
@@ -73,7 +70,7 @@ class Stage:
                  rows: int):
         self.rows = rows
         self.limit = rows  # rows it takes before it must be drained (see set_room)
-        self.fast_limit = rows - 1  # rows below which fast_put may stage one (0: it stages none)
+        self.fast_limit = rows - 1  # rows below which the generated append may stage one (0: it stages none)
         self.env_room = rows  # distinct envs it takes before it must be drained (see set_room)
         self.envs: set[int] = set()  # the env ids of the staged rows
         self.last_env: Any = -1
@@ -159,39 +156,55 @@ class Stage:
         self._set_fast_limit()
 
     def _set_fast_limit(self) -> None:
-        # fast_put never fills the stage (the last row goes through put, which the drain follows),
+        # The generated append never fills the stage (the last row goes through put, which the drain follows),
         # and stages no row after rows that came with next_<obs> (put matches them).
         self.fast_limit = 0 if self.with_derived else self.limit - 1
 
 
-def fast_put_for(stage: Stage, lock: Any, writer: Any) -> Callable[[Any, Any], bool]:
-    """A writer's append hot path: ``fast_put(transition, env_id)`` stages the row under the
-    writer's ``lock`` (taken and let go here: ``with`` costs twice a plain acquire and release),
-    counts it in ``writer._head`` and returns True, or returns False having staged nothing (the
-    row goes to ``Stage.put``, which checks it in full).
+def fast_append_for(stage: Stage, lock: Any, writer: Any, checked_append: Callable[..., None]) -> Callable[..., None]:
+    """A writer's ``append`` once its appends are ready: a function written for the pool's schema
+    that the writer installs in the place of its method, so that a row costs one Python call.
+    It stages the row under the writer's ``lock`` (taken and let go here: ``with`` costs twice a
+    plain acquire and release) and counts it in ``writer._head``; any row it cannot take, it hands
+    to ``checked_append`` (``Store.append``, with every check and its errors) with the lock let go,
+    having staged nothing.
 
-    True only when: the stage has room for it below ``fast_limit``, ``env_id`` is the last row's env
-    (the same int object: the checks of an env id passed for it), the mapping is a plain dict (whose
-    lookups add no keys) with as many keys as the schema has fields, and each field's value is of
-    the kind staged without a conversion."""
-    lines = ["def fast_put(transition, env_id):",
+    It takes a row only when: the stage has room for it below ``fast_limit``, ``env_id`` is the last
+    row's env (the same int object: the checks of an env id passed for it), the mapping is a plain
+    dict (whose lookups add no keys) with as many keys as the schema has fields, and each field's
+    value is of the kind staged without a conversion. Values are written into the stage row as
+    they pass; the row counts only once all did."""
+    lines = ["def append(transition, *, env_id=0):",
              "    acquire()",
              "    try:",
-             "        k = stage.count",
-             "        if (k >= stage.fast_limit or env_id is not stage.last_env or type(transition) is not dict",
-             "                or len(transition) != n_fields):",
-             "            return False"]
+             "        while True:  # once: a value the fast path cannot take breaks out to the checked path",
+             "            k = stage.count",
+             "            if (k >= stage.fast_limit or env_id is not stage.last_env or type(transition) is not dict",
+             "                    or len(transition) != n_fields):",
+             "                break"]
     scope: dict[str, Any] = {"stage": stage, "n_fields": len(stage.loop), "ndarray": np.ndarray,
-                             "acquire": lock.acquire, "release": lock.release, "writer": writer}
+                             "acquire": lock.acquire, "release": lock.release, "writer": writer,
+                             "checked_append": checked_append}
     for i, (name, _, dtype, shape, float_limit, column) in enumerate(stage.loop):
         scope[f"dtype_{i}"], scope[f"shape_{i}"], scope[f"column_{i}"] = dtype, shape, column
-        lines.append(f"        value = transition[{name!r}]")
-        if shape:  # a row of several values: a view per stage row takes it at the cost of a copy
+        lines.append(f"            value = transition[{name!r}]")
+        if shape and len(shape) == 1 and memoryview(column).format in _PACKED_SCALARS:
+            # A one-dimensional row copies through a memoryview of its stage row, at half the cost
+            # of numpy's view[...] = value (measured here). The memoryview compares the buffers'
+            # formats and shapes itself: a row of another length raises ValueError (the checked
+            # path takes it), so only the dtype is checked here, which keeps the common mismatch
+            # (float64 values for a float32 field) off the exception.
+            scope[f"rows_{i}"] = [memoryview(row) for row in column]
+            lines += [f"            if type(value) is not ndarray or value.dtype is not dtype_{i}:",
+                      "                break",
+                      f"            rows_{i}[k][:] = value"]
+            continue
+        if shape:  # a row of several dimensions: a view per stage row takes it at the cost of a copy
             scope[f"rows_{i}"] = list(column)
-            lines += [f"        if type(value) is not ndarray or value.dtype is not dtype_{i} "
+            lines += [f"            if type(value) is not ndarray or value.dtype is not dtype_{i} "
                       f"or value.shape != shape_{i}:",
-                      "            return False",
-                      f"        rows_{i}[k][...] = value"]
+                      "                break",
+                      f"            rows_{i}[k][...] = value"]
             continue
         if dtype.kind == "f":
             scope[f"limit_{i}"] = float_limit
@@ -210,19 +223,23 @@ def fast_put_for(stage: Stage, lock: Any, writer: Any) -> Callable[[Any, Any], b
         target, packed = f"column_{i}", memoryview(column)
         if dtype.kind in "fbiu" and packed.format in _PACKED_SCALARS:
             scope[f"packed_{i}"], target = packed, f"packed_{i}"
-        lines += [f"        if not ({check}):",
-                  "            return False",
-                  f"        {target}[k] = value"]
-    # A missing key (as many keys as fields, so one of them is not a field): put says which.
-    lines += ["        stage.count = k + 1",
-              "        writer._head += 1",
-              "        return True",
-              "    except KeyError:",
-              "        return False",
+        lines += [f"            if not ({check}):",
+                  "                break",
+                  f"            {target}[k] = value"]
+    # A missing key (as many keys as fields, so one of them is not a field) or a one-dimensional row
+    # of another length: the checked path says what is wrong.
+    lines += ["            stage.count = k + 1",
+              "            writer._head += 1",
+              "            return",
+              "    except (KeyError, ValueError):",
+              "        pass",
               "    finally:",
-              "        release()"]
+              "        release()",
+              "    checked_append(transition, env_id=env_id)"]
     exec("\n".join(lines), scope)  # the source is built above from the schema alone
-    return scope["fast_put"]
+    append = scope["append"]
+    append.__doc__, append.__name__, append.__qualname__ = checked_append.__doc__, "append", "Store.append"
+    return append
 
 
 def checked_env_id(env_id: Any) -> int:

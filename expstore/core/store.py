@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -57,7 +57,7 @@ from .mapping import MappedPool
 from .ragged import check_ragged, finish, merge_rows
 from .ring import Ring
 from .stacking import FrameStacker, frame_stack_of, refuse_incomplete
-from .staging import Stage, fast_put_for, refuse_row, stage_rows
+from .staging import Stage, fast_append_for, stage_rows
 
 logger = logging.getLogger("expstore.store")  # its name before the layered layout
 
@@ -120,7 +120,6 @@ class Store:
         self._ragged: tuple[str, ...] = ()
         self._heaps_exceed_memory: bool | None = None  # decided at the first gather (_heap_prefetch)
         self._stage: Stage | None = None  # a writer's staged appends (staging.py)
-        self._stage_row: Callable[[Any, Any], bool] = refuse_row  # append hot path: fast_put once ready
         if layout is not None:
             self._attach(layout)
         if writer_lock is not None:
@@ -316,10 +315,10 @@ class Store:
         episodes are tracked per env id, and end at a row with ``terminated`` or ``truncated``.
 
         Values are checked before any is written, so a bad transition writes nothing. This is
-        the env-loop hot path: the common value types are checked inline, without calls.
+        the env-loop hot path: once a writer's appends are ready, its ``append`` is a function
+        written for its schema (staging.fast_append_for) that stages the common rows and hands
+        every other row to this method.
         """
-        if self._stage_row(transition, env_id):  # the common row, staged (staging.fast_put_for)
-            return
         with self._write_lock:  # uncontended: only an idle writer's commit thread takes it too
             if not self._append_ready:
                 self._prepare_append(transition)
@@ -404,7 +403,7 @@ class Store:
     def _disarm_append(self) -> None:
         """Back to append's slow checks (closed, failed, forked): the hot path refuses every row."""
         self._append_ready = False
-        self._stage_row = refuse_row
+        self.__dict__.pop("append", None)  # the method again, with every check
 
     def _restage(self, stage: Stage, transition: Mapping[str, Any], derived: dict | None, env_id: Any) -> bool:
         """Drain a stage that cannot take this row, and stage the row alone (False: go direct)."""
@@ -447,7 +446,9 @@ class Store:
         append and extend skip them until ``_disarm_append``, and append takes its hot path."""
         self._append_ready = True
         if self._stage is not None:  # the lock of this process: a fork disarms this path
-            self._stage_row = fast_put_for(self._stage, self._write_lock, self)
+            # an instance attribute in the method's place (the method is its checked path)
+            self.append = fast_append_for(self._stage, self._write_lock, self,  # type: ignore[method-assign]
+                                          Store.append.__get__(self))
 
     def extend(self, batch: Mapping[str, Any], *, env_ids=None) -> None:
         """Append a batch: a mapping of field name -> values with a leading batch dimension.
@@ -1206,7 +1207,7 @@ class Store:
         self._keeping = None
         self._batches = None
         self._stage = None  # rows still staged here were never committed: a crash would lose them too
-        self._stage_row = refuse_row
+        self.__dict__.pop("append", None)
         self.cold_reads = ColdReads(self.cold_reads.mode)
 
     def __enter__(self) -> Store:

@@ -28,6 +28,7 @@ def one(batch: dict[str, np.ndarray], i: int) -> dict:
 
 @pytest.mark.parametrize("field, value", [
     ("obs", np.zeros(2, np.float32)),  # wrong row shape
+    ("obs", np.zeros(4, np.float32)),  # a row longer than the field's
     ("obs", np.zeros((1, 3), np.float32)),  # a shape numpy would broadcast
     ("obs", "abc"),
     ("action", np.array([np.nan + 1j])),  # complex: no cast to float32
@@ -49,6 +50,39 @@ def test_a_bad_value_after_staged_rows_raises_and_writes_nothing(pool_path, fiel
         got = pool.read(np.arange(5))
     for name in SCHEMA:
         np.testing.assert_array_equal(got[name], batch[name])
+
+
+def test_values_the_fast_path_hands_on_are_converted_as_before(pool_path):
+    """Rows the generated append does not take itself (another dtype, a strided view, numpy
+    scalars) go to the checked path and are stored as numpy casts them, in step order."""
+    batch = rows(6)
+    strided = np.repeat(batch["obs"], 2, axis=1)[:, ::2]  # the same values, not contiguous
+    with expstore.open(pool_path, "w", capacity=100, schema=SCHEMA) as pool:
+        for i in range(6):
+            row = one(batch, i)
+            if i % 3 == 1:
+                row["obs"] = batch["obs"][i].astype(np.float64)
+            elif i % 3 == 2:
+                row.update(obs=strided[i], reward=np.float32(batch["reward"][i]))
+            pool.append(row)
+        got = pool.read(np.arange(6))
+    for name in SCHEMA:
+        np.testing.assert_array_equal(got[name], batch[name])
+
+
+def test_a_ready_writer_appends_through_a_function_of_its_own_and_the_method_after_close(pool_path):
+    batch = rows(3)
+    pool = expstore.open(pool_path, "w", capacity=100, schema=SCHEMA)
+    assert "append" not in vars(pool)  # no schema yet: the method, with every check
+    pool.append(one(batch, 0))
+    assert "append" in vars(pool) and pool.append.__doc__ == expstore.Store.append.__doc__
+    pool.append(one(batch, 1))
+    pool.close()
+    assert "append" not in vars(pool)
+    with pytest.raises(expstore.ClosedStoreError):
+        pool.append(one(batch, 2))
+    with expstore.open(pool_path, "r") as reader:
+        np.testing.assert_array_equal(reader.read(np.arange(2))["obs"], batch["obs"][:2])
 
 
 def test_appends_from_env_runs_match_the_same_rows_extended(tmp_path, backend):

@@ -44,7 +44,7 @@ def run_dqn(steps: int, n_envs: int, buffer_class=None, buffer_kwargs=None):
 
 @pytest.mark.parametrize("n_envs", [1, 2])
 def test_dqn_samples_and_learns_exactly_as_with_sb3s_buffer(tmp_path, n_envs):
-    steps = 2000 if n_envs == 1 else 1200  # the 700-step ring wraps; lives end episodes every ~40 steps
+    steps = 1200  # the 700-step ring wraps; lives end episodes every ~40 steps
     expected, expected_weights, _ = run_dqn(steps, n_envs)
     got, got_weights, buffer = run_dqn(steps, n_envs, DiskReplayBuffer,
                                        {"path": str(tmp_path / "pool.h5"), "frame_stack": 4})
