@@ -120,6 +120,8 @@ class Store:
         self._ragged: tuple[str, ...] = ()
         self._heaps_exceed_memory: bool | None = None  # decided at the first gather (_heap_prefetch)
         self._stage: Stage | None = None  # a writer's staged appends (staging.py)
+        # Rows of one-env extends whose episode bookkeeping waits (first step, rows): see _defer_bookkeeping.
+        self._deferred: tuple[int, int] | None = None
         if layout is not None:
             self._attach(layout)
         if writer_lock is not None:
@@ -372,6 +374,7 @@ class Store:
         for name, _, _, _, _, view in self._row_loop:
             view[slot] = transition[name]
         if self._keeping is not None:
+            self._apply_deferred()
             self._keeping.on_append(self._head, slot, transition, derived, env_id)
         self._head += 1
         # A commit whenever `slack` rows are pending keeps the next write off committed rows.
@@ -397,7 +400,9 @@ class Store:
         for (the stage's rows never run past the slack, whatever path filled it)."""
         stage = self._stage
         if stage is not None and not stage.count:
-            stage.set_room(None if self._keeping is None else self._keeping.book.open_room(),
+            # Deferred rows open at most one env's episode (one-env extends only): counted as if they did.
+            stage.set_room(None if self._keeping is None
+                           else self._keeping.book.open_room() - (self._deferred is not None),
                            self._commit_due_head - self._head)
 
     def _disarm_append(self) -> None:
@@ -412,7 +417,10 @@ class Store:
 
     def _drain_stage(self) -> None:
         """Write the staged rows into the maps in one step per field, and their bookkeeping; the
-        write lock is held. Every path that reads rows or bookkeeping of its own drains first."""
+        write lock is held. Every path that reads rows or bookkeeping of its own drains first, and
+        the bookkeeping that extends deferred comes first."""
+        if self._deferred is not None:
+            self._apply_deferred()
         stage = self._stage
         if stage is None or not stage.count:
             return
@@ -428,9 +436,41 @@ class Store:
     def _drain(self) -> None:
         """Before a read of the writer's own (the write lock not held): the staged rows into the maps."""
         stage = self._stage
-        if stage is not None and stage.count:
+        if (stage is not None and stage.count) or self._deferred is not None:
             with self._write_lock:
                 self._drain_stage()
+
+    def _defer_bookkeeping(self, first: int, count: int) -> None:
+        """The episode bookkeeping of ``count`` rows of env 0 just written from step ``first`` on,
+        left for later: it runs once for every such row since the last time it ran, before
+        anything else reads or changes the bookkeeping (a drain: every commit, every read of the
+        writer's own, an append, an extend of other envs or with next_<obs>). One round of about
+        thirty numpy calls for ten 1,000-row extends costs about what it did for one (they are
+        per batch, not per row), and it was half of an extend. The rows' tags are read back from
+        the maps, where they are already; the slack bounds the rows between two commits, so none
+        of them is overwritten before its bookkeeping runs."""
+        deferred = self._deferred
+        if deferred is not None:
+            if deferred[0] + deferred[1] == first:
+                self._deferred = (deferred[0], deferred[1] + count)
+                return
+            self._apply_deferred()
+        self._deferred = (first, count)
+
+    def _apply_deferred(self) -> None:
+        """Run the deferred bookkeeping (see _defer_bookkeeping); the write lock is held."""
+        deferred, self._deferred = self._deferred, None
+        if deferred is None or self._keeping is None:
+            return
+        first, count = deferred
+        runs = list(self._ring.runs(first, count))
+        if len(runs) == 1:
+            _, slot, _ = runs[0]
+            columns = {spec.name: spec.view[slot:slot + count] for spec in self._row_specs}
+        else:  # the rows wrap the ring: their two pieces, joined (once per pass over the ring)
+            columns = {spec.name: np.concatenate([spec.view[slot:slot + length] for _, slot, length in runs])
+                       for spec in self._row_specs}
+        self._keeping.on_extend(first, columns, None, None, count)
 
     def _prepare_append(self, transition: Mapping[str, Any]) -> None:
         """The slow checks the hot path skips once they passed: open, writable, created."""
@@ -465,7 +505,8 @@ class Store:
                 if self._layout is None:
                     self._create_from(batch, n_rows=_batch_length(batch))
                 self._arm_writes()
-            self._drain_stage()  # staged appends come first, in step order
+            if self._stage is not None and self._stage.count:
+                self._drain_stage()  # staged appends come first, in step order
             derived = None
             exact = self._exact_columns(batch)
             if exact is not None:
@@ -477,6 +518,8 @@ class Store:
                 if batch.keys() != self._names:
                     batch, derived = self._split_derived(batch, n_rows)
                 columns = [self._column(spec, batch[spec.name], n_rows) for spec in self._row_specs]
+            if env_ids is not None:
+                self._apply_deferred()  # the open episodes that its checks count
             env_ids = check_env_ids(self._keeping, env_ids, n_rows, self._head)
             encoded = None if self._heaps is None else self._heaps.encode(batch, n_rows)
             done = 0
@@ -499,11 +542,16 @@ class Store:
                         continue
                     for spec, column in zip(self._row_specs, columns, strict=True):
                         spec.view[slot:slot + length] = column[done + offset:done + offset + length]
-                if self._keeping is not None and take == n_rows:  # the batch in one piece: no slices
+                if self._keeping is not None and take == n_rows and env_ids is None and derived is None \
+                        and encoded is None:  # the common batch: its bookkeeping waits (_defer_bookkeeping)
+                    self._defer_bookkeeping(self._head, take)
+                elif self._keeping is not None and take == n_rows:  # the batch in one piece: no slices
+                    self._apply_deferred()
                     rows = batch if exact is not None else {  # an exact batch is its columns already
                         spec.name: column for spec, column in zip(self._row_specs, columns, strict=True)}
                     self._keeping.on_extend(self._head, rows, derived, env_ids, take)
                 elif self._keeping is not None:
+                    self._apply_deferred()
                     part = slice(done, done + take)
                     rows = {spec.name: column[part] for spec, column in zip(self._row_specs, columns, strict=True)}
                     self._keeping.on_extend(self._head, rows,
