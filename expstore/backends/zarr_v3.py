@@ -17,6 +17,7 @@ damaged or stale is passed over, and a writer's open writes it again.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
@@ -48,6 +49,8 @@ from .zarr_checks import (
     size_findings,
     write_document,
 )
+
+logger = logging.getLogger("expstore.backends.zarr_v3")
 
 _INDEX_ENTRY = np.dtype([("offset", "<u8"), ("nbytes", "<u8")])
 _CRC_NBYTES = 4
@@ -129,8 +132,15 @@ class ZarrBackend:
         return layout
 
     def record_layout(self, path: str, layout: Layout) -> bool:
-        """Write the layout record of a layout just read and checked from the documents."""
-        _write_record(path, layout)
+        """Write the layout record of a layout just read and checked from the documents; False
+        when a document the record fingerprints is gone (a bookkeeping array's ``zarr.json``, which
+        expstore itself does not read): the pool opens the slow way until it is restored."""
+        try:
+            _write_record(path, layout)
+        except RecordUnusable as exc:
+            logger.warning("%s: %s; no layout record written, so it opens the slow way (`expstore verify` names "
+                           "what a plain zarr reader misses, `expstore repair` restores it)", path, exc)
+            return False
         return True
 
     def _check_field(self, path, meta, schema, name) -> None:

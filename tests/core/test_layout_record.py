@@ -145,3 +145,22 @@ def test_an_hdf5_pool_without_a_user_block_opens_through_h5py_and_keeps_its_byte
     with open(path, "rb") as fh:
         assert fh.read(48) == head[:48]
     assert not resolve_backend(path, None).read_layout(path).from_record
+
+
+@pytest.mark.parametrize("document", ["_episode_id/zarr.json", "_commit/zarr.json"])
+def test_a_zarr_pool_missing_a_bookkeeping_document_takes_appends_and_opens_the_slow_way(tmp_path, caplog, document):
+    """The documents of arrays expstore reads as raw files: another program's deletion leaves a
+    writer nothing to fingerprint, so it writes no record (it said why), appends as before, and
+    repair restores the document."""
+    path = make_pool(str(tmp_path / "pool.zarr"))
+    os.remove(os.path.join(path, document))
+    with caplog.at_level(logging.WARNING), expstore.open(path, "a") as pool:
+        pool.extend(rows_for(np.arange(40, 50)))
+    assert any("no layout record written" in record.getMessage() and "repair" in record.getMessage()
+               for record in caplog.records)
+    assert not resolve_backend(path, None).read_layout(path).from_record
+    assert_all_rows(path, rows=50)
+    expstore.repair(path)
+    assert os.path.exists(os.path.join(path, document))
+    expstore.open(path, "a").close()
+    assert resolve_backend(path, None).read_layout(path).from_record
