@@ -340,7 +340,7 @@ class Store:
                 # The stage drains when full, and every commit drains it (see staging.py); the
                 # interval is checked at the drains (the idle-commit thread covers a quiet writer).
                 if stage.count >= stage.limit:
-                    self._drain_stage()
+                    self._drain_stage(defer=True)
                     if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
                         self._commit(self._policy.fsync)
                 elif self._head >= self._commit_due_head:
@@ -415,22 +415,28 @@ class Store:
         self._drain_stage()
         return stage.limit > 0 and stage.put(transition, derived, env_id)
 
-    def _drain_stage(self) -> None:
+    def _drain_stage(self, defer: bool = False) -> None:
         """Write the staged rows into the maps in one step per field, and their bookkeeping; the
         write lock is held. Every path that reads rows or bookkeeping of its own drains first, and
-        the bookkeeping that extends deferred comes first."""
-        if self._deferred is not None:
-            self._apply_deferred()
+        the bookkeeping that extends deferred comes first. ``defer``: a full stage drained by
+        append, whose rows of env 0 without next_<obs> may leave their bookkeeping for later as
+        an extend's do (_defer_bookkeeping)."""
         stage = self._stage
         if stage is None or not stage.count:
+            self._apply_deferred()
             return
         first = self._head - stage.count
+        one_env = stage.envs == _ENV_0 and not stage.with_derived
         columns, derived, env_ids = stage.take()
         for offset, slot, length in self._ring.runs(first, len(env_ids)):
             for spec in self._row_specs:
                 spec.view[slot:slot + length] = columns[spec.name][offset:offset + length]
         if self._keeping is not None:
-            self._keeping.on_extend(first, columns, derived, env_ids)
+            if defer and one_env:
+                self._defer_bookkeeping(first, len(env_ids))
+            else:
+                self._apply_deferred()
+                self._keeping.on_extend(first, columns, derived, env_ids)
         self._set_stage_room()
 
     def _drain(self) -> None:
@@ -1452,6 +1458,9 @@ def _check_sampling_args(batch_size, n_step, gamma, alpha, beta) -> None:
         raise InvalidArgumentError(f"gamma={gamma!r} must lie in [0, 1]")
     if float(alpha) < 0 or float(beta) < 0:
         raise InvalidArgumentError(f"alpha={alpha!r} and beta={beta!r} must be >= 0")
+
+
+_ENV_0 = frozenset({0})  # the env ids of a stage whose rows all come from env 0
 
 
 def _id_summary(ids: np.ndarray) -> str:

@@ -24,13 +24,15 @@ def rows(n: int, seed: int) -> dict[str, np.ndarray]:
             "terminated": rng.random(n) < 0.04, "truncated": rng.random(n) < 0.02}
 
 
-def appended(path: str, batches: list[dict], capacity: int, **options) -> None:
-    """The reference: the same rows, one append each (the stage's bookkeeping, not the deferred one)."""
-    with expstore.open(path, "w", capacity=capacity, schema=SCHEMA, **options) as pool:
+def reference(path: str, batches: list[dict], capacity: int) -> None:
+    """The same rows, each batch extended with its env ids given: that bookkeeping runs at once."""
+    with expstore.open(path, "w", capacity=capacity, schema=SCHEMA) as pool:
         for batch in batches:
-            for i in range(len(batch["reward"])):
-                pool.append({name: (column[i] if column.ndim > 1 else column[i].item())
-                             for name, column in batch.items()})
+            pool.extend(batch, env_ids=np.zeros(len(batch["reward"]), np.int64))
+
+
+def one_row(batch: dict, i: int) -> dict:
+    return {name: (column[i] if column.ndim > 1 else column[i].item()) for name, column in batch.items()}
 
 
 def same_view(got: expstore.Store, want: expstore.Store) -> None:
@@ -44,11 +46,16 @@ def same_view(got: expstore.Store, want: expstore.Store) -> None:
         np.testing.assert_array_equal(got.sample(64, rng=1, n_step=3, gamma=0.9)[name], values, err_msg=name)
 
 
-@pytest.mark.parametrize("capacity", [5000, 1300])  # 1,300: the deferred rows wrap the ring
-def test_extends_between_reads_and_commits_match_row_by_row_appends(tmp_path, backend, capacity):
+@pytest.mark.parametrize("capacity, sizes", [
+    (5000, [300, 1, 700, 250, 999, 64, 400, 333]),
+    (1300, [300, 1, 700, 250, 999, 64, 400, 333]),
+    (1000, [300] * 12),  # 2,000 slots: the extend from step 1,800 is deferred across the ring's end
+])
+def test_extends_between_reads_and_commits_match_extends_whose_bookkeeping_runs_at_once(tmp_path, backend,
+                                                                                         capacity, sizes):
     suffix = BACKENDS[backend]
-    batches = [rows(n, seed) for seed, n in enumerate([300, 1, 700, 250, 999, 64, 400, 333])]
-    appended(str(tmp_path / f"want{suffix}"), batches, capacity)
+    batches = [rows(n, seed) for seed, n in enumerate(sizes)]
+    reference(str(tmp_path / f"want{suffix}"), batches, capacity)
     with expstore.open(str(tmp_path / f"got{suffix}"), "w", capacity=capacity, schema=SCHEMA) as pool:
         for i, batch in enumerate(batches):
             pool.extend(batch)
@@ -61,12 +68,31 @@ def test_extends_between_reads_and_commits_match_row_by_row_appends(tmp_path, ba
         same_view(got, want)  # what the commits recorded
 
 
+@pytest.mark.parametrize("capacity", [5000, 2100])  # 2,100: the staged rows wrap the ring
+def test_appends_through_full_stages_match_extends_whose_bookkeeping_runs_at_once(tmp_path, backend, capacity):
+    """Full stages (1,024 rows) drained by append leave their bookkeeping for later too."""
+    suffix = BACKENDS[backend]
+    batch = rows(4000, 7)
+    reference(str(tmp_path / f"want{suffix}"), [batch], capacity)
+    with expstore.open(str(tmp_path / f"got{suffix}"), "w", capacity=capacity, schema=SCHEMA) as pool:
+        for i in range(4000):
+            pool.append(one_row(batch, i))
+            if i in (1500, 3900):
+                pool.episodes()  # a read in between runs the deferred bookkeeping
+                assert len(pool) == min(i + 1, capacity)
+        with expstore.open(str(tmp_path / f"want{suffix}"), "r") as want:
+            same_view(pool, want)
+    with expstore.open(str(tmp_path / f"got{suffix}"), "r") as got, \
+            expstore.open(str(tmp_path / f"want{suffix}"), "r") as want:
+        same_view(got, want)
+
+
 def test_appends_vector_env_extends_and_ended_episodes_keep_the_step_order(tmp_path, backend):
     suffix = BACKENDS[backend]
     first, second, third = rows(120, 1), rows(80, 2), rows(50, 3)
     with expstore.open(str(tmp_path / f"mixed{suffix}"), "w", capacity=1000, schema=SCHEMA) as pool:
         pool.extend(first)  # deferred
-        pool.append({name: (column[0] if column.ndim > 1 else column[0].item()) for name, column in second.items()})
+        pool.append(one_row(second, 0))
         pool.extend(second, env_ids=np.arange(80) % 2)  # env 0 goes on, env 1 starts
         pool.extend(third)  # deferred again
         pool.end_episodes()
@@ -74,7 +100,7 @@ def test_appends_vector_env_extends_and_ended_episodes_keep_the_step_order(tmp_p
     with expstore.open(str(tmp_path / f"plain{suffix}"), "w", capacity=1000, schema=SCHEMA) as pool:
         pool.extend(first)
         pool.flush()  # the bookkeeping of each call ran before the next, as it did before deferral
-        pool.append({name: (column[0] if column.ndim > 1 else column[0].item()) for name, column in second.items()})
+        pool.append(one_row(second, 0))
         pool.flush()
         pool.extend(second, env_ids=np.arange(80) % 2)
         pool.flush()
@@ -123,7 +149,7 @@ def test_a_writer_killed_with_deferred_rows_loses_only_them(tmp_path, backend):
     done = subprocess.run([sys.executable, "-c", code, path], check=False, capture_output=True)
     assert done.returncode == -9, done.stderr
     want_path = str(tmp_path / f"want{BACKENDS[backend]}")
-    appended(want_path, [rows(500, seed) for seed in range(3)], 4000)
+    reference(want_path, [rows(500, seed) for seed in range(3)], 4000)
     with expstore.open(path, "r") as got, expstore.open(want_path, "r") as want:
         same_view(got, want)
     with expstore.open(path, "a") as pool:
