@@ -1470,6 +1470,13 @@ def _forbid_writes_after_fork() -> None:
     """A forked child inherits writer objects but not the right to write: re-arm the checks."""
     for store in list(_open_writers):
         store._disarm_append()
+        # The parent's staged rows and deferred bookkeeping are the parent's to write: the child's
+        # handle forgets them and shows the committed rows, so that no read of the child's drains
+        # them into the maps it shares with the parent (which may have written past them since).
+        store._deferred = None
+        if store._stage is not None:
+            store._stage.take()
+        store._head = store._committed.head
         # The parent's idle-commit thread may have held the lock at the fork; it does not run
         # here, so a fresh lock lets the child's writes reach their ReadOnlyError.
         store._write_lock = threading.Lock()

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,3 +69,28 @@ def test_forked_child_closing_keeps_the_parents_lock_on_the_pool_file(tmp_path, 
             expstore.open(copy, "a")  # the parent still holds the lock on the pool's file
     with expstore.open(copy, "a") as other:
         assert len(other) == 10
+
+
+def test_a_forked_childs_reads_leave_the_parents_uncommitted_rows_to_the_parent(pool_path):
+    """Rows the parent staged, or whose episode bookkeeping it deferred, are written by the
+    parent only: a child reading through the inherited handle sees the committed rows and
+    changes no byte of the pool."""
+    with expstore.open(pool_path, "w", capacity=100, schema=pendulum_schema()) as pool:
+        pool.extend(rows_for(np.arange(10)))
+        pool.flush()
+        files = [os.path.join(root, name) for root, _, names in os.walk(pool_path) for name in names] \
+            if os.path.isdir(pool_path) else [pool_path]
+        pool.extend(rows_for(np.arange(10, 20)))  # its bookkeeping deferred
+        for step in range(20, 23):  # staged
+            pool.append({name: values[0] for name, values in rows_for([step]).items()})
+        before = {path: Path(path).read_bytes() for path in sorted(files)}
+
+        def read_in_child() -> None:
+            assert len(pool) == 10 and len(pool.episodes()["episode_id"]) >= 1
+            pool.sample(8, rng=0)
+
+        assert run_in_fork(read_in_child) == RETURNED
+        assert {path: Path(path).read_bytes() for path in sorted(files)} == before
+        assert len(pool) == 23
+    with expstore.open(pool_path, "r") as reader:
+        np.testing.assert_array_equal(reader[:]["obs"], rows_for(np.arange(23))["obs"])
