@@ -2,9 +2,9 @@
 
 Each command is thin: it parses options, calls a library function, and prints. This module is
 the single place that turns a user mistake (an ExpstoreError, a missing path or another OS
-error) into a one-line message and exit status 1, never a traceback, with the advice in it
-given as the flag a command-line user types (common.cli_advice); and that ends a command
-quietly when the reader of its output has gone.
+error, an unknown option or a bad value) into a one-line message and exit status 1, never a
+traceback, with the advice in it given as the flag a command-line user types
+(common.cli_advice); and that ends a command quietly when the reader of its output has gone.
 """
 
 from __future__ import annotations
@@ -23,11 +23,20 @@ from .common import cli_advice
 
 
 class _Group(click.Group):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # `expstore --bogus`
+            raise _one_line_usage(exc, "expstore") from None
+
     def invoke(self, ctx: click.Context):
         try:
             result = super().invoke(ctx)
             sys.stdout.flush()  # a reader that left shows here when the output fit the buffer
             return result
+        except click.UsageError as exc:  # an unknown command, option or a bad value: a mistake like any other
+            name = ctx.invoked_subcommand
+            raise _one_line_usage(exc, "expstore" if name is None else f"expstore {name}") from None
         except BrokenPipeError:
             _end_on_closed_pipe()
         except (ExpstoreError, OSError) as exc:
@@ -46,6 +55,12 @@ class _Group(click.Group):
     def _invoked(self, ctx: click.Context) -> click.Command | None:
         name = ctx.invoked_subcommand
         return None if name is None else self.get_command(ctx, name)
+
+
+def _one_line_usage(exc: click.UsageError, command: str) -> click.ClickException:
+    """A usage mistake as every other mistake: one line, exit status 1 (click's own is a usage
+    block and status 2), naming where the options are listed."""
+    return click.ClickException(f"{' '.join(exc.format_message().split())} (`{command} --help` lists what it takes)")
 
 
 def _caused_by_interrupt(exc: BaseException) -> bool:

@@ -218,3 +218,15 @@ def test_read_only_commands_tell_the_backend_from_the_contents(tmp_path, backend
     assert run_json("info", renamed)["backend"] == backend
     assert run_json("sample", renamed, "-n", "2", "--seed", "0")["step_id"]
     assert run("verify", renamed).exit_code == 0
+
+
+@pytest.mark.parametrize("args, words", [
+    (["info", "{pool}", "--bogus"], ["No such option '--bogus'", "`expstore info --help`"]),
+    (["head", "{pool}", "-n", "x"], ["'--count' / '-n'", "not a valid integer", "`expstore head --help`"]),
+    (["info"], ["Missing argument 'PATH'"]),
+    (["bogus"], ["No such command 'bogus'", "`expstore --help`"]),
+    (["--bogus"], ["No such option '--bogus'", "`expstore --help`"]),
+])
+def test_usage_mistakes_are_one_line_and_exit_1_like_every_other_mistake(pool_path, args, words):
+    make_pool(pool_path)
+    assert_error(run(*[arg.format(pool=pool_path) for arg in args], ok=False), *words)
