@@ -14,6 +14,9 @@ episode bookkeeping computed for all its rows at once (``EpisodeBook.on_extend``
   episodes, n-step, sequences), the episode table, priorities, ``end_episodes``, an ``extend``
   (which keeps the step order), or the read-only surface the upper layers use.
 
+A full stage of env 0's rows without next_<obs> leaves its bookkeeping for later, as a one-env
+``extend`` does (``Store._defer_bookkeeping``): it runs with the next commit's or read's.
+
 Nothing changes in what a crash may lose: staged rows are uncommitted rows, and a commit
 writes the stage before its record. Nothing changes in what the writer sees: its reads drain
 the stage first, and ``len`` and ``next_step_id`` count staged rows. Readers in other processes

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -142,8 +143,6 @@ os.kill(os.getpid(), 9)
 
 
 def test_a_writer_killed_with_deferred_rows_loses_only_them(tmp_path, backend):
-    from pathlib import Path
-
     path = str(tmp_path / f"pool{BACKENDS[backend]}")
     code = KILLED.format(root=str(Path(__file__).resolve().parents[2]))
     done = subprocess.run([sys.executable, "-c", code, path], check=False, capture_output=True)
