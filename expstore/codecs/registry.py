@@ -195,7 +195,7 @@ def _parse(name: object) -> tuple[str, int | None]:
     base, _, level_text = name.strip().lower().partition(":")
     if base not in _FACTORIES:
         raise SchemaError(f"unknown codec {name!r}; the codecs are {', '.join(codec_names())} "
-                          "(with a level: 'zstd:3')")
+                          "(with a level: 'zstd:3'; with a dictionary the pool trains: 'zstd:3+dict')")
     if not level_text:
         return base, None
     try:

@@ -74,7 +74,8 @@ def cast_to(name: str, arr: np.ndarray, dst: np.dtype) -> np.ndarray:
 
 
 def _to_bool(name: str, arr: np.ndarray, dst: np.dtype) -> np.ndarray:
-    if arr.dtype.kind in "iu" and np.all((arr == 0) | (arr == 1)):
+    # No values at all (np.asarray([]) is float64) hold nothing but booleans.
+    if arr.size == 0 or (arr.dtype.kind in "iu" and np.all((arr == 0) | (arr == 1))):
         return arr.astype(dst)
     raise SchemaError(
         f"field {name!r} is bool but got {arr.dtype} values other than 0 and 1; "

@@ -721,12 +721,15 @@ class EpisodeTable:
     the number of episodes. Like a pandas DataFrame (and the dict of columns it replaces),
     iterating it yields the column names, and ``keys``/``values``/``items`` walk the columns,
     so ``dict(table)``, ``np.savez(path, **table)`` and ``pandas.DataFrame(dict(table))`` work;
-    ``to_pandas`` makes the DataFrame when pandas is installed.
+    ``to_pandas`` makes the DataFrame when pandas is installed. ``window_bound`` says what
+    evicted the episodes' missing rows (the ``evicted`` column), as ``Store.window_bound`` does:
+    ``"capacity"``, ``"heap 'name'"`` (a byte heap full before the ring), or None.
     """
 
-    __slots__ = ("_columns", "_rows")
+    __slots__ = ("_columns", "_rows", "window_bound")
 
-    def __init__(self, columns: Mapping[str, np.ndarray]):
+    def __init__(self, columns: Mapping[str, np.ndarray], window_bound: str | None = None):
+        self.window_bound = window_bound
         self._columns = {name: np.asarray(values) for name, values in columns.items()}
         lengths = {len(values) for values in self._columns.values()}
         if len(lengths) > 1:
@@ -778,7 +781,8 @@ class EpisodeTable:
         return pandas.DataFrame(self._columns)
 
     def __repr__(self) -> str:
-        return f"EpisodeTable({self._rows} episodes; columns {', '.join(self._columns)})"
+        bound = "" if self.window_bound is None else f"; window bounded by {self.window_bound}"
+        return f"EpisodeTable({self._rows} episodes; columns {', '.join(self._columns)}{bound})"
 
 
 class _Runs:

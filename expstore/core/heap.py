@@ -20,6 +20,7 @@ it; one that fails them while still in the window is damage (CorruptStoreError).
 
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from collections.abc import Mapping, Sequence
@@ -170,6 +171,8 @@ class HeapField:
 
     def _ragged_row(self, name: str, value: Any, row: int | None) -> np.ndarray:
         arr = to_numpy(name, value)
+        if arr.size == 0 and arr.ndim == 1 and self.field.item_shape:  # [] for a row of no (n, 3) items
+            arr = arr.reshape(0, *self.field.item_shape)
         where = f"field {name!r}" + ("" if row is None else f" row {row}")
         if arr.ndim != len(self.field.shape) or arr.shape[1:] != self.field.item_shape:
             raise SchemaError(f"{where} has shape {arr.shape}; the ragged field takes arrays of shape "
@@ -325,7 +328,8 @@ class HeapField:
         heap, dtype, item_shape = self.heap, self.field.dtype, self.field.item_shape
         decode = None if self.codec is None else self.codec.decode
         item, ragged = self.field.item_nbytes, self.field.ragged
-        flat = None if ragged else out.reshape(len(out), -1)  # a fixed row: its bytes, no reshape per row
+        # A fixed row: its values in one flat row, no reshape per row (-1 fails for a read of no rows).
+        flat = None if ragged else out.reshape(len(out), math.prod(self.field.shape))
         for row, offset, size, length in zip(rows, offsets[rows].tolist(), nbytes[rows].tolist(),
                                              lengths[rows].tolist(), strict=True):
             if length * item == 0:

@@ -121,10 +121,11 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
         first_step_id: step id of the first transition of a new pool (default 0); a copy made
             by ``expstore convert`` keeps its source's step ids this way. Used only at creation.
         heap_bytes: the byte heaps of ragged fields and fields with a codec (core/heap.py): an
-            int is the pool's total, shared among the heap fields without a size of their own
-            (``Field(..., heap_bytes=)``) in proportion to their raw row sizes; a dict sizes
-            fields by name. Default per field: ``capacity + slack`` raw rows (a ragged row
-            counted as 64 elements). The window then holds at most what the heaps hold:
+            int is the pool's total: the fields with a size of their own
+            (``Field(..., heap_bytes=)``) take it out first, and the rest is shared among the
+            others in proportion to their raw row sizes; a dict sizes fields by name (a field
+            sized both in its Field and in the dict is an error unless the sizes agree).
+            Default per field: ``capacity + slack`` raw rows (a ragged row counted as 64 elements). The window then holds at most what the heaps hold:
             when a row's bytes do not fit, the oldest rows are evicted (``stats()`` says which
             bound applies). Used only at creation.
 
@@ -198,16 +199,28 @@ def heap_sizes(schema: Schema, heap_bytes: Any, rows: int) -> dict[str, int]:
         raise InvalidArgumentError(f"heap_bytes names {unknown}, which are not heap fields; the heap fields are "
                                    f"{names}")
     sizes = {name: _positive_bytes(f"heap_bytes[{name!r}]", value) for name, value in given.items()}
-    sizes.update({name: size for name in names if (size := schema[name].heap_bytes) is not None})
+    for name in names:
+        own = schema[name].heap_bytes
+        if own is not None and sizes.get(name, own) != own:
+            raise InvalidArgumentError(f"field {name!r} has heap_bytes={own} in its Field and {sizes[name]} in "
+                                       "open's heap_bytes; give its size in one place")
+        if own is not None:
+            sizes[name] = own
     rest = [name for name in names if name not in sizes]
     if heap_bytes is None or isinstance(heap_bytes, dict):
         sizes.update({name: rows * (schema[name].row_nbytes + _CODEC_OVERHEAD_NBYTES * (schema[name].codec is not None))
                       for name in rest})
-    elif rest:
+    else:  # the pool's total: the fields with a size of their own take theirs out of it first
         total = _positive_bytes("heap_bytes", heap_bytes)
-        weights = np.array([schema[name].row_nbytes for name in rest], np.float64)
-        shares = np.maximum(1, (total * weights / weights.sum()).astype(np.int64))
-        sizes.update({name: int(share) for name, share in zip(rest, shares, strict=True)})
+        left = total - sum(sizes.values())
+        if rest and left < len(rest):
+            raise InvalidArgumentError(f"heap_bytes={total} is the pool's total, but the Field sizes of "
+                                       f"{sorted(sizes)} take {sum(sizes.values())} of it, leaving nothing for "
+                                       f"{rest}; pass a larger total or a dict of sizes by field")
+        if rest:
+            weights = np.array([schema[name].row_nbytes for name in rest], np.float64)
+            shares = np.maximum(1, (left * weights / weights.sum()).astype(np.int64))
+            sizes.update({name: int(share) for name, share in zip(rest, shares, strict=True)})
     return {name: sizes[name] for name in names}
 
 

@@ -9,7 +9,7 @@ caller's ``pad_value``, or with ``ragged="list"`` one array per row.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,14 +18,55 @@ from ..errors import InvalidArgumentError
 from .heap import length_key
 
 RAGGED_MODES = ("pad", "list")
+# One number for every ragged field, or one per field: token ids padded with -1 beside a bool
+# mask padded with False. A derived next_<obs> pads as its observation unless named itself.
+PadValue = float | Mapping[str, float]
 
 
-def check_ragged(ragged: object, pad_value: object) -> None:
+def check_ragged(ragged: object, pad_value: object, dtypes: Mapping[str, np.dtype] | None = None) -> None:
+    """Refuse a bad ``ragged`` mode or ``pad_value``; with the ragged fields' ``dtypes``, also a
+    pad value that their dtype cannot hold (-1 for uint8 token ids would silently become 255)."""
     if ragged not in RAGGED_MODES:
         raise InvalidArgumentError(f"ragged={ragged!r} must be 'pad' (arrays padded to the longest row, with "
                                    "'<name>_length') or 'list' (one array per row)")
-    if isinstance(pad_value, bool) or not isinstance(pad_value, (int, float, np.number)):
-        raise InvalidArgumentError(f"pad_value={pad_value!r} must be a number (what padded positions hold)")
+    values = dict(pad_value) if isinstance(pad_value, Mapping) else None
+    for name, value in (values or {"": pad_value}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            label = f"pad_value[{name!r}]" if values is not None else "pad_value"
+            raise InvalidArgumentError(f"{label}={value!r} must be a number (what padded positions hold)")
+    if dtypes is None:
+        return
+    if values is not None:
+        unknown = sorted(set(values) - set(dtypes))
+        if unknown:
+            raise InvalidArgumentError(f"pad_value names {unknown}, which are not ragged fields of this pool; "
+                                       f"its ragged fields are {sorted(dtypes) or 'none'}")
+    for name, dtype in dtypes.items():
+        value = pad_for(pad_value, name)  # type: ignore[arg-type]
+        if not _holds(dtype, value):
+            raise InvalidArgumentError(f"pad_value {value!r} does not fit ragged field {name!r} ({dtype}); pass a "
+                                       f"value its dtype holds, or one per field (pad_value={{{name!r}: 0, ...}})")
+
+
+def pad_for(pad_value: PadValue, name: str) -> float:
+    """The pad value of the ragged column ``name``."""
+    if not isinstance(pad_value, Mapping):
+        return pad_value
+    if name in pad_value:
+        return pad_value[name]
+    return pad_value.get(name[len("next_"):], 0) if name.startswith("next_") else 0
+
+
+def _holds(dtype: np.dtype, value: float) -> bool:
+    """Whether ``dtype`` stores ``value`` exactly (NaN only in floats, whole numbers in range in integers)."""
+    if dtype.kind == "b":
+        return value in (0, 1)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return bool(np.isfinite(value)) and float(value).is_integer() and info.min <= value <= info.max
+    if dtype.kind in "fc":
+        return bool(np.isnan(value)) or bool(np.isinf(value)) or abs(value) <= np.finfo(dtype).max
+    return value == 0
 
 
 def merge_rows(batch: dict[str, np.ndarray], rows: np.ndarray, new_batch: dict[str, np.ndarray],
@@ -65,7 +106,7 @@ def _widen(values: np.ndarray, axis: int, width: int) -> np.ndarray:
 
 
 def finish(batch: dict[str, Any], ragged_names: Sequence[str], ragged: str = "pad",
-           pad_value: float = 0) -> dict[str, Any]:
+           pad_value: PadValue = 0) -> dict[str, Any]:
     """The batch as a caller gets it (see the module docstring); ``batch`` may be changed."""
     for name in ragged_names:
         if name not in batch:
@@ -77,10 +118,11 @@ def finish(batch: dict[str, Any], ragged_names: Sequence[str], ragged: str = "pa
         if ragged == "list":
             batch[name] = _as_lists(values, lengths)
             continue
-        if pad_value != 0:
+        pad = pad_for(pad_value, name)
+        if pad != 0:
             values = values.copy()
             padding = np.arange(longest) >= lengths[..., None]
-            values[padding] = pad_value
+            values[padding] = pad
         batch[name] = values
     return batch
 

@@ -54,7 +54,7 @@ from .heap import EncodedRows, Heaps
 from .hooks import call_hook
 from .idle import IdleCommitter
 from .mapping import MappedPool
-from .ragged import check_ragged, finish, merge_rows
+from .ragged import PadValue, check_ragged, finish, merge_rows
 from .ring import Ring
 from .stacking import FrameStacker, frame_stack_of, refuse_incomplete
 from .staging import Stage, fast_append_for, stage_rows
@@ -117,7 +117,7 @@ class Store:
         self._derived: tuple[str, ...] = ()  # the observations whose next_ the pool derives
         self._batches: Batches | None = None
         self._heaps: Heaps | None = None  # the ragged and compressed fields' byte heaps (heap.py)
-        self._ragged: tuple[str, ...] = ()
+        self._ragged: dict[str, np.dtype] = {}  # ragged columns of a batch, derived next_<obs> too: their dtypes
         self._heaps_exceed_memory: bool | None = None  # decided at the first gather (_heap_prefetch)
         self._stage: Stage | None = None  # a writer's staged appends (staging.py)
         # Rows of one-env extends whose episode bookkeeping waits (first step, rows): see _defer_bookkeeping.
@@ -177,8 +177,8 @@ class Store:
         self._keeping = Bookkeeping.of(views, layout.schema, self._slots, self._ring.capacity, self._committed,
                                        self.writable, bool(layout.meta["checksums"]))
         self._derived = () if self._keeping is None else self._keeping.derived
-        self._ragged = tuple(name for name, field in self._fields if field.ragged) + tuple(
-            f"next_{name}" for name in self._derived if layout.schema[name].ragged)
+        self._ragged = {name: field.dtype for name, field in self._fields if field.ragged} | {
+            f"next_{name}": layout.schema[name].dtype for name in self._derived if layout.schema[name].ragged}
         self._batches = Batches(views, layout.schema, self._slots, self._keeping, self._gather,
                                 lambda: self._committed, self.path, self._read_heap_fields)
         if self._keeping is not None:
@@ -269,6 +269,8 @@ class Store:
         return self._committed.time_unix or None
 
     def __len__(self) -> int:
+        """Rows in the window: at most ``capacity``, fewer once a byte heap fills first
+        (``window_bound`` says which bound applies)."""
         low, high = self._window()
         return high - low
 
@@ -285,7 +287,11 @@ class Store:
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else ("writer" if self.writable else "reader")
-        return f"<expstore.Store {self.path!r} {self.backend} {state} len={len(self) if not self._closed else '?'}>"
+        if self._closed:
+            return f"<expstore.Store {self.path!r} {self.backend} {state} len=?>"
+        bound = self.window_bound
+        return (f"<expstore.Store {self.path!r} {self.backend} {state} len={len(self)}"
+                + ("" if bound is None else f", bounded by {bound}") + ">")
 
     # ------------------------------------------------------------------ window
     def _window(self) -> tuple[int, int]:
@@ -736,7 +742,7 @@ class Store:
         return {name: values[0] for name, values in batch.items()}
 
     def read(self, step_ids, *, frame_stack: int | None = None, stack_axis: int = 0,
-             stack_padding: str = "reset", ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
+             stack_padding: str = "reset", ragged: str = "pad", pad_value: PadValue = 0) -> dict[str, Any]:
         """The rows of the given step ids, in that order, plus ``step_id``.
 
         ``ragged`` and ``pad_value``: how ragged fields come back, as in ``sample``.
@@ -786,7 +792,7 @@ class Store:
                beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
                current_version: int | None = None, recency=None,
                sampler: Sampler | None = None, frame_stack: int | None = None, stack_axis: int = 0,
-               stack_padding: str = "reset", her=None, ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
+               stack_padding: str = "reset", her=None, ragged: str = "pad", pad_value: PadValue = 0) -> dict[str, Any]:
         """A random batch (with replacement) of committed transitions, plus ``step_id``.
 
         The keywords build a sampling strategy; ``sampler`` takes one directly. They compose:
@@ -839,12 +845,15 @@ class Store:
             ragged: how ragged fields (``Field((None, ...), dtype)``) come back: ``"pad"``, an
                 array padded to the longest row of the batch plus an int64 ``<name>_length``
                 column; ``"list"``, a list of one array per row (and the lengths column).
-            pad_value: what the padded positions hold (default 0).
+            pad_value: what the padded positions hold (default 0): one number, or a dict of one
+                per ragged field (``{"response_ids": -1, "mask": 0}``; a derived ``next_<obs>``
+                pads as its observation unless named). A value a field's dtype cannot hold
+                (-1 for uint8) is an ``InvalidArgumentError``.
 
         Fields with a codec come back as plain arrays, identical to what was appended.
         """
         if ragged != "pad" or pad_value != 0:
-            check_ragged(ragged, pad_value)  # before any draw
+            check_ragged(ragged, pad_value, self._ragged)  # before any draw
         if sampler is None and not prioritized and max_age is None and recency is None and n_step == 1 \
                 and not self._derived and frame_stack is None and her is None:
             return self._finish(self._sample_uniform(batch_size, rng), ragged, pad_value)
@@ -867,11 +876,11 @@ class Store:
                 batch = her.relabel(self, batch, generator, view)
         return self._finish(batch, ragged, pad_value)
 
-    def _finish(self, batch: dict[str, np.ndarray], ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
+    def _finish(self, batch: dict[str, np.ndarray], ragged: str = "pad", pad_value: PadValue = 0) -> dict[str, Any]:
         """A batch as the public calls return it: ragged fields cut, padded or listed (ragged.py)."""
         if ragged != "pad" or pad_value != 0:
-            check_ragged(ragged, pad_value)
-        return finish(batch, self._ragged, ragged, pad_value) if self._ragged else batch
+            check_ragged(ragged, pad_value, self._ragged)
+        return finish(batch, tuple(self._ragged), ragged, pad_value) if self._ragged else batch
 
     def _sample_uniform(self, batch_size: int, rng) -> dict[str, np.ndarray]:
         """The hot path: one draw, one gather, one look at the window."""
@@ -988,7 +997,7 @@ class Store:
                          beta: float = 0.4, max_age: int | None = None, age_unit: str = "auto",
                          current_version: int | None = None, recency=None,
                          sampler: Sampler | None = None, ragged: str = "pad",
-                         pad_value: float = 0) -> dict[str, Any]:
+                         pad_value: PadValue = 0) -> dict[str, Any]:
         """Windows of ``length`` consecutive rows of one episode each: arrays [batch, length, ...].
 
         A window starts at a committed row drawn by the strategy the keywords describe (as in
@@ -1018,7 +1027,7 @@ class Store:
     def iter_epoch(self, batch_size: int, *, rng: int | np.random.Generator | None = None, drop_last: bool = False,
                    n_step: int = 1, gamma: float = 0.99, frame_stack: int | None = None, stack_axis: int = 0,
                    stack_padding: str = "reset", ragged: str = "pad",
-                   pad_value: float = 0) -> Iterator[dict[str, Any]]:
+                   pad_value: PadValue = 0) -> Iterator[dict[str, Any]]:
         """One pass over every committed transition, in shuffled batches (offline training).
 
         The window is taken when the pass starts; rows the ring evicts during the pass (and,
@@ -1115,14 +1124,15 @@ class Store:
         evicted ones included), ``return`` (their summed reward), ``terminated``,
         ``truncated``, ``open`` (still running), ``evicted`` (rows the ring dropped),
         ``cut_off`` (open when its writer stopped without closing), ``env_id``, ``last_step_id``.
+        ``table.window_bound`` says what bounds the window, as ``Store.window_bound``.
         """
         keeping, state = self._episode_state()
         table = keeping.table(state)
         order = np.argsort(table["first_step_id"], kind="stable")
-        return EpisodeTable({name: column[order] for name, column in table.items()})
+        return EpisodeTable({name: column[order] for name, column in table.items()}, self.window_bound)
 
     def episode(self, episode_id: int, *, frame_stack: int | None = None, stack_axis: int = 0,
-                stack_padding: str = "reset", ragged: str = "pad", pad_value: float = 0) -> dict[str, Any]:
+                stack_padding: str = "reset", ragged: str = "pad", pad_value: PadValue = 0) -> dict[str, Any]:
         """The rows of one episode still in the pool, in order, plus ``step_id`` (ragged fields
         as ``sample`` gives them).
 

@@ -27,6 +27,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without torch
                       "(or pip install 'expstore[train]' after installing torch)") from exc
 
 from ..core.opening import open as open_pool
+from ..core.ragged import RAGGED_MODES, PadValue
 from ..core.stacking import frame_stack_of
 from ..errors import ClosedStoreError, InvalidArgumentError
 
@@ -37,27 +38,40 @@ _POLL_S = 0.1  # how often a blocked producer or consumer looks at the stop flag
 
 
 def to_tensors(batch: Mapping[str, np.ndarray], device: str | torch.device | None = None,
-               pin_memory: bool = False) -> Batch:
+               pin_memory: bool = False, nested: bool = False) -> Batch:
     """A batch of numpy arrays as torch tensors sharing their memory.
 
     A ragged field comes as the padded tensor and its ``<name>_length`` tensor beside it (the
-    default ``ragged="pad"``), or, sampled with ``ragged="list"``, as a list of tensors.
+    default ``ragged="pad"``), or, sampled with ``ragged="list"``, as a list of tensors; with
+    ``nested=True`` such a list becomes one nested tensor (``torch.nested``, jagged layout, the
+    rows' own lengths along dimension 1).
 
     Args:
         batch: field name -> array, as ``Store.sample`` returns.
         device: where the tensors should live; ``None`` keeps them on the CPU (no copy at all).
         pin_memory: pin the CPU tensors first, so that the copy to a CUDA device runs
             asynchronously (``non_blocking=True``). Ignored without CUDA.
+        nested: ragged fields sampled as lists come as nested tensors.
     """
     target = torch.device(device) if device is not None else None
     pin = pin_memory and torch.cuda.is_available()
-    tensors = {}
+    tensors: dict[str, Any] = {}
     for name, values in batch.items():
         if isinstance(values, list):  # a ragged field sampled with ragged="list"
-            tensors[name] = [_tensor(row, target, pin) for row in values]
+            rows = [_tensor(row, target, pin) for row in values]
+            tensors[name] = _nested(name, rows) if nested else rows
         else:
             tensors[name] = _tensor(values, target, pin)
     return tensors
+
+
+def _nested(name: str, rows: list[torch.Tensor]) -> torch.Tensor:
+    if not rows:  # torch cannot make a nested tensor of no rows
+        raise InvalidArgumentError(f"field {name!r}: a batch of no rows has no nested tensor; sample at least one row")
+    if any(row.dim() == 0 for row in rows):  # a window of sequences: lists of lists are not one jagged dimension
+        raise InvalidArgumentError(f"field {name!r}: nested tensors take one ragged dimension; sequence windows "
+                                   "come as lists of lists, use nested=False or ragged='pad'")
+    return torch.nested.nested_tensor(rows, layout=torch.jagged)
 
 
 def _tensor(values: np.ndarray, target: torch.device | None, pin: bool) -> torch.Tensor:
@@ -186,18 +200,29 @@ class PoolDataset(Dataset):
         frame_stack, stack_axis, stack_padding: return the observations as frame stacks
             rebuilt from one frame per row (see ``Store.read``). A row whose stack needs rows the
             ring evicted raises.
+        ragged, pad_value: how ragged fields come (as in ``Store.sample``): padded tensors plus
+            ``<name>_length`` (``"pad"``, padded with ``pad_value``), lists of tensors
+            (``"list"``), or one nested tensor each (``"nested"``, ``torch.nested`` jagged).
     """
 
     def __init__(self, path: str | os.PathLike, fields: Sequence[str] | None = None, *,
-                 frame_stack: int | None = None, stack_axis: int = 0, stack_padding: str = "reset"):
+                 frame_stack: int | None = None, stack_axis: int = 0, stack_padding: str = "reset",
+                 ragged: str = "pad", pad_value: PadValue = 0):
         self.path = os.fspath(path)
         self.stacking = {"frame_stack": frame_stack, "stack_axis": stack_axis, "stack_padding": stack_padding}
+        if ragged not in (*RAGGED_MODES, "nested"):
+            raise InvalidArgumentError(f"ragged={ragged!r} must be 'pad', 'list' or 'nested' (one nested tensor "
+                                       "per ragged field)")
+        self.nested = ragged == "nested"
+        self.ragged = "list" if self.nested else ragged
+        self.pad_value = pad_value
         with open_pool(self.path, "r") as pool:
             self._first_step_id = pool.first_step_id
             self._length = len(pool)
             names = list(pool.schema.keys()) if pool.schema is not None else []
             if frame_stack is not None:  # a bad request fails here, not in a worker
                 frame_stack_of(pool.schema, self.path, frame_stack, stack_axis, stack_padding)
+            pool.read([], ragged=self.ragged, pad_value=pad_value)  # likewise a bad ragged mode or pad value
         unknown = sorted(set(fields or ()) - set(names))
         if unknown:
             raise InvalidArgumentError(f"fields {unknown} are not in {self.path}, which stores {names}")
@@ -220,11 +245,12 @@ class PoolDataset(Dataset):
         if logical.size and (logical.min() < 0 or logical.max() >= self._length):
             raise InvalidArgumentError(f"indices must lie in 0..{self._length - 1}, got "
                                        f"{int(logical.min())}..{int(logical.max())}")
-        rows = self._handle().read(self._first_step_id + logical, **self.stacking)
+        rows = self._handle().read(self._first_step_id + logical, **self.stacking, ragged=self.ragged,
+                                   pad_value=self.pad_value)
         if self._every_field:  # derived next_obs stacks too, which no schema field names
-            return to_tensors(rows)
+            return to_tensors(rows, nested=self.nested)
         lengths = [f"{name}_length" for name in self.fields if f"{name}_length" in rows]  # ragged fields'
-        return to_tensors({name: rows[name] for name in (*self.fields, *lengths, "step_id")})
+        return to_tensors({name: rows[name] for name in (*self.fields, *lengths, "step_id")}, nested=self.nested)
 
     def __getitem__(self, index: int) -> Batch:
         return {name: values[0] for name, values in self.__getitems__([index]).items()}
@@ -242,7 +268,8 @@ class PoolDataset(Dataset):
 
 def pool_loader(path: str | os.PathLike, batch_size: int, *, shuffle: bool = True, num_workers: int = 2,
                 fields: Sequence[str] | None = None, seed: int | None = None, frame_stack: int | None = None,
-                stack_axis: int = 0, stack_padding: str = "reset", **loader_kwargs) -> DataLoader:
+                stack_axis: int = 0, stack_padding: str = "reset", ragged: str = "pad", pad_value: PadValue = 0,
+                **loader_kwargs) -> DataLoader:
     """A ``DataLoader`` over a pool: one vectorised read per batch, in worker processes.
 
     Args:
@@ -253,12 +280,14 @@ def pool_loader(path: str | os.PathLike, batch_size: int, *, shuffle: bool = Tru
         fields: fields to load (default: all).
         seed: seeds the shuffle order.
         frame_stack, stack_axis, stack_padding: observations as frame stacks (see ``PoolDataset``).
+        ragged, pad_value: how ragged fields come (see ``PoolDataset``).
         **loader_kwargs: passed to ``DataLoader`` (``pin_memory``, ``prefetch_factor``, ...).
     """
     generator = None
     if seed is not None:
         generator = torch.Generator().manual_seed(seed)
-    dataset = PoolDataset(path, fields, frame_stack=frame_stack, stack_axis=stack_axis, stack_padding=stack_padding)
+    dataset = PoolDataset(path, fields, frame_stack=frame_stack, stack_axis=stack_axis, stack_padding=stack_padding,
+                          ragged=ragged, pad_value=pad_value)
     # torch annotates collate_fn as taking a list of items; with __getitems__ it is handed the
     # already gathered batch instead, which its stubs do not describe.
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=num_workers,

@@ -43,3 +43,36 @@ def test_pool_loader_batches_carry_lengths(heap_pool):
         seen += len(batch["step_id"])
     assert seen == 120
     assert PoolDataset(heap_pool)[5]["tokens_length"] == len(heap_row(5)["tokens"])
+
+
+def test_pool_loader_pads_as_asked_and_lists_or_nests(heap_pool):
+    padded = next(iter(pool_loader(heap_pool, 16, num_workers=0, fields=["tokens"], pad_value={"tokens": -1},
+                                   seed=0)))
+    for k, step in enumerate(padded["step_id"].tolist()):
+        length = len(heap_row(step)["tokens"])
+        assert (padded["tokens"][k, length:] == -1).all() and int(padded["tokens_length"][k]) == length
+    listed = next(iter(pool_loader(heap_pool, 16, num_workers=0, fields=["tokens"], ragged="list", seed=0)))
+    nested = next(iter(pool_loader(heap_pool, 16, num_workers=0, fields=["tokens"], ragged="nested", seed=0)))
+    assert nested["tokens"].is_nested and nested["tokens"].size(0) == 16
+    for k, step in enumerate(listed["step_id"].tolist()):
+        expected = torch.from_numpy(heap_row(step)["tokens"])
+        assert torch.equal(listed["tokens"][k], expected)
+        assert torch.equal(nested["tokens"].unbind()[k], expected)
+
+
+def test_to_tensors_nests_listed_fields_only(heap_pool):
+    with expstore.open(heap_pool) as pool:
+        tensors = to_tensors(pool.sample(8, rng=0, ragged="list"), nested=True)
+    assert tensors["tokens"].is_nested and not tensors["obs"].is_nested
+    with pytest.raises(expstore.ExpstoreError, match="a batch of no rows has no nested tensor"):
+        to_tensors({"tokens": []}, nested=True)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"ragged": "padded"}, "ragged='padded' must be 'pad', 'list' or 'nested'"),
+    ({"pad_value": 2.5, "fields": ["points"]}, "does not fit"),
+    ({"pad_value": {"reward": 0}}, "not ragged fields"),
+])
+def test_bad_ragged_options_fail_when_the_dataset_is_made(heap_pool, options, message):
+    with pytest.raises(expstore.ExpstoreError, match=message):
+        PoolDataset(heap_pool, **options)
