@@ -126,8 +126,9 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
             others in proportion to their raw row sizes; a dict sizes fields by name (a field
             sized both in its Field and in the dict is an error unless the sizes agree).
             Default per field: ``capacity + slack`` raw rows (a ragged row counted as 64
-            elements). The window then holds at most what the heaps hold: when a row's bytes do not fit, the oldest rows are evicted (``stats()`` says which
-            bound applies). Used only at creation.
+            elements). The window then holds at most what the heaps hold: when a row's bytes
+            do not fit, the oldest rows are evicted (``stats()`` says which bound applies).
+            Used only at creation.
 
     Returns:
         A :class:`Store`; use it as a context manager or call ``close()``.
