@@ -36,6 +36,9 @@ _CLI_ADVICE: list[tuple[re.Pattern, str | None, str | Callable[[re.Match], str],
       "work while it writes"), ""),
     (re.compile(r"pass overwrite=True"), "overwrite", "pass --overwrite", "move it away"),
     (re.compile(r"\S+=\S+ \(CLI: ([^)]+)\)"), None, r"\1", ""),  # messages that carry both: keep the CLI's
+    (re.compile(r"create the pool with a larger heap_bytes\b"), "heap_bytes", "pass a larger --heap-bytes",
+     "create the pool with a larger heap_bytes"),
+    (re.compile(r"\bheap_bytes\b(?![=\[\w])"), "heap_bytes", "--heap-bytes", "heap_bytes"),  # convert, merge
     (re.compile(r"; open it with mode='r' to read it"), None,
      "; read-only commands (`expstore info`, `stats`, `verify`, `convert` from it) still work", ""),
 ]

@@ -9,6 +9,7 @@ import click
 from ..backends import archive, backend_names, get_backend
 from ..inspect.streaming import open_source
 from ..maintenance import convert as converting
+from ..maintenance.damaged import LISTED_STEPS
 from ..maintenance.recode import parse_assignments, parse_nbytes
 from .common import RegisteredChoice, progress_bar
 
@@ -24,20 +25,21 @@ BACKEND = click.option("--backend", type=RegisteredChoice(backend_names, lookup=
                        help="Backend of the destination (default: from its suffix).")
 OVERWRITE = click.option("--overwrite", is_flag=True, help="Replace an existing destination.")
 CODEC = click.option("--codec", "codecs", multiple=True, metavar="NAME=CODEC",
-                     help="Store field NAME with CODEC in the copy: zstd, zstd:LEVEL, lz4, or raw (none); repeat "
-                     "for more fields.")
+                     help="Store field NAME with CODEC in the copy: zstd, zstd:LEVEL, zstd:LEVEL+dict, lz4, or raw "
+                     "(none); repeat for more fields. Default: the (first) source's codec.")
 HEAP_BYTES = click.option("--heap-bytes", "heap_bytes", multiple=True, metavar="[NAME=]SIZE",
                           help="Heap size of the copy's ragged and compressed fields (e.g. 8G): all together, or "
-                          "NAME=SIZE for one field; default the source's where codec and capacity stay.")
+                          "NAME=SIZE for one field. A field not named keeps the source's size where codec and "
+                          "capacity stay, else gets a heap sized for the copy's rows.")
 
 
 def _recoding(codecs: tuple[str, ...], heap_bytes: tuple[str, ...]) -> dict:
     """The convert keywords of --codec and --heap-bytes."""
     chosen = {name: None if codec.lower() in ("raw", "none") else codec
-              for name, codec in parse_assignments(codecs, "--codec").items()}
+              for name, codec in parse_assignments(codecs, "--codec", "obs=zstd:3").items()}
     total = [value for value in heap_bytes if "=" not in value]
-    sizes: dict | int | None = {name: parse_nbytes(size) for name, size in
-                                parse_assignments(tuple(v for v in heap_bytes if "=" in v), "--heap-bytes").items()}
+    per_field = parse_assignments(tuple(v for v in heap_bytes if "=" in v), "--heap-bytes", "obs=512M")
+    sizes: dict | int | None = {name: parse_nbytes(size) for name, size in per_field.items()}
     if total:
         if sizes or len(total) > 1:
             raise click.UsageError("--heap-bytes takes one total SIZE or NAME=SIZE per field, not both")
@@ -72,6 +74,7 @@ def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool, de
     are rebuilt from the flags); DST is written aside and renamed, so a killed convert never
     leaves a half-written DST. SRC may be a pool that a writer is appending to: the copy is
     its rows when convert started, less the oldest ones the writer evicted before they were read.
+    Heap rows that can no longer be read (damaged) are left out, with a warning naming them.
 
     \b
     Examples:
@@ -95,16 +98,23 @@ def convert(src: str, dst: str, capacity, compress, backend, overwrite: bool, de
 @COMPRESS
 @BACKEND
 @OVERWRITE
-def merge(srcs, dst: str, capacity, compress, backend, overwrite: bool) -> None:
-    """Concatenate pools with the same schema, in the order given, into a new pool.
+@CODEC
+@HEAP_BYTES
+def merge(srcs, dst: str, capacity, compress, backend, overwrite: bool, codecs, heap_bytes) -> None:
+    """Concatenate pools with the same fields, in the order given, into a new pool.
+
+    The pools may store a field with different codecs: the merged pool takes the first pool's,
+    or the --codec given.
 
     \b
-    Example:
+    Examples:
       expstore merge runs/a.h5 runs/b.zarr -o runs/all.h5
+      expstore merge runs/a.h5 runs/b.h5 -o runs/all.h5 --codec obs=zstd:3 --heap-bytes obs=4G
     """
+    recoding = _recoding(codecs, heap_bytes)
     with progress_bar(_total_rows(srcs), "merge") as progress:
         result = converting.merge(list(srcs), dst, capacity=capacity, backend=backend, compress=compress,
-                                  overwrite=overwrite, progress=progress)
+                                  overwrite=overwrite, progress=progress, **recoding)
     _report(result)
 
 
@@ -116,7 +126,17 @@ def _report(result: converting.CopyResult) -> None:
     if result.evicted_rows:
         dropped += (f"; a writer evicted {result.evicted_rows} rows of the snapshot before they were copied, "
                     "so the copy starts later")
+    if result.heap_evicted_rows:
+        dropped += (f"; its {result.window_bound} evicted the {result.heap_evicted_rows} oldest rows copied: "
+                    "pass a larger --heap-bytes to keep them")
+    if result.damaged_rows:
+        dropped += f"; left out {result.damaged_rows} rows whose heap bytes cannot be read"
     click.echo(f"wrote {result.rows} rows{steps} to {what} {result.path}{dropped}")
+    if result.damaged_rows:
+        where = ", ".join(f"steps {', '.join(map(str, steps))}{'...' if len(steps) >= LISTED_STEPS else ''} of "
+                          f"{path}" for path, steps in result.damaged_steps.items())
+        click.echo(f"warning: left out {result.damaged_rows} rows whose heap bytes cannot be read (damaged, or "
+                   f"failing their crc32): {where}; `expstore verify` lists the damage", err=True)
 
 
 COMMANDS = [convert, merge]

@@ -213,7 +213,8 @@ class DedupSource:
             position += wanted
         if not pieces:
             return self.source.read(0, 0)
-        return {name: np.concatenate([piece[name] for piece in pieces]) for name in self.schema}
+        # Every column read, ragged fields' <name>_length too (a copy needs them to cut the padding).
+        return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
 
     def close(self) -> None:
         self.source.close()

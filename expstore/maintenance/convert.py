@@ -5,7 +5,8 @@ place only when complete and fsynced, so a killed convert leaves the old destina
 nothing) plus a temporary that ``expstore repair`` removes, never a half-written pool.
 Rows keep their order (oldest first) and attrs are copied unchanged. A converted pool keeps
 its source's step ids, episodes (vector-env sub-envs included) and priorities; a merged one
-renumbers them, the sources following each other (see carry.py).
+renumbers them, the sources following each other (see carry.py). Heap rows that can no longer
+be read are left out and reported (damaged.py); the rows a copy reports are the rows it holds.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,13 +35,17 @@ from ..inspect.streaming import (
     read_kept,
     slice_rows,
 )
+from ..schema import Schema
 from .carry import Carry
+from .damaged import DamagedRowsFound, WithoutDamagedRows, damage_of, damaged_in_slice, without_damaged_rows
 from .destination import check_destination
-from .recode import as_extend_batch, default_heap_bytes, recoded_schema
+from .recode import as_extend_batch, default_heap_bytes, recoded_schema, source_dictionaries, store_dictionaries
 
 logger = logging.getLogger("expstore.convert")  # its name before the layered layout
 
 _DEFAULT_SLACK = 10_000
+# Sources whose ``meta`` is a pool's: the copy takes slack, chunk rows, checksums and heap sizes from it.
+_POOL_KINDS = ("pool", WithoutDamagedRows.kind)
 _ATTEMPTS = 3  # copies of a pool whose writer outran the copy, each starting further ahead
 _OUTRUN_FIX = "pause the writer, or copy only the newest rows with a smaller capacity=N (CLI: --capacity N)"
 
@@ -58,6 +63,10 @@ class CopyResult:
     first_step_id: int = 0
     next_step_id: int = 0
     evicted_rows: int = 0  # rows of the sources' snapshots that a writer evicted before they were copied
+    heap_evicted_rows: int = 0  # rows copied that a heap of the copy too small for them evicted
+    window_bound: str | None = None  # what bounds the copy's window (Store.window_bound)
+    damaged_rows: int = 0  # heap rows left out because they can no longer be read (damaged.py)
+    damaged_steps: dict[str, list[int]] = field(default_factory=dict)  # source -> its first damaged steps
 
 
 def convert(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | None = None,
@@ -78,8 +87,14 @@ def convert(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | N
             keeping the order; the copy's bookkeeping is rebuilt from the rows' flags.
         codecs: field name -> codec of the copy (``{"obs": "zstd:3"}``; None or ``"raw"``
             for none), see recode.py.
-        heap_bytes: the copy's heap sizes, as ``expstore.open`` takes them (default: the
-            source's where codec and capacity stay, else open's default).
+        heap_bytes: the copy's heap sizes, as ``expstore.open`` takes them; a field a dict does
+            not name keeps the source's size where codec and capacity stay, else gets a heap
+            sized for the copy's rows (see recode.py). A heap too small for the rows copied
+            evicts the oldest: ``heap_evicted_rows`` counts them.
+
+    Heap rows that can no longer be read (damaged bytes, or a crc32 that fails) are left out,
+    counted in ``damaged_rows`` with their first steps in ``damaged_steps``; the copy is then
+    tagged anew, as with ``dedup`` (see damaged.py).
     """
     return merge([src], dst, capacity=capacity, backend=backend, compress=compress,
                  overwrite=overwrite, progress=progress, slice_nbytes=slice_nbytes, dedup=dedup,
@@ -96,10 +111,11 @@ def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity
         capacity: the new capacity (default: the sum of the sources' lengths, at least 1);
             when smaller than the rows given, the oldest rows are dropped.
         Others as in :func:`convert` (``dedup`` drops duplicates within each source). Attrs
-        come from the first source.
+        come from the first source, and so do codecs not named in ``codecs``: the sources may
+        differ in their fields' codecs (rows are copied decoded).
 
     Raises:
-        SchemaError: the sources' schemas differ.
+        SchemaError: the sources' fields differ in more than their codecs.
         StoreExistsError: ``dst`` exists and ``overwrite`` is false.
     """
     dst = os.fspath(dst)
@@ -110,20 +126,35 @@ def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity
     _check_destination(dst, [os.fspath(s) for s in srcs], overwrite)
     sources = [open_source(s) for s in srcs]
     try:
-        if dedup:
-            sources = deduplicated(sources)
         _check_same_schema(sources)
         recoding = {"schema": recoded_schema(sources[0].schema, codecs), "heap_bytes": heap_bytes}
         heap_fields = recoding["schema"].heap_fields()
         if codec is not None and heap_fields:
             raise InvalidArgumentError(f"an archive holds fixed-shape fields only, and {heap_fields} are ragged or "
                                        "compressed already; copy into a pool, or give fixed fields --codec NAME=raw")
-        result = _copy(sources, dst, chosen.name, capacity, codec, overwrite, progress, slice_nbytes, recoding)
+        if dedup:  # its scan reads every row: damaged ones are left out first
+            sources = deduplicated(without_damaged_rows(sources, slice_nbytes))
+        copying = (dst, chosen.name, capacity, codec, overwrite, progress, slice_nbytes, recoding)
+        try:
+            result = _copy(sources, *copying)
+        except DamagedRowsFound as found:
+            logger.info("%s; copying again without them", found)
+            sources = without_damaged_rows(sources, slice_nbytes)
+            result = _copy(sources, *copying)
         result.duplicate_rows = sum(getattr(source, "dropped_rows", 0) for source in sources)
+        _record_damage(result, sources)
         return result
     finally:
         for source in sources:
             source.close()
+
+
+def _record_damage(result: CopyResult, sources: list[RowSource]) -> None:
+    for damage in damage_of(sources):
+        result.damaged_rows += damage.rows
+        result.damaged_steps[damage.path] = damage.first_steps
+        logger.info("%s: left out %d rows whose heap bytes cannot be read (first steps %s); `expstore verify "
+                    "%s` lists the damage", damage.path, damage.rows, damage.first_steps, damage.path)
 
 
 def deduplicated(sources: list[RowSource]) -> list[RowSource]:
@@ -145,9 +176,16 @@ def _check_destination(dst: str, srcs: list[str], overwrite: bool) -> None:
 def _check_same_schema(sources: list[RowSource]) -> None:
     first = sources[0]
     for other in sources[1:]:
-        if other.schema != first.schema:
+        if _without_codecs(other.schema) != _without_codecs(first.schema):
             raise SchemaError(f"cannot merge {other.path} into {first.path}: it stores {other.schema}, "
-                              f"not {first.schema}; merge pools with the same schema only")
+                              f"not {first.schema}; merge pools with the same schema only (their codecs may differ)")
+
+
+def _without_codecs(schema: Schema) -> list:
+    """What must agree between merged pools: field names, shapes, dtypes and image layouts, in
+    order. Codecs may differ: rows are copied decoded and coded again with the copy's codec."""
+    return [(name, {key: value for key, value in spec.to_json().items() if key != "codec"})
+            for name, spec in schema.items()]
 
 
 def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nbytes, recoding) -> CopyResult:
@@ -162,6 +200,11 @@ def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nby
     if len(sources) > 1:
         attrs["merged_from"] = [s.path for s in sources]
     make_parent(dst)
+    meta = first.meta if first.kind in _POOL_KINDS else {}
+    if codec is None:
+        heap_bytes = default_heap_bytes(sources, recoding["schema"], capacity, _slack(meta, capacity),
+                                        recoding["heap_bytes"])
+        dictionaries = source_dictionaries(first, recoding["schema"])
     rates: dict[int, tuple[float, float]] = {}
     for attempt in range(1, _ATTEMPTS + 1):
         carry = Carry(sources, _planned_first_step(sources, dropped), renumber=len(sources) > 1)
@@ -170,22 +213,26 @@ def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nby
             if codec is not None:
                 _build_archive(dst, backend, codec, first.schema, capacity, attrs, total - dropped, rows, carry,
                                overwrite)
+                written = Written(carry.first_step_id, carry.first_step_id + rows.copied, None)
             else:
-                meta = first.meta if first.kind == "pool" else {}
-                heap_bytes = default_heap_bytes(meta, first.schema, recoding["schema"], capacity,
-                                                recoding["heap_bytes"])
-                build_pool(dst, backend, recoding["schema"], capacity, attrs, rows, overwrite=overwrite,
-                           meta=meta, carry=carry, heap_bytes=heap_bytes)
+                written = build_pool(dst, backend, recoding["schema"], capacity, attrs, rows, overwrite=overwrite,
+                                     meta=meta, carry=carry, heap_bytes=heap_bytes, dictionaries=dictionaries)
             break
         except WriterOutranError as exc:
             if attempt == _ATTEMPTS or rows.outran is None:
                 raise _outran_error(exc, rows, attempt) from None
             rates[rows.outran] = rows.rates()
             logger.info("%s; copying again from a later row (attempt %d)", exc, attempt + 1)
+    kept = written.next_step_id - written.first_step_id
+    heap_evicted = rows.copied - kept
+    if heap_evicted:
+        logger.info("%s: its %s evicted the %d oldest of the %d rows copied; pass a larger heap_bytes",
+                    dst, written.window_bound, heap_evicted, rows.copied)
     logger.info("wrote %d rows to %s (%d oldest dropped, %d evicted by a writer before they were copied)",
-                rows.copied, dst, dropped, rows.evicted)
-    return CopyResult(dst, rows.copied, capacity, dropped, codec is not None, first_step_id=carry.first_step_id,
-                      next_step_id=carry.first_step_id + rows.copied, evicted_rows=rows.evicted)
+                kept, dst, dropped, rows.evicted)
+    return CopyResult(dst, kept, capacity, dropped, codec is not None, first_step_id=written.first_step_id,
+                      next_step_id=written.next_step_id, evicted_rows=rows.evicted, heap_evicted_rows=heap_evicted,
+                      window_bound=written.window_bound)
 
 
 def _build_archive(dst, backend, codec, schema, capacity, attrs, rows, copy_rows, carry, overwrite) -> None:
@@ -273,6 +320,8 @@ class CopyRows:
                 self.outran = position
                 raise WriterOutranError(f"{source.path}: its writer evicted step {source.first_step_id + first} "
                                         "before the copy read it")
+            if damaged_in_slice(source, kept.first, stop - kept.first):
+                raise DamagedRowsFound(source.path)
             yield self.copied, kept.rows, kept.book
             self.copied += stop - kept.first
             if self.progress is not None:
@@ -305,31 +354,49 @@ class CopyRows:
         return (self.copied - copied_then) / seconds, max(0, evicted_now(source) - live_then) / seconds
 
 
+@dataclass
+class Written:
+    """The window of a pool just built, and what bounds it (``Store.window_bound``)."""
+
+    first_step_id: int
+    next_step_id: int
+    window_bound: str | None
+
+
 def build_pool(dst: str, backend: str, schema, capacity: int, attrs: dict, slices, *, overwrite: bool = False,
-               meta: dict | None = None, carry: Carry | None = None, heap_bytes: Any = None) -> None:
+               meta: dict | None = None, carry: Carry | None = None, heap_bytes: Any = None,
+               dictionaries: dict[str, bytes] | None = None) -> Written:
     """Build a pool at ``dst`` aside from ``slices`` (iterator of (first_row, batch), or of
-    (first_row, batch, bookkeeping) from CopyRows), then rename.
+    (first_row, batch, bookkeeping) from CopyRows), then rename; returns its window.
 
     ``meta`` of a source pool carries over its slack, chunk_rows and checksums setting;
-    ``carry`` the sources' step ids, episodes and priorities.
+    ``carry`` the sources' step ids, episodes and priorities; ``dictionaries`` the trained zstd
+    dictionaries of ``+dict`` fields (recode.source_dictionaries).
     """
     make_parent(dst)
+    written: list[Written] = []
 
     def build(temp: str) -> list[str]:
-        _write_pool(temp, backend, schema, capacity, attrs, slices, meta or {}, carry, heap_bytes)
+        written.append(_write_pool(temp, backend, schema, capacity, attrs, slices, meta or {}, carry, heap_bytes,
+                                   dictionaries or {}))
         return []  # nothing more to preallocate: creating the pool allocated its files (open() builds aside too)
 
     files.build_aside(dst, build, replace=overwrite)
+    return written[0]
 
 
 def _write_pool(temp: str, backend: str, schema, capacity: int, attrs: dict, slices, meta: dict,
-                carry: Carry | None, heap_bytes: Any = None) -> None:
+                carry: Carry | None, heap_bytes: Any, dictionaries: dict[str, bytes]) -> Written:
     slack = _slack(meta, capacity)
     writing: dict[str, Any] = {"backend": backend, "commit_every": slack, "fsync": False}
     store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs,
                        chunk_rows=_chunk_rows(meta, capacity + slack), slack=slack,
                        checksums=bool(meta.get("checksums", False)), **writing, heap_bytes=heap_bytes,
                        **(carry.create_options() if carry else {}))
+    if dictionaries:  # before any row: opened again, the pool compresses every row with them
+        store_dictionaries(store, dictionaries)
+        store.close()
+        store = open_store(temp, "r+", **writing)
     schema = store.schema
     try:
         for first, batch, *bookkeeping in slices:
@@ -341,6 +408,8 @@ def _write_pool(temp: str, backend: str, schema, capacity: int, attrs: dict, sli
         if carry:
             carry.finish(store)
         store.flush(fsync=True)
+        first_step_id, next_step_id = store.window
+        return Written(first_step_id, next_step_id, store.window_bound)
     finally:
         store.close()
         files.remove_path(lock.lock_path(temp))

@@ -3,19 +3,25 @@
 A copy's schema is its source's with the codecs asked for; a field given ``raw`` loses its
 codec (a fixed-shape field is then stored in place again; a ragged one stays in a heap,
 uncompressed). Heap sizes default to the source's for heap fields whose codec and capacity stay
-as they were, and otherwise to ``expstore.open``'s default (``capacity + slack`` raw rows);
-rows are then written as ``extend`` takes them: ragged fields as lists of arrays.
+as they were; otherwise each heap is sized for the copy's ``capacity + slack`` rows at the bytes
+the sources' rows take, so that the rows copied are never evicted by a heap too small for them
+(``expstore.open``'s default counts a ragged row as 64 elements, far too few for long rows).
+A ``zstd:N+dict`` field whose codec stays keeps its source's dictionary. Rows are written as
+``extend`` takes them: ragged fields as lists of arrays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import zlib
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..backends.internal import planned_heap_nbytes
+from ..backends.internal import DICTIONARY_HEADER_NBYTES, DICTIONARY_PREFIX, planned_heap_nbytes
+from ..codecs.registry import uses_dictionary
 from ..core.heap import length_key
+from ..core.heap_dictionary import HeapDictionary
 from ..errors import InvalidArgumentError
 from ..schema import Field, Schema
 
@@ -37,19 +43,100 @@ def recoded_schema(schema: Schema, codecs: Mapping[str, str | None] | None) -> S
     return Schema(fields)
 
 
-def default_heap_bytes(source_meta: dict, source: Schema, copy: Schema, capacity: int,
-                       heap_bytes: Any) -> Any:
-    """The ``heap_bytes`` to create the copy with: as given, else the source's heap sizes for
-    the heap fields whose codec and capacity do not change."""
-    if heap_bytes is not None or not copy.heap_fields():
+# A copy's heap is sized with room beyond the rows' bytes: a full heap evicts a sixteenth more
+# than it needs (core/heap.py), a row never wraps past the heap's end, and newer rows may be larger.
+_HEAP_MARGIN = 1.25
+# Bytes a codec may add to a row it cannot shrink (a frame header), as expstore.open counts them.
+_CODEC_OVERHEAD_NBYTES = 32
+
+
+def default_heap_bytes(sources: Sequence, copy: Schema, capacity: int, slack: int, heap_bytes: Any) -> Any:
+    """The ``heap_bytes`` to create the copy with.
+
+    A total (an int) stays as given. Otherwise each heap field takes its size from the dict
+    ``heap_bytes`` where it is named there; else one source copied with the field's codec and
+    the capacity unchanged gives its own size; else the heap is sized for ``capacity + slack``
+    rows as large as the sources' rows (their stored bytes where the codec stays, their raw
+    bytes where it changes). A field no source holds rows of gets ``expstore.open``'s default.
+    """
+    if not copy.heap_fields() or (heap_bytes is not None and not isinstance(heap_bytes, Mapping)):
         return heap_bytes
-    sizes = planned_heap_nbytes(source_meta.get("internal", {}))
-    if source_meta.get("capacity") != capacity:
+    sizes = dict(heap_bytes or {})
+    for name in copy.heap_fields():
+        if name not in sizes:
+            size = _source_size(sources, copy, name, capacity) or _size_for_rows(sources, copy, name,
+                                                                                 capacity + slack)
+            if size:
+                sizes[name] = size
+    return sizes or None
+
+
+def _source_size(sources: Sequence, copy: Schema, name: str, capacity: int) -> int | None:
+    """The heap size of the one source's field ``name``, where neither its codec nor the capacity changes."""
+    if len(sources) != 1:
         return None
-    kept = {name: sizes[name] for name in copy.heap_fields()
-            if name in sizes and name in source and source[name].codec == copy[name].codec
-            and source[name].ragged == copy[name].ragged}
-    return kept or None
+    meta = getattr(sources[0], "meta", None) or {}
+    if meta.get("capacity") != capacity or not _same_coding(sources[0].schema, copy, name):
+        return None
+    return planned_heap_nbytes(meta.get("internal", {})).get(name)
+
+
+def _size_for_rows(sources: Sequence, copy: Schema, name: str, rows: int) -> int | None:
+    """Heap bytes for ``rows`` rows of field ``name`` as large as the sources' rows, with a margin."""
+    nbytes = counted = largest = 0
+    field = copy[name]
+    for source in sources:
+        store = pool_store(source)
+        usage = {} if store is None else store.heap_usage().get(name)
+        if not usage or not usage["rows"]:
+            continue
+        same = _same_coding(source.schema, copy, name)
+        overhead = 0 if same or field.codec is None else _CODEC_OVERHEAD_NBYTES
+        nbytes += (usage["stored_nbytes"] if same else usage["raw_nbytes"]) + overhead * usage["rows"]
+        counted += usage["rows"]
+        largest = max(largest, usage["max_length"] * field.item_nbytes + overhead)
+    if not counted:
+        return None
+    return int(nbytes / counted * rows * _HEAP_MARGIN) + 2 * largest
+
+
+def _same_coding(source: Schema, copy: Schema, name: str) -> bool:
+    return name in source and source[name].codec == copy[name].codec and source[name].ragged == copy[name].ragged
+
+
+def pool_store(source) -> Any:
+    """The open pool behind a row source (through the filters that wrap one), None for an archive."""
+    while source is not None and not hasattr(source, "store"):
+        source = getattr(source, "source", None)
+    return None if source is None else source.store
+
+
+def source_dictionaries(source, copy: Schema) -> dict[str, bytes]:
+    """The trained zstd dictionaries of ``source`` for the copy's ``+dict`` fields whose codec stays:
+    the copy compresses with them from its first row, as the source's later rows were."""
+    store = pool_store(source)
+    if store is None or store.mapped is None:
+        return {}
+    found = {}
+    for name in copy.heap_fields():
+        array = store.mapped.views.get(DICTIONARY_PREFIX + name)
+        if array is not None and uses_dictionary(copy[name].codec) and _same_coding(source.schema, copy, name):
+            data = HeapDictionary(name, array).load()
+            if data is not None:
+                found[name] = data
+    return found
+
+
+def store_dictionaries(store, dictionaries: Mapping[str, bytes]) -> None:
+    """Write ``dictionaries`` into the new, empty pool ``store`` as its writer would have trained
+    them (core/heap_dictionary.py: bytes and crc32 first, the length last); the store must be
+    opened again to compress with them."""
+    for name, data in dictionaries.items():
+        array = store.mapped.views[DICTIONARY_PREFIX + name]
+        header = array[:DICTIONARY_HEADER_NBYTES].view(np.int64)
+        array[DICTIONARY_HEADER_NBYTES:DICTIONARY_HEADER_NBYTES + len(data)] = np.frombuffer(data, np.uint8)
+        header[1] = zlib.crc32(data)
+        header[0] = len(data)
 
 
 def as_extend_batch(batch: dict[str, Any], schema: Schema) -> dict[str, Any]:
@@ -65,13 +152,17 @@ def as_extend_batch(batch: dict[str, Any], schema: Schema) -> dict[str, Any]:
     return out
 
 
-def parse_assignments(values: tuple[str, ...], what: str) -> dict[str, str]:
-    """``("obs=zstd:3", ...)`` -> ``{"obs": "zstd:3"}``, for the CLI's repeated options."""
-    parsed = {}
+def parse_assignments(values: tuple[str, ...], what: str, example: str) -> dict[str, str]:
+    """``("obs=zstd:3", ...)`` -> ``{"obs": "zstd:3"}``, for the CLI's repeated options
+    (``what``: the option, ``example``: a value of it to show in the error)."""
+    parsed: dict[str, str] = {}
     for value in values:
         name, sep, setting = value.partition("=")
         if not sep or not name or not setting:
-            raise InvalidArgumentError(f"{what} {value!r} must be NAME=VALUE, e.g. obs=zstd:3")
+            raise InvalidArgumentError(f"{what} {value!r} must be NAME=VALUE, e.g. {what} {example}")
+        if name in parsed:
+            raise InvalidArgumentError(f"{what} names field {name!r} twice ({parsed[name]} and {setting}); "
+                                       "give each field once")
         parsed[name] = setting
     return parsed
 
