@@ -18,14 +18,15 @@ from .common import cli_advice, echo_json, progress_bar
 def verify(path: str, as_json: bool) -> None:
     """Check a pool; exit 0 when healthy, 1 with the findings otherwise.
 
-    Checks the commit record, the committed window, preallocation, leftover temporaries and,
-    for pools created with checksums, every chunk's checksum.
+    Checks the commit record, the committed window, preallocation, leftover temporaries, every
+    heap field's index entries and rows (each codec row decoded) and, for pools created with
+    checksums, every chunk's checksum.
 
     \b
     Example:
       expstore verify data/demo_pool.h5 && echo healthy
     """
-    with progress_bar(0, "checksums") as progress:
+    with progress_bar(0, "checking") as progress:
         report = verify_pool(path, backend=read_backend(path), progress=progress)
     if as_json:
         echo_json(report.to_json())
@@ -41,7 +42,9 @@ def verify(path: str, as_json: bool) -> None:
               help="When both commit slots are damaged, start an empty window (drops the old rows).")
 @click.option("--json", "as_json", is_flag=True, help="Print what was done as JSON.")
 def repair(path: str, reset_window: bool, as_json: bool) -> None:
-    """Recover a pool: remove leftover temporaries, rewrite a torn commit slot, preallocate.
+    """Recover a pool: remove leftover temporaries, rewrite a torn commit slot, preallocate,
+    rebuild heap positions and a lost dictionary length; exit 1 when damage it cannot undo
+    remains (listed, each with the way out).
 
     \b
     Example:
@@ -52,6 +55,8 @@ def repair(path: str, reset_window: bool, as_json: bool) -> None:
         echo_json(report.to_json())
     else:
         click.echo(str(report))
+    if not report.ok:
+        sys.exit(1)
 
 
 COMMANDS = [verify, repair]

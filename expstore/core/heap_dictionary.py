@@ -27,6 +27,9 @@ from ..backends.internal import DICTIONARY_HEADER_NBYTES, DICTIONARY_NBYTES
 from ..codecs.registry import train_dictionary
 from ..errors import CorruptStoreError
 
+# What every dictionary zstd trains starts with (little-endian 0xEC30A437).
+_ZSTD_DICTIONARY_MAGIC = b"\x37\xa4\x30\xec"
+
 # About 14 MB of Atari frames. Measured at level 3: dictionaries trained on the first 2,000 frames
 # code Pong and Breakout frames in 112 B, against 172 and 218 B from the first 1,000.
 TRAIN_ROWS = 2000
@@ -40,19 +43,32 @@ class HeapDictionary:
         self.array = array
         self.samples: list[bytes] = []
 
+    def header(self) -> tuple[int, int]:
+        """The stored (length, crc32); length 0 while there is no dictionary."""
+        length, crc = (int(n) for n in self.array[:DICTIONARY_HEADER_NBYTES].view(np.int64))
+        return length, crc
+
+    def length_lost(self) -> bool:
+        """A length of 0 beside a recorded crc32: a dictionary was stored and its length lost
+        (or a writer died between the two writes, before any row used it)."""
+        length, crc = self.header()
+        return length == 0 and crc != 0
+
     def load(self) -> bytes | None:
         """The stored dictionary, None while there is none. Raises CorruptStoreError when its
         header or bytes are damaged."""
-        length, crc = (int(n) for n in self.array[:DICTIONARY_HEADER_NBYTES].view(np.int64))
+        length, crc = self.header()
         if length == 0:
             return None
         if not 0 < length <= DICTIONARY_NBYTES:
             raise CorruptStoreError(f"field {self.name!r}: the zstd dictionary's length is {length}, outside "
-                                    f"1..{DICTIONARY_NBYTES}; the pool is damaged: run `expstore verify`")
+                                    f"1..{DICTIONARY_NBYTES}; `expstore repair` restores it from the dictionary's "
+                                    "crc32")
         data = self.array[DICTIONARY_HEADER_NBYTES:DICTIONARY_HEADER_NBYTES + length].tobytes()
         if zlib.crc32(data) != crc:
-            raise CorruptStoreError(f"field {self.name!r}: the zstd dictionary fails its crc32, so rows compressed "
-                                    "with it cannot be read; the pool is damaged: run `expstore verify`")
+            raise CorruptStoreError(f"field {self.name!r}: the zstd dictionary fails its crc32 at its length of "
+                                    f"{length} bytes, so rows compressed with it cannot be read; `expstore repair` "
+                                    "restores a damaged length, other damage needs a copy of the pool")
         return data
 
     def collect(self, raws: list[np.ndarray]) -> None:
@@ -76,3 +92,26 @@ class HeapDictionary:
         header[1] = zlib.crc32(data)
         header[0] = len(data)  # last: the dictionary exists from here on
         return data
+
+
+def restorable_length(array: np.ndarray) -> int | None:
+    """The length to store for a dictionary array whose length is damaged or lost: the one at
+    which its bytes match the recorded crc32 and start as zstd dictionaries do. None when the
+    stored length is right, no dictionary was ever stored, or no length matches (the bytes or
+    the crc32 are damaged: nothing to restore them from)."""
+    header = np.frombuffer(array[:DICTIONARY_HEADER_NBYTES].tobytes(), np.int64)
+    length, crc = int(header[0]), int(header[1])
+    data = array[DICTIONARY_HEADER_NBYTES:].tobytes()
+    if crc == 0 and length == 0:
+        return None
+    if 0 < length <= len(data) and zlib.crc32(data[:length]) == crc:
+        return None
+    if not data.startswith(_ZSTD_DICTIONARY_MAGIC):
+        return None
+    # zlib.crc32 continues a running crc: one pass over the bytes tries every length.
+    running = zlib.crc32(data[:len(_ZSTD_DICTIONARY_MAGIC) - 1])
+    for end in range(len(_ZSTD_DICTIONARY_MAGIC), min(len(data), DICTIONARY_NBYTES) + 1):
+        running = zlib.crc32(data[end - 1:end], running)
+        if running == crc:
+            return end
+    return None

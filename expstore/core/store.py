@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -62,6 +62,9 @@ from .staging import Stage, fast_append_for, stage_rows
 logger = logging.getLogger("expstore.store")  # its name before the layered layout
 
 _TORN_RETRIES = 3
+# (pool path, seq) of the torn-slot warnings already logged: a command that opens a pool twice
+# (convert, report, export, tail) warns once, not once per open.
+_WARNED_TORN: set[tuple[str, int]] = set()
 _REDRAWS = 100
 _CANDIDATES = 1024  # rows drawn per redraw round at least, so that even rare usable rows are found
 _HEAP_CANDIDATES = 64
@@ -202,7 +205,8 @@ class Store:
             if not torn:
                 return record
             time.sleep(0.001)  # a writer in another process may be mid-commit: look again
-        if warn:
+        if warn and (os.path.realpath(self.path), record.seq) not in _WARNED_TORN:
+            _WARNED_TORN.add((os.path.realpath(self.path), record.seq))
             logger.warning("%s: one commit slot is damaged (a commit torn by a crash?); using the "
                            "older valid one, committed at seq %d", self.path, record.seq)
         return record
@@ -648,8 +652,12 @@ class Store:
         if not isinstance(next_obs, Mapping) or set(next_obs) != expected:
             given = sorted(next_obs) if isinstance(next_obs, Mapping) else type(next_obs).__name__
             raise InvalidArgumentError(f"next_obs must map {sorted(expected)} to one row per env id, got {given}")
-        rows = {key: (self._derived_rows(key, value, n_rows) if key[len("next_"):] in self._derived
-                      else as_rows(key, schema[key[5:]], value, n_rows)) for key, value in next_obs.items()}
+        heaps = self._heaps  # a ragged observation's rows are checked as its heap checks an append's
+        rows: dict[str, Any] = {
+            key: (self._derived_rows(key, value, n_rows) if key[len("next_"):] in self._derived
+                  else heaps.by_name[key[5:]].check_rows(value, n_rows, key)
+                  if heaps is not None and schema[key[5:]].ragged
+                  else as_rows(key, schema[key[5:]], value, n_rows)) for key, value in next_obs.items()}
         derived = {key: rows[key] for key in (f"next_{name}" for name in self._derived)}
         return derived or None
 
@@ -1171,14 +1179,18 @@ class Store:
         return self._need_keeping().book
 
     # ------------------------------------------------------------------ gathering
-    def _gather(self, steps: np.ndarray) -> dict[str, np.ndarray]:
+    def _gather(self, steps: np.ndarray, undecoded: Collection[str] = ()) -> dict[str, np.ndarray]:
+        """Every field's rows at ``steps``; heap fields named in ``undecoded`` keep their index
+        entries (a frame stacker decodes those rows with the rest of their stacks, once)."""
         self._drain()  # a writer's staged rows are part of its reads
         if self._layout is None:  # no schema yet, so nothing was ever written: no field to read
             return {"step_id": steps}
         columns = self.cold_reads.gather(self._views, self._ring.slots_of(steps))
         batch = {name: column for (name, _), column in zip(self._fields, columns, strict=True)}
         if self._heaps is not None:  # the gather read their index entries: now their rows
-            self._heaps.decode(batch, steps, self._committed.payload, self.writable, prefetch=self._heap_prefetch())
+            names = [name for name in self._heaps.by_name if name not in undecoded] if undecoded else None
+            self._heaps.decode(batch, steps, self._committed.payload, self.writable, names,
+                               prefetch=self._heap_prefetch())
         batch["step_id"] = steps
         return batch
 
@@ -1349,18 +1361,18 @@ class Store:
             return {}
         return self._heaps.usage(low, high, self._committed.payload, self.writable)
 
-    def check_heaps(self) -> tuple[int, list[str]]:
+    def check_heaps(self, progress=None) -> tuple[int, list[str]]:
         """``verify``'s check of the heap fields over the committed window (core/heap.py):
         (rows whose bytes matched a recorded crc32, findings). Rows a writer evicted meanwhile
-        are not reported."""
+        are not reported. ``progress`` is called with 1 per block of rows checked."""
         if self._heaps is None:
             return 0, []
         low, high = self._window()
         record = self._committed
-        checked, findings = self._heaps.check(low, high, record.payload)
+        checked, findings = self._heaps.check(low, high, record.payload, progress)
         if findings and self._window()[0] > low:  # a writer moved on: look again at what is still there
             low, high = self._window()
-            checked, findings = self._heaps.check(low, high, self._committed.payload)
+            checked, findings = self._heaps.check(low, high, self._committed.payload, progress)
         final_table = None if self._keeping is None else self._keeping.book.final_table
         if final_table is not None and final_table.ragged:
             final_checked, final_findings = final_table.check()
@@ -1396,6 +1408,21 @@ class Store:
         """The rows of ``steps`` as the slots hold them now, plus ``step_id``, not checked against
         the window: the caller reads the window again afterwards to drop rows overwritten meanwhile."""
         return self._gather(steps)
+
+    def damaged_heap_rows(self, steps: np.ndarray) -> np.ndarray:
+        """Which of ``steps``, just gathered, have a heap row that is not as written: it failed its
+        index checks or its decoding in the gathers since the last call (``gather`` returns it as
+        zeros), or, with ``checksums=True``, its bytes fail their crc32. A row that a writer
+        overwrote meanwhile may be among them: the caller reads the window again afterwards."""
+        steps = np.asarray(steps, np.int64)
+        if self._heaps is None:
+            return np.zeros(len(steps), bool)
+        failed = self._heaps.take_bad_steps()
+        damaged = np.zeros(len(steps), bool) if failed is None else np.isin(steps, failed)
+        for heap in self._heaps.fields:
+            if heap.checksums:
+                damaged |= heap.check_crcs(steps % heap.slots)
+        return damaged
 
 
 def _not_a_mapping(method: str, value: Any) -> SchemaError:

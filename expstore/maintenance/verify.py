@@ -8,10 +8,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..backends import files, get_backend, resolve_backend
-from ..core import checksums, commit, lock
+from ..backends.internal import DICTIONARY_PREFIX, HEAP_PREFIX
+from ..codecs.registry import uses_dictionary
+from ..core import checksums, commit, heap, lock
+from ..core.heap_dictionary import restorable_length
 from ..core.opening import open as open_store
 from ..errors import CorruptStoreError, ExpstoreError
+from ..schema import HEAP_INDEX_COLUMNS
 
 _SLOT_READS = 3
 
@@ -46,18 +52,29 @@ class VerifyReport:
 
 @dataclass
 class RepairReport:
-    """What ``repair`` did, one sentence per action."""
+    """What ``repair`` did, one sentence per action, and the damage it found but cannot undo
+    (``remaining``: each finding says the way out). ``ok`` is True when none remains."""
 
     path: str
     actions: list[str] = field(default_factory=list)
+    remaining: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.remaining
 
     def to_json(self) -> dict:
-        return {"path": self.path, "actions": list(self.actions)}
+        return {"path": self.path, "ok": self.ok, "actions": list(self.actions), "remaining": list(self.remaining)}
 
     def __str__(self) -> str:
         if not self.actions:
-            return f"{self.path}: nothing to repair"
-        return "\n".join([f"{self.path}: {len(self.actions)} repair(s)"] + [f"  - {a}" for a in self.actions])
+            lines = [f"{self.path}: " + ("nothing to repair" if self.ok else "no repair made")]
+        else:
+            lines = [f"{self.path}: {len(self.actions)} repair(s)"] + [f"  - {a}" for a in self.actions]
+        if self.remaining:
+            lines.append(f"  left, which repair cannot undo ({len(self.remaining)}):")
+            lines += [f"  - {finding}" for finding in self.remaining]
+        return "\n".join(lines)
 
 
 def verify_store(store, progress: Callable[[int], None] | None = None) -> VerifyReport:
@@ -86,7 +103,7 @@ def verify_store(store, progress: Callable[[int], None] | None = None) -> Verify
     if store.mapped.checksum_table is not None:
         _verify_checksums(store, report, progress)
     if store.schema is not None and store.schema.heap_fields():
-        heap_rows, heap_findings = store.check_heaps()
+        heap_rows, heap_findings = store.check_heaps(progress)
         report.facts["heap_rows_checked"] = heap_rows
         report.findings += heap_findings
     return report
@@ -131,6 +148,11 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
     slot from the valid one, preallocates files that lost their disk blocks (a sparse copy),
     and rebuilds derived indexes. When both commit slots are damaged the committed window is
     unknown; ``reset_window=True`` then starts an empty window (the old rows are dropped).
+    In a pool with heap fields it also rebuilds the commit record's heap positions from the
+    index entries when they are malformed or do not match them, and restores a zstd
+    dictionary's lost length from its crc32; then it checks the heaps as ``verify`` does and
+    lists what is still damaged in ``remaining`` (rows no copy is left of: ``expstore
+    convert`` copies the others into a new pool).
 
     Raises:
         StoreLockedError: a writer is running; stop it first.
@@ -156,6 +178,10 @@ def repair(path: str | os.PathLike, *, backend: str | None = None, reset_window:
         if sparse:
             report.actions += [f"preallocated the disk blocks of {os.path.relpath(f, os.path.dirname(path))}"
                                for f in sparse]
+        if layout.schema.heap_fields():
+            _repair_dictionaries(layout, report)
+            _repair_heap_positions(layout, report)
+            report.remaining += _heap_damage(path, chosen.name)
     finally:
         # A lock file this repair made goes again: a path that is no pool keeps no trace of it.
         writer_lock.release(remove=not had_lock_file or not os.path.exists(path))
@@ -185,6 +211,87 @@ def _repair_commit(layout, reset_window: bool, report: RepairReport) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _repair_dictionaries(layout, report: RepairReport) -> None:
+    """Restore the length of each zstd dictionary whose length was lost or damaged, where its
+    bytes match its crc32 at some length (core/heap_dictionary.py)."""
+    for name in layout.schema.heap_fields():
+        extent = layout.internal.get(DICTIONARY_PREFIX + name)
+        if extent is None or not uses_dictionary(layout.schema[name].codec):
+            continue
+        fd = os.open(extent.path, os.O_RDWR)
+        try:
+            stored = np.frombuffer(os.pread(fd, extent.nbytes, extent.offset), np.uint8)
+            length = restorable_length(stored)
+            if length is not None:
+                was = int(stored[:8].view(np.int64)[0])
+                os.pwrite(fd, np.int64(length).tobytes(), extent.offset)
+                os.fsync(fd)
+                report.actions.append(f"restored the length of the zstd dictionary of field {name!r}: {length} "
+                                      f"bytes, where they match its crc32 (it read {was})")
+        finally:
+            os.close(fd)
+
+
+def _repair_heap_positions(layout, report: RepairReport) -> None:
+    """Rebuild the newest commit record's heap positions of the fields whose entry is malformed,
+    missing or does not match the index entries, from those entries, when they lie one after
+    the other as the writer places rows; the record goes into the other slot as the next seq,
+    as a commit would write it."""
+    extent = layout.commit
+    fd = os.open(extent.path, os.O_RDWR)
+    try:
+        record, _ = commit.newest(os.pread(fd, 2 * commit.SLOT_NBYTES, extent.offset))
+        entries = record.payload.get(heap.PAYLOAD_KEY)
+        rebuilt = dict(entries) if isinstance(entries, dict) else {}
+        changed = []
+        for name in layout.schema.heap_fields():
+            found = _rebuilt_positions(layout, name, record, rebuilt.get(name))
+            if found is not None:
+                was = rebuilt.get(name) if isinstance(entries, dict) else entries
+                rebuilt[name] = found
+                changed.append(f"field {name!r} ({repr(was)[:60]} -> {found})")
+        if not changed:
+            return
+        healed = commit.CommitRecord(record.seq + 1, record.head, record.tail, time.time(),
+                                     {**record.payload, heap.PAYLOAD_KEY: rebuilt})
+        os.pwrite(fd, healed.encode(), extent.offset + healed.slot_index * commit.SLOT_NBYTES)
+        os.fsync(fd)
+        report.actions.append("rebuilt the commit record's heap positions from the index entries: "
+                              + ", ".join(changed))
+    finally:
+        os.close(fd)
+
+
+def _rebuilt_positions(layout, name: str, record: commit.CommitRecord, entry) -> list[int] | None:
+    """The field's rebuilt heap entry where its entry needs one and the index entries give it."""
+    heap_nbytes = layout.internal[HEAP_PREFIX + name].nbytes
+    if entry is None and record.head == record.tail:
+        return None  # a pool with no rows yet has none
+    try:
+        current = heap.parse_positions(name, entry, heap_nbytes)
+    except CorruptStoreError:
+        current = None
+    extent, slots = layout.fields[name], int(layout.meta["slots"])
+    index = np.memmap(extent.path, np.int64, "r", offset=extent.offset, shape=(slots, len(HEAP_INDEX_COLUMNS)))
+    found = heap.positions_from_index(layout.schema[name], index, slots, record.tail, record.head, heap_nbytes)
+    del index
+    if found is None or entry is not None and current is not None and list(current[:2]) == found[:2] \
+            and current[2] >= found[2]:
+        return None
+    if current is not None:  # the longest row ever written, if the record knew one longer than the window's
+        found[2] = max(found[2], current[2])
+    return found
+
+
+def _heap_damage(path: str, backend: str) -> list[str]:
+    """What ``verify``'s heap checks still find after the repairs."""
+    try:
+        with open_store(path, "r", backend=backend) as store:
+            return store.check_heaps()[1]
+    except ExpstoreError as exc:
+        return [str(exc)]
 
 
 def _newest_commit(maps) -> tuple[commit.CommitRecord, bool]:
