@@ -37,14 +37,15 @@ Batch = dict[str, "torch.Tensor"]
 _POLL_S = 0.1  # how often a blocked producer or consumer looks at the stop flag
 
 
-def to_tensors(batch: Mapping[str, np.ndarray], device: str | torch.device | None = None,
+def to_tensors(batch: Mapping[str, Any], device: str | torch.device | None = None,
                pin_memory: bool = False, nested: bool = False) -> Batch:
     """A batch of numpy arrays as torch tensors sharing their memory.
 
     A ragged field comes as the padded tensor and its ``<name>_length`` tensor beside it (the
-    default ``ragged="pad"``), or, sampled with ``ragged="list"``, as a list of tensors; with
-    ``nested=True`` such a list becomes one nested tensor (``torch.nested``, jagged layout, the
-    rows' own lengths along dimension 1).
+    default ``ragged="pad"``), or, sampled with ``ragged="list"``, as a list of tensors (sequence
+    windows: a list of lists of tensors); with ``nested=True`` such a list becomes one nested
+    tensor (``torch.nested``, jagged layout, the rows' own lengths along dimension 1), which
+    windows' lists of lists are refused as.
 
     Args:
         batch: field name -> array, as ``Store.sample`` returns.
@@ -58,17 +59,25 @@ def to_tensors(batch: Mapping[str, np.ndarray], device: str | torch.device | Non
     tensors: dict[str, Any] = {}
     for name, values in batch.items():
         if isinstance(values, list):  # a ragged field sampled with ragged="list"
-            rows = [_tensor(row, target, pin) for row in values]
+            rows = [_rows(row, target, pin) for row in values]
             tensors[name] = _nested(name, rows) if nested else rows
         else:
             tensors[name] = _tensor(values, target, pin)
     return tensors
 
 
-def _nested(name: str, rows: list[torch.Tensor]) -> torch.Tensor:
+def _rows(values: np.ndarray | list, target: torch.device | None, pin: bool) -> torch.Tensor | list:
+    """One row of a listed ragged field: a tensor, or for a sequence window a list of them."""
+    if isinstance(values, list):
+        return [_rows(row, target, pin) for row in values]
+    return _tensor(values, target, pin)
+
+
+def _nested(name: str, rows: list) -> torch.Tensor:
     if not rows:  # torch cannot make a nested tensor of no rows
         raise InvalidArgumentError(f"field {name!r}: a batch of no rows has no nested tensor; sample at least one row")
-    if any(row.dim() == 0 for row in rows):  # a window of sequences: lists of lists are not one jagged dimension
+    # a window of sequences: lists of lists are not one jagged dimension
+    if any(isinstance(row, list) or row.dim() == 0 for row in rows):
         raise InvalidArgumentError(f"field {name!r}: nested tensors take one ragged dimension; sequence windows "
                                    "come as lists of lists, use nested=False or ragged='pad'")
     return torch.nested.nested_tensor(rows, layout=torch.jagged)

@@ -41,6 +41,7 @@ from ..core.store import Store
 from ..errors import InvalidArgumentError, SchemaError
 from ..sampling import draws
 from ..sampling.base import WindowView
+from ..schema import Schema
 
 STRATEGIES = ("future", "final", "episode")
 
@@ -120,9 +121,6 @@ class HER:
                        chain: np.ndarray, gamma: float) -> tuple[np.ndarray, np.ndarray]:
         """The relabelled n-step return of each of ``rows`` (chains ``chain``, goals ``goal``), and
         which rows' chains were still in the pool once read (the others keep their own goal)."""
-        mapped = pool.mapped
-        if mapped is None:
-            raise SchemaError(f"{pool.path} holds no committed transition yet")
         valid = chain >= 0  # a prefix of each row: the chain stops at the episode's end
         counts = valid.sum(axis=1)
         last = (np.arange(len(rows)), counts - 1)
@@ -133,10 +131,10 @@ class HER:
         if interior.any():
             stored = "next_" + self.achieved_goal
             # a row's derived next achieved goal is the achieved goal of the chain's next row
-            field, at = (stored, chain[interior]) if stored in mapped.views else \
+            field, at = (stored, chain[interior]) if stored in _schema(pool) else \
                 (self.achieved_goal, chain[:, 1:][interior[:, :-1]])
-            achieved[interior] = _read(pool, mapped.views, field, at)
-        info = {name: _read(pool, mapped.views, name, chain[valid]) for name in self.info_fields}
+            achieved[interior] = _read(pool, field, at)
+        info = {name: _read(pool, name, chain[valid]) for name in self.info_fields}
         # a chain row the writer overwrote while it was read: that row keeps its own goal
         fresh = np.where(valid, chain, np.iinfo(np.int64).max).min(axis=1) >= pool.window[0]
         each = np.zeros(chain.shape, np.float64)
@@ -149,7 +147,7 @@ class HER:
         index = rows.index_of(steps)
         last = rows.last_rows(steps)
         last_index = rows.index_of(last)
-        if "next_" + self.achieved_goal not in pool.schema:  # type: ignore[operator]
+        if "next_" + self.achieved_goal not in _schema(pool):
             # derived: a running episode's newest row has no next observation yet, so the row
             # before it is the last whose next achieved goal is known
             unknown = ~next_achieved(pool, last, view.head, self.achieved_goal)[1] & (last > steps)
@@ -175,6 +173,13 @@ class HER:
         if missing:
             raise SchemaError(f"HER needs the fields {missing}, which {pool.path} does not store (it stores "
                               f"{names}); name the goal fields with HER(achieved_goal=..., desired_goal=...)")
+        goals = [self.achieved_goal, self.desired_goal]
+        goals += ["next_" + name for name in goals]
+        ragged = [name for name in goals if name in names and schema[name].ragged]
+        if ragged:
+            raise SchemaError(f"HER relabels fixed-shape goals; the goal fields {ragged} of {pool.path} are ragged "
+                              "(rows of their own lengths). Store goals with a fixed shape, e.g. Field((3,), "
+                              "'float32'), or name other goal fields with HER(achieved_goal=..., desired_goal=...)")
         if pool.bookkeeping is None:
             raise SchemaError(f"HER draws goals from the episode bookkeeping, which {pool.path} was created "
                               "without; copy it into a new pool with `expstore convert`")
@@ -271,23 +276,40 @@ class EpisodeRows:
         return int(found[0]) if found.size else last
 
 
-def _read(pool: Store, views, name: str, rows: np.ndarray) -> np.ndarray:
-    """The values of a plain (memory-mapped) field at step ids ``rows``."""
-    if name not in views:
-        raise SchemaError(f"HER with n_step > 1 reads {name} along each chain; {pool.path} keeps it compressed "
-                          "(a heap field), which relabelled n-step returns do not read: sample with n_step=1")
-    return np.asarray(views[name][pool.ring.slots_of(rows)])
+def _schema(pool: Store) -> Schema:
+    schema = pool.schema
+    if schema is None:
+        raise SchemaError(f"{pool.path} holds no committed transition yet")
+    return schema
+
+
+def _read(pool: Store, name: str, rows: np.ndarray) -> np.ndarray:
+    """The values of the stored field ``name`` at step ids ``rows``: a heap field's rows decoded
+    (its mapped array holds index entries, not values)."""
+    field = _schema(pool)[name]
+    if field.ragged:
+        raise SchemaError(f"HER reads {name} along each chain of an n-step return; it is a ragged field of "
+                          f"{pool.path} (rows of their own lengths), which relabelling does not read: sample with "
+                          "n_step=1 or leave it out of info_fields")
+    if field.uses_heap:
+        keeping = pool.bookkeeping
+        heap_rows = None if keeping is None else keeping.heap_rows
+        if heap_rows is None:
+            raise SchemaError(f"HER reads the compressed field {name} of {pool.path} through its episode "
+                              "bookkeeping, which this pool was created without; copy it with `expstore convert`")
+        return np.asarray(heap_rows([name], rows)[name])
+    mapped = pool.mapped
+    if mapped is None:
+        raise SchemaError(f"{pool.path} holds no committed transition yet")
+    return np.asarray(mapped.views[name][pool.ring.slots_of(rows)])
 
 
 def next_achieved(pool: Store, rows: np.ndarray, high: int, achieved_goal: str) -> tuple[np.ndarray, np.ndarray]:
     """The next achieved goal of each row, and where it is known (a derived one is unknown until
     the episode's next row or final observation is committed)."""
     name = "next_" + achieved_goal
-    mapped = pool.mapped
-    if mapped is None:
-        raise SchemaError(f"{pool.path} holds no committed transition yet")
-    if name in mapped.views:
-        return np.asarray(mapped.views[name][pool.ring.slots_of(rows)]), np.ones(len(rows), bool)
+    if name in _schema(pool):
+        return _read(pool, name, rows), np.ones(len(rows), bool)
     keeping = pool.bookkeeping
     if keeping is None or achieved_goal not in keeping.derived:
         raise SchemaError(f"HER needs {name}, which {pool.path} neither stores nor derives")

@@ -18,6 +18,9 @@ source's own ``Store.sample`` and the same options (``per_source`` adds or overr
 for one source), then concatenated in the order of the mapping, with a ``source`` column.
 Columns every source returns are kept; ``weights`` (prioritized sources) is 1.0 for rows of a
 source without it, ``relabeled`` (HER) False; other columns only some sources have are left out.
+A ragged field comes padded to the longest row of the whole batch (the rows of each source
+widened with the ``pad_value`` it was sampled with, ``<name>_length`` kept), or with
+``ragged="list"`` as one list of all the sources' rows (expstore/mixing/joining.py).
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from typing import Any
 
 import numpy as np
 
+from ..core.ragged import PadValue
 from ..core.store import Store
 from ..errors import EmptyStoreError, InvalidArgumentError, SchemaError
+from .joining import join_batches
 
 Weight = float | Callable[[int], float]
 FILLED = {"weights": np.float32(1.0), "relabeled": False}  # the value of a column a source does not add
@@ -87,25 +92,28 @@ class Mix:
             rng: a seed or a ``numpy.random.Generator`` (the split and every source draw from it).
             per_source: options for one source (by pool or index), added to ``options``.
             options: any keyword of ``Store.sample`` (``n_step``, ``gamma``, ``prioritized``,
-                ``max_age``, ``recency``, ``frame_stack``, ``her``, ...), applied to every source.
+                ``max_age``, ``recency``, ``frame_stack``, ``her``, ``ragged``, ``pad_value``, ...),
+                applied to every source.
         """
         if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size={batch_size!r} must be a positive int")
         generator = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         extra = self._per_source(per_source)
         counts = self.split(int(batch_size), generator)
-        parts = []
+        parts, pad_values = [], []
         for index, (pool, count) in enumerate(zip(self.sources, counts, strict=True)):
             if count == 0:
                 continue
+            chosen = {**options, **extra[index]}
             try:
-                part = pool.sample(int(count), rng=generator, **{**options, **extra[index]})
+                part = pool.sample(int(count), rng=generator, **chosen)
             except EmptyStoreError as exc:
                 raise EmptyStoreError(f"mix source {index} ({pool.path}): {exc}") from None
             part["source"] = np.full(int(count), index, np.int64)
             parts.append(part)
+            pad_values.append(chosen.get("pad_value", 0))
         self.batches += 1
-        return concatenate(parts)
+        return concatenate(parts, pad_values)
 
     def update_priorities(self, batch: Mapping[str, np.ndarray], priorities) -> int:
         """Set the priorities of a mixed batch's rows in their own pools (writable ones only:
@@ -174,26 +182,19 @@ def largest_remainders(total: int, p: np.ndarray) -> np.ndarray:
     return counts
 
 
-def concatenate(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The sources' batches one after the other (see the module docstring for the columns)."""
+def concatenate(parts: list[dict[str, Any]], pad_values: list[PadValue] | None = None) -> dict[str, Any]:
+    """The sources' batches one after the other (see the module docstring for the columns);
+    ``pad_values``: the ``pad_value`` each was sampled with, that widened ragged rows hold."""
     if len(parts) == 1:
         return parts[0]
     names = [name for name in parts[0] if all(name in part for part in parts)]
     names += [name for name in FILLED if name not in names and any(name in part for part in parts)]
-    out = {}
-    for name in names:
-        columns = []
-        for part in parts:
-            if name in part:
-                columns.append(part[name])
-            else:
-                columns.append(np.full(len(part["source"]), FILLED[name]))
-        shapes = {column.shape[1:] for column in columns}
-        if len(shapes) > 1:
-            raise SchemaError(f"mix: the sources' {name!r} columns have different shapes {sorted(shapes)}; "
-                              "mix pools that store the same fields")
-        out[name] = np.concatenate(columns)
-    return out
+    filled = [{**{name: np.full(len(part["source"]), FILLED[name]) for name in FILLED if name in names}, **part}
+              for part in parts]
+    try:
+        return join_batches(filled, names, pad_values, what="sources")
+    except SchemaError as exc:
+        raise SchemaError(f"mix: {exc}; mix pools that store the same fields") from None
 
 
 def _check_weight(weight: Any, pool: Store) -> float:

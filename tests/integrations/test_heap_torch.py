@@ -9,7 +9,7 @@ import expstore
 from tests.helpers.heap_rows import heap_batch, heap_row, heap_schema
 
 torch = pytest.importorskip("torch")
-from expstore.integrations.torch_feed import PoolDataset, pool_loader, to_tensors  # noqa: E402
+from expstore.integrations.torch_feed import PoolDataset, Prefetcher, pool_loader, to_tensors  # noqa: E402
 
 
 @pytest.fixture
@@ -66,6 +66,27 @@ def test_to_tensors_nests_listed_fields_only(heap_pool):
     assert tensors["tokens"].is_nested and not tensors["obs"].is_nested
     with pytest.raises(expstore.ExpstoreError, match="a batch of no rows has no nested tensor"):
         to_tensors({"tokens": []}, nested=True)
+
+
+def assert_listed_windows(tensors: dict) -> None:
+    """Listed windows as lists of lists of tensors, each row the pool's (empty past a window's end)."""
+    assert isinstance(tensors["tokens"], list) and all(isinstance(window, list) for window in tensors["tokens"])
+    assert tensors["step_id"].shape == (4, 6)
+    for window, steps in zip(tensors["tokens"], tensors["step_id"].tolist(), strict=True):
+        assert len(window) == 6
+        for row, step in zip(window, steps, strict=True):
+            expected = heap_row(step)["tokens"] if step >= 0 else np.zeros(0, np.int32)
+            assert isinstance(row, torch.Tensor) and torch.equal(row, torch.from_numpy(expected))
+
+
+def test_to_tensors_of_listed_sequence_windows(heap_pool):
+    with expstore.open(heap_pool) as pool:
+        windows = pool.sample_sequences(4, 6, rng=0, ragged="list")
+        assert_listed_windows(to_tensors(windows))
+        with pytest.raises(expstore.ExpstoreError, match="sequence windows come as lists of lists"):
+            to_tensors(windows, nested=True)
+        with Prefetcher(lambda: pool.sample_sequences(4, 6, rng=0, ragged="list"), depth=1) as batches:
+            assert_listed_windows(next(batches))
 
 
 @pytest.mark.parametrize(("options", "message"), [

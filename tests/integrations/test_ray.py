@@ -14,15 +14,18 @@ import re
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import expstore
-from expstore.errors import EmptyStoreError, ShardsUnavailableError
+from expstore.errors import EmptyStoreError, InvalidArgumentError, ShardsUnavailableError
 from expstore.integrations.sharding import SharedShards, join_parts, split_batch
 from expstore.integrations.sharding.split import split_rounds
+from tests.helpers.heap_rows import heap_batch, heap_row, heap_schema
 from tests.helpers.pools import BACKENDS, pendulum_schema, rows_for
 
 # Mixed backends, so that every Ray test covers both.
@@ -94,6 +97,132 @@ def test_shared_filesystem_reader_follows_a_live_writer(tmp_path, backend):
         batch = shards.sample(1000)
         assert_rows_match(batch)
         assert (batch["shard"] == 1).sum() > 900
+
+
+# ---------------------------------------------------------------------- ragged fields, no Ray needed
+def short_row(step: int) -> dict[str, np.ndarray]:
+    """``heap_row`` with at most 2 tokens: its shard pads to far fewer than a shard of ``heap_row``."""
+    return heap_row(step, tokens=step % 3)
+
+
+def fill_ragged(path: str, row, count: int = 120) -> None:
+    with expstore.open(path, "w", capacity=500, schema=heap_schema()) as pool:
+        pool.extend(heap_batch(range(count), row=row))
+
+
+def ragged_shards(tmp_path, suffixes) -> tuple[list[str], tuple]:
+    """Shards of short rows and one of long rows; returns the paths and each shard's row function."""
+    rows = (short_row, heap_row, short_row)[:len(suffixes)]
+    paths = [str(tmp_path / f"ragged{index}{suffix}") for index, suffix in enumerate(suffixes)]
+    for path, row in zip(paths, rows, strict=True):
+        fill_ragged(path, row)
+    return paths, rows
+
+
+def assert_ragged_rows(batch: dict, rows: tuple, listed: bool = False, pad: float = 0) -> None:
+    """Every row (or window row) its shard's, padded to the batch's longest row with ``pad``."""
+    steps = batch["step_id"]
+    shards = batch["shard"].reshape(-1, *[1] * (steps.ndim - 1)) + np.zeros_like(steps)
+    for name in ("tokens", "points"):
+        lengths = batch[f"{name}_length"]
+        assert lengths.shape == steps.shape
+        if not listed:
+            assert batch[name].shape[steps.ndim] == lengths.max()
+        for position in np.ndindex(steps.shape):
+            step, row = int(steps[position]), batch[name]
+            for axis in position:  # a list of lists is indexed one level at a time
+                row = row[axis]
+            row = np.asarray(row)
+            expected = rows[int(shards[position])](step)[name] if step >= 0 else row[:0]  # past a window's end
+            assert lengths[position] == len(expected)
+            np.testing.assert_array_equal(row[:len(expected)], expected)
+            assert (row[len(expected):] == pad).all()
+
+
+def test_join_widens_padded_ragged_parts_and_joins_lists():
+    short = {"tokens": np.array([[1], [2]]), "tokens_length": np.array([1, 1]), "step_id": np.arange(2)}
+    long = {"tokens": np.array([[3, 4, 5]]), "tokens_length": np.array([3]), "step_id": np.arange(1)}
+    joined = join_parts([(0, short), (1, long)], pad_value=-1)
+    assert joined["tokens"].tolist() == [[1, -1, -1], [2, -1, -1], [3, 4, 5]]
+    assert joined["tokens_length"].tolist() == [1, 1, 3] and joined["shard"].tolist() == [0, 0, 1]
+    windows = {"tokens": np.zeros((1, 2, 1)), "tokens_length": np.array([[1, 0]]), "step_id": np.zeros((1, 2))}
+    wide = {"tokens": np.ones((1, 2, 2)), "tokens_length": np.array([[2, 2]]), "step_id": np.ones((1, 2))}
+    assert join_parts([(0, windows), (1, wide)], pad_value={"tokens": 9})["tokens"].shape == (2, 2, 2)
+    listed = join_parts([(0, {"tokens": [np.ones(1)], "step_id": np.arange(1)}),
+                         (1, {"tokens": [np.ones(3), np.ones(2)], "step_id": np.arange(2)})])
+    assert [len(row) for row in listed["tokens"]] == [1, 3, 2]
+    read_only = np.arange(3)
+    read_only.flags.writeable = False  # as a Ray reply's arrays are
+    alone = join_parts([(0, {"x": read_only, "step_id": np.arange(3)})])
+    assert alone["x"].flags.writeable and alone["x"].tolist() == [0, 1, 2]
+
+
+def test_shared_filesystem_shards_sample_ragged_fields(tmp_path, backend):
+    paths, rows = ragged_shards(tmp_path, [BACKENDS[backend]] * 3)
+    with SharedShards(paths, rng=0) as shards:
+        assert_ragged_rows(shards.sample(96), rows)
+        assert_ragged_rows(shards.sample(96, n_step=3, pad_value=-1), rows, pad=-1)
+        assert_ragged_rows(shards.sample(96, ragged="list"), rows, listed=True)
+        assert_ragged_rows(shards.sample_sequences(12, 5, pad_value={"tokens": -1, "points": -1}), rows, pad=-1)
+        assert_ragged_rows(shards.sample_sequences(12, 5, ragged="list"), rows, listed=True)
+        with pytest.raises(InvalidArgumentError, match="ragged='lists'"):
+            shards.sample(8, ragged="lists")
+
+
+class FakeShardRequests:
+    """A stream's view of shards (stream.ShardRequests) over pools opened here, no Ray: each shard's
+    handle answers ``sample.remote``; shards in ``failing`` never answer (they go down)."""
+
+    def __init__(self, pools: list, failing: tuple[int, ...] = ()):
+        self.rng = np.random.default_rng(0)
+        self.pools, self.failing, self.calls = pools, set(failing), {}
+        self.shards = [SimpleNamespace(index=index, length=len(pool), down=False,
+                                       handle=SimpleNamespace(sample=SimpleNamespace(remote=partial(self.call, index))))
+                       for index, pool in enumerate(pools)]
+
+    def call(self, index: int, count: int, seed: int, options: dict) -> object:
+        ref = object()
+        self.calls[ref] = (index, count, seed, options)
+        return ref
+
+    def live(self) -> list:
+        return [shard for shard in self.shards if not shard.down]
+
+    def ask(self, requests: dict) -> dict:
+        answers = {}
+        for ref, shard in requests.items():
+            index, count, seed, options = self.calls[ref]
+            if index in self.failing:
+                shard.down = True
+                continue
+            pool = self.pools[index]
+            answers[index] = (pool.sample(count, rng=seed, **options) if count else None, len(pool))
+        return answers
+
+    def draw(self, method: str, count: int, options: dict) -> dict:
+        index = self.live()[0].index
+        return join_parts([(index, self.pools[index].sample(count, rng=1, **options))], options["pad_value"])
+
+
+@pytest.mark.parametrize("failing", [(), (1,)])
+@pytest.mark.parametrize("ragged", ["pad", "list"])
+def test_a_batch_stream_joins_ragged_pieces(tmp_path, backend, failing, ragged):
+    from expstore.integrations.sharding.stream import BatchStream
+
+    paths, rows = ragged_shards(tmp_path, [BACKENDS[backend]] * 3)
+    pools = [expstore.open(path) for path in paths]
+    try:
+        requests = FakeShardRequests(pools, failing)
+        options = {"n_step": 1, "gamma": 0.99, "ragged": ragged, "pad_value": -1}
+        with BatchStream(requests, "sample", 40, options, per_request=3, in_flight=2) as stream:
+            for _ in range(6):
+                batch = next(stream)
+                assert len(batch["step_id"]) == 40 and batch["shard"].shape == (40,)
+                assert_ragged_rows(batch, rows, listed=ragged == "list", pad=-1)
+                assert not set(failing) & set(batch["shard"].tolist())
+    finally:
+        for pool in pools:
+            pool.close()
 
 
 # ---------------------------------------------------------------------- a local Ray cluster
@@ -339,3 +468,26 @@ def test_a_batch_stream_draws_like_sample_and_survives_a_hung_shard(cluster, tmp
         os.kill(hung_pid, signal.SIGCONT)
     stream.close()
     pool.close()
+
+
+def test_sharded_pools_sample_ragged_fields(cluster, tmp_path):
+    from expstore.integrations.sharding import ShardedPool
+
+    paths, rows = ragged_shards(tmp_path, [name[name.index("."):] for name in SHARD_NAMES])
+    pool = ShardedPool.create(paths, rng=0, timeout_s=DEADLINE_S)
+    try:
+        assert pool.lengths() == [120, 120, 120]
+        assert_ragged_rows(pool.sample(96), rows)
+        assert_ragged_rows(pool.sample(96, n_step=3, pad_value=-1), rows, pad=-1)
+        assert_ragged_rows(pool.sample(96, ragged="list"), rows, listed=True)
+        assert_ragged_rows(pool.sample_sequences(12, 5, pad_value=-1), rows, pad=-1)
+        assert_ragged_rows(pool.sample_sequences(12, 5, ragged="list"), rows, listed=True)
+        with pool.batches(48, per_request=4, pad_value=-1) as stream:
+            for _ in range(5):
+                assert_ragged_rows(next(stream), rows, pad=-1)
+        with pool.sequence_batches(6, 4, per_request=2, ragged="list") as stream:
+            assert_ragged_rows(next(stream), rows, listed=True)
+        with pytest.raises(InvalidArgumentError, match="pad_value"):
+            pool.sample(8, pad_value="x")
+    finally:
+        pool.close()

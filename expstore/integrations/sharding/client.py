@@ -21,6 +21,7 @@ from typing import Any, Self
 import numpy as np
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from ...core.ragged import PadValue, check_ragged
 from ...errors import ClosedStoreError, InvalidArgumentError, ShardsUnavailableError
 from .actor import ShardActor, ray
 from .split import derive_seeds, join_parts, split_batch
@@ -153,23 +154,27 @@ class ShardedPool:
             self._shards[index].length = int(length)
 
     # ------------------------------------------------------------------ sampling
-    def sample(self, batch_size: int, *, n_step: int = 1, gamma: float = 0.99) -> dict[str, np.ndarray]:
+    def sample(self, batch_size: int, *, n_step: int = 1, gamma: float = 0.99, ragged: str = "pad",
+               pad_value: PadValue = 0) -> dict[str, Any]:
         """A batch from all shards in proportion to their sizes, plus ``shard`` and ``step_id``.
 
-        Each shard draws its share with :meth:`expstore.Store.sample` (``n_step`` and ``gamma``
-        work the same, within the shard) from its committed rows. ``(shard, step_id)`` names
-        each row. Shards that are down are left out, with a logged warning.
+        Each shard draws its share with :meth:`expstore.Store.sample` (``n_step``, ``gamma``,
+        ``ragged`` and ``pad_value`` work the same, within the shard; a padded ragged field is
+        widened to the longest row of the whole batch) from its committed rows. ``(shard,
+        step_id)`` names each row. Shards that are down are left out, with a logged warning.
 
         Raises:
             ShardsUnavailableError: every shard is down.
             EmptyStoreError: the shards that are up hold no committed row.
         """
-        return self._draw("sample", batch_size, {"n_step": n_step, "gamma": gamma})
+        return self._draw("sample", batch_size, _options(ragged, pad_value, n_step=n_step, gamma=gamma))
 
-    def sample_sequences(self, batch_size: int, length: int, *, full_only: bool = False) -> dict[str, np.ndarray]:
+    def sample_sequences(self, batch_size: int, length: int, *, full_only: bool = False, ragged: str = "pad",
+                         pad_value: PadValue = 0) -> dict[str, Any]:
         """Windows of ``length`` rows of one episode each (see :meth:`expstore.Store.sample_sequences`),
         drawn from the shards in proportion to their sizes; ``shard`` has one entry per window."""
-        return self._draw("sample_sequences", batch_size, {"length": length, "full_only": full_only})
+        return self._draw("sample_sequences", batch_size,
+                          _options(ragged, pad_value, length=length, full_only=full_only))
 
     def _draw(self, method: str, batch_size: int, options: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
@@ -179,12 +184,12 @@ class ShardedPool:
             parts += self._draw_round(method, missing, options)
             missing = int(batch_size) - sum(len(batch["step_id"]) for _, batch in parts)
             if missing == 0:
-                return join_parts(parts)
+                return join_parts(parts, options.get("pad_value", 0))
         raise ShardsUnavailableError(f"only {batch_size - missing} of {batch_size} rows could be drawn: shards kept "
                                      f"failing (states {self.shard_states()}); check the shard actors' logs")
 
     def batches(self, batch_size: int, *, n_step: int = 1, gamma: float = 0.99, per_request: int = 32,
-                in_flight: int = 2) -> BatchStream:
+                in_flight: int = 2, ragged: str = "pad", pad_value: PadValue = 0) -> BatchStream:
         """An endless iterator of batches as :meth:`sample` draws them, several per Ray round trip.
 
         Each shard is asked for the rows of ``per_request`` batches at once (one ``Store.sample``
@@ -200,14 +205,14 @@ class ShardedPool:
                     agent.update(batch)
         """
         self._check_open()
-        return BatchStream(_StreamRequests(self), "sample", batch_size, {"n_step": n_step, "gamma": gamma},
-                           per_request, in_flight)
+        options = _options(ragged, pad_value, n_step=n_step, gamma=gamma)
+        return BatchStream(_StreamRequests(self), "sample", batch_size, options, per_request, in_flight)
 
     def sequence_batches(self, batch_size: int, length: int, *, full_only: bool = False, per_request: int = 32,
-                         in_flight: int = 2) -> BatchStream:
+                         in_flight: int = 2, ragged: str = "pad", pad_value: PadValue = 0) -> BatchStream:
         """:meth:`sample_sequences` as a stream, several batches per round trip (see :meth:`batches`)."""
         self._check_open()
-        options = {"length": length, "full_only": full_only}
+        options = _options(ragged, pad_value, length=length, full_only=full_only)
         return BatchStream(_StreamRequests(self), "sample_sequences", batch_size, options, per_request, in_flight)
 
     def _sampling_shards(self) -> list[_Shard]:
@@ -358,6 +363,13 @@ class _StreamRequests:
 
     def draw(self, method: str, count: int, options: Mapping[str, Any]) -> dict[str, np.ndarray]:
         return self._of._draw(method, count, options)
+
+
+def _options(ragged: str, pad_value: PadValue, **options: Any) -> dict[str, Any]:
+    """A shard request's sampling options; ``ragged`` and ``pad_value`` checked here, before any
+    shard is asked (a shard checks them against its fields too)."""
+    check_ragged(ragged, pad_value)
+    return {**options, "ragged": ragged, "pad_value": pad_value}
 
 
 def _first_line(exc: BaseException) -> str:

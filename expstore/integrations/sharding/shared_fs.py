@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
 from ...core.opening import open as open_pool
+from ...core.ragged import PadValue, check_ragged
 from ...core.store import Store
 from .split import derive_seeds, join_parts, split_batch
 
@@ -50,25 +51,31 @@ class SharedShards:
     def __len__(self) -> int:
         return sum(self.lengths())
 
-    def sample(self, batch_size: int, *, n_step: int = 1, gamma: float = 0.99) -> dict[str, np.ndarray]:
+    def sample(self, batch_size: int, *, n_step: int = 1, gamma: float = 0.99, ragged: str = "pad",
+               pad_value: PadValue = 0) -> dict[str, Any]:
         """A batch drawn from every shard in proportion to its size, plus ``shard`` and ``step_id``.
 
-        ``n_step`` and ``gamma`` work as in :meth:`expstore.Store.sample`, within each shard.
+        ``n_step`` and ``gamma`` work as in :meth:`expstore.Store.sample`, within each shard;
+        ``ragged`` and ``pad_value`` too, a padded ragged field widened to the longest row of
+        the whole batch.
         """
-        return self._draw(batch_size, lambda pool, count, seed: pool.sample(
-            count, rng=seed, n_step=n_step, gamma=gamma))
+        check_ragged(ragged, pad_value)
+        return self._draw(batch_size, pad_value, lambda pool, count, seed: pool.sample(
+            count, rng=seed, n_step=n_step, gamma=gamma, ragged=ragged, pad_value=pad_value))
 
-    def sample_sequences(self, batch_size: int, length: int, *, full_only: bool = False) -> dict[str, np.ndarray]:
+    def sample_sequences(self, batch_size: int, length: int, *, full_only: bool = False, ragged: str = "pad",
+                         pad_value: PadValue = 0) -> dict[str, Any]:
         """Windows of ``length`` rows of one episode each, drawn as :meth:`expstore.Store.sample_sequences`."""
-        return self._draw(batch_size, lambda pool, count, seed: pool.sample_sequences(
-            count, length, rng=seed, full_only=full_only))
+        check_ragged(ragged, pad_value)
+        return self._draw(batch_size, pad_value, lambda pool, count, seed: pool.sample_sequences(
+            count, length, rng=seed, full_only=full_only, ragged=ragged, pad_value=pad_value))
 
-    def _draw(self, batch_size: int, draw) -> dict[str, np.ndarray]:
+    def _draw(self, batch_size: int, pad_value: PadValue, draw) -> dict[str, Any]:
         counts = split_batch(self._rng, batch_size, self.lengths())
         seeds = derive_seeds(self._rng, len(self._pools))
         parts = [(index, draw(pool, int(count), seed))
                  for index, (pool, count, seed) in enumerate(zip(self._pools, counts, seeds, strict=True)) if count]
-        return join_parts(parts)
+        return join_parts(parts, pad_value)
 
     def close(self) -> None:
         """Close every shard handle (the writers are not affected)."""

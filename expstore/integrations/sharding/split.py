@@ -7,10 +7,13 @@ both draw their per-shard counts here and join the shards' answers the same way.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from ...errors import EmptyStoreError
+from ...core.ragged import PadValue
+from ...errors import EmptyStoreError, SchemaError
+from ...mixing.joining import join_batches
 
 SHARD_KEY = "shard"
 
@@ -48,17 +51,24 @@ def _shard_shares(lengths: Sequence[int]) -> np.ndarray:
     return sizes / total
 
 
-def join_parts(parts: Sequence[tuple[int, Mapping[str, np.ndarray]]]) -> dict[str, np.ndarray]:
+def join_parts(parts: Sequence[tuple[int, Mapping[str, Any]]], pad_value: PadValue = 0) -> dict[str, Any]:
     """Concatenate per-shard batches into one, with a ``shard`` column of shard indices.
 
     ``parts`` holds ``(shard_index, batch)`` pairs; a batch's ``step_id`` stays the shard's own
-    step id, so ``(shard, step_id)`` names a row across the sharded pool.
+    step id, so ``(shard, step_id)`` names a row across the sharded pool. A ragged field, padded
+    by each shard to its own longest row, is widened to the batch's longest with ``pad_value``
+    (the one the shards were asked for), ``<name>_length`` kept; lists (``ragged="list"``) are
+    joined (expstore/mixing/joining.py).
     """
     parts = [(index, batch) for index, batch in parts if batch is not None and len(batch["step_id"])]
     if not parts:
         raise EmptyStoreError("no shard returned any row; record and flush some transitions first")
-    names = list(parts[0][1])
-    joined = {name: np.concatenate([batch[name] for _, batch in parts]) for name in names}
+    try:
+        # Copied even from one shard: a Ray reply's arrays are read-only views of the object store.
+        joined = join_batches([batch for _, batch in parts], list(parts[0][1]), [pad_value] * len(parts),
+                              what="shards", copy=True)
+    except SchemaError as exc:
+        raise SchemaError(f"{exc}; give every shard the same schema") from None
     joined[SHARD_KEY] = np.concatenate(
         [np.full(len(batch["step_id"]), index, dtype=np.int64) for index, batch in parts])
     return joined

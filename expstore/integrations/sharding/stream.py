@@ -25,7 +25,9 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
+from ...core.ragged import PadValue
 from ...errors import ClosedStoreError, InvalidArgumentError
+from ...mixing.joining import join_batches, take_rows
 from .split import SHARD_KEY, derive_seeds, split_rounds
 
 _MAX_IN_FLIGHT = 64
@@ -133,7 +135,7 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
                 pieces[index].append((shard.index, {name: values[part] for name, values in reply.items()}))
         if owed.any():
             self._fill_owed(pieces, owed)
-        return [_join(parts) for parts in pieces]
+        return [_join(parts, self._options.get("pad_value", 0)) for parts in pieces]
 
     def _fill_owed(self, pieces: list[list[tuple[int, dict]]], owed: np.ndarray) -> None:
         """Draw the rows down shards owed with ``pool``'s own retrying draw, and hand them out."""
@@ -144,8 +146,8 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
             shards = extra[SHARD_KEY][part]
             for shard_index in np.unique(shards):
                 rows = np.flatnonzero(shards == shard_index)
-                pieces[index].append((int(shard_index), {name: values[part][rows] for name, values in extra.items()
-                                                         if name != SHARD_KEY}))
+                pieces[index].append((int(shard_index), {name: take_rows(values[part], rows)
+                                                         for name, values in extra.items() if name != SHARD_KEY}))
 
     def close(self) -> None:
         """Drop the requests in flight (their shards finish them; nothing waits for them)."""
@@ -160,15 +162,10 @@ class BatchStream(Iterator[dict[str, np.ndarray]]):
         self.close()
 
 
-def _join(parts: list[tuple[int, dict]]) -> dict[str, np.ndarray]:
-    """One batch from its per-shard pieces; a batch from one shard keeps the reply's memory."""
-    if len(parts) == 1:
-        index, piece = parts[0]
-        batch = dict(piece)
-        batch[SHARD_KEY] = np.full(len(piece["step_id"]), index, dtype=np.int64)
-        return batch
-    names = list(parts[0][1])
-    batch = {name: np.concatenate([piece[name] for _, piece in parts]) for name in names}
+def _join(parts: list[tuple[int, dict]], pad_value: PadValue) -> dict[str, Any]:
+    """One batch from its per-shard pieces (as ``join_parts`` joins them); a batch from one
+    shard keeps the reply's memory."""
+    batch = join_batches([piece for _, piece in parts], list(parts[0][1]), [pad_value] * len(parts), what="shards")
     batch[SHARD_KEY] = np.concatenate([np.full(len(piece["step_id"]), index, dtype=np.int64)
                                        for index, piece in parts])
     return batch
