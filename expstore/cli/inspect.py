@@ -9,7 +9,6 @@ import click
 import numpy as np
 
 from ..backends.archive import is_archive
-from ..core.heap_dictionary import TRAIN_ROWS
 from ..core.opening import open as open_store
 from ..errors import InvalidArgumentError, NotAPoolError
 from ..inspect import summary
@@ -52,30 +51,13 @@ def info(path: str, as_json: bool) -> None:
         elif key == "heaps":
             click.echo("heaps:")
             for name, heap in value.items():
-                click.echo(f"  {name}: {_heap_line(heap)}")
+                click.echo(f"  {name}: {summary.heap_line(heap)}")
         elif key == "apparent_nbytes":
             click.echo(_size_line(facts))
         elif key == "episodes" and value is None and facts["kind"] == "pool":
             click.echo("episodes: not indexed by this pool (`expstore episodes` scans the flags)")
         elif key not in ("last_commit_unix", "disk_nbytes", "sparse"):
             click.echo(f"{key.replace('_', ' ')}: {'none' if value is None else value}")
-
-
-def _heap_line(heap: dict) -> str:
-    ratio = "no rows" if heap["ratio"] is None else \
-        f"{heap['ratio']:.2f}x ({_nbytes(heap['raw_nbytes'])} raw in {_nbytes(heap['stored_nbytes'])})"
-    dictionary = heap.get("dictionary")
-    trained = "" if dictionary is None else (f"; dictionary {_nbytes(dictionary)}" if dictionary else
-                                             f"; dictionary not trained yet (on the first {TRAIN_ROWS:,} rows)")
-    return (f"{heap['codec']}, ratio {ratio}; heap {_nbytes(heap['used_nbytes'])} of {_nbytes(heap['heap_nbytes'])} "
-            f"used ({100 * heap['used_fraction']:.0f}%) by {heap['rows']} rows{trained}")
-
-
-def _nbytes(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def _size_line(facts: dict) -> str:
@@ -279,10 +261,12 @@ def sample(path: str, count: int, seed: int | None, max_age: int | None, age_uni
     check_count(count, "-n", minimum=1)
     with open_store(path, "r", backend=read_backend(path)) as store:
         names = parse_fields(fields, store.schema)
+        # Ragged rows as their own elements: padded to the batch's longest row, padding could
+        # not be told from a stored 0.
         if max_age is None:
-            batch = store.sample(count, rng=seed)
+            batch = store.sample(count, rng=seed, ragged="list")
         else:
-            batch = store.sample(count, rng=seed, max_age=max_age, age_unit=age_unit)
+            batch = store.sample(count, rng=seed, max_age=max_age, age_unit=age_unit, ragged="list")
     if as_json:
         shown = summarised(batch, store.schema, as_json=True)
         echo_json({name: shown[name] for name in ["step_id"] + names})

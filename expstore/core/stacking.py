@@ -74,6 +74,15 @@ def frame_stack_of(schema: Schema | None, path: str, frame_stack: object, stack_
     if not fields:
         raise SchemaError(f"frame_stack needs observation fields ('obs' or 'obs_<key>') or image fields; {path} "
                           f"stores {list(schema)}: sample without frame_stack, or record observations as 'obs'")
+    # A ragged observation (a language instruction beside the frames) has no frame to stack: it
+    # comes back as stored, one row per transition. Only a pool of nothing but ragged ones is refused.
+    ragged = [name for name in fields if schema[name].ragged]
+    fields = tuple(name for name in fields if name not in ragged)
+    if not fields:
+        shapes = ", ".join(f"{name!r} of shape {schema[name].shape}" for name in ragged)
+        raise SchemaError(f"frame_stack needs fixed-shape frames, but {path} has only ragged observation fields "
+                          f"({shapes}) whose rows differ in length; sample without frame_stack, or take "
+                          "windows of consecutive rows with sample_sequences(batch, length)")
     if stack_axis == -1:
         for name in fields:
             _check_concatenable(schema, name)
@@ -139,7 +148,7 @@ class FrameStacker:
             last_ids, last_complete = self._history(last, low)
         else:
             last_ids, last_complete = ids, complete
-        needed = np.unique(np.concatenate([ids[ids >= 0], last_ids[last_ids >= 0]])) if len(steps) else ids[:0, 0]
+        needed = _sorted_unique(np.concatenate([ids[ids >= 0], last_ids[last_ids >= 0]]))
         rows = self.gather(needed)
         ok = complete & last_complete & self._fresh_history(ids, last_ids)
         same_rows = last_ids is ids
@@ -180,6 +189,19 @@ class FrameStacker:
             return stacked
         moved = np.moveaxis(stacked, 1, -2)  # [batch, *frame[:-1], k, frame[-1]]
         return np.ascontiguousarray(moved).reshape(*moved.shape[:-2], moved.shape[-2] * moved.shape[-1])
+
+
+def _sorted_unique(ids: np.ndarray) -> np.ndarray:
+    """``np.unique`` of a batch's step ids, without its cost: np.unique's first call in a process
+    imports numpy.ma (30 ms, a fresh sampler's whole first batch several times over), and
+    a sort and a comparison are faster than its hashing for a few hundred ids."""
+    ordered = np.sort(ids)
+    if len(ordered) < 2:
+        return ordered
+    first = np.empty(len(ordered), bool)
+    first[0] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    return ordered[first]
 
 
 def _oldest(ids: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ import math
 import os
 
 from .._version import __version__
+from .summary import heap_line
 
 _POLICY = ("default-src 'none'; img-src data:; media-src data:; style-src 'unsafe-inline'; "
            "script-src 'unsafe-inline'")
@@ -123,17 +124,20 @@ def _cell(value) -> str:
 
 def _info(sections: dict) -> str:
     info = sections["info"]
-    skip = ("schema", "attrs", "path", "last_commit_unix", "last_commit", "writer", "episodes")  # Commit has those
+    skip = ("schema", "attrs", "path", "last_commit_unix", "last_commit", "writer", "episodes",  # Commit has those
+            "heaps")  # one row per heap field, below
     pairs = [(key.replace("_", " "), _mib(value) if key.endswith("nbytes") else _number(value))
              for key, value in info.items() if key not in skip]
+    pairs += [(f"heap {name}", heap_line(heap)) for name, heap in (info.get("heaps") or {}).items()]
     pairs += [(f"attr {key}", json.dumps(value)) for key, value in (info.get("attrs") or {}).items()]
     return "<h2 id=info>Info</h2>" + _kv_table(pairs)
 
 
 def _schema(sections: dict) -> str:
-    rows = [[name, "x".join(map(str, f.shape)) or "scalar", f.dtype.name, f.image_layout or "-"]
+    rows = [[name, "x".join("N" if n is None else str(n) for n in f.shape) or "scalar", f.dtype.name,
+             f.codec or ("raw" if f.ragged else "-"), f.image_layout or "-"]
             for name, f in sections["schema"].items()]
-    return "<h2 id=schema>Schema</h2>" + _grid(["field", "shape", "dtype", "image"], rows)
+    return "<h2 id=schema>Schema</h2>" + _grid(["field", "shape", "dtype", "codec", "image"], rows)
 
 
 def _commit(sections: dict) -> str:

@@ -16,6 +16,7 @@ import numpy as np
 from ..backends.archive import ArchiveSource
 from ..backends.files import is_sparse
 from ..core import lock
+from ..core.heap_dictionary import TRAIN_ROWS
 from .streaming import PoolSource, Progress, RowSource, iter_slices
 
 EPISODE_KEYS = ("episode_id", "first_step_id", "length", "return", "terminated", "truncated", "open", "evicted")
@@ -216,6 +217,27 @@ def source_info(source: RowSource) -> dict:
         info.update(backend=source.backend, codec=source.codec, format_version=source.meta.get("archive_format"))
     info["attrs"] = source.attrs
     return info
+
+
+def heap_line(heap: dict) -> str:
+    """One heap field's entry of ``source_info(...)["heaps"]`` in words: codec, ratio, heap size
+    and use, dictionary (``expstore info`` and the report show it)."""
+    ratio = "no rows" if heap["ratio"] is None else \
+        f"{heap['ratio']:.2f}x ({nbytes_text(heap['raw_nbytes'])} raw in {nbytes_text(heap['stored_nbytes'])})"
+    dictionary = heap.get("dictionary")
+    trained = "" if dictionary is None else (f"; dictionary {nbytes_text(dictionary)}" if dictionary else
+                                             f"; dictionary not trained yet (on the first {TRAIN_ROWS:,} rows)")
+    return (f"{heap['codec']}, ratio {ratio}; heap {nbytes_text(heap['used_nbytes'])} of "
+            f"{nbytes_text(heap['heap_nbytes'])} used ({100 * heap['used_fraction']:.0f}%) by {heap['rows']} rows"
+            f"{trained}")
+
+
+def nbytes_text(n: int) -> str:
+    """A byte count in the largest binary unit it reaches: ``1.5 MiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _indexed_episodes(store) -> dict | None:

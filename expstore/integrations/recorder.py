@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from ..errors import SchemaError
 from ..schema import Schema
-from .spaces import flatten, space_fields
+from .spaces import flatten, put_rows, space_fields, take_rows
 from .stacked_envs import EnvStacking, check_pool_schema, find_stacking
 
 
@@ -80,14 +80,14 @@ class _Recording:
         """An observation as flat fields: the newest frame of a stacked env's observation."""
         if self._stacking is not None:
             value = self._stacking.newest(value, batched)
-        return flatten(prefix, self._recorded_obs_space, value)
+        return flatten(prefix, self._recorded_obs_space, value, batched)
 
     def _rows(self, obs, action, reward, next_obs: dict, terminated, truncated, info, batched: bool) -> dict:
         """One row (or a batch of rows), ``obs``/``next_obs`` already flattened."""
         if self.pool.schema is None:
             self._define(info, batched)
         row = dict(obs)
-        row.update(flatten("action", self._recorded_action_space, action))
+        row.update(flatten("action", self._recorded_action_space, action, batched))
         row["reward"] = np.asarray(reward, dtype=np.float32) if batched else float(reward)
         row.update(next_obs)  # a pool without next_obs fields keeps only episodes' final ones
         row["terminated"], row["truncated"] = (np.asarray(terminated, bool), np.asarray(truncated, bool)) \
@@ -180,7 +180,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
             self._obs = batch
         else:
             for name, values in batch.items():
-                self._obs[name][mask] = values[mask]
+                self._obs[name] = put_rows(self._obs[name], mask, take_rows(values, mask))
         self._resetting[:] = False if mask is None else self._resetting & ~np.asarray(mask)
         return obs, info
 
@@ -192,7 +192,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         keep = ~self._resetting  # NEXT_STEP autoreset: a sub-env's reset step is no transition
         rows = self._rows(self._obs, actions, rewards, final, terminated, truncated, info, True)
         if keep.any():
-            self.pool.extend({name: np.asarray(values)[keep] for name, values in rows.items()},
+            self.pool.extend({name: take_rows(values, keep) for name, values in rows.items()},
                              env_ids=np.flatnonzero(keep))
         self._obs = self._flat("obs", next_obs, True)
         ended = np.asarray(terminated) | np.asarray(truncated)
@@ -206,7 +206,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         """End the episodes of the sub-envs a reset interrupts, at their last recorded row."""
         if interrupted.any() and self._last_next is not None:
             self.pool.end_episodes(np.flatnonzero(interrupted),
-                                   next_obs={name: np.asarray(values)[interrupted]
+                                   next_obs={name: take_rows(values, interrupted)
                                              for name, values in self._last_next.items()})
             self._running &= ~interrupted
 
@@ -218,14 +218,12 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
             return final
         mask = np.asarray(info["_final_obs"])
         if mask.any():
-            stacked = _stack_final(self, info["final_obs"], mask)
-            for name, values in final.items():
-                values = np.array(values)
-                values[mask] = stacked[name]
-                final[name] = values
+            finals = _final_rows(self, info["final_obs"], mask)
+            final = {name: put_rows(values, mask, finals[name]) for name, values in final.items()}
         return final
 
 
-def _stack_final(recording: _Recording, final_obs: Any, mask: np.ndarray) -> dict[str, np.ndarray]:
+def _final_rows(recording: _Recording, final_obs: Any, mask: np.ndarray) -> dict[str, list[np.ndarray]]:
+    """The flattened final observations of the sub-envs in ``mask``, one row each per field."""
     rows = [recording._flat("next_obs", final_obs[i], False) for i in np.flatnonzero(mask)]
-    return {name: np.stack([row[name] for row in rows]) for name in rows[0]}
+    return {name: [row[name] for row in rows] for name in rows[0]}

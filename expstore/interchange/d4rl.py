@@ -2,7 +2,8 @@
 
 ``observations``, ``actions``, ``rewards``, ``terminals``, ``timeouts`` and, when the pool has
 them, ``next_observations``; any other pool field goes to ``infos/<name>`` (D4RL keeps per-step
-extras such as ``infos/qpos`` there). Export and import both stream in bounded slices.
+extras such as ``infos/qpos`` there). Export and import both stream in bounded slices. Ragged
+fields are refused: every array of the layout holds rows of one shape.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import build_pool, make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import SUPPORTED_DTYPES, Field
+from .arrow_columns import check_fixed
 from .base import ExportOption, ExportResult
 from .common import D4RL_NAMES, check_required, field_name, restore, saved_json
 
@@ -32,6 +34,7 @@ def export_d4rl(src: str | os.PathLike, dst: str | os.PathLike, *, overwrite: bo
     check_destination(dst, overwrite, "d4rl")
     with closing(open_source(src)) as source:
         check_required(source.schema, source.path, "the D4RL layout")
+        check_fixed(source.schema, source.path, "the D4RL layout", "one array per field, one row per step")
         rows = len(source)
 
         def build(temp: str) -> list[str]:

@@ -9,7 +9,9 @@ and wherever ``next_obs`` of a row differs from ``obs`` of the next one (a segme
 either flag at its end), so that import gives back every row bit for bit. Other pool fields go
 to ``expstore_fields/<name>`` in each episode group, which Minari ignores. Import checks every
 episode against the spaces that ``metadata.json`` declares and decodes JPEG-encoded image rows
-(minari_fields.py); export writes raw arrays (``jpeg_encoding: false``).
+(minari_fields.py); export writes raw arrays (``jpeg_encoding: false``). A pool that derives
+``next_obs`` exports the derived values (minari_derived.py); ragged fields are refused, since
+every episode array has one row shape.
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import build_pool, make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
+from .arrow_columns import check_fixed
 from .base import ExportOption, ExportResult
 from .common import REQUIRED, check_required, restore
 from .minari_arrow import FORMATS as ARROW_STORAGES
 from .minari_arrow import ArrowEpisode, episode_dirs, shape_hints, write_episodes
+from .minari_derived import with_next_obs
 from .minari_fields import check_episode, field_layouts, read_rows
 
 MINARI_VERSION = "0.5.4"  # the newest dataset version this layout matches
@@ -56,8 +60,11 @@ def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id:
     _check_dataset_id(dataset_id)
     storage = _storage(data_format)
     check_destination(dst, overwrite, "minari")
-    with closing(open_source(src)) as source:
-        check_required(source.schema, source.path, "a Minari dataset", REQUIRED + ("next_obs",))
+    with closing(open_source(src)) as opened:
+        check_required(opened.schema, opened.path, "a Minari dataset", REQUIRED)
+        check_fixed(opened.schema, opened.path, "a Minari dataset",
+                    "each episode holds its observations, actions and extras as arrays of one row shape")
+        source = with_next_obs(opened, "a Minari dataset")
         ends, bounds = _segment(source, progress)
 
         def build(temp: str) -> list[str]:

@@ -139,6 +139,23 @@ def test_sample_is_seeded(pool_path):
     assert len(run("sample", pool_path, "-n", "2").output.splitlines()) == 3
 
 
+def test_sample_shows_ragged_rows_at_their_own_lengths(pool_path):
+    import expstore
+
+    schema = {"tokens": expstore.Field((None,), "int32", codec="lz4"), "reward": ((), "float32")}
+    lengths = [0, 2, 9, 3]
+    with expstore.open(pool_path, "w", capacity=10, schema=schema) as pool:
+        for i, n in enumerate(lengths):  # tokens of row i: i*100, i*100 + 1, ...: never 0 past row 0
+            pool.append({"tokens": np.arange(i * 100 + 1, i * 100 + 1 + n, dtype=np.int32), "reward": float(i)})
+    drawn = run_json("sample", pool_path, "-n", "16", "--seed", "0")
+    assert "tokens_length" not in drawn and len(set(drawn["step_id"])) == 4
+    for step, tokens in zip(drawn["step_id"], drawn["tokens"], strict=True):
+        assert tokens == list(range(step * 100 + 1, step * 100 + 1 + lengths[step]))
+    lines = run("sample", pool_path, "-n", "16", "--seed", "0", "--fields", "tokens").output.splitlines()[1:]
+    shown = {int(line.split(None, 1)[0]): line.split(None, 1)[1] for line in lines}
+    assert shown == {0: "[]", 1: "[101, 102]", 2: "[201, 202, 203, 204, ... (9)]", 3: "[301, 302, 303]"}
+
+
 def test_episodes_command_shows_evicted_rows_cut_off_and_env(pool_path):
     make_pool(pool_path, rows=300, capacity=200)
     found = run_json("episodes", pool_path)["episodes"]

@@ -93,3 +93,25 @@ def test_bad_options_write_nothing(pool_path, tmp_path):
         with pytest.raises(InvalidArgumentError):
             write_report(pool_path, out / "r.html", **options)
     assert os.listdir(out) == []
+
+
+def test_heap_fields_are_shown_in_words_not_as_a_dict(pool_path, tmp_path):
+    schema = {"obs": expstore.Field((8, 8), "uint8", codec="zstd"), "tokens": expstore.Field((None,), "int32"),
+              "reward": ((), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+    frames = np.zeros((20, 8, 8), np.uint8)
+    with expstore.open(pool_path, "w", capacity=32, schema=schema, heap_bytes=1 << 16) as pool:
+        pool.extend({"obs": frames, "tokens": [np.arange(i % 5, dtype=np.int32) for i in range(20)],
+                     "reward": np.zeros(20, np.float32), "terminated": np.arange(20) % 10 == 9,
+                     "truncated": np.zeros(20, bool)})
+    out = tmp_path / "r.html"
+    write_report(pool_path, out)
+    page = out.read_text()
+    assert "{&#x27;" not in page and "heap_nbytes" not in page and "&#x27;codec&#x27;" not in page
+    obs = re.search(r"<tr><th>heap obs</th><td>(.*?)</td></tr>", page)
+    tokens = re.search(r"<tr><th>heap tokens</th><td>(.*?)</td></tr>", page)
+    assert obs is not None and tokens is not None
+    assert re.fullmatch(r"zstd:3, ratio [\d.]+x \(.* raw in .*\); heap .* of .* used \(\d+%\) by 20 rows", obs.group(1))
+    assert tokens.group(1).startswith("raw, ratio 1.00x") and "by 20 rows" in tokens.group(1)
+    assert "<td>Nx</td>" not in page and "<td>N</td><td>int32</td><td>raw</td>" in page  # the schema table
+    text = run("info", pool_path).output
+    assert f"  obs: {obs.group(1)}" in text  # the same words as expstore info

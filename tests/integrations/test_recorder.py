@@ -293,3 +293,107 @@ def test_vector_reset_with_a_mask_ends_only_the_masked_sub_envs_episodes(pool_pa
     venv.close()
     assert list(table["env_id"]) == [0, 1, 2, 0] and list(table["length"]) == [5, 8, 8, 3]
     assert list(table["truncated"]) == [True, False, False, False] and list(table["open"]) == [False, True, True, True]
+
+
+class _Tokens(gym.Env):
+    """A Sequence observation: rows of 0 to 4 tokens that tell the sub-env and step apart; each
+    step is logged as (obs, next_obs), what the pool must give back."""
+
+    observation_space = spaces.Sequence(spaces.Box(0, 10**6, (), np.int32), stack=True)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, index: int):
+        self.index, self.episode, self.log = index, -1, []
+
+    def _obs(self):
+        return np.arange((self.t * 3 + self.index) % 5, dtype=np.int32) + 1000 * self.index + 100 * self.episode \
+            + self.t
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.episode = 0, self.episode + 1
+        self.last = self._obs()
+        return self.last, {}
+
+    def step(self, action):
+        self.t += 1
+        obs = self._obs()
+        self.log.append((self.last, obs))
+        self.last = obs
+        return obs, 1.0, False, self.t == 4 + self.index, {}
+
+
+def _check_rows_match_the_logs(pool, subenvs) -> int:
+    expected = {}  # step id -> (obs, next_obs) its sub-env logged
+    table = pool.episodes()
+    for env_id, sub in enumerate(subenvs):
+        steps = [pool.episode(int(k))["step_id"] for k in table["episode_id"][table["env_id"] == env_id]]
+        steps = np.concatenate(steps).tolist()
+        assert len(steps) == len(sub.log)
+        expected.update(zip(steps, sub.log, strict=True))
+    batch = pool.sample(200, rng=0, ragged="list")
+    for step, obs, next_obs in zip(batch["step_id"].tolist(), batch["obs"], batch["next_obs"], strict=True):
+        assert np.array_equal(obs, expected[step][0]) and np.array_equal(next_obs, expected[step][1])
+    padded = pool.sample(8, rng=1)
+    assert padded["obs"].shape[1] == padded["obs_length"].max()
+    return len(expected)
+
+
+@pytest.mark.parametrize("mode", ["NextStep", "SameStep"])
+@pytest.mark.parametrize("derive", [False, True])
+def test_vector_env_with_sequence_observations_records_rows_of_their_own_lengths(pool_path, mode, derive):
+    subenvs = [_Tokens(i) for i in range(3)]
+    venv = gym.vector.SyncVectorEnv([lambda sub=sub: sub for sub in subenvs],
+                                    autoreset_mode=gym.vector.AutoresetMode(mode))
+    schema = {"obs": expstore.Field((None,), "int32", codec="zstd"), "action": ((), "int64"),
+              "reward": ((), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+    if not derive:
+        schema["next_obs"] = expstore.Field((None,), "int32", codec="zstd")
+    with expstore.open(pool_path, "w", capacity=500, schema=schema, derive_next_obs=derive,
+                       heap_bytes=1 << 18) as pool:
+        env = expstore.RecordEpisodes(venv, pool)
+        env.reset(seed=0)
+        for _ in range(20):
+            env.step(np.zeros(3, int))
+        env.reset()  # interrupts the running episodes: they end truncated, their last next_obs kept
+        pool.flush()
+        assert not pool.episodes()["open"].any()
+        rows = _check_rows_match_the_logs(pool, subenvs)
+        assert rows == len(pool) == sum(len(sub.log) for sub in subenvs)
+    venv.close()
+
+
+def test_vector_env_sequence_schema_from_the_spaces_and_a_masked_reset(pool_path):
+    subenvs = [_Tokens(i) for i in range(2)]
+    venv = gym.vector.SyncVectorEnv([lambda sub=sub: sub for sub in subenvs],
+                                    autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    with expstore.open(pool_path, "w", capacity=100, heap_bytes=1 << 16) as pool:
+        env = expstore.RecordEpisodes(venv, pool)
+        env.reset(seed=0)
+        for _ in range(3):
+            env.step(np.zeros(2, int))
+        env.reset(options={"reset_mask": np.array([True, False])})
+        for _ in range(2):
+            env.step(np.zeros(2, int))
+        assert pool.schema["obs"] == pool.schema["next_obs"] == expstore.Field((None,), "int32")
+        table = pool.episodes()
+        assert list(table["env_id"]) == [0, 1, 0] and list(table["length"]) == [3, 5, 2]
+        pool.end_episodes()
+        _check_rows_match_the_logs(pool, subenvs)
+    venv.close()
+
+
+def test_single_env_sequence_reset_mid_episode_keeps_its_ragged_final_obs(pool_path):
+    sub = _Tokens(1)
+    with expstore.open(pool_path, "w", capacity=50, heap_bytes=1 << 16) as pool:  # schema from the spaces
+        env = expstore.RecordEpisodes(sub, pool)
+        env.reset(seed=0)
+        for _ in range(2):
+            env.step(0)
+        env.reset()  # ends the episode truncated, keeping its last next_obs (a ragged row)
+        env.step(0)
+        table = pool.episodes()
+        assert list(table["length"]) == [2, 1] and list(table["truncated"]) == [True, False]
+        rows = pool.read([0, 1, 2], ragged="list")
+        for i, (obs, next_obs) in enumerate(sub.log):
+            assert np.array_equal(rows["obs"][i], obs) and np.array_equal(rows["next_obs"][i], next_obs)

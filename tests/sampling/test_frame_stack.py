@@ -217,3 +217,59 @@ def test_readme_frame_stack_example_runs(tmp_path, monkeypatch):
     for i, step in enumerate(namespace["batch"]["step_id"]):
         expected = [frames[max(0, step - back)] for back in (3, 2, 1, 0)]
         assert np.array_equal(namespace["batch"]["obs"][i], np.stack(expected))
+
+
+def _episodes_of_frames(count: int, length: int) -> dict:
+    return {"reward": np.zeros(count, np.float32), "terminated": np.arange(count) % length == length - 1,
+            "truncated": np.zeros(count, bool)}
+
+
+def test_ragged_observations_are_refused_before_any_draw(pool_path):
+    schema = {"obs": expstore.Field((None,), "int32"), "reward": ((), "float32"), "terminated": ((), "bool"),
+              "truncated": ((), "bool")}
+    with expstore.open(pool_path, "w", capacity=64, schema=schema, heap_bytes=1 << 16) as pool:
+        pool.extend({"obs": [np.arange(i % 4, dtype=np.int32) + 10 * i for i in range(20)],
+                     **_episodes_of_frames(20, 5)})
+        calls = (lambda: pool.sample(4, rng=0, frame_stack=4), lambda: pool.read([10], frame_stack=4),
+                 lambda: pool.sample(4, rng=0, frame_stack=4, ragged="list"),
+                 lambda: pool.episode(1, frame_stack=2), lambda: next(pool.iter_epoch(4, frame_stack=4)),
+                 lambda: pool.sample_sequences(2, 3, frame_stack=2))
+        for call in calls:
+            with pytest.raises(expstore.SchemaError, match=r"fixed-shape frames.*'obs' of shape \(None,\)"):
+                call()
+        assert pool.sample(4, rng=0)["obs_length"].shape == (4,)  # without frame_stack: as stored
+    pytest.importorskip("torch")
+    from expstore.integrations.torch_feed import PoolDataset
+
+    with pytest.raises(expstore.SchemaError, match="fixed-shape frames"):
+        PoolDataset(pool_path, frame_stack=4)
+
+
+def test_ragged_observations_beside_frames_come_back_unstacked(pool_path):
+    schema = {"obs": expstore.Field((3, 3), "uint8", codec="zstd"), "obs_instruction": expstore.Field((None,), "int32"),
+              "reward": ((), "float32"), "terminated": ((), "bool"), "truncated": ((), "bool")}
+    frames = np.arange(20 * 9, dtype=np.uint8).reshape(20, 3, 3)
+    with expstore.open(pool_path, "w", capacity=64, schema=schema) as pool:
+        pool.extend({"obs": frames, "obs_instruction": [np.full(i % 3 + 1, i, np.int32) for i in range(20)],
+                     **_episodes_of_frames(20, 5)})
+        batch = pool.sample(8, rng=0, frame_stack=2, ragged="list")
+    for k, step in enumerate(batch["step_id"].tolist()):
+        previous = step - 1 if step % 5 else step  # "reset" padding repeats the episode's first frame
+        assert np.array_equal(batch["obs"][k], frames[[previous, step]])
+        assert batch["obs_instruction"][k].tolist() == [step] * (step % 3 + 1)
+
+
+def test_compressed_frames_stack_as_raw_ones(tmp_path, backend):
+    suffix = SUFFIX[backend]
+    frames = np.random.default_rng(3).integers(0, 255, (30, 6, 6), np.uint8)
+    stacks = {}
+    for codec in (None, "zstd", "lz4"):
+        schema = {"obs": expstore.Field((6, 6), "uint8", codec=codec), "reward": ((), "float32"),
+                  "terminated": ((), "bool"), "truncated": ((), "bool")}
+        with expstore.open(str(tmp_path / f"{codec}{suffix}"), "w", capacity=64, schema=schema) as pool:
+            pool.extend({"obs": frames, **_episodes_of_frames(30, 10)})
+            stacks[codec] = pool.sample(16, rng=0, frame_stack=4)
+    assert stacks[None]["obs"].shape == (16, 4, 6, 6)
+    for codec in ("zstd", "lz4"):
+        assert np.array_equal(stacks[codec]["step_id"], stacks[None]["step_id"])
+        assert np.array_equal(stacks[codec]["obs"], stacks[None]["obs"])

@@ -1,0 +1,105 @@
+"""The next observations a Minari export needs, from a pool that derives them.
+
+A Minari episode stores T+1 observations: the reset one, then one per step, the last being the
+observation after the final step. A pool created with ``derive_next_obs=True`` (the layout for
+compressed frames) stores no ``next_obs`` field: a row's next observation is the next row's of
+its episode, and each episode's final one is kept aside (core/finals.py). ``with_next_obs``
+presents such a pool as a row source that has a ``next_obs`` field, read the way sampling reads
+it, so the export writes every episode whole.
+
+A row whose next observation the pool does not know (the newest row of an open episode, a row
+cut off by a writer that died, an episode whose final observation was evicted) is not a whole
+transition: sampling never returns it, and the export leaves it out, with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from ..errors import SchemaError, StepNotFoundError
+from ..inspect.streaming import PoolSource, RowSource
+from ..schema import Schema
+
+logger = logging.getLogger(__name__)
+
+_STEP_SLICE = 1 << 20  # step ids looked at per pass of the search for unknown next observations
+
+
+def with_next_obs(source: RowSource, what: str) -> RowSource:
+    """``source`` itself when it stores ``next_obs``; else a source that adds the derived one.
+
+    Raises:
+        SchemaError: the pool neither stores nor derives ``next_obs``.
+    """
+    if "next_obs" in source.schema:
+        return source
+    keeping = source.store.bookkeeping if isinstance(source, PoolSource) else None
+    if not isinstance(source, PoolSource) or keeping is None or "obs" not in keeping.derived:
+        raise SchemaError(f"{source.path} neither stores nor derives next_obs (it stores {list(source.schema)}); "
+                          f"{what} holds each episode's observation after its last step: export a pool with a "
+                          "next_obs field, or one created with derive_next_obs=True")
+    return DerivedNextObs(source)
+
+
+class DerivedNextObs:
+    """A pool that derives ``next_obs``, as a row source with a ``next_obs`` field (same field
+    as ``obs``, codec included), less the rows whose next observation is not known."""
+
+    kind = "pool"
+
+    def __init__(self, source: PoolSource):
+        self._source = source
+        store = source.store
+        self._keeping = store.bookkeeping
+        self.path, self.attrs, self.capacity = source.path, source.attrs, source.capacity
+        self.chunk_rows, self.first_step_id = source.chunk_rows, source.first_step_id
+        fields = dict(source.schema.items())
+        self.schema = Schema({**fields, "next_obs": fields["obs"]})
+        self._high = source.first_step_id + len(source)
+        self._kept = self._keeping.kept_now(store.commit_record)
+        unknown = self._unknown_rows()
+        self._rows = None if not unknown.size else np.setdiff1d(np.arange(len(source), dtype=np.int64), unknown)
+        if unknown.size:
+            logger.warning("%s: %d rows whose next observation the pool does not know (the newest row of an open "
+                           "or cut-off episode, or one whose final observation was evicted) are left out of the "
+                           "export, as sampling leaves them out", self.path, unknown.size)
+
+    def _unknown_rows(self) -> np.ndarray:
+        """Logical indices of the rows whose next observation is not known: some episode ends."""
+        unknown = []
+        for first in range(0, len(self._source), _STEP_SLICE):
+            steps = self.first_step_id + np.arange(first, min(len(self._source), first + _STEP_SLICE),
+                                                   dtype=np.int64)
+            ends = steps[self._keeping.chains(steps, 2, self._high)[:, 1] < 0]
+            if ends.size:
+                _, known = self._keeping.next_values(ends, self._high, self._kept)
+                unknown.append(ends[~known] - self.first_step_id)
+        return np.concatenate(unknown) if unknown else np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self._source) if self._rows is None else len(self._rows)
+
+    def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Rows ``[start, stop)`` of this source's order, with ``next_obs``."""
+        if self._rows is None:
+            indices = np.arange(start, stop, dtype=np.int64)
+            rows = self._source.read(start, stop)
+        else:
+            indices = self._rows[start:stop]
+            lo = int(indices[0]) if indices.size else 0
+            rows = self._source.read(lo, int(indices[-1]) + 1 if indices.size else 0)
+            if len(indices) != len(rows["obs"]):
+                rows = {name: values[indices - lo] for name, values in rows.items()}
+        steps = self.first_step_id + indices
+        values, known = self._keeping.next_values(steps, self._high, self._kept)
+        if not known.all():
+            raise StepNotFoundError(f"{self.path}: the final observation of step {int(steps[~known][0])} was "
+                                    "evicted by a writer during the export; export again, or copy the pool "
+                                    "(expstore convert) and export the copy")
+        rows["next_obs"] = np.asarray(values["next_obs"])
+        return rows
+
+    def close(self) -> None:
+        self._source.close()
