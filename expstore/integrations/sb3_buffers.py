@@ -96,7 +96,14 @@ class DiskReplayBuffer(ReplayBuffer):
             mapping from observation field names (``"obs"``, ``"obs_<key>"``) to codecs, the
             ``next_obs`` fields following theirs. A creation setting: a pool continued with
             ``mode="a"`` must have been made with the same codecs (``expstore convert --codec``
-            changes them).
+            changes them). ``"zstd:3+dict"`` (a dictionary trained on the first 2,000 frames)
+            is the one for Atari frames.
+        heap_bytes: the byte heaps of compressed observations, as ``expstore.open``'s: an int for
+            all of them, or a dict by field. Without it a heap holds ``buffer_size`` raw rows, so
+            compressed frames take no less disk than raw ones; Atari frames take about 110-450
+            bytes each with ``"zstd:3+dict"``, so ``heap_bytes=buffer_size * 1024`` leaves room.
+            Too small a heap evicts the oldest transitions before ``buffer_size`` is reached
+            (``buffer.pool.window_bound`` says so). A creation setting, like ``codec``.
     """
 
     def __init__(self, buffer_size: int, observation_space: spaces.Space, action_space: spaces.Space,
@@ -104,7 +111,7 @@ class DiskReplayBuffer(ReplayBuffer):
                  handle_timeout_termination: bool = True, *, path: str | os.PathLike, mode: str = "x",
                  backend: str | None = None, commit_every: int = 10_000, commit_interval_s: float = 5.0,
                  fsync: bool = True, frame_stack: int | None = None,
-                 codec: str | dict[str, str | None] | None = None):
+                 codec: str | dict[str, str | None] | None = None, heap_bytes: int | dict[str, int] | None = None):
         if path is None:
             raise InvalidArgumentError("DiskReplayBuffer needs a pool path: replay_buffer_kwargs={'path': 'pool.h5'}")
         if mode not in _MODES:
@@ -126,7 +133,7 @@ class DiskReplayBuffer(ReplayBuffer):
             "n_envs": n_envs, "optimize_memory_usage": optimize_memory_usage,
             "handle_timeout_termination": handle_timeout_termination, "path": os.path.abspath(os.fspath(path)),
             "mode": mode, "backend": backend, "commit_every": commit_every, "commit_interval_s": commit_interval_s,
-            "fsync": fsync, "frame_stack": frame_stack, "codec": codec,
+            "fsync": fsync, "frame_stack": frame_stack, "codec": codec, "heap_bytes": heap_bytes,
         }
         self.device = get_device(device)
         self._set_up(self._config, pending_next_obs=None, mode="a" if mode == "a" else "x")
@@ -477,7 +484,8 @@ def _open_taking_over(buffer: DiskReplayBuffer, config: dict, schema: dict, mode
         pool = open_pool(path, "a", capacity=(max(config["buffer_size"] // n_envs, 1) + history_steps) * n_envs,
                          schema=schema, backend=config["backend"], attrs=attrs, commit_every=commit_every,
                          commit_interval_s=config["commit_interval_s"], fsync=config["fsync"],
-                         derive_next_obs=frame_stack is not None)
+                         derive_next_obs=frame_stack is not None,
+                         heap_bytes=config.get("heap_bytes"))  # pickles older than heap_bytes= lack it
     except StoreLockedError as exc:
         raise StoreLockedError(f"{exc}; another process (or an SB3 model of this process that was not "
                                "closed) is writing this pool: close it, or give this buffer another path") from None

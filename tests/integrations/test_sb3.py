@@ -289,6 +289,21 @@ def test_frame_stacks_sample_the_same_with_and_without_a_codec(pool_path):
         assert reopened.schema["obs"].codec == "lz4"
 
 
+def test_heap_bytes_sizes_the_compressed_observations_on_disk(pool_path):
+    space = spaces.Box(0, 255, (4, 12, 12), np.uint8)
+    sized = DiskReplayBuffer(40, space, spaces.Discrete(3), device="cpu", path=pool_path, frame_stack=4,
+                             handle_timeout_termination=False, codec="zstd", heap_bytes=8 << 10)
+    assert sized.pool.heap_usage()["obs"]["heap_nbytes"] == 8 << 10
+    sized.close()
+    default_path = pool_path.replace("pool", "default")
+    default = DiskReplayBuffer(40, space, spaces.Discrete(3), device="cpu", path=default_path, frame_stack=4,
+                               handle_timeout_termination=False, codec="zstd")
+    assert default.pool.heap_usage()["obs"]["heap_nbytes"] >= 40 * 144  # raw rows: any frame fits
+    default.close()
+    with pytest.raises(expstore.InvalidArgumentError, match="heap_bytes sizes the heaps"):
+        DiskReplayBuffer(10, BOX, ACTION, path=pool_path.replace("pool", "raw"), heap_bytes=1 << 20)
+
+
 def test_bad_codecs_are_refused_before_any_pool_is_made(tmp_path):
     path = tmp_path / "pool.h5"
     with pytest.raises(expstore.ExpstoreError, match="zstd"):
