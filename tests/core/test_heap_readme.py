@@ -18,3 +18,6 @@ def test_readme_heap_fields_and_plain_h5py_snippet(tmp_path, monkeypatch):
     exec(compile(readme_block("heap-plain-h5py"), "README heap plain h5py", "exec"), namespace)
     assert namespace["codec"] == "zstd:3" and namespace["length"] == 1
     assert (namespace["frame"] == 0).all() and namespace["frame"].shape == (84, 84)
+    exec(compile(readme_block("heap-plain-zarr"), "README heap plain zarr", "exec"), namespace)
+    assert namespace["length"] == 300 and namespace["dtype"] == "int32"
+    np.testing.assert_array_equal(namespace["tokens"], np.arange(300, dtype=np.int32))
