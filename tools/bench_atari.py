@@ -332,6 +332,8 @@ def drop_page_cache(paths: list[str]) -> None:
 
 def budget_child(path: str, kind: str, batch: int, batches: int) -> dict:
     """The capped sampler: open the pool, sample ``batches`` batches, report the wall time."""
+    import numpy.random  # noqa: F401  loads lazily: an import, not the sampler's work (as in bench_peers.py)
+
     start = time.perf_counter()
     pool = expstore.open(path, "r")
     options = {} if kind == "stacked" else {"frame_stack": K, "stack_padding": "zero"}
