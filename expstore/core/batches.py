@@ -8,7 +8,8 @@ makes a row unusable), so that the Store's one redraw loop can replace those row
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
+from typing import Protocol
 
 import numpy as np
 
@@ -19,7 +20,14 @@ from .bookkeeping import Bookkeeping
 from .commit import CommitRecord
 from .stacking import FrameStacker
 
-Gather = Callable[..., dict]  # (step ids, undecoded heap fields=()) -> columns: the Store's _gather
+
+class Gather(Protocol):
+    """The Store's ``_gather``: every field's rows at step ids, the heap fields named in
+    ``undecoded`` left as their index entries (a frame stacker decodes those itself)."""
+
+    def __call__(self, steps: np.ndarray, undecoded: Collection[str] = ..., /) -> dict: ...
+
+
 CHAIN = "_chain"  # the [batch, n] rows an n-step return summed, kept for hindsight relabelling
 HeapRows = Callable[[list[str], np.ndarray], dict]  # heap fields' rows at step ids (core/heap.py)
 

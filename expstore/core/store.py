@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
 
@@ -205,8 +205,9 @@ class Store:
             if not torn:
                 return record
             time.sleep(0.001)  # a writer in another process may be mid-commit: look again
-        if warn and (os.path.realpath(self.path), record.seq) not in _WARNED_TORN:
-            _WARNED_TORN.add((os.path.realpath(self.path), record.seq))
+        warned = (os.path.realpath(self.path), record.seq)
+        if warn and warned not in _WARNED_TORN:
+            _WARNED_TORN.add(warned)
             logger.warning("%s: one commit slot is damaged (a commit torn by a crash?); using the "
                            "older valid one, committed at seq %d", self.path, record.seq)
         return record
@@ -1361,14 +1362,16 @@ class Store:
             return {}
         return self._heaps.usage(low, high, self._committed.payload, self.writable)
 
-    def check_heaps(self, progress=None) -> tuple[int, list[str]]:
+    def check_heaps(self, progress: Callable[[int], None] | None = None) -> tuple[int, list[str]]:
         """``verify``'s check of the heap fields over the committed window (core/heap.py):
         (rows whose bytes matched a recorded crc32, findings). Rows a writer evicted meanwhile
         are not reported. ``progress`` is called with 1 per block of rows checked."""
         if self._heaps is None:
             return 0, []
-        low, high = self._window()
         record = self._committed
+        # A writer's live window runs past its last commit, whose heap positions the check
+        # compares the rows with: its own verify checks what that commit covers.
+        low, high = (record.tail, record.head) if self.writable else self._window()
         checked, findings = self._heaps.check(low, high, record.payload, progress)
         if findings and self._window()[0] > low:  # a writer moved on: look again at what is still there
             low, high = self._window()

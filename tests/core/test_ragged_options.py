@@ -122,3 +122,14 @@ def test_a_field_sized_twice_must_agree():
 def test_unknown_codec_names_the_dictionary_form():
     with pytest.raises(SchemaError, match=r"lz4, raw, zstd .*'zstd:3\+dict'"):
         Field((4,), "uint8", codec="brotli")
+
+
+def test_a_writers_own_verify_of_heap_fields_with_rows_not_committed_yet(pool_path):
+    schema = {"tokens": Field((None,), "int32"), "obs": Field((8,), "uint8", codec="zstd"), "reward": ((), "float32")}
+    with expstore.open(pool_path, "w", capacity=1000, schema=schema, commit_every=50) as pool:
+        pool.extend({"tokens": [np.arange(step % 9, dtype=np.int32) for step in range(400)],
+                     "obs": np.zeros((400, 8), np.uint8), "reward": np.zeros(400, np.float32)})
+        for _ in range(20):  # past the last commit
+            pool.append({"tokens": np.arange(3, dtype=np.int32), "obs": np.ones(8, np.uint8), "reward": 0.0})
+        report = pool.verify()
+        assert report.ok, report.findings
