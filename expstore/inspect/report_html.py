@@ -15,7 +15,7 @@ import math
 import os
 
 from .._version import __version__
-from .summary import heap_line
+from .summary import heap_line, nbytes_text
 
 _POLICY = ("default-src 'none'; img-src data:; media-src data:; style-src 'unsafe-inline'; "
            "script-src 'unsafe-inline'")
@@ -100,10 +100,6 @@ def _number(value) -> str:
     return str(value)
 
 
-def _mib(nbytes) -> str:
-    return f"{nbytes / 2**20:.1f} MiB ({nbytes} bytes)"
-
-
 def _kv_table(pairs) -> str:
     rows = "".join(f"<tr><th>{_e(key)}</th><td>{_e(value)}</td></tr>" for key, value in pairs)
     return f'<table class="kv">{rows}</table>'
@@ -126,8 +122,8 @@ def _info(sections: dict) -> str:
     info = sections["info"]
     skip = ("schema", "attrs", "path", "last_commit_unix", "last_commit", "writer", "episodes",  # Commit has those
             "heaps")  # one row per heap field, below
-    pairs = [(key.replace("_", " "), _mib(value) if key.endswith("nbytes") else _number(value))
-             for key, value in info.items() if key not in skip]
+    pairs = [(key.replace("_", " "), f"{nbytes_text(value)} ({value} bytes)" if key.endswith("nbytes")
+              else _number(value)) for key, value in info.items() if key not in skip]
     pairs += [(f"heap {name}", heap_line(heap)) for name, heap in (info.get("heaps") or {}).items()]
     pairs += [(f"attr {key}", json.dumps(value)) for key, value in (info.get("attrs") or {}).items()]
     return "<h2 id=info>Info</h2>" + _kv_table(pairs)

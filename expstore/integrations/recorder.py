@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from ..errors import SchemaError
 from ..schema import Schema
-from .spaces import flatten, put_rows, space_fields, take_rows
+from .spaces import flatten, masked_rows, space_fields, with_masked_rows_replaced
 from .stacked_envs import EnvStacking, check_pool_schema, find_stacking
 
 
@@ -180,7 +180,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
             self._obs = batch
         else:
             for name, values in batch.items():
-                self._obs[name] = put_rows(self._obs[name], mask, take_rows(values, mask))
+                self._obs[name] = with_masked_rows_replaced(self._obs[name], mask, masked_rows(values, mask))
         self._resetting[:] = False if mask is None else self._resetting & ~np.asarray(mask)
         return obs, info
 
@@ -192,7 +192,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         keep = ~self._resetting  # NEXT_STEP autoreset: a sub-env's reset step is no transition
         rows = self._rows(self._obs, actions, rewards, final, terminated, truncated, info, True)
         if keep.any():
-            self.pool.extend({name: take_rows(values, keep) for name, values in rows.items()},
+            self.pool.extend({name: masked_rows(values, keep) for name, values in rows.items()},
                              env_ids=np.flatnonzero(keep))
         self._obs = self._flat("obs", next_obs, True)
         ended = np.asarray(terminated) | np.asarray(truncated)
@@ -206,7 +206,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         """End the episodes of the sub-envs a reset interrupts, at their last recorded row."""
         if interrupted.any() and self._last_next is not None:
             self.pool.end_episodes(np.flatnonzero(interrupted),
-                                   next_obs={name: take_rows(values, interrupted)
+                                   next_obs={name: masked_rows(values, interrupted)
                                              for name, values in self._last_next.items()})
             self._running &= ~interrupted
 
@@ -219,7 +219,7 @@ class RecordVectorEpisodes(gym.vector.VectorWrapper, _Recording):
         mask = np.asarray(info["_final_obs"])
         if mask.any():
             finals = _final_rows(self, info["final_obs"], mask)
-            final = {name: put_rows(values, mask, finals[name]) for name, values in final.items()}
+            final = {name: with_masked_rows_replaced(values, mask, finals[name]) for name, values in final.items()}
         return final
 
 

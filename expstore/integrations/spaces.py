@@ -4,7 +4,8 @@ Dict/Tuple spaces flattened into named fields (``obs_<key>``, ``obs_<i>``, neste
 A ``Sequence`` of one of the four plain spaces is a ragged field (``(None, *element shape)``):
 each row holds its own number of elements. A vector env's batch of them is a tuple with one
 sequence per sub-env; flattened, it is a list of arrays, one per row (as ``Store.extend``
-takes a ragged field), so the batch helpers below pick and replace rows of either form.
+takes a ragged field), so ``masked_rows`` and ``with_masked_rows_replaced`` pick and replace
+the rows of a vector env's batch in either form.
 """
 
 from __future__ import annotations
@@ -77,15 +78,15 @@ def _sequence(field: Field, value: Any) -> np.ndarray:
     return np.asarray(value, dtype=field.dtype).reshape(-1, *field.item_shape)
 
 
-def take_rows(values: Any, mask: np.ndarray) -> Any:
+def masked_rows(values: Any, mask: np.ndarray) -> Any:
     """The rows of a flattened batch where ``mask`` is set (a list of ragged rows stays a list)."""
     if isinstance(values, list):
         return [row for row, keep in zip(values, np.asarray(mask, bool), strict=True) if keep]
     return np.asarray(values)[mask]
 
 
-def put_rows(values: Any, mask: np.ndarray, rows: Any) -> Any:
-    """``values`` with its rows where ``mask`` is set replaced by ``rows``, one per set entry."""
+def with_masked_rows_replaced(values: Any, mask: np.ndarray, rows: Any) -> Any:
+    """A copy of ``values`` with its rows where ``mask`` is set replaced by ``rows``, one per set entry."""
     positions = np.flatnonzero(np.asarray(mask, bool))
     if isinstance(values, list):
         listed = list(values)

@@ -29,17 +29,6 @@ def pyarrow(extra: str = "parquet") -> Any:
     return pa
 
 
-def check_fixed(schema, path: str, what: str, why: str = "") -> None:
-    """Refuse ragged fields (rows of varying length) for a format of fixed-size columns; ``why``
-    says what in the format needs the fixed size."""
-    ragged = [name for name, field in schema.items() if getattr(field, "ragged", False)]
-    if ragged:
-        reason = f" ({why})" if why else ""
-        raise SchemaError(f"{path} has ragged fields {ragged}; {what} holds fixed-size rows only{reason}, so export "
-                          "a pool without them (expstore convert can copy the other fields), or export to Parquet, "
-                          "which keeps them as list columns")
-
-
 def arrow_type(field: Field):
     """The Arrow type that holds rows of ``field``."""
     pa = pyarrow()

@@ -1,4 +1,5 @@
-"""What the interchange formats share: field names, the required fields, the saved schema."""
+"""What the interchange formats share: field names, the required fields, the refusal of ragged
+fields, the saved schema."""
 
 from __future__ import annotations
 
@@ -18,6 +19,17 @@ def check_required(schema: Schema, path: str, what: str, required=REQUIRED) -> N
     if missing:
         raise SchemaError(f"{path} lacks the fields {missing} that {what} needs (it stores {list(schema)}); "
                           "export a pool with obs, action, reward, terminated and truncated fields")
+
+
+def check_fixed(schema, path: str, what: str, why: str = "") -> None:
+    """Refuse ragged fields (rows of varying length) for a format of fixed-size columns; ``why``
+    says what in the format needs the fixed size."""
+    ragged = [name for name, field in schema.items() if getattr(field, "ragged", False)]
+    if ragged:
+        reason = f" ({why})" if why else ""
+        raise SchemaError(f"{path} has ragged fields {ragged}; {what} holds fixed-size rows only{reason}, so export "
+                          "a pool without them (expstore convert can copy the other fields), or export to Parquet, "
+                          "which keeps them as list columns")
 
 
 def saved_json(schema: Schema, attrs: dict) -> str:

@@ -19,9 +19,8 @@ from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import build_pool, make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import SUPPORTED_DTYPES, Field
-from .arrow_columns import check_fixed
 from .base import ExportOption, ExportResult
-from .common import D4RL_NAMES, check_required, field_name, restore, saved_json
+from .common import D4RL_NAMES, check_fixed, check_required, field_name, restore, saved_json
 
 _FROM_D4RL = {d4rl: pool for pool, d4rl in D4RL_NAMES.items()}
 _D4RL_REQUIRED = ("observations", "actions", "rewards", "terminals")

@@ -23,7 +23,8 @@ from ..inspect.streaming import Progress, iter_slices, open_source
 from ..maintenance.convert import make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
-from .arrow_columns import arrow_type, check_fixed, pyarrow, to_arrow
+from .arrow_columns import arrow_type, pyarrow, to_arrow
+from .common import check_fixed
 from .lerobot_meta import (
     CHUNKS_SIZE,
     DATA_PATH,

@@ -29,9 +29,8 @@ from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
 from ..maintenance.convert import build_pool, make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..schema import Field, Schema
-from .arrow_columns import check_fixed
 from .base import ExportOption, ExportResult
-from .common import REQUIRED, check_required, restore
+from .common import REQUIRED, check_fixed, check_required, restore
 from .minari_arrow import FORMATS as ARROW_STORAGES
 from .minari_arrow import ArrowEpisode, episode_dirs, shape_hints, write_episodes
 from .minari_derived import with_next_obs

@@ -47,7 +47,9 @@ class DerivedNextObs:
     """A pool that derives ``next_obs``, as a row source with a ``next_obs`` field (same field
     as ``obs``, codec included), less the rows whose next observation is not known."""
 
-    kind = "pool"
+    # Not "pool": a "pool" source has a pool's ``meta`` (convert copies its layout from it) and
+    # rows that are consecutive steps; this one has no ``meta`` and may leave rows out.
+    kind = "pool with derived next_obs"
 
     def __init__(self, source: PoolSource):
         self._source = source
@@ -92,14 +94,27 @@ class DerivedNextObs:
             rows = self._source.read(lo, int(indices[-1]) + 1 if indices.size else 0)
             if len(indices) != len(rows["obs"]):
                 rows = {name: values[indices - lo] for name, values in rows.items()}
-        steps = self.first_step_id + indices
-        values, known = self._keeping.next_values(steps, self._high, self._kept)
-        if not known.all():
-            raise StepNotFoundError(f"{self.path}: the final observation of step {int(steps[~known][0])} was "
-                                    "evicted by a writer during the export; export again, or copy the pool "
-                                    "(expstore convert) and export the copy")
-        rows["next_obs"] = np.asarray(values["next_obs"])
+        rows["next_obs"] = self._next_obs(self.first_step_id + indices, rows["obs"])
         return rows
+
+    def _next_obs(self, steps: np.ndarray, obs: np.ndarray) -> np.ndarray:
+        """The next observations of rows ``steps`` (observations ``obs``): a row followed in its
+        episode by the slice's next row takes that row's observation, already read and decoded;
+        only the others (episode ends, the slice's last row) are asked of the bookkeeping."""
+        following = self._keeping.chains(steps, 2, self._high)[:, 1]
+        inside = np.zeros(len(steps), bool)
+        inside[:-1] = following[:-1] == steps[1:]
+        next_obs = np.empty_like(obs)
+        next_obs[:-1][inside[:-1]] = obs[1:][inside[:-1]]
+        rest = np.flatnonzero(~inside)
+        if rest.size:
+            values, known = self._keeping.next_values(steps[rest], self._high, self._kept)
+            if not known.all():
+                raise StepNotFoundError(f"{self.path}: the final observation of step {int(steps[rest][~known][0])} "
+                                        "was evicted by a writer during the export; export again, or copy the pool "
+                                        "(expstore convert) and export the copy")
+            next_obs[rest] = values["next_obs"]
+        return next_obs
 
     def close(self) -> None:
         self._source.close()

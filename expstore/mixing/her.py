@@ -164,9 +164,7 @@ class HER:
         return rows.row_at(steps, index, np.minimum(target, last_index), last)
 
     def _check_fields(self, pool: Store, batch: dict[str, np.ndarray]) -> None:
-        schema = pool.schema
-        if schema is None:
-            raise SchemaError(f"{pool.path} holds no committed transition yet")
+        schema = _schema(pool)
         names = list(schema)
         needed = [self.achieved_goal, self.desired_goal, "reward", *self.info_fields]
         missing = [name for name in needed if name not in names]
@@ -292,6 +290,9 @@ def _read(pool: Store, name: str, rows: np.ndarray) -> np.ndarray:
                           f"{pool.path} (rows of their own lengths), which relabelling does not read: sample with "
                           "n_step=1 or leave it out of info_fields")
     if field.uses_heap:
+        # The Store has no public read of a few fields at step ids: ``read`` refuses rows a writer
+        # overwrote (a chain's row may be; the caller marks those) and, as ``gather`` does, decodes
+        # every heap field. The bookkeeping's ``heap_rows`` decodes only this one.
         keeping = pool.bookkeeping
         heap_rows = None if keeping is None else keeping.heap_rows
         if heap_rows is None:
@@ -299,8 +300,7 @@ def _read(pool: Store, name: str, rows: np.ndarray) -> np.ndarray:
                               "bookkeeping, which this pool was created without; copy it with `expstore convert`")
         return np.asarray(heap_rows([name], rows)[name])
     mapped = pool.mapped
-    if mapped is None:
-        raise SchemaError(f"{pool.path} holds no committed transition yet")
+    assert mapped is not None  # a pool with a schema has its maps: both come with its layout
     return np.asarray(mapped.views[name][pool.ring.slots_of(rows)])
 
 

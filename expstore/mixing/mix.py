@@ -20,7 +20,7 @@ Columns every source returns are kept; ``weights`` (prioritized sources) is 1.0 
 source without it, ``relabeled`` (HER) False; other columns only some sources have are left out.
 A ragged field comes padded to the longest row of the whole batch (the rows of each source
 widened with the ``pad_value`` it was sampled with, ``<name>_length`` kept), or with
-``ragged="list"`` as one list of all the sources' rows (expstore/mixing/joining.py).
+``ragged="list"`` as one list of all the sources' rows (``join_batches``, expstore/core/ragged.py).
 """
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ from typing import Any
 
 import numpy as np
 
-from ..core.ragged import PadValue
+from ..core.ragged import PadValue, join_batches
 from ..core.store import Store
 from ..errors import EmptyStoreError, InvalidArgumentError, SchemaError
-from .joining import join_batches
 
 Weight = float | Callable[[int], float]
 FILLED = {"weights": np.float32(1.0), "relabeled": False}  # the value of a column a source does not add

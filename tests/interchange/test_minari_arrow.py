@@ -10,6 +10,7 @@ import pytest
 import expstore
 from expstore.errors import CorruptStoreError, InvalidArgumentError
 from expstore.interchange import export_minari, import_minari
+from tests.helpers import minari_datasets
 from tests.helpers.cli import all_rows, assert_error, assert_same_rows, run
 from tests.helpers.pools import BACKENDS
 
@@ -18,13 +19,7 @@ gym = pytest.importorskip("gymnasium")
 pytest.importorskip("pyarrow")
 
 STORAGES = ["arrow", "parquet"]
-
-
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
+minari_root = minari_datasets.minari_root  # a fixture: the tests take it by this name
 
 
 def _pool(path: str) -> str:

@@ -9,19 +9,14 @@ import pytest
 
 import expstore
 from expstore.interchange import export_d4rl, export_minari, import_minari
+from tests.helpers import minari_datasets
 from tests.helpers.cli import assert_error, run
 
 STORAGES = ["hdf5", "arrow", "parquet"]
 FRAMES = np.random.default_rng(0).integers(0, 255, (40, 8, 8), np.uint8)
 # (first frame, rows, terminated, truncated): a terminated, a truncated and an open episode.
 EPISODES = [(0, 10, True, False), (11, 12, False, True), (24, 5, False, False)]
-
-
-@pytest.fixture
-def minari_root(tmp_path, monkeypatch):
-    root = tmp_path / "minari"
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(root))
-    return root
+minari_root = minari_datasets.minari_root  # a fixture: the tests take it by this name
 
 
 def _ragged_pool(path: str) -> str:

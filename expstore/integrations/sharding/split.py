@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from ...core.ragged import PadValue
+from ...core.ragged import PadValue, join_batches
 from ...errors import EmptyStoreError, SchemaError
-from ...mixing.joining import join_batches
 
 SHARD_KEY = "shard"
 
@@ -58,7 +57,7 @@ def join_parts(parts: Sequence[tuple[int, Mapping[str, Any]]], pad_value: PadVal
     step id, so ``(shard, step_id)`` names a row across the sharded pool. A ragged field, padded
     by each shard to its own longest row, is widened to the batch's longest with ``pad_value``
     (the one the shards were asked for), ``<name>_length`` kept; lists (``ragged="list"``) are
-    joined (expstore/mixing/joining.py).
+    joined (``join_batches``, expstore/core/ragged.py).
     """
     parts = [(index, batch) for index, batch in parts if batch is not None and len(batch["step_id"])]
     if not parts:

@@ -25,9 +25,8 @@ from typing import Any, Protocol, Self
 
 import numpy as np
 
-from ...core.ragged import PadValue
+from ...core.ragged import PadValue, join_batches, take_rows
 from ...errors import ClosedStoreError, InvalidArgumentError
-from ...mixing.joining import join_batches, take_rows
 from .split import SHARD_KEY, derive_seeds, split_rounds
 
 _MAX_IN_FLIGHT = 64
