@@ -6,6 +6,13 @@ Each leaf also subclasses the builtin a caller would naturally catch, so
 
 from __future__ import annotations
 
+# The way out of each kind of damage, worded once, for the messages that end with it.
+REBUILD_POSITIONS_ADVICE = "`expstore repair` rebuilds them from the index entries"  # a commit's heap positions
+RESTORE_LENGTH_ADVICE = "`expstore repair` restores it from the dictionary's crc32"  # a zstd dictionary's length
+COPY_THE_REST_ADVICE = "`expstore convert` copies the other rows into a new pool"  # rows nothing restores
+RESTORE_FROM_COPY_ADVICE = "restore the pool from a copy"  # damage no copy can leave out
+FOUND_IN_USE_ADVICE = "the pool is damaged: run `expstore verify`"  # found by a read: verify says which of these
+
 
 class ExpstoreError(Exception):
     """Root of every error raised by expstore."""
@@ -25,6 +32,15 @@ class NotAPoolError(ExpstoreError, ValueError):
 
 class CorruptStoreError(ExpstoreError, ValueError):
     """The pool's bytes do not make sense: truncated, garbage, or both commit slots torn."""
+
+
+class DamagedRowsError(CorruptStoreError):
+    """A copy read heap rows of the source pool ``path`` that can no longer be read as written;
+    convert and merge catch it and copy again without such rows (maintenance/damaged.py)."""
+
+    def __init__(self, path: str):
+        super().__init__(f"{path} holds heap rows that can no longer be read; {FOUND_IN_USE_ADVICE}")
+        self.path = path
 
 
 class FormatVersionError(ExpstoreError, ValueError):

@@ -7,9 +7,9 @@ from contextlib import closing
 import click
 
 from ..backends import archive, backend_names, get_backend
+from ..core.heap_check import LISTED_STEPS, listed_steps
 from ..inspect.streaming import open_source
 from ..maintenance import convert as converting
-from ..maintenance.damaged import LISTED_STEPS
 from ..maintenance.recode import parse_assignments, parse_nbytes
 from .common import RegisteredChoice, progress_bar
 
@@ -133,10 +133,22 @@ def _report(result: converting.CopyResult) -> None:
         dropped += f"; left out {result.damaged_rows} rows whose heap bytes cannot be read"
     click.echo(f"wrote {result.rows} rows{steps} to {what} {result.path}{dropped}")
     if result.damaged_rows:
-        where = ", ".join(f"steps {', '.join(map(str, steps))}{'...' if len(steps) >= LISTED_STEPS else ''} of "
-                          f"{path}" for path, steps in result.damaged_steps.items())
+        counts = _damaged_counts(result)
+        where = ", ".join(f"steps {listed_steps(steps, counts[path])} of {path}"
+                          for path, steps in result.damaged_steps.items())
         click.echo(f"warning: left out {result.damaged_rows} rows whose heap bytes cannot be read (damaged, or "
                    f"failing their crc32): {where}; `expstore verify` lists the damage", err=True)
+
+
+def _damaged_counts(result: converting.CopyResult) -> dict[str, int]:
+    """The damaged rows each source lost, as far as the total tells: a source that lists fewer
+    than LISTED_STEPS lost just those; the ones listing that many share the rest (each counted
+    as more than it lists, unless the rest is exactly what they list)."""
+    listed = result.damaged_steps
+    full = [path for path, steps in listed.items() if len(steps) >= LISTED_STEPS]
+    rest = result.damaged_rows - sum(len(steps) for path, steps in listed.items() if path not in full)
+    return {path: rest - LISTED_STEPS * (len(full) - 1) if path in full else len(steps)
+            for path, steps in listed.items()}
 
 
 COMMANDS = [convert, merge]

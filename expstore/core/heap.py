@@ -15,7 +15,8 @@ The window is therefore bounded by both ``capacity`` and the heaps. Each commit 
 every heap's positions (``PAYLOAD_KEY``: tail position, head position, longest row), and
 readers check each index entry against them: a row the writer overwrote during a gather is
 either caught by the re-read of the window, or fails these checks and is then proven stale by
-it; one that fails them while still in the window is damage (CorruptStoreError).
+it; one that fails them while still in the window is damage (CorruptStoreError). The checks of
+commit positions and index entries, and ``verify``'s scan of the rows, are in heap_check.py.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,16 +34,23 @@ import numpy as np
 from ..backends.internal import DICTIONARY_PREFIX, HEAP_PREFIX
 from ..codecs import BatchDecoder, Codec, batch_decoder, get_codec
 from ..codecs.registry import uses_dictionary, with_dictionary
-from ..errors import CorruptStoreError, SchemaError
+from ..errors import FOUND_IN_USE_ADVICE, REBUILD_POSITIONS_ADVICE, CorruptStoreError, SchemaError
 from ..schema import Field, Schema
 from .casting import as_rows, cast_to, to_numpy
 from .coldread import prefetch_byte_ranges
+from .heap_check import (
+    LENGTH,
+    NBYTES,
+    NO_CRC,
+    PAYLOAD_KEY,
+    POSITION,
+    check_rows,
+    parse_payload_positions,
+    parse_positions,
+)
 from .heap_dictionary import HeapDictionary
 
-PAYLOAD_KEY = "heap"
 BOUND_KEY = "heap_bound"  # the heap field whose eviction set the tail last, null when the capacity did
-POSITION, NBYTES, LENGTH, CRC = range(4)  # the index columns (schema.HEAP_INDEX_COLUMNS)
-NO_CRC = -1
 _SLACK_FRACTION = 16  # a forced commit evicts this fraction of the heap beyond what the row needs
 # A batch is coded on several threads only when it is this large: each row costs some Python
 # besides the codec's GIL-free call, and threads that contend for the GIL over small rows lose
@@ -61,12 +69,6 @@ _PARALLEL_DECODE_ROW_NBYTES = 1 << 16
 _BATCH_DECODE_ROWS = 8
 _BATCH_DECODE_THREAD_ROWS = 512
 _CODEC_THREADS = max(1, min(8, os.cpu_count() or 1))
-# Commit positions and lengths stay below this, so that the checks' sums of them fit int64.
-_POSITION_LIMIT = 1 << 62
-# verify decodes this many bytes of rows at a time (a block's decoded rows are held at once).
-_VERIFY_DECODE_NBYTES = 32 << 20
-_LISTED_STEPS = 5  # a finding names this many of the steps it is about
-_REPAIR_ADVICE = "`expstore convert` copies the other rows into a new pool"
 
 
 def length_key(name: str) -> str:
@@ -81,83 +83,6 @@ def place_in_heap(position: int, nbytes: int, heap_nbytes: int) -> int:
     return position if offset + nbytes <= heap_nbytes else position + heap_nbytes - offset
 
 
-def parse_positions(name: str, entry: Any, heap_nbytes: int) -> tuple[int, int, int]:
-    """A heap field's entry of a commit record's payload, checked: its tail position, head
-    position and longest row. A missing entry (None) is that of a pool with no rows yet.
-    Raises CorruptStoreError naming the field for anything a commit never writes."""
-    if entry is None:
-        return 0, 0, 0
-    if isinstance(entry, (list, tuple)) and len(entry) == 3 \
-            and all(type(n) is int and 0 <= n < _POSITION_LIMIT for n in entry):
-        tail_position, head_position, max_length = entry
-        if tail_position <= head_position <= tail_position + heap_nbytes:
-            return tail_position, head_position, max_length
-    raise CorruptStoreError(
-        f"field {name!r}: the commit record's heap positions are {_clipped(entry)}, not [tail position, head "
-        f"position, longest row] with 0 <= tail <= head <= tail + {heap_nbytes} (the heap's size); the record is "
-        "damaged: `expstore repair` rebuilds them from the field's index entries")
-
-
-def parse_payload_positions(payload: Mapping, heap_nbytes: Mapping[str, int]) -> dict[str, tuple[int, int, int]]:
-    """Every heap field's checked entry (``parse_positions``) of a commit ``payload``; entries of
-    fields the schema does not hold are ignored."""
-    entries = payload.get(PAYLOAD_KEY, {})
-    if not isinstance(entries, Mapping):
-        raise CorruptStoreError(f"the commit record's heap positions are {_clipped(entries)}, not a mapping of "
-                                "field names; the record is damaged: `expstore repair` rebuilds them from the "
-                                "fields' index entries")
-    return {name: parse_positions(name, entries.get(name), nbytes) for name, nbytes in heap_nbytes.items()}
-
-
-def _clipped(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def follows(previous_end: np.ndarray, nbytes: np.ndarray, heap_nbytes: int) -> np.ndarray:
-    """Where rows of ``nbytes`` start when written right after rows ending at ``previous_end``
-    (``place_in_heap`` of whole arrays): the writer leaves no gap but at the heap's end."""
-    offset = previous_end % heap_nbytes
-    return np.where(offset + nbytes <= heap_nbytes, previous_end, previous_end + heap_nbytes - offset)
-
-
-def entries_bad(field: Field, heap_nbytes: int, start: np.ndarray, nbytes: np.ndarray, lengths: np.ndarray
-                ) -> np.ndarray:
-    """Which index entries of a heap field no row could have, whatever their neighbours."""
-    bad = (start < 0) | (start >= _POSITION_LIMIT) | (nbytes < 0) | (nbytes > heap_nbytes)
-    bad |= start % heap_nbytes + np.clip(nbytes, 0, heap_nbytes) > heap_nbytes
-    bad |= (lengths < 0) | (lengths >= _POSITION_LIMIT) if field.ragged else lengths != 1
-    if field.codec is None:
-        bad |= nbytes != lengths * field.item_nbytes
-    return bad
-
-
-def positions_from_index(field: Field, index: np.ndarray, slots: int, tail: int, head: int, heap_nbytes: int,
-                         block_rows: int = 1 << 16) -> list[int] | None:
-    """The heap entry a commit of window [tail, head) holds, rebuilt from the window's index
-    entries (``repair``): the oldest row's start, the newest row's end, the longest row. None
-    when the entries do not lie one after the other as the writer places rows: then they are
-    damaged, and nothing trustworthy is left to rebuild from."""
-    if head <= tail:
-        return [0, 0, 0]
-    tail_position, previous_end, max_length = None, 0, 0
-    for first in range(tail, head, block_rows):
-        entries = np.asarray(index[np.arange(first, min(head, first + block_rows), dtype=np.int64) % slots])
-        start, nbytes, lengths = entries[:, POSITION], entries[:, NBYTES], entries[:, LENGTH]
-        if entries_bad(field, heap_nbytes, start, nbytes, lengths).any():
-            return None
-        if tail_position is None:
-            tail_position = previous_end = int(start[0])
-        ends = start + nbytes
-        if (start != follows(np.concatenate([[previous_end], ends[:-1]]), nbytes, heap_nbytes)).any():
-            return None
-        previous_end, max_length = int(ends[-1]), max(max_length, int(lengths.max()))
-    assert tail_position is not None
-    if previous_end - tail_position > heap_nbytes:
-        return None
-    return [tail_position, previous_end, max_length]
-
-
 @dataclass
 class EncodedRows:
     """One heap field's rows of an append or extend, encoded and checked, not written yet."""
@@ -165,49 +90,6 @@ class EncodedRows:
     data: list[bytes]
     lengths: np.ndarray  # int64, one per row
     crcs: np.ndarray  # int64, NO_CRC without checksums
-
-
-@dataclass
-class _Steps:
-    """Steps a ``verify`` finding is about: how many, and the first few."""
-
-    count: int = 0
-    first: list[int] = field(default_factory=list)
-
-    def add(self, steps: np.ndarray) -> None:
-        self.count += len(steps)
-        self.first += steps[:_LISTED_STEPS - len(self.first)].tolist()
-
-    def describe(self) -> str:
-        listed = ", ".join(map(str, self.first)) + (", ..." if self.count > len(self.first) else "")
-        return f"1 row (step {listed})" if self.count == 1 else f"{self.count} rows (steps {listed})"
-
-
-@dataclass
-class _Scan:
-    """What ``HeapField.check`` found so far, block by block."""
-
-    first_step: int  # the window's oldest step
-    previous_end: int  # where the row before the block ends (the commit's tail position before the oldest)
-    previous_alone_bad: bool = False
-    previous_damaged: bool = False
-    crc_checked: int = 0
-    damaged: _Steps = field(default_factory=_Steps)
-    unmatched_pairs: list[tuple[int, int]] = field(default_factory=list)
-    unmatched_count: int = 0
-    undecodable: _Steps = field(default_factory=_Steps)
-    crc_failed: _Steps = field(default_factory=_Steps)
-    commit_mismatch: bool = False
-    # The heap positions the intact index entries span: the oldest's start, the newest's end.
-    tail_position_seen: int | None = None
-    head_position_seen: int = 0
-    max_length_seen: int = 0
-
-    def observe(self, first_start: int, last_end: int, max_length: int) -> None:
-        if self.tail_position_seen is None:
-            self.tail_position_seen = first_start
-        self.head_position_seen = last_end
-        self.max_length_seen = max(self.max_length_seen, max_length)
 
 
 class HeapField:
@@ -490,135 +372,25 @@ class HeapField:
                 "raw_nbytes": raw, "ratio": raw / stored if stored else None, "rows": head - tail,
                 "max_length": self.max_length}
 
-    def check(self, tail: int, head: int, positions: Sequence[int], progress: Callable[[int], None] | None = None,
-              block_rows: int = 1 << 12) -> tuple[int, list[str]]:
-        """Verify the rows of [tail, head) (``verify``) against the commit's heap ``positions``
-        (checked: parse_positions): each index entry on its own and against its neighbours (the
-        writer starts each row where the one before it ends, so an entry that fits neither
-        neighbour is the damaged one, and a copied entry is found at the step it was copied
-        to), every row of a codec field decoded to its length, and rows with a recorded crc32
-        against it. Returns (rows whose bytes were checked against a crc, findings).
-        ``progress`` is called with 1 for each block of ``block_rows`` rows checked."""
+    def check(self, tail: int, head: int, positions: Sequence[int], progress: Callable[[int], None] | None = None
+              ) -> tuple[int, list[str]]:
+        """``verify``'s check of the rows of [tail, head) against the commit's heap ``positions``
+        (core/heap_check.py ``check_rows``): (rows whose bytes were checked against a crc, findings)."""
         try:
             if self._dictionary is not None:  # trained since this reader opened the pool
                 self._load_dictionary()
         except CorruptStoreError as exc:
             return 0, [str(exc)]
-        scan = _Scan(first_step=tail, previous_end=int(positions[0]))
-        for first in range(tail, head, block_rows):
-            self._check_block(scan, first, min(head, first + block_rows), head, positions)
-            if progress is not None:
-                progress(1)
-        return scan.crc_checked, self._findings(scan, tail, head, positions)
+        return check_rows(self, tail, head, positions, progress)
 
-    def _check_block(self, scan: _Scan, first: int, stop: int, head: int, positions: Sequence[int]) -> None:
-        """``check`` of steps [first, stop), with the entry of step ``stop`` too (when in the
-        window) to tell whether the block's last row fits the one after it."""
-        _tail_position, head_position, max_length = (int(n) for n in positions)
-        steps = np.arange(first, min(head, stop + 1), dtype=np.int64)
-        entries = self.index[steps % self.slots]
-        start, nbytes, lengths = entries[:, POSITION], entries[:, NBYTES], entries[:, LENGTH]
-        alone_bad = self._entries_bad(start, nbytes, lengths)
-        start, nbytes = np.where(alone_bad, 0, start), np.where(alone_bad, 0, nbytes)  # no overflow below
-        ends = start + nbytes
-        previous_ends = np.concatenate([[scan.previous_end], ends[:-1]])
-        # Whether each row starts where the writer would have put it after the row before.
-        joint_bad = (start != follows(previous_ends, nbytes, self.heap_nbytes)) | alone_bad \
-            | np.concatenate([[scan.previous_alone_bad], alone_bad[:-1]])
-        n = stop - first
-        after_bad = joint_bad[1:] if len(steps) > n else np.append(joint_bad[1:], ends[-1] != head_position)
-        damaged = alone_bad[:n] | (joint_bad[:n] & after_bad)
-        before_damaged = np.concatenate([[scan.previous_damaged], damaged[:-1]])
-        unmatched = joint_bad[:n] & ~damaged & ~before_damaged  # two intact-looking neighbours that do not fit
-        if first == scan.first_step and unmatched[0]:  # the oldest row against the commit's tail position
-            scan.commit_mismatch = True
-            unmatched[0] = False
-        if len(steps) == n and after_bad[-1] and not damaged[-1]:  # the newest row against its head position
-            scan.commit_mismatch = True
-        steps, start, nbytes, lengths = steps[:n], start[:n], nbytes[:n], lengths[:n]
-        scan.damaged.add(steps[damaged])
-        for step in steps[unmatched][:_LISTED_STEPS].tolist():
-            scan.unmatched_pairs.append((step - 1, step))
-        scan.unmatched_count += int(unmatched.sum())
-        intact = ~damaged
-        if self.field.ragged and (lengths[intact] > max_length).any():
-            scan.commit_mismatch = True
-        if intact.any():
-            scan.observe(int(start[intact][0]), int(ends[:n][intact][-1]), int(lengths[intact].max()))
-        recorded = intact & (entries[:n, CRC] != NO_CRC)
-        mismatch = self.check_crcs(steps[recorded] % self.slots)
-        scan.crc_checked += int(recorded.sum())
-        scan.crc_failed.add(steps[recorded][mismatch])
-        if self.codec is not None:  # rows whose crc32 failed are reported as such, not decoded
-            intact[np.flatnonzero(recorded)[mismatch]] = False
-            scan.undecodable.add(steps[self._undecodable(np.flatnonzero(intact), start % self.heap_nbytes, nbytes,
-                                                         lengths)])
-        scan.previous_end, scan.previous_alone_bad = int(ends[n - 1]), bool(alone_bad[n - 1])
-        scan.previous_damaged = bool(damaged[-1])
+    @property
+    def batch_decoder(self) -> BatchDecoder | None:
+        """The codec as a BatchDecoder, for fixed-shape rows of a codec that has one."""
+        return self._batch_decoder
 
-    def _entries_bad(self, start: np.ndarray, nbytes: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        return entries_bad(self.field, self.heap_nbytes, start, nbytes, lengths)
-
-    def _undecodable(self, rows: np.ndarray, offsets: np.ndarray, nbytes: np.ndarray, lengths: np.ndarray
-                     ) -> np.ndarray:
-        """Which of ``rows`` do not decode to their length: a whole block in one call where the
-        codec decodes batches and all of it decodes, else row by row."""
-        batch_nbytes = len(rows) * self.field.item_nbytes
-        if self._batch_decoder is not None and len(rows) and batch_nbytes <= _VERIFY_DECODE_NBYTES:
-            try:
-                self._batch_decoder.decode_rows(self.heap, offsets[rows], nbytes[rows], self.field.item_nbytes, 0)
-                return np.zeros(0, np.int64)
-            except ValueError:
-                pass  # some row fails: find which
-        failed = []
-        assert self.codec is not None
-        decode, item, heap = self.codec.decode, self.field.item_nbytes, self.heap
-        for row, offset, size, length in zip(rows.tolist(), offsets[rows].tolist(), nbytes[rows].tolist(),
-                                             lengths[rows].tolist(), strict=True):
-            expected = length * item
-            # An empty row stores no bytes; a length of more than 512 MiB is damage (no allocation for it).
-            if expected == 0 or expected > _VERIFY_DECODE_NBYTES << 4:
-                if size or expected:
-                    failed.append(row)
-                continue
-            try:
-                raw = decode(heap[offset:offset + size].data, expected)
-            except Exception:  # any codec's error: the bytes do not decode
-                failed.append(row)
-                continue
-            if memoryview(raw).nbytes != expected:
-                failed.append(row)
-        return np.asarray(failed, np.int64)
-
-    def _findings(self, scan: _Scan, tail: int, head: int, positions: Sequence[int]) -> list[str]:
-        where = f"field {self.name!r}"
-        findings = []
-        if scan.damaged.count:
-            findings.append(f"{where}: the heap index entries of {scan.damaged.describe()} are damaged: those rows "
-                            f"cannot be read, or read as another step's row; {_REPAIR_ADVICE}, leaving them out")
-        if scan.unmatched_count:
-            pairs = ", ".join(f"{a} and {b}" for a, b in scan.unmatched_pairs)
-            findings.append(f"{where}: {scan.unmatched_count} pair(s) of neighbouring heap index entries do not "
-                            f"fit together (steps {pairs}): one entry of each pair is damaged; {_REPAIR_ADVICE}, "
-                            "leaving out the rows that do not read")
-        if scan.commit_mismatch and scan.tail_position_seen is not None:
-            found = (scan.tail_position_seen, scan.head_position_seen, scan.max_length_seen)
-            findings.append(f"{where}: the commit record's heap positions (tail {positions[0]}, head {positions[1]}, "
-                            f"longest row {positions[2]}) do not match the index entries of steps {tail}..{head - 1} "
-                            f"(tail {found[0]}, head {found[1]}, longest row {found[2]}), so reads of its rows fail; "
-                            "`expstore repair` rebuilds them from the index entries")
-        if scan.crc_failed.count:
-            findings.append(f"{where}: the heap bytes of {scan.crc_failed.describe()} changed since their commit "
-                            f"(they fail their crc32); {_REPAIR_ADVICE}, leaving them out")
-        if scan.undecodable.count and self._dictionary is not None and self._dictionary.length_lost():
-            findings.append(f"{where}: the zstd dictionary's length is 0 beside a recorded crc32, and the heap bytes "
-                            f"of {scan.undecodable.describe()} do not decode without it: its length was lost; "
-                            "`expstore repair` restores it from the crc32")
-        elif scan.undecodable.count:
-            findings.append(f"{where}: the heap bytes of {scan.undecodable.describe()} do not decode "
-                            f"({self.field.codec}) to their length: those rows are damaged and cannot be read; "
-                            f"{_REPAIR_ADVICE}, leaving them out")
-        return findings
+    def dictionary_length_lost(self) -> bool:
+        """Whether the field's zstd dictionary was stored and its length lost (HeapDictionary.length_lost)."""
+        return self._dictionary is not None and self._dictionary.length_lost()
 
     def check_crcs(self, slots: np.ndarray) -> np.ndarray:
         """Which of the rows at ``slots`` have bytes that no longer match their recorded crc32."""
@@ -722,7 +494,7 @@ class Heaps:
             if bad.any():
                 if writable:  # the writer's own rows never change under it
                     raise CorruptStoreError(f"field {heap.name!r}: the heap bytes of step {int(steps[bad][0])} "
-                                            "do not decode; the pool is damaged: run `expstore verify`")
+                                            f"do not decode; {FOUND_IN_USE_ADVICE}")
                 self.bad_steps.append(steps[bad])
 
     def read(self, names: Sequence[str], steps: np.ndarray, payload: Mapping, writable: bool,
@@ -754,7 +526,7 @@ class Heaps:
         for heap in self.fields:
             if heap.name not in entries and head > tail:
                 findings.append(f"field {heap.name!r}: the commit record has no heap positions for it, so its rows "
-                                "cannot be read; `expstore repair` rebuilds them from the field's index entries")
+                                f"cannot be read; {REBUILD_POSITIONS_ADVICE}")
                 continue
             rows, found = heap.check(tail, head, positions[heap.name], progress)
             checked, findings = checked + rows, findings + found

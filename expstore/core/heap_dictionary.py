@@ -20,12 +20,13 @@ or too few to train on leave the field without one; it tries again on the next `
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from ..backends.internal import DICTIONARY_HEADER_NBYTES, DICTIONARY_NBYTES
+from ..backends.internal import DICTIONARY_HEADER_NBYTES, DICTIONARY_NBYTES, DICTIONARY_PREFIX
 from ..codecs.registry import train_dictionary
-from ..errors import CorruptStoreError
+from ..errors import RESTORE_FROM_COPY_ADVICE, RESTORE_LENGTH_ADVICE, CorruptStoreError
 
 # What every dictionary zstd trains starts with (little-endian 0xEC30A437).
 _ZSTD_DICTIONARY_MAGIC = b"\x37\xa4\x30\xec"
@@ -62,13 +63,12 @@ class HeapDictionary:
             return None
         if not 0 < length <= DICTIONARY_NBYTES:
             raise CorruptStoreError(f"field {self.name!r}: the zstd dictionary's length is {length}, outside "
-                                    f"1..{DICTIONARY_NBYTES}; `expstore repair` restores it from the dictionary's "
-                                    "crc32")
+                                    f"1..{DICTIONARY_NBYTES}; {RESTORE_LENGTH_ADVICE}")
         data = self.array[DICTIONARY_HEADER_NBYTES:DICTIONARY_HEADER_NBYTES + length].tobytes()
         if zlib.crc32(data) != crc:
             raise CorruptStoreError(f"field {self.name!r}: the zstd dictionary fails its crc32 at its length of "
-                                    f"{length} bytes, so rows compressed with it cannot be read; `expstore repair` "
-                                    "restores a damaged length, other damage needs a copy of the pool")
+                                    f"{length} bytes, so rows compressed with it cannot be read; where only its "
+                                    f"length is damaged, {RESTORE_LENGTH_ADVICE}, else {RESTORE_FROM_COPY_ADVICE}")
         return data
 
     def collect(self, raws: list[np.ndarray]) -> None:
@@ -87,31 +87,52 @@ class HeapDictionary:
             data = train_dictionary(samples, DICTIONARY_NBYTES)
         except ValueError:  # rows all alike, or too small: the next TRAIN_ROWS rows get their turn
             return None
+        self.store(data)
+        return data
+
+    def store(self, data: bytes) -> None:
+        """Store the dictionary ``data`` as the module docstring says: bytes and crc32, then length."""
         header = self.array[:DICTIONARY_HEADER_NBYTES].view(np.int64)
         self.array[DICTIONARY_HEADER_NBYTES:DICTIONARY_HEADER_NBYTES + len(data)] = np.frombuffer(data, np.uint8)
         header[1] = zlib.crc32(data)
         header[0] = len(data)  # last: the dictionary exists from here on
-        return data
+
+    def restorable_length(self) -> int | None:
+        """The length to store where the stored one is damaged or lost: the one at which the
+        bytes match the recorded crc32 and start as zstd dictionaries do. None when the stored
+        length is right, no dictionary was ever stored, or no length matches (the bytes or the
+        crc32 are damaged: nothing to restore them from)."""
+        length, crc = self.header()
+        data = self.array[DICTIONARY_HEADER_NBYTES:].tobytes()
+        if crc == 0 and length == 0:
+            return None
+        if 0 < length <= len(data) and zlib.crc32(data[:length]) == crc:
+            return None
+        if not data.startswith(_ZSTD_DICTIONARY_MAGIC):
+            return None
+        # zlib.crc32 continues a running crc: one pass over the bytes tries every length.
+        running = zlib.crc32(data[:len(_ZSTD_DICTIONARY_MAGIC) - 1])
+        for end in range(len(_ZSTD_DICTIONARY_MAGIC), min(len(data), DICTIONARY_NBYTES) + 1):
+            running = zlib.crc32(data[end - 1:end], running)
+            if running == crc:
+                return end
+        return None
 
 
-def restorable_length(array: np.ndarray) -> int | None:
-    """The length to store for a dictionary array whose length is damaged or lost: the one at
-    which its bytes match the recorded crc32 and start as zstd dictionaries do. None when the
-    stored length is right, no dictionary was ever stored, or no length matches (the bytes or
-    the crc32 are damaged: nothing to restore them from)."""
-    header = np.frombuffer(array[:DICTIONARY_HEADER_NBYTES].tobytes(), np.int64)
-    length, crc = int(header[0]), int(header[1])
-    data = array[DICTIONARY_HEADER_NBYTES:].tobytes()
-    if crc == 0 and length == 0:
-        return None
-    if 0 < length <= len(data) and zlib.crc32(data[:length]) == crc:
-        return None
-    if not data.startswith(_ZSTD_DICTIONARY_MAGIC):
-        return None
-    # zlib.crc32 continues a running crc: one pass over the bytes tries every length.
-    running = zlib.crc32(data[:len(_ZSTD_DICTIONARY_MAGIC) - 1])
-    for end in range(len(_ZSTD_DICTIONARY_MAGIC), min(len(data), DICTIONARY_NBYTES) + 1):
-        running = zlib.crc32(data[end - 1:end], running)
-        if running == crc:
-            return end
-    return None
+def stored_dictionaries(store, names: Iterable[str]) -> dict[str, bytes]:
+    """The trained dictionaries of the heap fields ``names`` of the open pool ``store`` (fields
+    without one are left out)."""
+    found = {}
+    for name in names:
+        array = store.mapped.views.get(DICTIONARY_PREFIX + name)
+        data = None if array is None else HeapDictionary(name, array).load()
+        if data is not None:
+            found[name] = data
+    return found
+
+
+def store_dictionaries(store, dictionaries: Mapping[str, bytes]) -> None:
+    """Store ``dictionaries`` in the new, empty pool ``store`` as its writer would have trained
+    them (``HeapDictionary.store``); the pool must be opened again to compress with them."""
+    for name, data in dictionaries.items():
+        HeapDictionary(name, store.mapped.views[DICTIONARY_PREFIX + name]).store(data)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from ..schema import Schema
 
 SLICE_NBYTES = 64 << 20
 Progress = Callable[[int], None]
+_Source = TypeVar("_Source")
 
 
 class RowSource(Protocol):
@@ -42,6 +43,18 @@ class RowSource(Protocol):
         """Rows ``[start, stop)`` of the logical order, without ``step_id``."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class LiveSource(Protocol):
+    """A row source that a writer appending to its pool may take rows from while it is read:
+    the writer evicts the oldest rows, so what it takes is always a prefix."""
+
+    def read_kept(self, start: int, stop: int) -> KeptRows:
+        """Rows ``[start, stop)`` less those that the writer evicted first."""
+
+    def evicted_now(self) -> int:
+        """Rows of the source that the writer has evicted by now."""
 
 
 class PoolSource:
@@ -101,6 +114,10 @@ class PoolSource:
         book = None if book is None else {name: values[stale:] for name, values in book.items()}
         return KeptRows(start + gone + stale, rows, book)
 
+    def evicted_now(self) -> int:
+        """Rows of the snapshot that a writer appending to the pool has evicted by now."""
+        return min(len(self), max(0, self.store.first_step_id - self.first_step_id))
+
     def close(self) -> None:
         self.store.close()
 
@@ -117,16 +134,28 @@ class KeptRows:
 
 def evicted_now(source: RowSource) -> int:
     """Rows of the source's snapshot that a writer appending to it has evicted by now."""
-    if not isinstance(source, PoolSource):
-        return 0
-    return min(len(source), max(0, source.store.first_step_id - source.first_step_id))
+    return source.evicted_now() if isinstance(source, LiveSource) else 0
 
 
 def read_kept(source: RowSource, start: int, stop: int) -> KeptRows:
-    """``source.read_kept`` where the source can lose rows while it is read (a pool), else all rows."""
-    if isinstance(source, PoolSource):
+    """``source.read_kept`` where the source can lose rows while it is read (LiveSource), else all rows."""
+    if isinstance(source, LiveSource):
         return source.read_kept(start, stop)
     return KeptRows(start, source.read(start, stop))
+
+
+def unwrapped(source: Any, kind: type[_Source]) -> _Source | None:
+    """The ``kind`` of row source inside ``source``, through the filters that wrap one (each
+    holds the one it filters as ``source``: dedup, damaged rows left out), or None."""
+    while source is not None and not isinstance(source, kind):
+        source = getattr(source, "source", None)
+    return source
+
+
+def pool_store(source: RowSource) -> Any:
+    """The open pool behind a row source (through the filters that wrap one), None for an archive."""
+    pool = unwrapped(source, PoolSource)
+    return None if pool is None else pool.store
 
 
 def open_source(path: str | os.PathLike) -> RowSource:

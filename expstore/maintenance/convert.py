@@ -22,8 +22,9 @@ import numpy as np
 
 from ..backends import archive, files, resolve_backend
 from ..core import commit, lock
+from ..core.heap_dictionary import store_dictionaries
 from ..core.opening import open as open_store
-from ..errors import InvalidArgumentError, SchemaError, WriterOutranError
+from ..errors import DamagedRowsError, InvalidArgumentError, SchemaError, WriterOutranError
 from ..inspect.duplicates import DedupSource
 from ..inspect.streaming import (
     SLICE_NBYTES,
@@ -37,9 +38,9 @@ from ..inspect.streaming import (
 )
 from ..schema import Schema
 from .carry import Carry
-from .damaged import DamagedRowsFound, WithoutDamagedRows, damage_of, damaged_in_slice, without_damaged_rows
+from .damaged import WithoutDamagedRows, damage_of, damaged_in_slice, without_damaged_rows
 from .destination import check_destination
-from .recode import as_extend_batch, default_heap_bytes, recoded_schema, source_dictionaries, store_dictionaries
+from .recode import as_extend_batch, default_heap_bytes, recoded_schema, source_dictionaries
 
 logger = logging.getLogger("expstore.convert")  # its name before the layered layout
 
@@ -137,7 +138,7 @@ def merge(srcs: Sequence[str | os.PathLike], dst: str | os.PathLike, *, capacity
         copying = (dst, chosen.name, capacity, codec, overwrite, progress, slice_nbytes, recoding)
         try:
             result = _copy(sources, *copying)
-        except DamagedRowsFound as found:
+        except DamagedRowsError as found:
             logger.info("%s; copying again without them", found)
             sources = without_damaged_rows(sources, slice_nbytes)
             result = _copy(sources, *copying)
@@ -321,7 +322,7 @@ class CopyRows:
                 raise WriterOutranError(f"{source.path}: its writer evicted step {source.first_step_id + first} "
                                         "before the copy read it")
             if damaged_in_slice(source, kept.first, stop - kept.first):
-                raise DamagedRowsFound(source.path)
+                raise DamagedRowsError(source.path)
             yield self.copied, kept.rows, kept.book
             self.copied += stop - kept.first
             if self.progress is not None:

@@ -9,7 +9,9 @@ and reported, never copied as zeros or under a fresh checksum. Fixed-shape rows 
 of their own (their checksums cover whole chunks) and are copied as they are.
 
 The copy first runs as if nothing were damaged, checking each slice it reads; the first damaged
-row stops it. Each source is then scanned for all of its damaged rows and copied without them.
+row stops it. Each source is then scanned for all of its damaged rows and copied without them,
+read as a pool is (``read_kept``): a writer appending to it meanwhile evicts its oldest rows, and
+one that outruns the copy makes convert start it again further ahead, as from any pool.
 The rows left are no longer consecutive steps, so, as with ``--dedup``, the copy is tagged anew
 by ``extend``: step ids count on from the first row kept, episodes are split at
 terminated/truncated rows and priorities start at the maximum. A pool that derives its next
@@ -21,23 +23,13 @@ after them.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
-from ..errors import CorruptStoreError
+from ..core.heap_check import LISTED_STEPS, listed_steps
+from ..errors import RESTORE_FROM_COPY_ADVICE, CorruptStoreError
 from ..inspect.duplicates import derived_fields
-from ..inspect.streaming import SLICE_NBYTES, PoolSource, RowSource, slice_rows
-
-LISTED_STEPS = 5  # the first damaged steps a report names
-
-
-class DamagedRowsFound(Exception):
-    """A copy read a damaged heap row of source ``path``: it starts again without such rows."""
-
-    def __init__(self, path: str):
-        super().__init__(f"{path} holds damaged heap rows")
-        self.path = path
+from ..inspect.streaming import SLICE_NBYTES, KeptRows, PoolSource, RowSource, slice_rows, unwrapped
 
 
 @dataclass
@@ -70,14 +62,8 @@ def without_damaged_rows(sources: list[RowSource], slice_nbytes: int | None = No
 
 def damage_of(sources: list[RowSource]) -> list[Damage]:
     """The damage each source of a copy was found with (none for sources without damaged rows)."""
-    found = []
-    for source in sources:
-        inner: Any = source
-        while inner is not None and not isinstance(inner, WithoutDamagedRows):
-            inner = getattr(inner, "source", None)  # through the filters that wrap one (dedup)
-        if inner is not None:
-            found.append(inner.damage)
-    return found
+    return [inner.damage for inner in (unwrapped(source, WithoutDamagedRows) for source in sources)
+            if inner is not None]
 
 
 def _scanned(source: RowSource, slice_nbytes: int) -> RowSource:
@@ -93,9 +79,9 @@ def _scanned(source: RowSource, slice_nbytes: int) -> RowSource:
         newer = f"copy only the {after} newer rows with capacity={after} (CLI: --capacity {after}), or " \
             if after else ""
         raise CorruptStoreError(
-            f"{source.path}: {damaged.size} rows have heap bytes that cannot be read (steps {_listed(steps)}), and "
-            f"the pool derives {derived} from the following row, so a copy cannot leave them out; {newer}restore "
-            "a copy")
+            f"{source.path}: {damaged.size} rows have heap bytes that cannot be read (steps "
+            f"{listed_steps(steps, damaged.size)}), and the pool derives {derived} from the following row, so a "
+            f"copy cannot leave them out; {newer}{RESTORE_FROM_COPY_ADVICE}")
     return WithoutDamagedRows(source, damaged, Damage(source.path, int(damaged.size), steps))
 
 
@@ -110,10 +96,6 @@ def _damaged_rows(source: PoolSource, slice_nbytes: int) -> np.ndarray:
         damaged = store.damaged_heap_rows(steps) & (steps >= store.first_step_id)
         found.append(steps[damaged] - source.first_step_id)
     return np.concatenate(found) if found else np.zeros(0, np.int64)
-
-
-def _listed(steps: list[int]) -> str:
-    return ", ".join(map(str, steps)) + ("..." if len(steps) == LISTED_STEPS else "")
 
 
 class WithoutDamagedRows:
@@ -132,6 +114,7 @@ class WithoutDamagedRows:
         self.capacity, self.chunk_rows = source.capacity, source.chunk_rows
         self.first_step_id, self.meta = source.first_step_id, source.meta
         self._length = len(source) - len(damaged)
+        self._damaged = damaged
         # The n-th kept row is source row n + (damaged rows at or before it): with each damaged
         # row's index less the damaged rows before it, a search finds that count.
         self._shifted = damaged - np.arange(len(damaged), dtype=np.int64)
@@ -140,12 +123,48 @@ class WithoutDamagedRows:
         return self._length
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        pieces = [self.source.read(low, high) for _, low, high in self._runs(start, stop)]
+        return _joined(pieces or [self.source.read(0, 0)])
+
+    def read_kept(self, start: int, stop: int) -> KeptRows:
+        """Rows ``[start, stop)`` less those that a writer appending to the pool evicted first
+        (PoolSource.read_kept): convert retries a copy that a writer outran, as from a pool."""
+        pieces: list[dict[str, np.ndarray]] = []
+        first = start
+        for kept, low, high in self._runs(start, stop):
+            got = self.source.read_kept(low, high)
+            if got.first > low:  # the writer took a prefix: every row before this run's first kept is gone
+                pieces, first = [], kept + got.first - low
+            pieces.append(got.rows)
+        return KeptRows(first, _joined(pieces or [self.source.read_kept(0, 0).rows]))
+
+    def evicted_now(self) -> int:
+        """Rows of this order that a writer appending to the pool has evicted by now."""
+        evicted = self.source.evicted_now()
+        return evicted - int(np.searchsorted(self._damaged, evicted))
+
+    def _runs(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+        """Rows ``[start, stop)`` as runs of consecutive pool rows: (first row of this order, the
+        pool's rows [low, high))."""
         kept = np.arange(start, max(start, stop), dtype=np.int64)
         rows = kept + np.searchsorted(self._shifted, kept, side="right")
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
-        runs = [(int(run[0]), int(run[-1]) + 1) for run in np.split(rows, breaks) if run.size]
-        pieces = [self.source.read(low, high) for low, high in runs] or [self.source.read(0, 0)]
-        return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+        return [(int(first[0]), int(run[0]), int(run[-1]) + 1)
+                for first, run in zip(np.split(kept, breaks), np.split(rows, breaks), strict=True) if run.size]
 
     def close(self) -> None:
         self.source.close()
+
+
+def _joined(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Slices of rows read one by one, as one: a ragged field comes padded to the longest row of
+    its slice, so it is padded (zeros) to the widest of them."""
+    joined = {}
+    for name in pieces[0]:
+        arrays = [piece[name] for piece in pieces]
+        widest = tuple(max(sizes) for sizes in zip(*(array.shape[1:] for array in arrays), strict=True))
+        joined[name] = np.concatenate([array if array.shape[1:] == widest else
+                                       np.pad(array, [(0, 0)] + [(0, w - n) for w, n in
+                                                                 zip(widest, array.shape[1:], strict=True)])
+                                       for array in arrays])
+    return joined

@@ -12,17 +12,17 @@ A ``zstd:N+dict`` field whose codec stays keeps its source's dictionary. Rows ar
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..backends.internal import DICTIONARY_HEADER_NBYTES, DICTIONARY_PREFIX, planned_heap_nbytes
+from ..backends.internal import planned_heap_nbytes
 from ..codecs.registry import uses_dictionary
 from ..core.heap import length_key
-from ..core.heap_dictionary import HeapDictionary
+from ..core.heap_dictionary import stored_dictionaries
 from ..errors import InvalidArgumentError
+from ..inspect.streaming import pool_store
 from ..schema import Field, Schema
 
 
@@ -104,39 +104,15 @@ def _same_coding(source: Schema, copy: Schema, name: str) -> bool:
     return name in source and source[name].codec == copy[name].codec and source[name].ragged == copy[name].ragged
 
 
-def pool_store(source) -> Any:
-    """The open pool behind a row source (through the filters that wrap one), None for an archive."""
-    while source is not None and not hasattr(source, "store"):
-        source = getattr(source, "source", None)
-    return None if source is None else source.store
-
-
 def source_dictionaries(source, copy: Schema) -> dict[str, bytes]:
     """The trained zstd dictionaries of ``source`` for the copy's ``+dict`` fields whose codec stays:
     the copy compresses with them from its first row, as the source's later rows were."""
     store = pool_store(source)
     if store is None or store.mapped is None:
         return {}
-    found = {}
-    for name in copy.heap_fields():
-        array = store.mapped.views.get(DICTIONARY_PREFIX + name)
-        if array is not None and uses_dictionary(copy[name].codec) and _same_coding(source.schema, copy, name):
-            data = HeapDictionary(name, array).load()
-            if data is not None:
-                found[name] = data
-    return found
-
-
-def store_dictionaries(store, dictionaries: Mapping[str, bytes]) -> None:
-    """Write ``dictionaries`` into the new, empty pool ``store`` as its writer would have trained
-    them (core/heap_dictionary.py: bytes and crc32 first, the length last); the store must be
-    opened again to compress with them."""
-    for name, data in dictionaries.items():
-        array = store.mapped.views[DICTIONARY_PREFIX + name]
-        header = array[:DICTIONARY_HEADER_NBYTES].view(np.int64)
-        array[DICTIONARY_HEADER_NBYTES:DICTIONARY_HEADER_NBYTES + len(data)] = np.frombuffer(data, np.uint8)
-        header[1] = zlib.crc32(data)
-        header[0] = len(data)
+    kept = [name for name in copy.heap_fields()
+            if uses_dictionary(copy[name].codec) and _same_coding(source.schema, copy, name)]
+    return stored_dictionaries(store, kept)
 
 
 def as_extend_batch(batch: dict[str, Any], schema: Schema) -> dict[str, Any]:

@@ -13,8 +13,9 @@ import numpy as np
 from ..backends import files, get_backend, resolve_backend
 from ..backends.internal import DICTIONARY_PREFIX, HEAP_PREFIX
 from ..codecs.registry import uses_dictionary
-from ..core import checksums, commit, heap, lock
-from ..core.heap_dictionary import restorable_length
+from ..core import checksums, commit, lock
+from ..core.heap_check import PAYLOAD_KEY, clipped, parse_positions, positions_from_index
+from ..core.heap_dictionary import HeapDictionary
 from ..core.opening import open as open_store
 from ..errors import CorruptStoreError, ExpstoreError
 from ..schema import HEAP_INDEX_COLUMNS
@@ -222,10 +223,10 @@ def _repair_dictionaries(layout, report: RepairReport) -> None:
             continue
         fd = os.open(extent.path, os.O_RDWR)
         try:
-            stored = np.frombuffer(os.pread(fd, extent.nbytes, extent.offset), np.uint8)
-            length = restorable_length(stored)
+            stored = HeapDictionary(name, np.frombuffer(os.pread(fd, extent.nbytes, extent.offset), np.uint8))
+            length = stored.restorable_length()
             if length is not None:
-                was = int(stored[:8].view(np.int64)[0])
+                was, _crc = stored.header()
                 os.pwrite(fd, np.int64(length).tobytes(), extent.offset)
                 os.fsync(fd)
                 report.actions.append(f"restored the length of the zstd dictionary of field {name!r}: {length} "
@@ -243,7 +244,7 @@ def _repair_heap_positions(layout, report: RepairReport) -> None:
     fd = os.open(extent.path, os.O_RDWR)
     try:
         record, _ = commit.newest(os.pread(fd, 2 * commit.SLOT_NBYTES, extent.offset))
-        entries = record.payload.get(heap.PAYLOAD_KEY)
+        entries = record.payload.get(PAYLOAD_KEY)
         rebuilt = dict(entries) if isinstance(entries, dict) else {}
         changed = []
         for name in layout.schema.heap_fields():
@@ -251,11 +252,11 @@ def _repair_heap_positions(layout, report: RepairReport) -> None:
             if found is not None:
                 was = rebuilt.get(name) if isinstance(entries, dict) else entries
                 rebuilt[name] = found
-                changed.append(f"field {name!r} ({repr(was)[:60]} -> {found})")
+                changed.append(f"field {name!r} ({clipped(was)} -> {found})")
         if not changed:
             return
         healed = commit.CommitRecord(record.seq + 1, record.head, record.tail, time.time(),
-                                     {**record.payload, heap.PAYLOAD_KEY: rebuilt})
+                                     {**record.payload, PAYLOAD_KEY: rebuilt})
         os.pwrite(fd, healed.encode(), extent.offset + healed.slot_index * commit.SLOT_NBYTES)
         os.fsync(fd)
         report.actions.append("rebuilt the commit record's heap positions from the index entries: "
@@ -270,12 +271,12 @@ def _rebuilt_positions(layout, name: str, record: commit.CommitRecord, entry) ->
     if entry is None and record.head == record.tail:
         return None  # a pool with no rows yet has none
     try:
-        current = heap.parse_positions(name, entry, heap_nbytes)
+        current = parse_positions(name, entry, heap_nbytes)
     except CorruptStoreError:
         current = None
     extent, slots = layout.fields[name], int(layout.meta["slots"])
     index = np.memmap(extent.path, np.int64, "r", offset=extent.offset, shape=(slots, len(HEAP_INDEX_COLUMNS)))
-    found = heap.positions_from_index(layout.schema[name], index, slots, record.tail, record.head, heap_nbytes)
+    found = positions_from_index(layout.schema[name], index, slots, record.tail, record.head, heap_nbytes)
     del index
     if found is None or entry is not None and current is not None and list(current[:2]) == found[:2] \
             and current[2] >= found[2]:

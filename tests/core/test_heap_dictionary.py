@@ -200,3 +200,16 @@ def test_plain_h5py_and_zstandard_read_a_row(tmp_path):
     decompressor = zstandard.ZstdDecompressor(dict_data=zstandard.ZstdCompressionDict(data))
     row = np.frombuffer(decompressor.decompress(stored), np.uint8).reshape(84, 84)
     np.testing.assert_array_equal(row, frame(TRAIN_ROWS + 400))
+
+
+def test_a_stored_dictionary_reads_back_and_a_lost_length_is_found_from_its_crc():
+    """HeapDictionary.store writes what header(), load() and restorable_length() read."""
+    array = np.zeros(DICTIONARY_HEADER_NBYTES + 4096, np.uint8)
+    dictionary = heap_dictionary.HeapDictionary("obs", array)
+    assert dictionary.header() == (0, 0) and dictionary.load() is None and dictionary.restorable_length() is None
+    data = b"\x37\xa4\x30\xec" + bytes(range(200))  # starts as zstd dictionaries do
+    dictionary.store(data)
+    assert dictionary.header() == (len(data), zlib.crc32(data)) and dictionary.load() == data
+    assert dictionary.restorable_length() is None  # the stored length is right
+    array[:8] = 0
+    assert dictionary.length_lost() and dictionary.restorable_length() == len(data)

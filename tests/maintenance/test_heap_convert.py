@@ -4,6 +4,7 @@ codecs that differ between merged pools, and the CLI's options and messages for 
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -209,3 +210,58 @@ def test_cli_mistakes_are_one_line_naming_the_option(pool_path, tmp_path, comman
         assert "heap_bytes" not in result.output and "zstd:3" not in result.output.split("e.g.")[-1]
         assert not os.path.exists(dst)
 
+
+def test_a_copy_that_reads_damaged_rows_raises_an_expstore_error_naming_the_pool():
+    from expstore.errors import DamagedRowsError, ExpstoreError
+
+    error = DamagedRowsError("runs/pool.h5")
+    assert isinstance(error, CorruptStoreError)
+    assert isinstance(error, ExpstoreError) and error.path == "runs/pool.h5"
+    assert str(error) == "runs/pool.h5 holds heap rows that can no longer be read; the pool is damaged: run " \
+        "`expstore verify`"
+
+
+def test_a_copy_without_damaged_rows_is_retried_when_a_writer_outruns_it(pool_path, tmp_path, monkeypatch, caplog):
+    """The copy that leaves damaged rows out reads them as the first copy does: rows a writer
+    evicted meanwhile make it start again further ahead, not fail (StepNotFoundError)."""
+    from expstore.maintenance import damaged
+
+    low, _high = _make(pool_path)  # 182 rows: the heap bounds the window
+    _damage_row(pool_path, "obs", low + 150)
+    writer = expstore.open(pool_path, "a", fsync=False)
+    calls = []
+    read_kept = damaged.WithoutDamagedRows.read_kept
+
+    def evicting(self, start, stop):
+        calls.append(start)
+        if len(calls) == 2:  # after the first slice: the writer evicts rows the copy has not read yet
+            head = writer.next_step_id
+            writer.extend(heap_batch(range(head, head + 60)))
+            writer.flush()
+        return read_kept(self, start, stop)
+
+    monkeypatch.setattr(damaged.WithoutDamagedRows, "read_kept", evicting)
+    try:
+        with caplog.at_level(logging.INFO, logger="expstore.convert"):
+            result = convert(pool_path, str(tmp_path / "copy.h5"), slice_nbytes=40 * 1024)  # 39 rows a slice
+    finally:
+        writer.close()
+    assert any("before the copy read it; copying again from a later row (attempt 2)" in record.getMessage()
+               for record in caplog.records), [record.getMessage() for record in caplog.records]
+    assert len(calls) > 2 and (result.damaged_rows, result.damaged_steps) == (1, {pool_path: [low + 150]})
+    batch = _copied_rows(str(tmp_path / "copy.h5"))
+    steps = batch["reward"].astype(np.int64)  # the rows' own steps: the copy is tagged anew
+    assert low + 150 not in steps and len(steps) == result.rows and (np.diff(steps) > 0).all()
+    assert_rows_match(batch, steps=steps)
+
+
+def test_the_warning_lists_exactly_listed_steps_without_dots(pool_path, tmp_path):
+    low, _high = _make(pool_path)
+    for k in range(5):
+        _damage_row(pool_path, "obs", low + 10 + 3 * k)
+    result = run("convert", pool_path, tmp_path / "copy.h5")
+    listed = ", ".join(str(low + 10 + 3 * k) for k in range(5))
+    assert f"steps {listed} of {pool_path};" in result.stderr, result.stderr
+    _damage_row(pool_path, "obs", low + 40)
+    result = run("convert", pool_path, tmp_path / "again.h5")
+    assert f"steps {listed}, ... of {pool_path};" in result.stderr, result.stderr
