@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import expstore
@@ -82,6 +82,8 @@ recencies = st.one_of(
 @given(capacity=st.integers(20, 200), count=st.integers(1, 400), alpha=st.sampled_from([0.0, 0.6, 1.0]),
        recency=recencies, max_age=st.one_of(st.none(), st.integers(0, 80)), seed=st.integers(0, 2**16),
        zero_share=st.sampled_from([0.0, 0.5, 1.0]))
+@example(capacity=20, count=3, alpha=0.6, recency=ExponentialRecency(0.5), max_age=0, seed=1, zero_share=0.5)
+@example(capacity=50, count=40, alpha=1.0, recency=ExponentialRecency(3.0), max_age=4, seed=3, zero_share=1.0)
 def test_prioritized_with_recency_draws_in_proportion_to_priority_times_recency(
         tmp_path_factory, backend, capacity, count, alpha, recency, max_age, seed, zero_share):
     path = make_pool(str(tmp_path_factory.mktemp("c") / ("pool" + SUFFIX[backend])), count, capacity)
@@ -90,8 +92,10 @@ def test_prioritized_with_recency_draws_in_proportion_to_priority_times_recency(
         low, high = pool.first_step_id, pool.next_step_id
         priorities = rng.uniform(0.1, 5.0, high - low) * (rng.random(high - low) >= zero_share)
         pool.update_priorities(np.arange(low, high), priorities)
-    if not (priorities > 0).any():
-        priorities = np.ones(high - low)  # every priority zero: uniform among them, recency still counts
+    if not (priorities[population(priorities, recency, max_age)] > 0).any():
+        # Every priority the strategy draws from is zero (all of them, or all the young rows that
+        # max_age leaves): uniform among them, recency still counts.
+        priorities = np.ones(high - low)
     expected = reference(priorities, alpha, recency, max_age)
     with expstore.open(path, "r") as pool:
         options = {} if max_age is None else {"max_age": max_age, "age_unit": "steps"}
