@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..core.heap_check import LISTED_STEPS, listed_steps
+from ..core.ragged import join_batches
 from ..errors import RESTORE_FROM_COPY_ADVICE, CorruptStoreError
 from ..inspect.duplicates import derived_fields
 from ..inspect.streaming import SLICE_NBYTES, KeptRows, PoolSource, RowSource, slice_rows, unwrapped
@@ -157,14 +158,6 @@ class WithoutDamagedRows:
 
 
 def _joined(pieces: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Slices of rows read one by one, as one: a ragged field comes padded to the longest row of
-    its slice, so it is padded (zeros) to the widest of them."""
-    joined = {}
-    for name in pieces[0]:
-        arrays = [piece[name] for piece in pieces]
-        widest = tuple(max(sizes) for sizes in zip(*(array.shape[1:] for array in arrays), strict=True))
-        joined[name] = np.concatenate([array if array.shape[1:] == widest else
-                                       np.pad(array, [(0, 0)] + [(0, w - n) for w, n in
-                                                                 zip(widest, array.shape[1:], strict=True)])
-                                       for array in arrays])
-    return joined
+    """Slices of rows read one by one, as one (a ragged field, padded to the longest row of each
+    slice, is widened to the widest of them)."""
+    return join_batches(pieces, list(pieces[0]))
