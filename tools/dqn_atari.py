@@ -109,7 +109,7 @@ def _plot(returns: list[tuple[int, float]], path: Path, game: str) -> None:
         axes.plot(steps[window - 1:], smooth, label=f"mean of {window}")
     axes.set_xlabel("environment steps")
     axes.set_ylabel("return (whole game)")
-    axes.set_title(f"SB3 DQN on {game}, replay on disk (expstore, one compressed frame per row)")
+    axes.set_title(f"SB3 DQN on {game}, replay on disk: one compressed frame per row", fontsize=10)
     axes.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
