@@ -4,7 +4,7 @@ SB3's DQN with its Atari settings (Nature CNN, ``make_atari_env`` + ``VecFrameSt
 its replay buffer replaced by ``expstore.sb3.DiskReplayBuffer(frame_stack=4)`` storing one
 ``zstd:3+dict`` frame per transition. Writes ``returns.csv`` (step, episode return of the whole
 game, as ``Monitor`` counts it before the life-loss wrapper) and ``returns.png`` into --out, and
-prints the mean return of the first and last 100 episodes against a random policy's.
+prints the mean return of the first 100 episodes (epsilon near 1: a random policy's) and of the last 100.
 
     python tools/dqn_atari.py --game Breakout --steps 300000 --out runs/dqn-breakout
 """

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.ragged import take_rows
 from ..errors import SchemaError
 from ..schema import Field
 
@@ -80,9 +81,7 @@ def _sequence(field: Field, value: Any) -> np.ndarray:
 
 def masked_rows(values: Any, mask: np.ndarray) -> Any:
     """The rows of a flattened batch where ``mask`` is set (a list of ragged rows stays a list)."""
-    if isinstance(values, list):
-        return [row for row, keep in zip(values, np.asarray(mask, bool), strict=True) if keep]
-    return np.asarray(values)[mask]
+    return take_rows(values if isinstance(values, list) else np.asarray(values), np.flatnonzero(np.asarray(mask, bool)))
 
 
 def with_masked_rows_replaced(values: Any, mask: np.ndarray, rows: Any) -> Any:
