@@ -9,7 +9,8 @@ it, so the export writes every episode whole.
 
 A row whose next observation the pool does not know (the newest row of an open episode, a row
 cut off by a writer that died, an episode whose final observation was evicted) is not a whole
-transition: sampling never returns it, and the export leaves it out, with a warning.
+transition: sampling never returns it, and the export leaves it out, with a warning. The reading
+itself is derived_next.py's, which the Parquet export shares.
 """
 
 from __future__ import annotations
@@ -21,10 +22,9 @@ import numpy as np
 from ..errors import SchemaError, StepNotFoundError
 from ..inspect.streaming import PoolSource, RowSource
 from ..schema import Schema
+from .derived_next import NextObservations, derived_names
 
 logger = logging.getLogger(__name__)
-
-_STEP_SLICE = 1 << 20  # step ids looked at per pass of the search for unknown next observations
 
 
 def with_next_obs(source: RowSource, what: str) -> RowSource:
@@ -35,8 +35,7 @@ def with_next_obs(source: RowSource, what: str) -> RowSource:
     """
     if "next_obs" in source.schema:
         return source
-    keeping = source.store.bookkeeping if isinstance(source, PoolSource) else None
-    if not isinstance(source, PoolSource) or keeping is None or "obs" not in keeping.derived:
+    if not isinstance(source, PoolSource) or "obs" not in derived_names(source):
         raise SchemaError(f"{source.path} neither stores nor derives next_obs (it stores {list(source.schema)}); "
                           f"{what} holds each episode's observation after its last step: export a pool with a "
                           "next_obs field, or one created with derive_next_obs=True")
@@ -53,32 +52,17 @@ class DerivedNextObs:
 
     def __init__(self, source: PoolSource):
         self._source = source
-        store = source.store
-        self._keeping = store.bookkeeping
+        self._next = NextObservations(source)
         self.path, self.attrs, self.capacity = source.path, source.attrs, source.capacity
         self.chunk_rows, self.first_step_id = source.chunk_rows, source.first_step_id
         fields = dict(source.schema.items())
         self.schema = Schema({**fields, "next_obs": fields["obs"]})
-        self._high = source.first_step_id + len(source)
-        self._kept = self._keeping.kept_now(store.commit_record)
-        unknown = self._unknown_rows()
+        unknown = self._next.unknown_rows()
         self._rows = None if not unknown.size else np.setdiff1d(np.arange(len(source), dtype=np.int64), unknown)
         if unknown.size:
             logger.warning("%s: %d rows whose next observation the pool does not know (the newest row of an open "
                            "or cut-off episode, or one whose final observation was evicted) are left out of the "
                            "export, as sampling leaves them out", self.path, unknown.size)
-
-    def _unknown_rows(self) -> np.ndarray:
-        """Logical indices of the rows whose next observation is not known: some episode ends."""
-        unknown = []
-        for first in range(0, len(self._source), _STEP_SLICE):
-            steps = self.first_step_id + np.arange(first, min(len(self._source), first + _STEP_SLICE),
-                                                   dtype=np.int64)
-            ends = steps[self._keeping.chains(steps, 2, self._high)[:, 1] < 0]
-            if ends.size:
-                _, known = self._keeping.next_values(ends, self._high, self._kept)
-                unknown.append(ends[~known] - self.first_step_id)
-        return np.concatenate(unknown) if unknown else np.zeros(0, np.int64)
 
     def __len__(self) -> int:
         return len(self._source) if self._rows is None else len(self._rows)
@@ -94,27 +78,14 @@ class DerivedNextObs:
             rows = self._source.read(lo, int(indices[-1]) + 1 if indices.size else 0)
             if len(indices) != len(rows["obs"]):
                 rows = {name: values[indices - lo] for name, values in rows.items()}
-        rows["next_obs"] = self._next_obs(self.first_step_id + indices, rows["obs"])
+        steps = self.first_step_id + indices
+        values, known = self._next.of(steps, rows, ("obs",))
+        if not known.all():
+            raise StepNotFoundError(f"{self.path}: the final observation of step {int(steps[~known][0])} was evicted "
+                                    "by a writer during the export; export again, or copy the pool (expstore "
+                                    "convert) and export the copy")
+        rows["next_obs"] = values["next_obs"]
         return rows
-
-    def _next_obs(self, steps: np.ndarray, obs: np.ndarray) -> np.ndarray:
-        """The next observations of rows ``steps`` (observations ``obs``): a row followed in its
-        episode by the slice's next row takes that row's observation, already read and decoded;
-        only the others (episode ends, the slice's last row) are asked of the bookkeeping."""
-        following = self._keeping.chains(steps, 2, self._high)[:, 1]
-        inside = np.zeros(len(steps), bool)
-        inside[:-1] = following[:-1] == steps[1:]
-        next_obs = np.empty_like(obs)
-        next_obs[:-1][inside[:-1]] = obs[1:][inside[:-1]]
-        rest = np.flatnonzero(~inside)
-        if rest.size:
-            values, known = self._keeping.next_values(steps[rest], self._high, self._kept)
-            if not known.all():
-                raise StepNotFoundError(f"{self.path}: the final observation of step {int(steps[rest][~known][0])} "
-                                        "was evicted by a writer during the export; export again, or copy the pool "
-                                        "(expstore convert) and export the copy")
-            next_obs[rest] = values["next_obs"]
-        return next_obs
 
     def close(self) -> None:
         self._source.close()

@@ -7,7 +7,10 @@ list of them, each row's own length). Row groups hold whole episodes where they 
 (about ``row_group_mb`` each), so the ``episode_id`` statistics of a row group give its episode
 range and a reader that filters by episode reads only the groups it needs. The pool's schema and
 attrs ride in the file's key-value metadata under ``expstore``, so an import gives back every
-field bit for bit, with the same step ids and episodes.
+field bit for bit, with the same step ids and episodes. A pool that derives ``next_obs``
+(``derive_next_obs=True``) gets the derived values as ``next_<obs>`` columns, null where the pool
+knows none, and a ``derived_next_obs`` entry in that metadata; importing such a file builds a
+pool that derives them again, bit for bit (parquet_derived.py).
 
 Import also reads Parquet files expstore did not write (``datasets.Dataset.to_parquet``,
 pandas): every numeric or boolean column, scalar or list, becomes a field named after it (a
@@ -46,6 +49,9 @@ from .arrow_columns import (
 from .base import ExportOption, ExportResult
 from .building import ImportSlice, build_imported_pool, episode_ends
 from .common import field_name, saved_json
+from .episode_tags import EpisodeTagger
+from .parquet_derived import DerivedColumns, DerivedFile, derived_file, import_derived
+from .parquet_reading import check_steps, done_flags, first_step_id, next_batch, ragged_heap_bytes
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +80,14 @@ def export_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, compressio
     group_nbytes = int(_positive_number(row_group_mb, _ROW_GROUP_MB, "--row-group-mb") * (1 << 20))
     check_destination(dst, overwrite, "parquet")
     with closing(open_source(src)) as source:
-        schema = _file_schema(pa, source.schema, saved_json(source.schema, source.attrs))
+        derived = DerivedColumns.of(source)  # None unless the pool derives next_<obs>
+        schema = _file_schema(pa, source.schema, saved_json(source.schema, source.attrs), derived)
         counted = {"episodes": 0}
 
         def build(temp: str) -> list[str]:
             with pq.ParquetWriter(temp, schema, compression=codec) as writer:
                 groups = _RowGroups(pa, writer, group_nbytes)
-                for table, starts in _tables(pa, source, schema, counted, progress):
+                for table, starts in _tables(pa, source, schema, counted, progress, derived):
                     groups.add(table, starts)
                 groups.close()
             return []
@@ -109,13 +116,16 @@ def _positive_number(value, default: float, flag: str) -> float:
     return number
 
 
-def _file_schema(pa, schema: Schema, saved: str):
+def _file_schema(pa, schema: Schema, saved: str, derived: DerivedColumns | None):
     columns = [pa.field(name, pa.int64(), nullable=False) for name in ROW_COLUMNS]
     columns += [pa.field(name, arrow_type(spec), nullable=False) for name, spec in schema.items()]
+    if derived is not None:
+        columns += derived.arrow_fields(pa)
+        saved = derived.saved(saved)
     return pa.schema(columns, metadata={SAVED_KEY: saved})
 
 
-def _tables(pa, source, schema, counted: dict, progress):
+def _tables(pa, source, schema, counted: dict, progress, derived: DerivedColumns | None):
     """Arrow tables of consecutive slices, each with the offsets where an episode begins in it."""
     tagger = EpisodeTagger(source)
     for first, rows in iter_slices(source, progress=progress):
@@ -125,6 +135,9 @@ def _tables(pa, source, schema, counted: dict, progress):
                    pa.array(steps)]
         columns += [to_arrow(rows[name], rows.get(length_key(name)) if field.ragged else None)
                     for name, field in source.schema.items()]
+        if derived is not None:
+            columns += derived.arrays(pa, np.arange(source.first_step_id + first, source.first_step_id + first + n),
+                                      rows)
         table = pa.Table.from_arrays(columns, schema=schema)
         starts = tagger.starts_in_last()
         counted["episodes"] = tagger.episodes
@@ -169,52 +182,6 @@ class _RowGroups:
         return stop
 
 
-class EpisodeTagger:
-    """Episode id and step within it for each row of a source, read from the pool's bookkeeping
-    (a pool recorded by expstore) or counted from the terminated/truncated flags (an archive)."""
-
-    def __init__(self, source):
-        self.source = source
-        self.book = getattr(source, "book", None)
-        self._next_id = 0
-        self._step = 0
-        self._starts = np.zeros(0, np.int64)
-        self._last_id: int | None = None
-        self.episodes = 0
-
-    def tags(self, first: int, rows: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
-        if self.book is not None:
-            steps = np.arange(self.source.first_step_id + first, self.source.first_step_id + first + n)
-            tagged = self.book.rows(steps)
-            ids, positions = tagged["_episode_id"].astype(np.int64), tagged["_episode_step"].astype(np.int64)
-        else:
-            ids, positions = self._counted(rows, n)
-        before = np.concatenate([[ids[0] if self._last_id is None else self._last_id], ids[:-1]]) if n else ids
-        self._starts = np.flatnonzero(ids != before)  # offsets where a new episode begins
-        self.episodes += len(self._starts) + (1 if n and self._last_id is None else 0)
-        self._last_id = int(ids[-1]) if n else self._last_id
-        return ids, positions
-
-    def starts_in_last(self) -> np.ndarray:
-        """Offsets in the slice tagged last where a new episode begins (0: at its first row)."""
-        return self._starts
-
-    def _counted(self, rows: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
-        done = np.zeros(n, bool)
-        for name in ("terminated", "truncated"):
-            if name in rows:
-                done |= np.asarray(rows[name]).astype(bool).reshape(n, -1).any(axis=1)
-        if not n:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        ids = self._next_id + np.concatenate([[0], np.cumsum(done[:-1])])
-        starts = np.flatnonzero(np.concatenate([[True], done[:-1]]))  # the rows that begin a run
-        positions = np.arange(n) - starts[np.searchsorted(starts, np.arange(n), side="right") - 1]
-        positions[ids == self._next_id] += self._step  # the first run goes on with the last slice's episode
-        self._step = 0 if done[-1] else int(positions[-1]) + 1
-        self._next_id = int(ids[-1]) + int(done[-1])
-        return ids.astype(np.int64), positions.astype(np.int64)
-
-
 # ---------------------------------------------------------------------------------------- import
 def import_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: int | None = None,
                    backend: str | None = None, overwrite: bool = False, progress: Progress | None = None) -> int:
@@ -236,10 +203,13 @@ def import_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: 
         raise NotAPoolError(f"{src} is not a readable Parquet file ({exc}); pass a .parquet file") from None
     with parquet:
         plan = _import_plan(src, parquet)
+        if plan.derived is not None:  # a pool that derived next_<obs>: rebuilt deriving them (parquet_derived.py)
+            return import_derived(src, dst, parquet, plan.schema, plan.attrs, plan.derived, capacity=capacity,
+                                  backend=backend, overwrite=overwrite, progress=progress)
         rows = parquet.metadata.num_rows
-        first_step = _first_step_id(parquet, plan) if plan.saved else 0
+        first_step = first_step_id(parquet) if plan.saved else 0
         capacity = capacity or max(1, rows)
-        heap_bytes = _ragged_heap_bytes(src, parquet, plan, capacity)
+        heap_bytes = ragged_heap_bytes(parquet, plan.schema, plan.columns, capacity)
         slices = _import_slices(src, parquet, plan, progress)
         build_imported_pool(dst, backend, plan.schema, capacity, plan.attrs, slices,
                             overwrite=overwrite, first_step_id=first_step, heap_bytes=heap_bytes)
@@ -247,9 +217,10 @@ def import_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: 
 
 
 class _Plan:
-    def __init__(self, schema: Schema, attrs: dict, columns: dict[str, str], episode_column: str | None, saved: bool):
+    def __init__(self, schema: Schema, attrs: dict, columns: dict[str, str], episode_column: str | None, saved: bool,
+                 derived: DerivedFile | None = None):
         self.schema, self.attrs, self.columns = schema, attrs, columns  # field -> column
-        self.episode_column, self.saved = episode_column, saved
+        self.episode_column, self.saved, self.derived = episode_column, saved, derived
 
 
 def _import_plan(src: str, parquet) -> _Plan:
@@ -269,7 +240,8 @@ def _import_plan(src: str, parquet) -> _Plan:
         if missing:
             raise SchemaError(f"{src} lacks the columns {missing} that its expstore schema names; the file was "
                               "changed after export")
-        return _Plan(schema, attrs, {name: name for name in schema}, "episode_id", saved=True)
+        return _Plan(schema, attrs, {name: name for name in schema}, "episode_id", saved=True,
+                     derived=derived_file(src, loaded, schema, names))
     fields: dict[str, Field] = {}
     columns: dict[str, str] = {}
     skipped = []
@@ -294,87 +266,28 @@ def _import_plan(src: str, parquet) -> _Plan:
     return _Plan(Schema(fields), attrs, columns, episode_column, saved=False)
 
 
-def _ragged_heap_bytes(src: str, parquet, plan: _Plan, capacity: int) -> dict[str, int] | None:
-    """Heap sizes for the ragged fields that hold every row of the file: the default
-    (``capacity`` rows of 64 elements) sized up to the rows' bytes, with room for the heap's
-    tail slack (a sixteenth) and a row that does not fit before the heap's end."""
-    ragged = [name for name, field in plan.schema.items() if field.ragged]
-    if not ragged:
-        return None
-    sizes = {}
-    for name in ragged:
-        field, column = plan.schema[name], plan.columns[name]
-        if not list_levels(parquet.schema_arrow.field(column).type):
-            continue  # not a list column: reading it says so (from_arrow)
-        element_nbytes = field.dtype.itemsize * int(np.prod(field.item_shape, dtype=np.int64))
-        total = longest = 0
-        for batch in parquet.iter_batches(columns=[column]):
-            lengths = batch.column(0).value_lengths().to_numpy(zero_copy_only=False)
-            lengths = np.nan_to_num(lengths.astype(np.float64)).astype(np.int64)  # a missing row: from_arrow says so
-            total += int(lengths.sum())
-            longest = max(longest, int(lengths.max(initial=0)))
-        needed = total * element_nbytes
-        sizes[name] = max(capacity * field.row_nbytes, needed + needed // 8 + 2 * longest * element_nbytes, 1)
-    return sizes or None
-
-
-def _first_step_id(parquet, plan: _Plan) -> int:
-    if parquet.metadata.num_rows == 0:
-        return 0
-    first = parquet.read_row_group(0, columns=["step_id"]).column(0)
-    return int(first[0].as_py()) if len(first) else 0
-
-
 def _import_slices(src: str, parquet, plan: _Plan, progress):
     batch_rows = slice_rows(plan.schema)
     wanted = list(dict.fromkeys([*plan.columns.values(), *([plan.episode_column] if plan.episode_column else []),
                                  *(["step_id"] if plan.saved else [])]))
     batches = parquet.iter_batches(batch_size=batch_rows, columns=wanted)
-    current = _next_batch(src, batches)
+    current = next_batch(src, batches)
     expected_step = None
     while current is not None:
-        following = _next_batch(src, batches)
+        following = next_batch(src, batches)
         rows = {name: from_arrow(current.column(column), plan.schema[name], f"{src}: column {column!r}")
                 for name, column in plan.columns.items()}
         if plan.saved:
-            expected_step = _check_steps(src, current.column("step_id"), expected_step)
+            expected_step = check_steps(src, current.column("step_id"), expected_step)
         ends: list[int] = []
         if plan.episode_column is not None:
             ids = current.column(plan.episode_column).to_numpy(zero_copy_only=False)
             next_id = None if following is None else following.column(plan.episode_column)[0].as_py()
-            ends = episode_ends(ids, next_id, _done(rows))
+            ends = episode_ends(ids, next_id, done_flags(rows))
         yield ImportSlice(rows, ends)
         if progress is not None:
             progress(current.num_rows)
         current = following
-
-
-def _next_batch(src: str, batches):
-    try:
-        return next(batches)
-    except StopIteration:
-        return None
-    except OSError as exc:  # a truncated or damaged page: pyarrow raises OSError / ArrowInvalid
-        raise CorruptStoreError(f"{src} cannot be read to the end ({exc}); the file is damaged") from None
-
-
-def _check_steps(src: str, column, expected: int | None) -> int:
-    steps = column.to_numpy(zero_copy_only=False)
-    if not len(steps):
-        return expected or 0
-    start = int(steps[0]) if expected is None else expected
-    if not np.array_equal(steps, np.arange(start, start + len(steps))):
-        raise SchemaError(f"{src}: step_id is not consecutive from {start}; rows were removed or reordered after "
-                          "export, so the pool's step ids cannot be restored")
-    return start + len(steps)
-
-
-def _done(rows: dict) -> np.ndarray | None:
-    flags = [rows[name].astype(bool) for name in ("terminated", "truncated")
-             if isinstance(rows.get(name), np.ndarray) and rows[name].ndim == 1]
-    if not flags:
-        return None
-    return np.logical_or.reduce(flags)
 
 
 class ParquetFormat:
