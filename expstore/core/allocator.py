@@ -22,6 +22,7 @@ MALLOC_TRIM_THRESHOLD_=67108864``.
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 from collections.abc import Callable
 
@@ -34,6 +35,7 @@ _MAX_MMAP_THRESHOLD = 32 << 20
 # tune_allocator's defaults: blocks up to 32 MiB from the heap, up to 64 MiB of it kept when free.
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
+_tuned = False  # tune_allocator took settings that keep a batch's blocks (keeps_large_blocks)
 
 
 def _glibc_mallopt() -> Callable[[int, int], int] | None:
@@ -56,7 +58,21 @@ def tune_allocator(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = T
         if type(value) is not int or not low <= value <= high:
             raise InvalidArgumentError(f"{name}={value!r} must be an int of bytes in {low}..{high}, "
                                        "e.g. tune_allocator() for the defaults (32 MiB and 64 MiB)")
+    global _tuned
     mallopt = _glibc_mallopt()
     if mallopt is None:
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    took = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
+    _tuned = took and mmap_threshold >= MMAP_THRESHOLD // 4 and trim_threshold >= TRIM_THRESHOLD // 4
+    return took
+
+
+def keeps_large_blocks() -> bool:
+    """Whether this process's allocator keeps the pages of freed blocks of a few megabytes, so that
+    a batch's fresh buffers do not fault in anew: ``tune_allocator()`` was called here, or glibc was
+    told so before Python started (its ``MALLOC_*`` variables or ``GLIBC_TUNABLES``)."""
+    if _tuned:
+        return True
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    return ("MALLOC_MMAP_THRESHOLD_" in os.environ and "MALLOC_TRIM_THRESHOLD_" in os.environ) or (
+        "malloc.mmap_threshold" in tunables and "malloc.trim_threshold" in tunables)

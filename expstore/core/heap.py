@@ -22,10 +22,8 @@ commit positions and index entries, and ``verify``'s scan of the rows, are in he
 from __future__ import annotations
 
 import math
-import os
 import zlib
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +34,7 @@ from ..codecs import BatchDecoder, Codec, batch_decoder, get_codec
 from ..codecs.registry import uses_dictionary, with_dictionary
 from ..errors import FOUND_IN_USE_ADVICE, REBUILD_POSITIONS_ADVICE, CorruptStoreError, SchemaError
 from ..schema import Field, Schema
+from .allocator import keeps_large_blocks
 from .casting import as_rows, cast_to, to_numpy
 from .coldread import prefetch_byte_ranges
 from .heap_check import (
@@ -49,6 +48,7 @@ from .heap_check import (
     parse_positions,
 )
 from .heap_dictionary import HeapDictionary
+from .workers import WORKERS, worker_pool
 
 BOUND_KEY = "heap_bound"  # the heap field whose eviction set the tail last, null when the capacity did
 _SLACK_FRACTION = 16  # a forced commit evicts this fraction of the heap beyond what the row needs
@@ -64,11 +64,12 @@ _PARALLEL_DECODE_ROW_NBYTES = 1 << 16
 # A codec that decodes whole batches (BatchDecoder) gets them from this many rows: below it, a call
 # per row costs no more. Its threads start per call and split the batch's output buffer, so they
 # are asked for only from a batch large enough to gain. Measured on 2 cores, zstd Atari frames, two
-# threads against the calling one: 0.6x at 64 rows, 0.8x at 256, 1.0-2.7x at 1,024 (the larger
-# gain where the output's fresh pages fault in: see core/allocator.py).
+# threads against the calling one: 0.6x at 64 rows, 0.8x at 256, 1.0-2.7x at 1,024. The gain is the
+# page faults of the output's fresh pages, split over the threads (see core/allocator.py): in a
+# process whose allocator keeps those pages, two threads decoded 1,024-1,280 frames at 0.76-0.84x
+# one, and sample(256, frame_stack=4) ran 1.1x faster on one.
 _BATCH_DECODE_ROWS = 8
 _BATCH_DECODE_THREAD_ROWS = 512
-_CODEC_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 def length_key(name: str) -> str:
@@ -321,7 +322,7 @@ class HeapField:
         row failed: the rows are then decoded one by one, which finds the failed ones."""
         if self._batch_decoder is None or len(rows) < _BATCH_DECODE_ROWS:
             return None
-        threads = _CODEC_THREADS if len(rows) >= _BATCH_DECODE_THREAD_ROWS else 0
+        threads = WORKERS if len(rows) >= _BATCH_DECODE_THREAD_ROWS and not keeps_large_blocks() else 0
         try:
             raw = self._batch_decoder.decode_rows(self.heap, offsets[rows], nbytes[rows], self.field.item_nbytes,
                                                   threads)
@@ -547,25 +548,15 @@ def _shape_text(shape: tuple) -> str:
     return "(" + ", ".join("N" if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
-_pool_state: dict[str, Any] = {"pid": None, "executor": None}
-
-
-def _codec_pool() -> ThreadPoolExecutor:
-    # A forked child inherits the executor but not its threads: it needs its own.
-    if _pool_state["pid"] != os.getpid():
-        _pool_state.update(pid=os.getpid(), executor=ThreadPoolExecutor(_CODEC_THREADS, "expstore-codec"))
-    return _pool_state["executor"]
-
-
 def _in_parallel(work, items: Sequence, parallel: bool = True) -> list:
     """``work(part)`` (a list) over parts of ``items``, concatenated; on the codec threads when
     the batch is large enough to pay for them (the codecs release the GIL)."""
     items = list(items)
-    if not parallel or len(items) < _PARALLEL_ROWS or _CODEC_THREADS == 1:
+    if not parallel or len(items) < _PARALLEL_ROWS or WORKERS == 1:
         return list(work(items))
-    parts = [[items[i] for i in part] for part in np.array_split(np.arange(len(items)), _CODEC_THREADS)]
+    parts = [[items[i] for i in part] for part in np.array_split(np.arange(len(items)), WORKERS)]
     try:
-        futures = [_codec_pool().submit(work, part) for part in parts[1:]]
+        futures = [worker_pool().submit(work, part) for part in parts[1:]]
     except RuntimeError:  # interpreter shutdown: on this thread
         return list(work(items))
     first = list(work(parts[0]))  # the calling thread takes a part too, rather than wait

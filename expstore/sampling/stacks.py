@@ -36,8 +36,33 @@ def history(steps: np.ndarray, length: int, low: int, slots: int, next_delta: np
     episode = episode_id[steps % slots]
     forward = next_delta[steps % slots].astype(np.int64)
     stride = np.where(forward > 0, forward, 1)
+    # Every row's whole history guessed at once at its constant stride, checked in one call: the
+    # rows of one env mostly follow at one. Only the rows where a guess missed go the row-by-row way.
+    back = np.arange(int(length) - 1, 0, -1, dtype=np.int64)  # oldest first, as the columns
+    guess = steps[:, None] - stride[:, None] * back[None, :]
+    reaches = index[:, None] >= back[None, :]  # the episode goes back this far; else padding
+    hit = _is_row(guess, index[:, None] - back[None, :], episode[:, None], low, slots, episode_id, episode_step)
+    guessed = (hit | ~reaches).all(axis=1)
+    out[:, :-1] = np.where(reaches & guessed[:, None], guess, -1)
+    missed = np.flatnonzero(~guessed)
+    if missed.size:
+        ids, found_complete = _history_row_by_row(steps[missed], int(length), low, slots, index[missed],
+                                                  episode[missed], stride[missed], episode_id, episode_step)
+        out[missed] = ids
+        complete[missed] = found_complete
+    return out, complete
+
+
+def _history_row_by_row(steps: np.ndarray, length: int, low: int, slots: int, index: np.ndarray,
+                        episode: np.ndarray, stride: np.ndarray, episode_id: np.ndarray, episode_step: np.ndarray
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """``history`` one row back at a time, each predecessor searched from the stride of the last."""
+    out = np.full((len(steps), length), -1, np.int64)
+    out[:, -1] = steps
+    complete = np.ones(len(steps), bool)
+    stride = stride.copy()
     current = steps.copy()
-    for back in range(1, int(length)):
+    for back in range(1, length):
         wanted = complete & (index >= back)  # rows whose episode reaches this far back
         if not wanted.any():
             break

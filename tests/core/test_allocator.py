@@ -81,3 +81,25 @@ def test_a_bad_threshold_is_one_error_and_sets_nothing(monkeypatch, kwargs):
     with pytest.raises(expstore.InvalidArgumentError, match="must be an int of bytes"):
         expstore.tune_allocator(**kwargs)
     assert calls == []
+
+
+_KEEPS = "import expstore, sys; from expstore.core.allocator import keeps_large_blocks; " \
+         "before = keeps_large_blocks(); expstore.tune_allocator(*map(int, sys.argv[1:])); " \
+         "print(before, keeps_large_blocks())"
+
+
+@glibc_only
+@pytest.mark.parametrize(("args", "env", "expected"), [
+    ([], {}, "False True"),
+    (["4096", "8192"], {}, "False False"),  # thresholds too small to keep a batch's blocks
+    ([], {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "67108864"}, "True True"),
+    ([], {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"},
+     "True True"),
+])
+def test_keeps_large_blocks_says_whether_the_allocator_was_tuned(args, env, expected):
+    """The batch decoder asks it: its threads gain only where the output's pages fault in."""
+    import os
+
+    done = subprocess.run([sys.executable, "-c", _KEEPS, *args], capture_output=True, text=True, timeout=60,
+                          check=True, env={**os.environ, **env})
+    assert done.stdout.split() == expected.split()
