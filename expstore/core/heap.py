@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from ..backends.internal import DICTIONARY_PREFIX, HEAP_PREFIX
 from ..codecs import BatchDecoder, Codec, batch_decoder, get_codec
 from ..codecs.registry import uses_dictionary, with_dictionary
-from ..errors import FOUND_IN_USE_ADVICE, REBUILD_POSITIONS_ADVICE, CorruptStoreError, SchemaError
-from ..schema import Field, Schema
+from ..errors import CorruptStoreError, SchemaError
+from ..schema import Field
 from .allocator import keeps_large_blocks
 from .casting import as_rows, cast_to, to_numpy
 from .coldread import prefetch_byte_ranges
@@ -41,14 +40,12 @@ from .heap_check import (
     LENGTH,
     NBYTES,
     NO_CRC,
-    PAYLOAD_KEY,
     POSITION,
     check_rows,
-    parse_payload_positions,
     parse_positions,
 )
 from .heap_dictionary import HeapDictionary
-from .workers import WORKERS, worker_pool
+from .workers import WORKERS, in_parts
 
 BOUND_KEY = "heap_bound"  # the heap field whose eviction set the tail last, null when the capacity did
 _SLACK_FRACTION = 16  # a forced commit evicts this fraction of the heap beyond what the row needs
@@ -144,8 +141,9 @@ class HeapField:
         else:
             codec = self.codec
             # An empty row stores no bytes: codecs disagree on what an empty frame is.
-            data = _in_parallel(lambda part: [codec.encode(_byte_view(raw)) if raw.size else b"" for raw in part],
-                                raws, parallel=sum(raw.nbytes for raw in raws) >= _PARALLEL_NBYTES)
+            large = sum(raw.nbytes for raw in raws) >= _PARALLEL_NBYTES
+            data = in_parts(lambda part: [codec.encode(_byte_view(raw)) if raw.size else b"" for raw in part],
+                            raws, parallel=large, min_items=_PARALLEL_ROWS)
         for row, encoded in enumerate(data):
             if len(encoded) > self.heap_nbytes:
                 raise SchemaError(f"field {self.name!r}: a row of {len(encoded)} bytes (row {row} of the batch, "
@@ -269,8 +267,8 @@ class HeapField:
             return out, lengths, bad
         parallel = (self.codec is not None and out.nbytes >= _PARALLEL_NBYTES
                     and out.nbytes >= _PARALLEL_DECODE_ROW_NBYTES * len(out))
-        failed = _in_parallel(lambda part: self._decode_into(out, part, offsets, nbytes, lengths), rows.tolist(),
-                              parallel=parallel)
+        failed = in_parts(lambda part: self._decode_into(out, part, offsets, nbytes, lengths), rows.tolist(),
+                          parallel=parallel, min_items=_PARALLEL_ROWS)
         if failed:
             bad[np.asarray(failed, np.int64)] = True
             lengths[bad] = 0
@@ -404,160 +402,9 @@ class HeapField:
         return mismatch
 
 
-class Heaps:
-    """The heap fields of one Store handle."""
-
-    def __init__(self, views: Mapping[str, np.ndarray], schema: Schema, slots: int, checksums: bool,
-                 payload: Mapping):
-        entries = payload.get(PAYLOAD_KEY, {})
-        if not isinstance(entries, Mapping):
-            parse_payload_positions(payload, {})  # raises, saying what is wrong
-        self.fields = [HeapField(name, schema[name], views[name], views[HEAP_PREFIX + name], slots, checksums,
-                                 entries.get(name), views.get(DICTIONARY_PREFIX + name))
-                       for name in schema.heap_fields()]
-        self.by_name = {heap.name: heap for heap in self.fields}
-        self._heap_nbytes = {heap.name: heap.heap_nbytes for heap in self.fields}
-        # The checked positions of the last commit payload asked about: checked once per commit, not per read.
-        self._parsed_payload: Mapping | None = None
-        self._parsed_positions: dict[str, tuple[int, int, int]] = {}
-        self.bad_steps: list[np.ndarray] = []  # steps whose rows failed the checks in a reader's gathers
-        self.nbytes = sum(heap.heap_nbytes for heap in self.fields)
-
-    def positions(self, payload: Mapping) -> dict[str, tuple[int, int, int]]:
-        """Every heap field's entry of the commit ``payload``, checked (parse_payload_positions)."""
-        if payload is not self._parsed_payload:  # a new commit record: a handful of checks, once
-            self._parsed_positions = parse_payload_positions(payload, self._heap_nbytes)
-            self._parsed_payload = payload
-        return self._parsed_positions
-
-    @classmethod
-    def of(cls, views: Mapping[str, np.ndarray], schema: Schema, slots: int, checksums: bool,
-           payload: Mapping) -> Heaps | None:
-        return cls(views, schema, slots, checksums, payload) if schema.heap_fields() else None
-
-    # ------------------------------------------------------------------ writing
-    def encode(self, values: Mapping[str, Any], n_rows: int | None) -> dict[str, EncodedRows]:
-        """Check and encode every heap field of an append or extend; raises before any write."""
-        return {heap.name: heap.encode(heap.check_rows(values[heap.name], n_rows)) for heap in self.fields}
-
-    def rows_that_fit(self, rows: Mapping[str, EncodedRows], first: int, count: int
-                      ) -> tuple[int, dict[str, int]]:
-        """How many rows every heap takes before a commit, and the floors that commit needs."""
-        limits = {heap.name: heap.rows_that_fit(rows[heap.name], first, count) for heap in self.fields}
-        fitting = min(fits for fits, _ in limits.values())
-        # The heaps that stop first need their floor for the commit before the next row.
-        floors = {name: floor for name, (fits, floor) in limits.items() if fits == fitting and floor is not None}
-        return fitting, floors
-
-    def write(self, rows: Mapping[str, EncodedRows], first: int, count: int, first_step: int) -> None:
-        for heap in self.fields:
-            heap.write(rows[heap.name], first, count, first_step)
-
-    def tail_for(self, tail: int, head: int, floors: Mapping[str, int] | None = None) -> int:
-        """The commit's tail: past every row whose bytes were, or are about to be, overwritten.
-        ``tail`` is the ring's; which heap moved it past that is remembered for ``payload``."""
-        self._moved_by: str | None = None
-        for heap in self.fields:
-            floor = max(heap.head_position - heap.heap_nbytes, (floors or {}).get(heap.name, 0))
-            kept = heap.first_kept(tail, head, floor)
-            if kept > tail:
-                tail, self._moved_by = kept, heap.name
-        return tail
-
-    def payload(self, payload: dict, ring_tail: int, previous_tail: int, tail: int, head: int) -> dict:
-        """The commit payload with every heap's positions, and which bound evicted rows last."""
-        bound = payload.get(BOUND_KEY)
-        if tail > ring_tail:
-            bound = getattr(self, "_moved_by", None)
-        elif ring_tail > previous_tail:
-            bound = None
-        return {**payload, PAYLOAD_KEY: {heap.name: heap.committed(tail, head) for heap in self.fields},
-                BOUND_KEY: bound}
-
-    # ------------------------------------------------------------------ reading
-    def decode(self, batch: dict[str, np.ndarray], steps: np.ndarray, payload: Mapping, writable: bool,
-               names: Sequence[str] | None = None, prefetch: bool = False) -> None:
-        """Replace each heap field's index entries in ``batch`` by its rows (and ``<name>_length``);
-        of the fields ``names`` only, when given."""
-        entries = None if writable else self.positions(payload)
-        heaps = self.fields if names is None else [self.by_name[name] for name in names]
-        # The writer reads its own rows, pending ones too; the Store keeps it inside its window.
-        positions = {heap.name: (0, heap.head_position, heap.max_length) if entries is None
-                     else entries[heap.name] for heap in heaps}
-        if prefetch:  # every field's pages asked for before any is read: one round of disk reads, not one per field
-            for heap in heaps:
-                heap.prefetch(batch[heap.name], positions[heap.name])
-        for heap in heaps:
-            values, lengths, bad = heap.read(steps, batch[heap.name], positions[heap.name])
-            batch[heap.name] = values
-            if lengths is not None:
-                batch[length_key(heap.name)] = lengths
-            if bad.any():
-                if writable:  # the writer's own rows never change under it
-                    raise CorruptStoreError(f"field {heap.name!r}: the heap bytes of step {int(steps[bad][0])} "
-                                            f"do not decode; {FOUND_IN_USE_ADVICE}")
-                self.bad_steps.append(steps[bad])
-
-    def read(self, names: Sequence[str], steps: np.ndarray, payload: Mapping, writable: bool,
-             prefetch: bool = False) -> dict:
-        """The rows of ``steps`` of the heap fields ``names`` (and their ``<name>_length``)."""
-        if prefetch:  # these index entries are not in the Store's prefetched gather: ask for their pages first
-            for name in names:
-                self.by_name[name].prefetch_index(steps % self.by_name[name].slots)
-        batch = {name: self.by_name[name].index[steps % self.by_name[name].slots] for name in names}
-        self.decode(batch, steps, payload, writable, names, prefetch)
-        return batch
-
-    def usage(self, tail: int, head: int, payload: Mapping, writable: bool) -> dict[str, dict]:
-        entries = None if writable else self.positions(payload)
-        return {heap.name: heap.usage(tail, head, (0 if heap.protected is None else heap.protected,
-                                                   heap.head_position) if entries is None
-                                      else entries[heap.name])
-                for heap in self.fields}
-
-    def check(self, tail: int, head: int, payload: Mapping, progress: Callable[[int], None] | None = None
-              ) -> tuple[int, list[str]]:
-        """``HeapField.check`` of every heap field against the commit ``payload``."""
-        try:
-            positions = self.positions(payload)
-        except CorruptStoreError as exc:
-            return 0, [str(exc)]
-        entries = payload.get(PAYLOAD_KEY, {})
-        checked, findings = 0, []
-        for heap in self.fields:
-            if heap.name not in entries and head > tail:
-                findings.append(f"field {heap.name!r}: the commit record has no heap positions for it, so its rows "
-                                f"cannot be read; {REBUILD_POSITIONS_ADVICE}")
-                continue
-            rows, found = heap.check(tail, head, positions[heap.name], progress)
-            checked, findings = checked + rows, findings + found
-        return checked, findings
-
-    def take_bad_steps(self) -> np.ndarray | None:
-        if not self.bad_steps:
-            return None
-        found, self.bad_steps = np.concatenate(self.bad_steps), []
-        return found
-
-
 def _byte_view(raw: np.ndarray) -> memoryview:
     return raw.reshape(-1).view(np.uint8).data
 
 
 def _shape_text(shape: tuple) -> str:
     return "(" + ", ".join("N" if n is None else str(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def _in_parallel(work, items: Sequence, parallel: bool = True) -> list:
-    """``work(part)`` (a list) over parts of ``items``, concatenated; on the codec threads when
-    the batch is large enough to pay for them (the codecs release the GIL)."""
-    items = list(items)
-    if not parallel or len(items) < _PARALLEL_ROWS or WORKERS == 1:
-        return list(work(items))
-    parts = [[items[i] for i in part] for part in np.array_split(np.arange(len(items)), WORKERS)]
-    try:
-        futures = [worker_pool().submit(work, part) for part in parts[1:]]
-    except RuntimeError:  # interpreter shutdown: on this thread
-        return list(work(items))
-    first = list(work(parts[0]))  # the calling thread takes a part too, rather than wait
-    return first + [result for future in futures for result in future.result()]

@@ -50,7 +50,8 @@ from .casting import as_rows, to_numpy
 from .coldread import ColdReads, available_memory_nbytes
 from .episodes import EpisodeBook, EpisodeTable
 from .heap import BOUND_KEY as HEAP_BOUND_KEY
-from .heap import EncodedRows, Heaps
+from .heap import EncodedRows
+from .heaps import Heaps
 from .hooks import call_hook
 from .idle import IdleCommitter
 from .mapping import MappedPool

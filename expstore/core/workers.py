@@ -9,9 +9,11 @@ than wait, so a pool of ``WORKERS`` threads serves ``WORKERS`` parts at once.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import numpy as np
 
 WORKERS = max(1, min(8, os.cpu_count() or 1))
 
@@ -40,3 +42,18 @@ def in_slices(work: Callable[[slice], None], count: int, parallel: bool = True) 
     work(parts[0])
     for future in futures:
         future.result()
+
+
+def in_parts(work: Callable[[list], Any], items: Sequence, parallel: bool = True, min_items: int = 2) -> list:
+    """``work(part)`` (a list, returning a list) over parts of ``items``, concatenated in order; on
+    the worker threads too when ``parallel`` and there are at least ``min_items``."""
+    items = list(items)
+    if not parallel or len(items) < min_items or WORKERS == 1:
+        return list(work(items))
+    parts = [[items[i] for i in part] for part in np.array_split(np.arange(len(items)), WORKERS)]
+    try:
+        futures = [worker_pool().submit(work, part) for part in parts[1:]]
+    except RuntimeError:  # interpreter shutdown: on this thread
+        return list(work(items))
+    first = list(work(parts[0]))  # the calling thread takes a part too, rather than wait
+    return first + [result for future in futures for result in future.result()]

@@ -323,18 +323,18 @@ def test_rows_decode_on_the_codec_threads_only_when_each_row_is_large(pool_path,
     from expstore.core import heap
 
     calls = []
-    original = heap._in_parallel
+    original = heap.in_parts
 
-    def recording(work, items, parallel=True):
+    def recording(work, items, parallel=True, min_items=2):
         calls.append(parallel)
-        return original(work, items, parallel)
+        return original(work, items, parallel, min_items)
 
     rng = np.random.default_rng(0)
     frames = rng.integers(0, 4, (128, *shape), dtype=np.uint8)  # compressible; 0.9 MB or more a batch
     schema = {"obs": expstore.Field(shape, "uint8", codec="lz4"), "reward": ((), "float32")}
     with expstore.open(pool_path, "w", capacity=128, schema=schema, fsync=False) as pool:
         pool.extend({"obs": frames, "reward": np.zeros(128, np.float32)})
-        monkeypatch.setattr(heap, "_in_parallel", recording)
+        monkeypatch.setattr(heap, "in_parts", recording)
         batch = pool.read(np.arange(128))
     np.testing.assert_array_equal(batch["obs"], frames)
     assert calls == [threads]
