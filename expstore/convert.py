@@ -1,7 +1,8 @@
 """``expstore.convert``, kept as an import path: the code lives in expstore/maintenance/convert.py."""
 
 from .maintenance import convert as _moved
-from .maintenance.convert import CopyResult, CopyRows, build_pool, convert, deduplicated, make_parent, merge
+from .maintenance.convert import CopyResult, CopyRows, convert, deduplicated, merge
+from .maintenance.writing import build_pool, make_parent
 
 __all__ = ["CopyResult", "CopyRows", "build_pool", "convert", "deduplicated", "make_parent", "merge"]
 

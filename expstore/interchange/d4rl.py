@@ -16,8 +16,8 @@ import numpy as np
 from ..backends import files, resolve_backend
 from ..errors import InvalidArgumentError, NotAPoolError
 from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
-from ..maintenance.convert import build_pool, make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
+from ..maintenance.writing import build_pool, make_parent
 from ..schema import SUPPORTED_DTYPES, Field
 from .base import ExportOption, ExportResult
 from .common import D4RL_NAMES, check_fixed, check_required, field_name, restore, saved_json

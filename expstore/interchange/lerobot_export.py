@@ -20,8 +20,8 @@ import numpy as np
 from ..backends import files
 from ..errors import InvalidArgumentError
 from ..inspect.streaming import Progress, iter_slices, open_source
-from ..maintenance.convert import make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
+from ..maintenance.writing import make_parent
 from ..schema import Field, Schema
 from .arrow_columns import arrow_type, pyarrow, to_arrow
 from .common import check_fixed

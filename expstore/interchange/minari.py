@@ -26,8 +26,8 @@ import numpy as np
 from ..backends import files, resolve_backend
 from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError, StoreNotFoundError
 from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
-from ..maintenance.convert import build_pool, make_parent
 from ..maintenance.destination import SAVED_KEY, check_destination
+from ..maintenance.writing import build_pool, make_parent
 from ..schema import Field, Schema
 from .base import ExportOption, ExportResult
 from .common import REQUIRED, check_fixed, check_required, restore

@@ -21,9 +21,6 @@ from typing import Any
 import numpy as np
 
 from ..backends import archive, files, resolve_backend
-from ..core import commit, lock
-from ..core.heap_dictionary import store_dictionaries
-from ..core.opening import open as open_store
 from ..errors import DamagedRowsError, InvalidArgumentError, SchemaError, WriterOutranError
 from ..inspect.duplicates import DedupSource
 from ..inspect.streaming import (
@@ -40,11 +37,11 @@ from ..schema import Schema
 from .carry import Carry
 from .damaged import WithoutDamagedRows, damage_of, damaged_in_slice, without_damaged_rows
 from .destination import check_destination
-from .recode import as_extend_batch, default_heap_bytes, recoded_schema, source_dictionaries
+from .recode import default_heap_bytes, recoded_schema, source_dictionaries
+from .writing import Written, build_pool, copy_slack, make_parent
 
 logger = logging.getLogger("expstore.convert")  # its name before the layered layout
 
-_DEFAULT_SLACK = 10_000
 # Sources whose ``meta`` is a pool's: the copy takes slack, chunk rows, checksums and heap sizes from it.
 _POOL_KINDS = ("pool", WithoutDamagedRows.kind)
 _ATTEMPTS = 3  # copies of a pool whose writer outran the copy, each starting further ahead
@@ -163,11 +160,6 @@ def deduplicated(sources: list[RowSource]) -> list[RowSource]:
     return [DedupSource(source) for source in sources]
 
 
-def make_parent(dst: str) -> None:
-    """Create the directory that will hold ``dst`` (the temporary is built beside it)."""
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-
-
 def _check_destination(dst: str, srcs: list[str], overwrite: bool) -> None:
     if any(os.path.realpath(dst) == os.path.realpath(s) for s in srcs):
         raise InvalidArgumentError(f"the destination {dst} is also a source; write to a new path")
@@ -203,7 +195,7 @@ def _copy(sources, dst, backend, capacity, codec, overwrite, progress, slice_nby
     make_parent(dst)
     meta = first.meta if first.kind in _POOL_KINDS else {}
     if codec is None:
-        heap_bytes = default_heap_bytes(sources, recoding["schema"], capacity, _slack(meta, capacity),
+        heap_bytes = default_heap_bytes(sources, recoding["schema"], capacity, copy_slack(meta, capacity),
                                         recoding["heap_bytes"])
         dictionaries = source_dictionaries(first, recoding["schema"])
     rates: dict[int, tuple[float, float]] = {}
@@ -353,96 +345,3 @@ class CopyRows:
         seconds = max(time.monotonic() - began, 1e-6)
         source = self.sources[self.outran]
         return (self.copied - copied_then) / seconds, max(0, evicted_now(source) - live_then) / seconds
-
-
-@dataclass
-class Written:
-    """The window of a pool just built, and what bounds it (``Store.window_bound``)."""
-
-    first_step_id: int
-    next_step_id: int
-    window_bound: str | None
-
-
-def build_pool(dst: str, backend: str, schema, capacity: int, attrs: dict, slices, *, overwrite: bool = False,
-               meta: dict | None = None, carry: Carry | None = None, heap_bytes: Any = None,
-               dictionaries: dict[str, bytes] | None = None) -> Written:
-    """Build a pool at ``dst`` aside from ``slices`` (iterator of (first_row, batch), or of
-    (first_row, batch, bookkeeping) from CopyRows), then rename; returns its window.
-
-    ``meta`` of a source pool carries over its slack, chunk_rows and checksums setting;
-    ``carry`` the sources' step ids, episodes and priorities; ``dictionaries`` the trained zstd
-    dictionaries of ``+dict`` fields (recode.source_dictionaries).
-    """
-    make_parent(dst)
-    written: list[Written] = []
-
-    def build(temp: str) -> list[str]:
-        written.append(_write_pool(temp, backend, schema, capacity, attrs, slices, meta or {}, carry, heap_bytes,
-                                   dictionaries or {}))
-        return []  # nothing more to preallocate: creating the pool allocated its files (open() builds aside too)
-
-    files.build_aside(dst, build, replace=overwrite)
-    return written[0]
-
-
-def _write_pool(temp: str, backend: str, schema, capacity: int, attrs: dict, slices, meta: dict,
-                carry: Carry | None, heap_bytes: Any, dictionaries: dict[str, bytes]) -> Written:
-    slack = _slack(meta, capacity)
-    writing: dict[str, Any] = {"backend": backend, "commit_every": slack, "fsync": False}
-    store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs,
-                       chunk_rows=_chunk_rows(meta, capacity + slack), slack=slack,
-                       checksums=bool(meta.get("checksums", False)), **writing, heap_bytes=heap_bytes,
-                       **(carry.create_options() if carry else {}))
-    if dictionaries:  # before any row: opened again, the pool compresses every row with them
-        store_dictionaries(store, dictionaries)
-        store.close()
-        store = open_store(temp, "r+", **writing)
-    schema = store.schema
-    try:
-        for first, batch, *bookkeeping in slices:
-            store = _starting_at(store, carry, writing)
-            store.extend(as_extend_batch(batch, schema) if schema.heap_fields() else batch)
-            if carry:
-                carry.after_rows(store, first, *bookkeeping)
-        store = _starting_at(store, carry, writing)
-        if carry:
-            carry.finish(store)
-        store.flush(fsync=True)
-        first_step_id, next_step_id = store.window
-        return Written(first_step_id, next_step_id, store.window_bound)
-    finally:
-        store.close()
-        files.remove_path(lock.lock_path(temp))
-
-
-def _starting_at(store, carry: Carry | None, writing: dict):
-    """The new, still empty pool ``store``, whose first step id is the copy's (``carry``).
-
-    It was created before the first rows were read, at the planned first step id: building a
-    large pool takes a while, and a writer appending to the source meanwhile would evict more.
-    When the copy then starts later, the empty pool's commit record is rewritten as a creation at
-    that step id would have written it, and the pool is opened again.
-    """
-    if carry is None or len(store) or store.next_step_id == carry.first_step_id:
-        return store
-    path, extent = store.path, store.layout.commit
-    store.close()
-    fd = os.open(extent.path, os.O_RDWR)
-    try:
-        os.pwrite(fd, commit.initial_slots(carry.first_step_id), extent.offset)
-    finally:
-        os.close(fd)
-    return open_store(path, "r+", **writing)
-
-
-def _slack(meta: dict, capacity: int) -> int:
-    if "slots" in meta and "capacity" in meta:
-        return max(1, min(meta["slots"] - meta["capacity"], capacity))
-    return min(_DEFAULT_SLACK, capacity)
-
-
-def _chunk_rows(meta: dict, rows: int) -> int | None:
-    if "chunk_rows" not in meta:
-        return None  # an archive: let the pool pick its default
-    return max(1, min(int(meta["chunk_rows"]), rows))
