@@ -4,7 +4,9 @@
 number their episodes (Parquet's ``episode_id``, LeRobot's ``episode_index``) also end episodes
 with neither flag: a teleoperated demonstration that simply stopped, an episode cut off when its
 recorder stopped. Each slice therefore says where such episodes end, and the builder closes them
-there with ``Store.end_episodes``, so that ``store.episodes()`` lists the dataset's episodes.
+there with ``Store.end_episodes``, so that ``store.episodes()`` lists the dataset's episodes. A
+slice may name each row's env id, so that episodes that ran at the same time (a vector env's,
+their rows interleaved) stay apart; without, every row goes on env 0.
 
 An error part-way (a damaged file found late) removes the temporary: the destination is never
 half-written (files.build_aside, the rule every convert and import follows).
@@ -13,8 +15,9 @@ half-written (files.build_aside, the rule every convert and import follows).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,10 +31,12 @@ from ..schema import Schema
 @dataclass
 class ImportSlice:
     """Consecutive rows of an import, and the offsets (exclusive ends, within the slice) where
-    an episode ends without a terminated or truncated flag on its last row."""
+    an episode ends without a terminated or truncated flag on its last row; ``env_ids``: each
+    row's env id (None: all on env 0)."""
 
     rows: dict[str, np.ndarray]
     episode_ends: list[int] = field(default_factory=list)
+    env_ids: np.ndarray | None = None
 
 
 def episode_ends(episode_ids: np.ndarray, next_id: int | None, done: np.ndarray | None) -> list[int]:
@@ -57,16 +62,28 @@ def build_imported_pool(dst: str, backend: str | None, schema: Schema, capacity:
                         heap_bytes: dict[str, int] | None = None) -> None:
     """Create pool ``dst`` from ``slices`` at a temporary sibling, then rename it into place
     (``heap_bytes``: the heap sizes of its ragged fields, as ``expstore.open`` takes them)."""
+
+    def fill(store) -> None:
+        for part in slices:
+            _append(store, part)
+
+    build_pool(dst, backend, fill, overwrite=overwrite, capacity=capacity, schema=schema, attrs=attrs,
+               first_step_id=first_step_id, heap_bytes=heap_bytes)
+
+
+def build_pool(dst: str | os.PathLike, backend: str | None, fill: Callable[[Any], None], *, overwrite: bool = False,
+               **create: Any) -> None:
+    """Create pool ``dst`` at a temporary sibling with ``expstore.open``'s ``create`` options,
+    let ``fill`` write (and check) it, commit it durably, then rename it into place; an error
+    in ``fill`` leaves nothing behind."""
     dst = os.fspath(dst)
     chosen = backend_for(dst, backend)
     make_parent(dst)
 
     def build(temp: str) -> list[str]:
-        store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs, backend=chosen,
-                           first_step_id=first_step_id, fsync=False, heap_bytes=heap_bytes)
+        store = open_store(temp, "w", backend=chosen, fsync=False, **create)
         try:
-            for part in slices:
-                _append(store, part)
+            fill(store)
             store.flush(fsync=True)
         finally:
             store.close()
@@ -77,11 +94,15 @@ def build_imported_pool(dst: str, backend: str | None, schema: Schema, capacity:
 
 
 def _append(store, part: ImportSlice) -> None:
+    """Extend the pool by the slice, ending each episode that ends without a flag right after
+    its last row (on its own env: the other envs' episodes run on)."""
     start = 0
+    n_rows = len(next(iter(part.rows.values()))) if part.rows else 0
     for end in [*part.episode_ends, None]:
-        stop = len(next(iter(part.rows.values()))) if end is None else end
+        stop = n_rows if end is None else end
         if stop > start:
-            store.extend({name: values[start:stop] for name, values in part.rows.items()})
+            store.extend({name: values[start:stop] for name, values in part.rows.items()},
+                         env_ids=None if part.env_ids is None else part.env_ids[start:stop])
         if end is not None:
-            store.end_episodes()
+            store.end_episodes(None if part.env_ids is None else int(part.env_ids[end - 1]))
         start = stop

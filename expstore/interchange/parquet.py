@@ -1,16 +1,26 @@
 """Parquet files, the format Hugging Face ``datasets``, pandas, Polars and DuckDB all read.
 
-One row per transition: ``step_id``, ``episode_id`` and ``episode_step`` (the row's position in
-its episode), then every pool field in pool order (arrow_columns.py: a field of row shape
+One row per transition: ``step_id``, ``episode_id`` and ``episode_step`` (the row's position in its
+episode), then every pool field in pool order (arrow_columns.py: a field of row shape
 ``(d0, d1, ...)`` is a nested fixed-size list, a ragged field ``(None, d1, ...)`` a variable-length
-list of them, each row's own length). Row groups hold whole episodes where they fit
-(about ``row_group_mb`` each), so the ``episode_id`` statistics of a row group give its episode
-range and a reader that filters by episode reads only the groups it needs. The pool's schema and
-attrs ride in the file's key-value metadata under ``expstore``, so an import gives back every
-field bit for bit, with the same step ids and episodes. A pool that derives ``next_obs``
-(``derive_next_obs=True``) gets the derived values as ``next_<obs>`` columns, null where the pool
-knows none, and a ``derived_next_obs`` entry in that metadata; importing such a file builds a
-pool that derives them again, bit for bit (parquet_derived.py).
+list of them, each row's own length). Row groups hold whole episodes where they fit (about ``row_group_mb``
+each; a vector env's interleaved episodes cross them), so the ``episode_id`` statistics of a row
+group give its episode range and a reader that filters by episode reads only the groups it needs.
+The pool's schema and attrs ride in the file's key-value metadata under ``expstore``, with
+``open_episodes``, the ids of the episodes still running at the export, so an import gives back
+every field bit for bit, with the same step ids and episodes: the same rows in each, in order,
+ending as they ended (terminated, truncated, or still open). The file names episodes, not env ids:
+episodes that ran at the same time (a vector env's, their rows interleaved) go on env ids of their
+own, one per episode running at the time (parquet_reading.py's EpisodeSpans), so each row's next
+row in its episode, n-step returns and sequence windows are the source's; episode ids count from 0
+again. An episode whose first rows the ring had evicted comes back as the rows the file has, one
+cut off when its writer stopped as truncated (only a stopped writer cuts episodes off). A file
+without ``open_episodes`` (an older export, or one of an archive, which keeps no episodes) cannot
+tell an open episode from one ended without a flag: every such episode is imported as ended, as
+before, and the import logs how many. A pool that derives ``next_obs`` (``derive_next_obs=True``)
+gets the derived values as ``next_<obs>`` columns, null where the pool knows none, and a
+``derived_next_obs`` entry in that metadata; importing such a file builds a pool that derives them
+again, bit for bit (parquet_derived.py).
 
 Import also reads Parquet files expstore did not write (``datasets.Dataset.to_parquet``,
 pandas): every numeric or boolean column, scalar or list, becomes a field named after it (a
@@ -47,16 +57,25 @@ from .arrow_columns import (
     to_arrow,
 )
 from .base import ExportOption, ExportResult
-from .building import ImportSlice, build_imported_pool, episode_ends
+from .building import ImportSlice, build_imported_pool
 from .common import field_name, saved_json
-from .episode_tags import EpisodeTagger
+from .episode_tags import EpisodeTagger, open_episode_ids
 from .parquet_derived import DerivedColumns, DerivedFile, derived_file, import_derived
-from .parquet_reading import check_steps, done_flags, first_step_id, next_batch, ragged_heap_bytes
+from .parquet_reading import (
+    EpisodeSpans,
+    check_steps,
+    done_flags,
+    episode_ids,
+    first_step_id,
+    next_batch,
+    ragged_heap_bytes,
+)
 
 log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("step_id", "episode_id", "episode_step")
 _EPISODE_COLUMNS = ("episode_id", "episode_index")  # ours, and LeRobot's / other tools' name
+OPEN_KEY = "open_episodes"  # the entry of the ``expstore`` metadata (the module docstring)
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 _ROW_GROUP_MB = 128
 
@@ -81,7 +100,7 @@ def export_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, compressio
     check_destination(dst, overwrite, "parquet")
     with closing(open_source(src)) as source:
         derived = DerivedColumns.of(source)  # None unless the pool derives next_<obs>
-        schema = _file_schema(pa, source.schema, saved_json(source.schema, source.attrs), derived)
+        schema = _file_schema(pa, source.schema, _saved(source, derived), derived)
         counted = {"episodes": 0}
 
         def build(temp: str) -> list[str]:
@@ -114,6 +133,16 @@ def _positive_number(value, default: float, flag: str) -> float:
     if not number > 0:
         raise InvalidArgumentError(f"{flag} {value} must be a positive number")
     return number
+
+
+def _saved(source, derived: DerivedColumns | None) -> str:
+    """The ``expstore`` metadata: schema and attrs, and the episodes still open (a derived
+    pool's entry has them: parquet_derived.py)."""
+    saved = saved_json(source.schema, source.attrs)
+    open_ids = open_episode_ids(source)
+    if derived is not None or open_ids is None:
+        return saved
+    return json.dumps({**json.loads(saved), OPEN_KEY: open_ids})
 
 
 def _file_schema(pa, schema: Schema, saved: str, derived: DerivedColumns | None):
@@ -210,17 +239,25 @@ def import_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: 
         first_step = first_step_id(parquet) if plan.saved else 0
         capacity = capacity or max(1, rows)
         heap_bytes = ragged_heap_bytes(parquet, plan.schema, plan.columns, capacity)
-        slices = _import_slices(src, parquet, plan, progress)
+        spans = None if plan.episode_column is None else EpisodeSpans.read(
+            src, parquet, plan.open_episodes or frozenset(), plan.episode_column)
+        counted = {"unflagged": 0}  # the episodes ended without a flag on their last row
+        slices = _import_slices(src, parquet, plan, spans, counted, progress)
         build_imported_pool(dst, backend, plan.schema, capacity, plan.attrs, slices,
                             overwrite=overwrite, first_step_id=first_step, heap_bytes=heap_bytes)
+    if plan.saved and plan.open_episodes is None and counted["unflagged"]:
+        log.info("%s does not say which episodes were still open at the export (an older export, or one of an "
+                 "archive); its %d episodes that end without a terminated or truncated flag are imported as ended",
+                 src, counted["unflagged"])
     return rows
 
 
 class _Plan:
     def __init__(self, schema: Schema, attrs: dict, columns: dict[str, str], episode_column: str | None, saved: bool,
-                 derived: DerivedFile | None = None):
+                 derived: DerivedFile | None = None, open_episodes: frozenset[int] | None = None):
         self.schema, self.attrs, self.columns = schema, attrs, columns  # field -> column
         self.episode_column, self.saved, self.derived = episode_column, saved, derived
+        self.open_episodes = open_episodes  # None where the file does not say
 
 
 def _import_plan(src: str, parquet) -> _Plan:
@@ -241,7 +278,7 @@ def _import_plan(src: str, parquet) -> _Plan:
             raise SchemaError(f"{src} lacks the columns {missing} that its expstore schema names; the file was "
                               "changed after export")
         return _Plan(schema, attrs, {name: name for name in schema}, "episode_id", saved=True,
-                     derived=derived_file(src, loaded, schema, names))
+                     derived=derived_file(src, loaded, schema, names), open_episodes=_open_episodes(src, loaded))
     fields: dict[str, Field] = {}
     columns: dict[str, str] = {}
     skipped = []
@@ -266,28 +303,44 @@ def _import_plan(src: str, parquet) -> _Plan:
     return _Plan(Schema(fields), attrs, columns, episode_column, saved=False)
 
 
-def _import_slices(src: str, parquet, plan: _Plan, progress):
+def _open_episodes(src: str, loaded: dict) -> frozenset[int] | None:
+    """The episodes open at the export, from the ``expstore`` metadata; None where it does not say."""
+    entry = loaded.get(OPEN_KEY)
+    if entry is None:
+        return None
+    try:
+        return frozenset(int(episode) for episode in entry)
+    except (TypeError, ValueError) as exc:
+        raise CorruptStoreError(f"{src}: the {OPEN_KEY} entry of the expstore metadata cannot be read ({exc}); "
+                                "the file is damaged") from None
+
+
+def _import_slices(src: str, parquet, plan: _Plan, spans: EpisodeSpans | None, counted: dict, progress):
+    """The file's rows in slices, each row on its episode's env id (one env for one episode after
+    another), with the ends of the episodes that end without a flag and were not open."""
     batch_rows = slice_rows(plan.schema)
     wanted = list(dict.fromkeys([*plan.columns.values(), *([plan.episode_column] if plan.episode_column else []),
                                  *(["step_id"] if plan.saved else [])]))
     batches = parquet.iter_batches(batch_size=batch_rows, columns=wanted)
-    current = next_batch(src, batches)
     expected_step = None
-    while current is not None:
-        following = next_batch(src, batches)
+    first_row = 0
+    while (current := next_batch(src, batches)) is not None:
         rows = {name: from_arrow(current.column(column), plan.schema[name], f"{src}: column {column!r}")
                 for name, column in plan.columns.items()}
         if plan.saved:
             expected_step = check_steps(src, current.column("step_id"), expected_step)
-        ends: list[int] = []
-        if plan.episode_column is not None:
-            ids = current.column(plan.episode_column).to_numpy(zero_copy_only=False)
-            next_id = None if following is None else following.column(plan.episode_column)[0].as_py()
-            ends = episode_ends(ids, next_id, done_flags(rows))
-        yield ImportSlice(rows, ends)
+        part = ImportSlice(rows)
+        if spans is not None and plan.episode_column is not None:
+            placed = spans.at(episode_ids(src, current.column(plan.episode_column), plan.episode_column), first_row)
+            unflagged = placed.last & ~placed.open
+            done = done_flags(rows)
+            ends = np.flatnonzero(unflagged if done is None else unflagged & ~done)
+            counted["unflagged"] += len(ends)
+            part = ImportSlice(rows, (ends + 1).tolist(), None if spans.one_env else placed.env_ids)
+        yield part
         if progress is not None:
             progress(current.num_rows)
-        current = following
+        first_row += current.num_rows
 
 
 class ParquetFormat:

@@ -21,25 +21,21 @@ appears.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..backends import files
 from ..backends.internal import derived_fields
-from ..core import lock
 from ..core.heap import length_key
-from ..core.opening import open as open_store
 from ..errors import CorruptStoreError, SchemaError
 from ..inspect.streaming import PoolSource, Progress
-from ..maintenance.convert import make_parent
 from ..schema import Schema
 from .arrow_columns import arrow_type, list_levels, to_arrow
-from .building import backend_for
+from .building import build_pool
 from .derived_next import NextObservations, derived_names
-from .parquet_reading import first_step_id, heap_room, list_lengths, ragged_heap_bytes
-from .parquet_rebuild import DerivedWriter, EpisodeSpans, read_batches
+from .episode_tags import open_episode_ids
+from .parquet_reading import EpisodeSpans, first_step_id, heap_room, list_lengths, ragged_heap_bytes
+from .parquet_rebuild import DerivedWriter, read_batches
 
 DERIVED_KEY = "derived_next_obs"  # the entry of the ``expstore`` metadata (the module docstring)
 _SLACK_ROWS = 10_000  # the slack open() gives a pool of more rows (its default commit_every)
@@ -53,8 +49,7 @@ class DerivedColumns:
     def __init__(self, source: PoolSource):
         self._next = NextObservations(source)
         self._fields = {name: source.schema[name] for name in self._next.names}
-        book = source.book
-        self._open = [] if book is None else sorted({int(ids[0]) for ids in book.open_episodes.values()})
+        self._open = open_episode_ids(source) or []
 
     @classmethod
     def of(cls, source) -> DerivedColumns | None:
@@ -125,26 +120,17 @@ def import_derived(src: str, dst: str, parquet, schema: Schema, attrs: dict, der
     # Every ended episode's final observation fits the table (open()'s default keeps one per 16 rows).
     final_rows = max(-(-(capacity + slack) // _ROWS_PER_FINAL) + _FINALS_MARGIN, spans.ended)
     heap_bytes = _heap_bytes(parquet, schema, derived.names, spans, capacity, capacity + slack, final_rows)
-    first = first_step_id(parquet)
-    chosen = backend_for(dst, backend)
-    make_parent(dst)
 
-    def build(temp: str) -> list[str]:
-        store = open_store(temp, "w", capacity=capacity, schema=schema, attrs=attrs, backend=chosen,
-                           first_step_id=first, fsync=False, slack=slack, heap_bytes=heap_bytes, derive_next_obs=True,
-                           max_final_obs=final_rows)
-        try:
-            writer = DerivedWriter(src, store, schema, derived.names, spans)
-            for batch in read_batches(src, parquet, schema, derived.names, progress):
-                writer.add(batch)
-            store.flush(fsync=True)
-            writer.check_kept()
-        finally:
-            store.close()
-            files.remove_path(lock.lock_path(temp))
-        return []  # creating the pool allocated its files
+    def fill(store) -> None:
+        writer = DerivedWriter(src, store, schema, derived.names, spans)
+        for batch in read_batches(src, parquet, schema, derived.names, progress):
+            writer.add(batch)
+        store.flush(fsync=False)  # what it checks is the committed pool; the builder's flush makes it durable
+        writer.check_kept()
 
-    files.build_aside(os.fspath(dst), build, replace=overwrite)
+    build_pool(dst, backend, fill, overwrite=overwrite, capacity=capacity, schema=schema, attrs=attrs,
+               first_step_id=first_step_id(parquet), slack=slack, heap_bytes=heap_bytes, derive_next_obs=True,
+               max_final_obs=final_rows)
     return rows
 
 

@@ -1,10 +1,19 @@
 """Reading a Parquet file into a pool, the parts every Parquet import shares (parquet.py, and
 parquet_derived.py for files of pools that derive ``next_obs``): batches that fail cleanly on a
-damaged file, the step ids checked, and heaps sized from the file's own list lengths."""
+damaged file, the step ids checked, heaps sized from the file's own list lengths, and the env id
+each episode goes on.
+
+A file names each row's episode; a pool tracks episodes per env id. ``EpisodeSpans`` gives the
+episodes that run at the same time (a vector env's, their rows interleaved) env ids of their own,
+the smallest free when each begins, so that each row's next row in its episode is the same in the
+pool as in the file; a file of one episode after another puts every row on env 0.
+"""
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -83,3 +92,82 @@ def done_flags(rows: Mapping) -> np.ndarray | None:
     if not flags:
         return None
     return np.logical_or.reduce(flags)
+
+
+@dataclass(frozen=True)
+class RowEpisodes:
+    """Where rows of a file go in the pool: each row's env id, whether it is its episode's last
+    row in the file, and whether that episode was open at the export."""
+
+    env_ids: np.ndarray
+    last: np.ndarray
+    open: np.ndarray
+
+
+class EpisodeSpans:
+    """Each episode of a file (ids ascending): its last row, whether it was open at the export,
+    and the env id it is written on. Episodes that run at the same time (a vector env's) take
+    different env ids, so that each row's next row in its episode is the same as in the source."""
+
+    def __init__(self, ids: np.ndarray, first: np.ndarray, last: np.ndarray, open_episodes: frozenset):
+        self.ids, self.last = ids, last
+        self.open = np.isin(ids, np.fromiter(open_episodes, np.int64, len(open_episodes)))
+        self.ended = int((~self.open).sum())
+        # An open episode keeps its env id to the end: no later episode may continue it.
+        self.env_ids = _env_ids(first, np.where(self.open, np.iinfo(np.int64).max, last))
+        self.one_env = not self.env_ids.any()
+
+    @classmethod
+    def read(cls, src: str, parquet, open_episodes: frozenset, column: str = "episode_id") -> EpisodeSpans:
+        """The spans of the episodes in ``parquet``'s ``column`` (one pass over it)."""
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        start = 0
+        batches = parquet.iter_batches(columns=[column])
+        while (batch := next_batch(src, batches)) is not None:
+            ids = episode_ids(src, batch.column(0), column)
+            unique, first = np.unique(ids, return_index=True)
+            _, from_end = np.unique(ids[::-1], return_index=True)
+            parts.append((unique, start + first, start + len(ids) - 1 - from_end))
+            start += len(ids)
+        if not parts:
+            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), open_episodes)
+        ids, first, last = (np.concatenate(columns) for columns in zip(*parts, strict=True))
+        order = np.argsort(ids, kind="stable")
+        unique, starts = np.unique(ids[order], return_index=True)
+        return cls(unique, np.minimum.reduceat(first[order], starts), np.maximum.reduceat(last[order], starts),
+                   open_episodes)
+
+    def at(self, ids: np.ndarray, first_row: int) -> RowEpisodes:
+        """Where the rows ``first_row``, ``first_row + 1``, ... of episodes ``ids`` go."""
+        where = np.searchsorted(self.ids, ids)
+        last = self.last[where] == first_row + np.arange(len(ids))
+        return RowEpisodes(self.env_ids[where], last, self.open[where])
+
+
+def episode_ids(src: str, column, name: str) -> np.ndarray:
+    """The values of an episode column (int64 where they are integers), refused with nulls."""
+    if column.null_count:
+        raise SchemaError(f"{src}: column {name!r} has {column.null_count} missing values; every row needs one")
+    ids = column.to_numpy(zero_copy_only=False)
+    return ids.astype(np.int64) if ids.dtype.kind in "iub" else ids
+
+
+def _env_ids(first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """The env id of each episode (rows ``first``..``last``): the smallest no episode holds then."""
+    order = np.argsort(first, kind="stable")
+    env_ids = np.zeros(len(first), np.int64)
+    if len(order) < 2 or (first[order][1:] > np.maximum.accumulate(last[order])[:-1]).all():
+        return env_ids  # one episode after another (one env): all on env 0
+    free: list[int] = []
+    busy: list[tuple[int, int]] = []  # (last row, env id)
+    count = 0
+    for episode in order.tolist():
+        while busy and busy[0][0] < first[episode]:
+            heapq.heappush(free, heapq.heappop(busy)[1])
+        if free:
+            env_id = heapq.heappop(free)
+        else:
+            env_id, count = count, count + 1
+        env_ids[episode] = env_id
+        heapq.heappush(busy, (int(last[episode]), env_id))
+    return env_ids

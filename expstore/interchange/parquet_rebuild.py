@@ -1,8 +1,9 @@
 """Rebuilding a pool that derives ``next_obs`` from the rows of a Parquet file (parquet_derived.py).
 
-The file names each row's episode; the pool tracks episodes per env id. ``EpisodeSpans`` gives the
-episodes that run at the same time (a vector env's interleaved ones) env ids of their own, so that
-each row's next row in its episode is the same in the pool as in the file. ``DerivedWriter`` then
+The file names each row's episode; the pool tracks episodes per env id. ``EpisodeSpans``
+(parquet_reading.py, shared with the import of pools that store ``next_obs``) gives the episodes
+that run at the same time (a vector env's interleaved ones) env ids of their own, so that each
+row's next row in its episode is the same in the pool as in the file. ``DerivedWriter`` then
 appends the rows on those env ids, hands the pool each ended episode's final observation (the
 ``next_<obs>`` of its last row), and checks on the way that every other row's ``next_<obs>`` is
 the observation of its episode's next row: what the pool will derive in its place.
@@ -10,7 +11,6 @@ the observation of its episode's next row: what the pool will derive in its plac
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,70 +21,9 @@ from ..errors import InvalidArgumentError, SchemaError
 from ..inspect.streaming import Progress, slice_rows
 from ..schema import Field, Schema
 from .arrow_columns import from_arrow
-from .parquet_reading import check_steps, done_flags, next_batch
+from .parquet_reading import EpisodeSpans, check_steps, done_flags, next_batch
 
 _CHECK_ROWS = 1 << 16  # episode ends checked per pass after the import
-
-
-class EpisodeSpans:
-    """Each episode of a file (ids ascending): its last row, whether it was open at the export,
-    and the env id it is written on. Episodes that run at the same time (a vector env's) take
-    different env ids, so that each row's next row in its episode is the same as in the source."""
-
-    def __init__(self, ids: np.ndarray, first: np.ndarray, last: np.ndarray, open_episodes: frozenset[int]):
-        self.ids, self.last = ids, last
-        self.open = np.isin(ids, np.fromiter(open_episodes, np.int64, len(open_episodes)))
-        self.ended = int((~self.open).sum())
-        # An open episode keeps its env id to the end: no later episode may continue it.
-        self.env_ids = _env_ids(first, np.where(self.open, np.iinfo(np.int64).max, last))
-
-    @classmethod
-    def read(cls, src: str, parquet, open_episodes: frozenset[int]) -> EpisodeSpans:
-        """The spans of the episodes in ``parquet``'s ``episode_id`` column (one pass over it)."""
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        start = 0
-        batches = parquet.iter_batches(columns=["episode_id"])
-        while (batch := next_batch(src, batches)) is not None:
-            column = batch.column(0)
-            if column.null_count:
-                raise SchemaError(f"{src}: column 'episode_id' has {column.null_count} missing values; every row "
-                                  "needs one")
-            ids = column.to_numpy(zero_copy_only=False).astype(np.int64)
-            unique, first = np.unique(ids, return_index=True)
-            _, from_end = np.unique(ids[::-1], return_index=True)
-            parts.append((unique, start + first, start + len(ids) - 1 - from_end))
-            start += len(ids)
-        if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), open_episodes)
-        ids, first, last = (np.concatenate(columns) for columns in zip(*parts, strict=True))
-        order = np.argsort(ids, kind="stable")
-        unique, starts = np.unique(ids[order], return_index=True)
-        return cls(unique, np.minimum.reduceat(first[order], starts), np.maximum.reduceat(last[order], starts),
-                   open_episodes)
-
-    def index(self, ids: np.ndarray) -> np.ndarray:
-        return np.searchsorted(self.ids, ids)
-
-
-def _env_ids(first: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """The env id of each episode (rows ``first``..``last``): the smallest no episode holds then."""
-    order = np.argsort(first, kind="stable")
-    env_ids = np.zeros(len(first), np.int64)
-    if len(order) < 2 or (first[order][1:] > np.maximum.accumulate(last[order])[:-1]).all():
-        return env_ids  # one episode after another (one env): all on env 0
-    free: list[int] = []
-    busy: list[tuple[int, int]] = []  # (last row, env id)
-    count = 0
-    for episode in order.tolist():
-        while busy and busy[0][0] < first[episode]:
-            heapq.heappush(free, heapq.heappop(busy)[1])
-        if free:
-            env_id = heapq.heappop(free)
-        else:
-            env_id, count = count, count + 1
-        env_ids[episode] = env_id
-        heapq.heappush(busy, (int(last[episode]), env_id))
-    return env_ids
 
 
 @dataclass
@@ -155,15 +94,14 @@ class DerivedWriter:
         self._kept: list[np.ndarray] = []  # the last steps of episodes that end with a final observation
 
     def add(self, batch: Batch) -> None:
-        where = self.spans.index(batch.ids)
-        last = self.spans.last[where] == batch.first_row + np.arange(len(batch.ids))
+        placed = self.spans.at(batch.ids, batch.first_row)
         done = done_flags(batch.rows)
         done = np.zeros(len(batch.ids), bool) if done is None else done
-        self._check_chains(batch, last)
-        self._check_ends(batch, last, done, self.spans.open[where])
-        ended = last & (done | ~self.spans.open[where])
+        self._check_chains(batch, placed.last)
+        self._check_ends(batch, placed.last, done, placed.open)
+        ended = placed.last & (done | ~placed.open)
         self._kept.append(batch.steps[ended & batch.valid].astype(np.int64))
-        self._write(batch, ended, done, self.spans.env_ids[where])
+        self._write(batch, ended, done, placed.env_ids)
 
     def _check_chains(self, batch: Batch, last: np.ndarray) -> None:
         """Each row's ``next_<obs>`` against the observation of its episode's next row."""
