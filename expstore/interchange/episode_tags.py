@@ -1,13 +1,22 @@
-"""Episode ids and steps for the rows of an export (Parquet's and LeRobot's per-row columns), and
-which episodes were still open at the export."""
+"""Episode ids and steps for the rows of an export (Parquet's and LeRobot's per-row columns),
+which episodes were still open at the export, and the rows in episode order for the formats that
+store each episode's rows together (Minari's episodes, LeRobot's frame ranges).
+
+A source's step ids are ``first_step_id + row`` unless it says otherwise with ``step_ids(start,
+stop)`` (a source that leaves rows out: minari_derived.py); its ``book``, when it has one, names
+each row's episode.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from ..inspect.streaming import RowSource
+from ..inspect.streaming import Progress, RowSource, iter_slices
+
+_SCAN_ROWS = 1 << 20  # rows whose episode ids are looked at per pass of the pre-pass
 
 
 def open_episode_ids(source: RowSource) -> list[int] | None:
@@ -37,8 +46,7 @@ class EpisodeTagger:
 
     def tags(self, first: int, rows: dict, n: int) -> tuple[np.ndarray, np.ndarray]:
         if self.book is not None:
-            steps = np.arange(self.source.first_step_id + first, self.source.first_step_id + first + n)
-            tagged = self.book.rows(steps)
+            tagged = self.book.rows(step_ids(self.source, first, first + n))
             ids, positions = tagged["_episode_id"].astype(np.int64), tagged["_episode_step"].astype(np.int64)
         else:
             ids, positions = self._counted(rows, n)
@@ -83,3 +91,80 @@ class EpisodeTagger:
         self._step = 0 if done[-1] else int(positions[-1]) + 1
         self._next_id = int(ids[-1]) + int(done[-1])
         return ids.astype(np.int64), positions.astype(np.int64)
+
+
+def step_ids(source: RowSource, start: int, stop: int) -> np.ndarray:
+    """The step ids of rows ``[start, stop)`` of ``source``."""
+    own = getattr(source, "step_ids", None)
+    if own is not None:
+        return own(start, stop)
+    return np.arange(source.first_step_id + start, source.first_step_id + stop, dtype=np.int64)
+
+
+class EpisodeOrder:
+    """The rows of a source with each episode's rows together, in step order, episodes in the order
+    they begin (a vector env's interleaved episodes one after another).
+
+    A source whose episodes run one after another (one env, or an archive: it keeps no episodes)
+    is read as it is. One whose episodes interleave is read once ahead for each episode's last
+    row; then the rows of the oldest episode not yet written go out as they are read, and those of
+    later episodes wait in memory until it ends: at most the rows read since the oldest episode
+    still running began. Fixed-shape fields only (ragged rows are padded to each slice's width).
+    """
+
+    def __init__(self, source: RowSource) -> None:
+        self.source = source
+        self.book: Any = getattr(source, "book", None)
+        self._order: list[int] = []  # episode ids by first row
+        self._last: dict[int, int] = {}  # episode id -> its last row
+        if self.book is not None and len(source):
+            self._spans()
+        self.interleaved = bool(self._order)
+
+    def _ids(self, start: int, stop: int) -> np.ndarray:
+        return self.book.rows(step_ids(self.source, start, stop))["_episode_id"].astype(np.int64)
+
+    def _spans(self) -> None:
+        firsts: dict[int, int] = {}
+        for start in range(0, len(self.source), _SCAN_ROWS):
+            ids = self._ids(start, min(len(self.source), start + _SCAN_ROWS))
+            unique, first = np.unique(ids, return_index=True)
+            _, from_end = np.unique(ids[::-1], return_index=True)
+            for episode_id, lo, hi in zip(unique.tolist(), (start + first).tolist(),
+                                          (start + len(ids) - 1 - from_end).tolist(), strict=True):
+                firsts.setdefault(episode_id, lo)
+                self._last[episode_id] = hi
+        order = sorted(firsts, key=firsts.__getitem__)
+        lasts = np.maximum.accumulate([self._last[episode_id] for episode_id in order])
+        if all(firsts[episode_id] > lasts[k] for k, episode_id in enumerate(order[1:])):
+            self._last.clear()  # one episode after another: read as it is
+        else:
+            self._order = order
+
+    def slices(self, fields: list[str] | None = None,
+               progress: Progress | None = None) -> Iterator[tuple[int, dict[str, np.ndarray], np.ndarray]]:
+        """Yield ``(first, rows, episode_ids)``: consecutive slices of the episode order, ``first``
+        the index of their first row in it; ``progress`` counts the source's rows as read."""
+        if not self.interleaved:
+            tagger = EpisodeTagger(self.source)
+            for first, rows in iter_slices(self.source, fields=fields, progress=progress):
+                yield first, rows, tagger.tags(first, rows, len(next(iter(rows.values()))) if rows else 0)[0]
+            return
+        written, current = 0, 0
+        waiting: dict[int, list[dict[str, np.ndarray]]] = {}
+        for first, rows in iter_slices(self.source, fields=fields, progress=progress):
+            ids = self._ids(first, first + len(next(iter(rows.values()))))
+            _, at = np.unique(ids, return_index=True)
+            for episode_id in ids[np.sort(at)].tolist():
+                mask = ids == episode_id
+                waiting.setdefault(episode_id, []).append({name: values[mask] for name, values in rows.items()})
+            stop = first + len(ids)
+            while current < len(self._order):
+                episode_id = self._order[current]
+                for part in waiting.pop(episode_id, []):
+                    count = len(next(iter(part.values())))
+                    yield written, part, np.full(count, episode_id, np.int64)
+                    written += count
+                if self._last[episode_id] >= stop:
+                    break  # it goes on in a later slice
+                current += 1

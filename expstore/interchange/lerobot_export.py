@@ -1,7 +1,8 @@
 """LeRobot v3.0 export: pool rows as the data, video and metadata files of lerobot.py's layout.
 
 Rows become frames in episode order (episodes from the pool's bookkeeping, or counted from the
-terminated/truncated flags of an archive); image fields with 1 or 3 channels become videos
+terminated/truncated flags of an archive; a vector env's interleaved episodes one after another,
+each its own frames in step order: episode_tags.py's EpisodeOrder); image fields with 1 or 3 channels become videos
 (lerobot_video.py), every other fixed-size field a feature, a row shape of more than one axis
 flattened to a vector as LeRobot's loader reads them. Ragged fields are refused: LeRobot's
 features have one fixed shape in info.json, and its loader stacks the frames of a batch.
@@ -19,12 +20,13 @@ import numpy as np
 
 from ..backends import files
 from ..errors import InvalidArgumentError
-from ..inspect.streaming import Progress, iter_slices, open_source
+from ..inspect.streaming import Progress, open_source
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..maintenance.writing import make_parent
 from ..schema import Field, Schema
 from .arrow_columns import arrow_type, pyarrow, to_arrow
 from .common import check_fixed
+from .episode_tags import EpisodeOrder
 from .lerobot_meta import (
     CHUNKS_SIZE,
     DATA_PATH,
@@ -40,7 +42,6 @@ from .lerobot_meta import (
     tasks_table,
 )
 from .lerobot_video import VideoSettings, VideoWriter
-from .parquet import EpisodeTagger
 
 DATA_FILE_MB = 100  # LeRobot's defaults
 VIDEO_FILE_MB = 200
@@ -76,8 +77,8 @@ def export_lerobot(src: str | os.PathLike, dst: str | os.PathLike, *, fps: int |
             writer.own = {name for name in source.schema if name in _OWN_COLUMNS and name not in
                           {column.name for column in columns}}
             try:
-                for first, rows in iter_slices(source, progress=progress):
-                    writer.add(source, first, rows)
+                for _, rows, episode_ids in EpisodeOrder(source).slices(progress=progress):
+                    writer.add(rows, episode_ids)
             finally:
                 writer.close()
             writer.write_meta(source, saved)
@@ -140,16 +141,18 @@ class _DatasetWriter:
         self._video_writers: dict[str, VideoWriter] = {}
         self.rows = 0
         self._episode_start = 0
-        self._tagger: EpisodeTagger | None = None
+        self._last_id: int | None = None  # the episode of the last frame written
 
     # -------------------------------------------------------------- frames
-    def add(self, source, first: int, rows: dict) -> None:
-        n = len(next(iter(rows.values())))
-        if self._tagger is None:
-            self._tagger = EpisodeTagger(source)
-        self._tagger.tags(first, rows, n)
-        starts = self._tagger.starts_in_last().tolist()  # offsets where a new episode begins
-        if self.rows == 0 and n and starts[:1] != [0]:
+    def add(self, rows: dict, episode_ids: np.ndarray) -> None:
+        """Frames of consecutive rows in episode order, each row's episode in ``episode_ids``."""
+        n = len(episode_ids)
+        if not n:
+            return
+        before = np.concatenate([[episode_ids[0] if self._last_id is None else self._last_id], episode_ids[:-1]])
+        starts = np.flatnonzero(episode_ids != before).tolist()  # offsets where a new episode begins
+        self._last_id = int(episode_ids[-1])
+        if self.rows == 0 and starts[:1] != [0]:
             starts.insert(0, 0)
         position = 0
         for start in starts:

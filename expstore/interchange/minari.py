@@ -6,7 +6,10 @@ per step), ``actions``, ``rewards``, ``terminations`` and ``truncations`` (T row
 of an episode is (observations[t], actions[t], rewards[t], observations[t+1], terminations[t],
 truncations[t]). Export splits the pool into episodes at every ``terminated``/``truncated`` row
 and wherever ``next_obs`` of a row differs from ``obs`` of the next one (a segment without
-either flag at its end), so that import gives back every row bit for bit. Other pool fields go
+either flag at its end), so that import gives back every row bit for bit. A vector env's
+interleaved episodes are written one after another, each its own rows in step order and ended
+where the pool's bookkeeping ends it too (episode_tags.py's EpisodeOrder); one still open at the
+export ends, as a one-env pool's last one does, without a flag. Other pool fields go
 to ``expstore_fields/<name>`` in each episode group, which Minari ignores. Import checks every
 episode against the spaces that ``metadata.json`` declares and decodes JPEG-encoded image rows
 (minari_fields.py); export writes raw arrays (``jpeg_encoding: false``). A pool that derives
@@ -25,12 +28,13 @@ import numpy as np
 
 from ..backends import files, resolve_backend
 from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError, StoreNotFoundError
-from ..inspect.streaming import Progress, iter_slices, open_source, slice_rows
+from ..inspect.streaming import Progress, open_source, slice_rows
 from ..maintenance.destination import SAVED_KEY, check_destination
 from ..maintenance.writing import build_pool, make_parent
 from ..schema import Field, Schema
 from .base import ExportOption, ExportResult
 from .common import REQUIRED, check_fixed, check_required, restore
+from .episode_tags import EpisodeOrder
 from .minari_arrow import FORMATS as ARROW_STORAGES
 from .minari_arrow import ArrowEpisode, episode_dirs, shape_hints, write_episodes
 from .minari_derived import with_next_obs
@@ -64,15 +68,16 @@ def export_minari(src: str | os.PathLike, dst: str | os.PathLike, *, dataset_id:
         check_fixed(opened.schema, opened.path, "a Minari dataset",
                     "each episode holds its observations, actions and extras as arrays of one row shape")
         source = with_next_obs(opened, "a Minari dataset")
-        ends, bounds = _segment(source, progress)
+        order = EpisodeOrder(source)
+        ends, bounds = _segment(order, progress)
 
         def build(temp: str) -> list[str]:
             os.makedirs(os.path.join(temp, "data"))
             if storage == "hdf5":
-                _write_episodes(os.path.join(temp, "data", "main_data.hdf5"), source, ends, progress)
+                _write_episodes(os.path.join(temp, "data", "main_data.hdf5"), order, ends, progress)
             else:
                 extras = [name for name in source.schema if name not in _STANDARD]
-                write_episodes(os.path.join(temp, "data"), source, ends, progress, storage, extras)
+                write_episodes(os.path.join(temp, "data"), order, ends, progress, storage, extras)
             metadata = _metadata(source, dataset_id, len(ends), bounds)
             metadata["data_format"] = storage
             with open(os.path.join(temp, "data", "metadata.json"), "w") as fh:
@@ -98,24 +103,29 @@ def _check_dataset_id(dataset_id: str) -> None:
                                    "'namespace/name-v0'; pass --dataset-id or rename the destination")
 
 
-def _segment(source, progress) -> tuple[np.ndarray, dict]:
-    """Episode ends (exclusive row indices), and min/max of obs and action for the spaces."""
+def _segment(order: EpisodeOrder, progress) -> tuple[np.ndarray, dict]:
+    """Episode ends (exclusive indices in ``order``'s rows), and min/max of obs and action for
+    the spaces. Where the pool's episodes interleave, each one's rows follow another episode's,
+    so one ends at its last row whatever its observations."""
     ends: list[int] = []
     bounds: dict[str, tuple] = {}
-    carry = None
-    for first, rows in iter_slices(source, fields=list(_STANDARD), progress=progress):
-        n = len(rows["reward"])
+    carry, carry_id = None, None
+    for first, rows, ids in order.slices(fields=list(_STANDARD), progress=progress):
         obs, next_obs = _as_bytes(rows["obs"]), _as_bytes(rows["next_obs"])
         breaks = rows["terminated"].astype(bool) | rows["truncated"].astype(bool)
         breaks[:-1] |= (next_obs[:-1] != obs[1:]).any(axis=1)
-        if carry is not None and (carry != obs[0]).any() and (not ends or ends[-1] != first):
+        other = order.interleaved and carry_id != int(ids[0])
+        if order.interleaved:
+            breaks[:-1] |= ids[:-1] != ids[1:]
+        if carry is not None and ((carry != obs[0]).any() or other) and (not ends or ends[-1] != first):
             ends.append(first)
         ends.extend((first + np.flatnonzero(breaks) + 1).tolist())
-        carry = next_obs[-1].copy() if n else carry
+        carry, carry_id = next_obs[-1].copy(), int(ids[-1])
         for name in ("obs", "action"):
             _widen(bounds, name, rows[name])
-    if len(source) and (not ends or ends[-1] != len(source)):
-        ends.append(len(source))
+    rows_total = len(order.source)
+    if rows_total and (not ends or ends[-1] != rows_total):
+        ends.append(rows_total)
     return np.asarray(ends, dtype=np.int64), bounds
 
 
@@ -131,15 +141,16 @@ def _widen(bounds: dict, name: str, values: np.ndarray) -> None:
         bounds[name] = (low, high) if old is None else (min(old[0], low), max(old[1], high))
 
 
-def _write_episodes(path: str, source, ends: np.ndarray, progress) -> None:
+def _write_episodes(path: str, order: EpisodeOrder, ends: np.ndarray, progress) -> None:
     # h5py loads on first use: its import is slow, and a program on Zarr pools never needs it.
     import h5py
 
     starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
-    extras = [name for name in source.schema if name not in _STANDARD]
+    schema = order.source.schema
+    extras = [name for name in schema if name not in _STANDARD]
     with h5py.File(path, "w", track_order=True, locking=False) as f:
-        groups = [_episode_group(f, k, int(ends[k] - starts[k]), source.schema, extras) for k in range(len(ends))]
-        for first, rows in iter_slices(source, progress=progress):
+        groups = [_episode_group(f, k, int(ends[k] - starts[k]), schema, extras) for k in range(len(ends))]
+        for first, rows, _ in order.slices(progress=progress):
             last = first + len(rows["reward"])
             first_episode = np.searchsorted(ends, first, side="right")
             for k in range(first_episode, np.searchsorted(ends, last - 1, side="right") + 1):

@@ -14,7 +14,8 @@ h5py episode group: arrays with ``shape``, ``dtype`` and slicing, rows reshaped 
 spaces, so the same checks run on every storage. An Arrow file is memory-mapped; a Parquet
 episode is read whole. Export gathers each episode's rows and writes them as one record batch,
 because Minari's reader takes each batch of a file for one episode: both directions hold at most
-the longest episode in memory, besides the bounded slices.
+the longest episode in memory, besides the bounded slices (an export of a vector env's
+interleaved episodes, those running at the same time).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import os
 import numpy as np
 
 from ..errors import CorruptStoreError, NotAPoolError
-from ..inspect.streaming import iter_slices
 from ..schema import Field
 from .arrow_columns import pyarrow, to_arrow
 
@@ -158,14 +158,15 @@ def _read_episode_table(path: str, data_format: str):
 
 
 # ---------------------------------------------------------------------------------------- writing
-def write_episodes(data_dir: str, source, ends: np.ndarray, progress, data_format: str, extras: list[str]) -> None:
-    """Write the pool's rows as one file per episode (``ends``: exclusive row ends of the episodes)."""
-    schema = source.schema
+def write_episodes(data_dir: str, order, ends: np.ndarray, progress, data_format: str, extras: list[str]) -> None:
+    """Write the pool's rows as one file per episode (``order``: episode_tags.py's EpisodeOrder
+    of the source; ``ends``: exclusive ends of the episodes in its rows)."""
+    schema = order.source.schema
     columns = {"observations": schema["obs"], "actions": schema["action"], "rewards": schema["reward"],
                "terminations": Field((), "bool"), "truncations": Field((), "bool"),
                **{EXTRA_PREFIX + name: schema[name] for name in extras}}
     writer: EpisodeFileWriter | None = None
-    for first, rows in iter_slices(source, progress=progress):
+    for first, rows, _ in order.slices(progress=progress):
         last = first + len(rows["reward"])
         position = first
         while position < last:

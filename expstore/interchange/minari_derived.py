@@ -55,6 +55,7 @@ class DerivedNextObs:
         self._next = NextObservations(source)
         self.path, self.attrs, self.capacity = source.path, source.attrs, source.capacity
         self.chunk_rows, self.first_step_id = source.chunk_rows, source.first_step_id
+        self.book = source.book  # with step_ids: each row's episode (episode_tags.py)
         fields = dict(source.schema.items())
         self.schema = Schema({**fields, "next_obs": fields["obs"]})
         unknown = self._next.unknown_rows()
@@ -66,6 +67,11 @@ class DerivedNextObs:
 
     def __len__(self) -> int:
         return len(self._source) if self._rows is None else len(self._rows)
+
+    def step_ids(self, start: int, stop: int) -> np.ndarray:
+        """The step ids of rows ``[start, stop)`` of this source's order."""
+        indices = np.arange(start, stop, dtype=np.int64) if self._rows is None else self._rows[start:stop]
+        return self.first_step_id + indices
 
     def read(self, start: int, stop: int) -> dict[str, np.ndarray]:
         """Rows ``[start, stop)`` of this source's order, with ``next_obs``."""
