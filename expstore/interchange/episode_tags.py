@@ -10,6 +10,7 @@ each row's episode.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -93,6 +94,23 @@ class EpisodeTagger:
         return ids.astype(np.int64), positions.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class EpisodeRows:
+    """The episode ids in a run of rows, ascending, with the index of each one's first and last row."""
+
+    ids: np.ndarray
+    first: np.ndarray
+    last: np.ndarray
+
+
+def episode_rows(ids: np.ndarray, start: int = 0) -> EpisodeRows:
+    """Where each episode of ``ids`` (the episode id of rows ``start``, ``start + 1``, ...) begins
+    and ends within them."""
+    unique, first = np.unique(ids, return_index=True)
+    _, from_end = np.unique(ids[::-1], return_index=True)
+    return EpisodeRows(unique, start + first, start + len(ids) - 1 - from_end)
+
+
 def step_ids(source: RowSource, start: int, stop: int) -> np.ndarray:
     """The step ids of rows ``[start, stop)`` of ``source``."""
     own = getattr(source, "step_ids", None)
@@ -127,11 +145,8 @@ class EpisodeOrder:
     def _spans(self) -> None:
         firsts: dict[int, int] = {}
         for start in range(0, len(self.source), _SCAN_ROWS):
-            ids = self._ids(start, min(len(self.source), start + _SCAN_ROWS))
-            unique, first = np.unique(ids, return_index=True)
-            _, from_end = np.unique(ids[::-1], return_index=True)
-            for episode_id, lo, hi in zip(unique.tolist(), (start + first).tolist(),
-                                          (start + len(ids) - 1 - from_end).tolist(), strict=True):
+            spans = episode_rows(self._ids(start, min(len(self.source), start + _SCAN_ROWS)), start)
+            for episode_id, lo, hi in zip(spans.ids.tolist(), spans.first.tolist(), spans.last.tolist(), strict=True):
                 firsts.setdefault(episode_id, lo)
                 self._last[episode_id] = hi
         order = sorted(firsts, key=firsts.__getitem__)

@@ -4,9 +4,11 @@ Layout: ``DATASET/data/metadata.json`` and ``DATASET/data/main_data.hdf5`` with 
 ``episode_{i}`` per episode holding ``observations`` (T+1 rows: the reset observation, then one
 per step), ``actions``, ``rewards``, ``terminations`` and ``truncations`` (T rows). A pool row t
 of an episode is (observations[t], actions[t], rewards[t], observations[t+1], terminations[t],
-truncations[t]). Export splits the pool into episodes at every ``terminated``/``truncated`` row
-and wherever ``next_obs`` of a row differs from ``obs`` of the next one (a segment without
-either flag at its end), so that import gives back every row bit for bit. A vector env's
+truncations[t]). Export splits the pool into episodes at every ``terminated``/``truncated`` row,
+wherever the pool's bookkeeping ends one (``Store.end_episodes``) and wherever ``next_obs`` of a
+row differs from ``obs`` of the next one (a segment without either flag at its end), so that
+import gives back every row bit for bit. Import makes each episode group one pool episode: one
+whose last row has neither flag is ended there as ``end_episodes`` ends one. A vector env's
 interleaved episodes are written one after another, each its own rows in step order and ended
 where the pool's bookkeeping ends it too (episode_tags.py's EpisodeOrder); one still open at the
 export ends, as a one-env pool's last one does, without a flag. Other pool fields go
@@ -26,13 +28,14 @@ from contextlib import closing
 
 import numpy as np
 
-from ..backends import files, resolve_backend
+from ..backends import files
 from ..errors import CorruptStoreError, InvalidArgumentError, NotAPoolError, StoreNotFoundError
 from ..inspect.streaming import Progress, open_source, slice_rows
 from ..maintenance.destination import SAVED_KEY, check_destination
-from ..maintenance.writing import build_pool, make_parent
+from ..maintenance.writing import make_parent
 from ..schema import Field, Schema
 from .base import ExportOption, ExportResult
+from .building import ImportSlice, build_imported_pool
 from .common import REQUIRED, check_fixed, check_required, restore
 from .episode_tags import EpisodeOrder
 from .minari_arrow import FORMATS as ARROW_STORAGES
@@ -105,8 +108,9 @@ def _check_dataset_id(dataset_id: str) -> None:
 
 def _segment(order: EpisodeOrder, progress) -> tuple[np.ndarray, dict]:
     """Episode ends (exclusive indices in ``order``'s rows), and min/max of obs and action for
-    the spaces. Where the pool's episodes interleave, each one's rows follow another episode's,
-    so one ends at its last row whatever its observations."""
+    the spaces. An episode of the pool ends at its last row whatever its observations: where
+    episodes interleave, the next rows are another episode's; one after another, the next one
+    may begin at the last one's final observation (ended by end_episodes, without a flag)."""
     ends: list[int] = []
     bounds: dict[str, tuple] = {}
     carry, carry_id = None, None
@@ -114,9 +118,8 @@ def _segment(order: EpisodeOrder, progress) -> tuple[np.ndarray, dict]:
         obs, next_obs = _as_bytes(rows["obs"]), _as_bytes(rows["next_obs"])
         breaks = rows["terminated"].astype(bool) | rows["truncated"].astype(bool)
         breaks[:-1] |= (next_obs[:-1] != obs[1:]).any(axis=1)
-        other = order.interleaved and carry_id != int(ids[0])
-        if order.interleaved:
-            breaks[:-1] |= ids[:-1] != ids[1:]
+        other = carry_id != int(ids[0])
+        breaks[:-1] |= ids[:-1] != ids[1:]
         if carry is not None and ((carry != obs[0]).any() or other) and (not ends or ends[-1] != first):
             ends.append(first)
         ends.extend((first + np.flatnonzero(breaks) + 1).tolist())
@@ -262,8 +265,8 @@ def _import_episodes(src, dst: str, metadata: dict, episodes: list, capacity, ba
     per_step = _per_step_layout(episodes[0], schema)
     rows = sum(check_episode(os.fspath(src), k, ep, layouts, per_step)
                for k, ep in enumerate(episodes))
-    build_pool(dst, resolve_backend(dst, backend).name, schema, capacity or max(1, rows), attrs,
-               _episode_slices(src, episodes, schema, layouts, progress), overwrite=overwrite)
+    build_imported_pool(dst, backend, schema, capacity or max(1, rows), attrs,
+                        _episode_slices(src, episodes, schema, layouts, progress), overwrite=overwrite)
     return rows
 
 
@@ -320,7 +323,10 @@ def _per_step_layout(first, schema: Schema) -> dict:
 
 
 def _episode_slices(src, episodes, schema: Schema, layouts: dict, progress):
-    written = 0
+    """Each episode's rows in slices. An episode whose last row has neither flag (one ended by
+    ``Store.end_episodes``, or open at the export: Minari cannot tell them apart) is ended there
+    as ``end_episodes`` ends one, since ``extend`` ends episodes only at a flag and the next
+    episode would otherwise continue it."""
     step = slice_rows(schema)
     for k, ep in enumerate(episodes):
         where = f"{src}: episode_{k}"
@@ -335,8 +341,9 @@ def _episode_slices(src, episodes, schema: Schema, layouts: dict, progress):
             for name in schema:
                 if name not in batch:
                     batch[name] = ep[f"{_EXTRAS}/{name}"][lo:hi]
-            yield written, {name: np.asarray(batch[name]).astype(schema[name].dtype, copy=False) for name in schema}
-            written += hi - lo
+            rows = {name: np.asarray(batch[name]).astype(schema[name].dtype, copy=False) for name in schema}
+            unflagged = hi == steps and not (rows["terminated"][-1] or rows["truncated"][-1])
+            yield ImportSlice(rows, [hi - lo] if unflagged else [])
             if progress is not None:
                 progress(hi - lo)
 

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import CorruptStoreError, SchemaError
 from ..schema import Field, Schema
 from .arrow_columns import list_levels
+from .episode_tags import EpisodeRows, episode_rows
 
 
 def ragged_heap_bytes(parquet, schema: Schema, columns: Mapping[str, str], capacity: int) -> dict[str, int] | None:
@@ -120,18 +121,17 @@ class EpisodeSpans:
     @classmethod
     def read(cls, src: str, parquet, open_episodes: frozenset, column: str = "episode_id") -> EpisodeSpans:
         """The spans of the episodes in ``parquet``'s ``column`` (one pass over it)."""
-        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        parts: list[EpisodeRows] = []
         start = 0
         batches = parquet.iter_batches(columns=[column])
         while (batch := next_batch(src, batches)) is not None:
             ids = episode_ids(src, batch.column(0), column)
-            unique, first = np.unique(ids, return_index=True)
-            _, from_end = np.unique(ids[::-1], return_index=True)
-            parts.append((unique, start + first, start + len(ids) - 1 - from_end))
+            parts.append(episode_rows(ids, start))
             start += len(ids)
         if not parts:
             return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64), open_episodes)
-        ids, first, last = (np.concatenate(columns) for columns in zip(*parts, strict=True))
+        ids, first, last = (np.concatenate([getattr(part, name) for part in parts])
+                            for name in ("ids", "first", "last"))
         order = np.argsort(ids, kind="stable")
         unique, starts = np.unique(ids[order], return_index=True)
         return cls(unique, np.minimum.reduceat(first[order], starts), np.maximum.reduceat(last[order], starts),
