@@ -30,6 +30,7 @@ from tests.crash.test_crash import CAPACITY as CRASH_CAPACITY
 from tests.crash.test_crash import SLACK as CRASH_SLACK
 from tests.crash.test_crash import check_window, make_pool, resume_appending
 from tests.helpers.crash_writer import WriterProcess
+from tests.helpers.heap_rows import heap_row, heap_schema
 from tests.helpers.pools import pendulum_schema, rows_for
 
 CAPACITY = 40
@@ -90,7 +91,7 @@ class SlowDisk:
         if self.background_syncs == self.fail_on:
             raise OSError(errno.EIO, "injected: the disk failed the write-back")
         if self.gate is not None:
-            assert self.gate.wait(30)
+            assert self.gate.wait(10), "the test never opened the gate"
         else:
             time.sleep(self.delay_s)  # the disk is slow; the writer goes on appending
         pool = self.pool()
@@ -392,3 +393,55 @@ def test_readers_during_pipelined_commits_never_get_an_overwritten_row(pool_path
 def test_readers_during_pipelined_commits_never_get_an_overwritten_row_full(pool_path, backend):
     summary = readers_against_a_pipelined_writer(pool_path, backend, seconds=20.0)
     print(f"\nreaders against a pipelined writer (full) {backend}: {summary}")
+
+
+# ---------------------------------------------------------------------------- the default slack
+def derived_schema() -> dict:
+    return {name: spec for name, spec in pendulum_schema().items() if name != "next_obs"}
+
+
+@pytest.mark.parametrize(("schema", "options", "slack"), [
+    (pendulum_schema(), {}, 2 * 100),  # room for the rows after a commit whose sync is on its way
+    (pendulum_schema(), {"capacity": 60}, 2 * 60),
+    (pendulum_schema(), {"slack": 37}, 37),
+    (heap_schema(), {}, 100),  # commits in place: the slack of one commit interval, as before
+    (derived_schema(), {"derive_next_obs": True}, 100),
+], ids=["plain", "small capacity", "given", "heap fields", "derived next_obs"])
+def test_a_new_pool_gets_slack_for_a_commit_on_its_way_where_its_commits_pipeline(pool_path, schema, options, slack):
+    settings = {"capacity": 1000, "schema": schema, "commit_every": 100, "chunk_rows": 1} | options
+    with expstore.open(pool_path, "w", **settings) as pool:
+        assert pool.ring.slack == slack
+
+
+@pytest.mark.parametrize(("schema", "options", "make_row"), [
+    (pendulum_schema(), {"fsync": False}, one_row),  # nothing to sync: the record is written at once
+    (heap_schema(), {}, heap_row),
+    (derived_schema(), {"derive_next_obs": True},
+     lambda step: {name: value for name, value in one_row(step).items() if name != "next_obs"}),
+], ids=["fsync=False", "heap fields", "derived next_obs"])
+def test_pools_that_commit_in_place_expose_each_automatic_commit_before_the_append_returns(pool_path, schema,
+                                                                                           options, make_row):
+    with expstore.open(pool_path, "w", capacity=50, schema=schema, commit_every=4, commit_interval_s=3600.0,
+                       **options) as pool, expstore.open(pool_path, "r") as reader:
+        for step in range(10):
+            pool.append(make_row(step))
+            assert reader.next_step_id == step + 1 - (step + 1) % 4
+            assert pool.commit_record.head == reader.next_step_id
+
+
+def test_the_default_slack_keeps_the_commit_cadence_and_lets_the_next_interval_in(pool_path):
+    """Commits still fall every commit_every rows; while one syncs, the writer appends the whole
+    next interval without waiting for it (it waits at the commit after)."""
+    gate = threading.Event()
+    with expstore.open(pool_path, "w", capacity=1000, schema=pendulum_schema(), commit_every=100, chunk_rows=1,
+                       commit_interval_s=3600.0) as pool:
+        SlowDisk(pool, gate=gate)
+        pool.extend(rows_for(np.arange(100)))  # its commit is held at its sync
+        pool.extend(rows_for(np.arange(100, 199)))  # into the maps at once: 100 rows of room
+        assert pool.commit_record.head == 0 and pool.next_step_id == 199
+        gate.set()
+        pool.wait_for_commits()
+        assert pool.commit_record.head == 100
+        pool.append(one_row(199))
+        pool.wait_for_commits()
+        assert pool.commit_record.head == 200
