@@ -44,8 +44,10 @@ logger = logging.getLogger(__name__)
 class CommitPipeline:
     """The commit records of one writer on their way to the disk; at most one pending."""
 
-    def __init__(self, maps: MappedPool, durable: CommitRecord, on_failure: Callable[[BaseException], None]):
+    def __init__(self, maps: MappedPool, durable: CommitRecord, on_failure: Callable[[BaseException], None],
+                 path: str = ""):
         self._maps = maps
+        self._path = path
         self.durable = durable  # the newest record in its slot (synced too, when commits sync)
         self.pending: CommitRecord | None = None
         self._owner: Any = None  # the store, kept alive while its record is pending
@@ -74,7 +76,7 @@ class CommitPipeline:
                                    "close; wait() first")
             self.pending, self._owner = record, owner
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="expstore-commit", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=f"expstore-commit {self._path}", daemon=True)
                 self._thread.start()
             self._changed.notify_all()
 
@@ -129,8 +131,8 @@ class CommitPipeline:
             del owner  # outside the lock: letting the store go may close it, on this thread
 
     def _fail(self, failure: BaseException, record: CommitRecord) -> None:
-        logger.error("making commit %d (head %d) durable failed: %s; the writer stops writing and a reopen "
-                     "recovers from commit %d", record.seq, record.head, failure, self.durable.seq)
+        logger.error("%s: making commit %d (head %d) durable failed: %s; the writer stops writing and a reopen "
+                     "recovers from commit %d", self._path, record.seq, record.head, failure, self.durable.seq)
         with self._changed:
             self._failure = failure
             owner, self._owner = self._owner, None

@@ -196,7 +196,8 @@ class Store:
             self._keeping.heap_rows = self._read_heap_fields
         self._schedule_commit()
         if self.writable:
-            self._pipeline = CommitPipeline(self._maps, self._committed, _stop_writing_on_failure(weakref.ref(self)))
+            self._pipeline = CommitPipeline(self._maps, self._committed, _stop_writing_on_failure(weakref.ref(self)),
+                                            self.path)
             # Heap fields and derived next_obs keep their commits in place: their byte heaps and the
             # final-observation table protect the bytes of the newest commit record (HeapField.committed
             # and .protected, FinalTable), not those of an older one still on disk while it is pending.
@@ -1595,7 +1596,7 @@ def _forbid_writes_after_fork() -> None:
             # never waits on the parent's thread (which it does not have) nor touches its lock.
             durable = store._pipeline.durable
             store._committed = durable
-            store._pipeline = CommitPipeline(store._maps, durable, _ignore_failure)
+            store._pipeline = CommitPipeline(store._maps, durable, _ignore_failure, store.path)
         store._head = store._committed.head
         # The parent's idle-commit thread may have held the lock at the fork; it does not run
         # here, so a fresh lock lets the child's writes reach their ReadOnlyError.

@@ -445,3 +445,18 @@ def test_the_default_slack_keeps_the_commit_cadence_and_lets_the_next_interval_i
         pool.append(one_row(199))
         pool.wait_for_commits()
         assert pool.commit_record.head == 200
+
+
+@pytest.mark.parametrize("how", ["append", "extend"])
+def test_checksums_recorded_beside_pending_commits_verify(pool_path, how):
+    """Each record's checksums are computed on the writer's thread from the record before it, which
+    may still be on its way: the rows they cover are the ones on disk when either lands."""
+    with new_pool(pool_path, checksums=True) as pool:
+        slow = SlowDisk(pool, delay_s=0.002)
+        write_rows(pool, how, 10 * (CAPACITY + SLACK) + 5)
+        report = pool.verify()  # the writer's own: it waits for the commit on its way first
+        assert report.ok and report.facts["rows_unchecked"] == 0, (report.findings, report.facts)
+    assert slow.background_syncs > 0 and slow.damaged == []
+    report = expstore.verify(pool_path)
+    assert report.ok and report.facts["rows_unchecked"] == 0, (report.findings, report.facts)
+    assert report.facts["chunks_checked"] >= CAPACITY // CHUNK_ROWS - 1
