@@ -1,12 +1,13 @@
 """Making commit records durable, on the writer's thread or on a thread of its own.
 
 A commit with fsync costs the writer two ``fdatasync`` calls (the rows, then the record's slot):
-about 6 ms per 10,000 Pendulum rows here, a fifth of the time those rows take to append. The
-writer's automatic commits (every ``commit_every`` rows or ``commit_interval_s`` seconds) hand
-that part to one background thread instead: the writer computes the record as before (window,
-episode payload, checksums, all on its own thread, from the previous record), and the thread
-syncs the rows, writes the record into its slot and syncs the slot, in the order of DESIGN.md
-section 4, while the writer appends the next rows. ``fdatasync`` releases the GIL.
+a few milliseconds per 10,000 Pendulum rows here, the whole difference between default commits
+and ``fsync=False`` in tools/bench_core.py's single appends. The writer's automatic commits
+(every ``commit_every`` rows or ``commit_interval_s`` seconds) hand that part to one background
+thread instead: the writer computes the record as before (window, episode payload, checksums,
+all on its own thread, from the previous record), and the thread syncs the rows, writes the
+record into its slot and syncs the slot, in the order of DESIGN.md section 4, while the writer
+appends the next rows. ``fdatasync`` releases the GIL.
 
 What keeps this as crash safe as a commit made in place:
 
@@ -20,7 +21,7 @@ What keeps this as crash safe as a commit made in place:
   rely on the same bound, see no other writer than before (Store._wait_for_room).
 - A failed sync is not retried (DESIGN.md section 4): the thread stops, the writer is told at
   once (``on_failure``: it refuses further writes) and the error itself is raised to the writer
-  by its next call that waits here (``wait``), once.
+  by its next call (``wait`` or ``raise_failure``), once.
 
 The thread never takes the writer's lock, and the writer holds it while it waits here, so the
 two cannot wait on each other. The store is kept alive while a record of its is pending, so that
