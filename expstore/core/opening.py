@@ -32,7 +32,7 @@ class _Creator:
     backend: Backend
     capacity: int
     chunk_rows: int | None
-    slack: int
+    slack: int | None  # None: the default, which depends on the schema (default_slack)
     attrs: dict
     replace: bool
     checksums: bool = False
@@ -41,14 +41,17 @@ class _Creator:
     max_final_obs: int | None = None
     first_step_id: int = 0
     heap_bytes: int | dict[str, int] | None = None
+    commit_every: int = 10_000
 
     def __call__(self, schema: Schema) -> Layout:
+        slack = self.slack if self.slack is not None else default_slack(
+            schema, self.capacity, self.commit_every, self.derive_next_obs)
         widest = max(field.stored_row_nbytes for field in schema.values())
-        chunk_rows = self.chunk_rows or default_chunk_rows(widest, self.capacity + self.slack)
-        slots = plan_slots(self.capacity, self.slack, chunk_rows)
+        chunk_rows = self.chunk_rows or default_chunk_rows(widest, self.capacity + slack)
+        slots = plan_slots(self.capacity, slack, chunk_rows)
         meta = build_meta(schema, self.capacity, slots, chunk_rows, self.attrs, self.checksums)
         episode_rows = _episode_rows(self.max_episodes, slots)
-        rows = self.capacity + self.slack
+        rows = self.capacity + slack
         final_rows = _final_rows(self.max_final_obs, rows, episode_rows)
         heaps = heap_sizes(schema, self.heap_bytes, rows)
         meta["internal"] = internal.plan(schema, slots, episode_rows, self.derive_next_obs, final_rows, heaps,
@@ -99,8 +102,13 @@ def open(  # mirrors h5py.File / zarr.open naming on purpose
         commit_interval_s: ...or when this many seconds passed since the last commit.
         fsync: whether commits are durable against power loss (fdatasync); without it they
             survive a killed process but not a crashed machine.
-        slack: spare rows so that uncommitted writes never touch committed rows; default
-            ``min(commit_every, capacity)``. A writer commits at least every ``slack`` rows.
+        slack: spare rows so that uncommitted writes never touch committed rows: a writer commits
+            every ``min(commit_every, slack)`` rows at least, and writes no row ``slack`` rows or
+            more past the newest commit on disk. Default ``2 * min(commit_every, capacity)``: with
+            fsync, automatic commits are made durable on a background thread (core/commit_pipeline.py)
+            while the appends go on into the slack beyond them, the next commit interval's rows
+            when ``capacity >= commit_every``; ``min(commit_every, capacity)`` for a schema with
+            ragged or codec fields or with ``derive_next_obs``, whose commits are made in place.
         checksums: record crc32s of every committed row at commit time (per chunk, and for the
             chunks the window covers in part, in the commit record), so that ``verify`` can
             prove the rows did not change on disk since (costs two passes over the bytes).
@@ -313,8 +321,7 @@ def _creator(path, backend, capacity, schema, chunk_rows, attrs, slack, policy, 
         raise InvalidArgumentError(f"capacity={capacity!r} must be a positive int (transitions)")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or chunk_rows < 1):
         raise InvalidArgumentError(f"chunk_rows={chunk_rows!r} must be a positive int")
-    slack = min(policy.every_rows, capacity) if slack is None else slack
-    if not isinstance(slack, int) or slack < 1:
+    if slack is not None and (not isinstance(slack, int) or slack < 1):
         raise InvalidArgumentError(f"slack={slack!r} must be a positive int (rows)")
     if schema is not None:
         Schema(schema)  # fail before touching the disk
@@ -325,7 +332,17 @@ def _creator(path, backend, capacity, schema, chunk_rows, attrs, slack, policy, 
         raise InvalidArgumentError(f"attrs must be JSON-able (str, numbers, lists, dicts): {exc}") from None
     if not isinstance(attrs, dict):
         raise InvalidArgumentError(f"attrs must be a dict, not {type(attrs).__name__}")
-    return _Creator(path, backend, capacity, chunk_rows, slack, attrs, replace, checksums)
+    return _Creator(path, backend, capacity, chunk_rows, slack, attrs, replace, checksums,
+                    commit_every=policy.every_rows)
+
+
+def default_slack(schema: Schema, capacity: int, commit_every: int, derive_next_obs: bool) -> int:
+    """A new pool's slack when none is given: room for the rows up to the next commit, and, where
+    automatic commits are made durable in the background (no heap fields, no derived next_obs:
+    Store._attach_unguarded), as many again, so that one commit's sync overlaps the next rows."""
+    rows_per_commit = min(commit_every, capacity)
+    commits_in_place = bool(schema.heap_fields()) or (derive_next_obs and bool(internal.derived_fields(schema)))
+    return rows_per_commit if commits_in_place else 2 * rows_per_commit
 
 
 def _check_matches(path: str, layout: Layout, capacity: int | None, schema: Any) -> None:

@@ -48,6 +48,7 @@ from .batches import CHAIN, Batches
 from .bookkeeping import Bookkeeping, EpisodeState, check_env_ids
 from .casting import as_rows, to_numpy
 from .coldread import ColdReads, available_memory_nbytes
+from .commit_pipeline import CommitPipeline
 from .episodes import EpisodeBook, EpisodeTable
 from .heap import BOUND_KEY as HEAP_BOUND_KEY
 from .heap import EncodedRows
@@ -115,7 +116,11 @@ class Store:
         self._finalizing = False  # closing from __del__: no thread pools (see files.in_parallel)
         self._idle_committer: IdleCommitter | None = None
         self._layout: Layout | None = None
+        # The newest commit record this handle read (a reader) or made (a writer: it may still be on
+        # its way to the disk, see _durable); the next commit is computed from it.
         self._committed = commit.CommitRecord(1, 0, 0, 0.0)
+        self._pipeline: CommitPipeline | None = None  # a writer's records on their way to the disk
+        self._pipelined = False  # whether its automatic commits are made durable in the background
         self._head = 0
         self._keeping: Bookkeeping | None = None  # episode book and priorities, in pools created with them
         self._derived: tuple[str, ...] = ()  # the observations whose next_ the pool derives
@@ -192,6 +197,13 @@ class Store:
             self._keeping.heap_rows = self._read_heap_fields
         self._schedule_commit()
         if self.writable:
+            self._pipeline = CommitPipeline(self._maps, self._committed, _stop_writing_on_failure(weakref.ref(self)),
+                                            self.path)
+            # Heap fields and derived next_obs keep their commits in place: their byte heaps and the
+            # final-observation table protect the bytes of the newest commit record (HeapField.committed
+            # and .protected, FinalTable), not those of an older one still on disk while it is pending.
+            # Without fsync a commit costs no sync, so there is nothing to move off the appending thread.
+            self._pipelined = self._policy.fsync and self._heaps is None and not self._derived
             self._stage = self._new_stage()
             self._idle_committer = IdleCommitter(self, self._policy.interval_s)
 
@@ -270,9 +282,15 @@ class Store:
 
     @property
     def last_commit_time(self) -> float | None:
-        """Unix time of the last commit, None before the first."""
+        """Unix time of the last commit on disk, None before the first."""
         self._refresh()
-        return self._committed.time_unix or None
+        return self._durable.time_unix or None
+
+    @property
+    def _durable(self) -> commit.CommitRecord:
+        """The newest commit record in its slot: ``_committed``, but for a writer's commit still on its
+        way to the disk (core/commit_pipeline.py), while the one before it is the newest there."""
+        return self._committed if self._pipeline is None else self._pipeline.durable
 
     def __len__(self) -> int:
         """Rows in the window: at most ``capacity``, fewer once a byte heap fills first
@@ -354,9 +372,9 @@ class Store:
                 if stage.count >= stage.limit:
                     self._drain_stage(defer=True)
                     if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
-                        self._commit(self._policy.fsync)
+                        self._auto_commit()
                 elif self._head >= self._commit_due_head:
-                    self._commit(self._policy.fsync)
+                    self._auto_commit()
                 return
             self._append_direct(transition, derived, env_id)
 
@@ -380,6 +398,7 @@ class Store:
             converted[name] = as_rows(name, field, value, None)
         if converted is not None:
             transition = {**transition, **converted}
+        self._wait_for_room(self._head + 1)
         if self._heaps is not None:
             self._write_heap_rows(self._heaps.encode(transition, None), 0, 1)
         slot = self._head % self._slots
@@ -391,7 +410,7 @@ class Store:
         self._head += 1
         # A commit whenever `slack` rows are pending keeps the next write off committed rows.
         if self._head >= self._commit_due_head or time.monotonic() >= self._commit_due_s:
-            self._commit(self._policy.fsync)
+            self._auto_commit()
         self._set_stage_room()  # the direct way because the stage was full: maybe it has room again
 
     # ------------------------------------------------------------------ staged appends (staging.py)
@@ -437,6 +456,7 @@ class Store:
         if stage is None or not stage.count:
             self._apply_deferred()
             return
+        self._wait_for_room(self._head)
         first = self._head - stage.count
         one_env = stage.envs == _ENV_0 and not stage.with_derived
         columns, derived, env_ids = stage.take()
@@ -504,6 +524,8 @@ class Store:
             # an instance attribute in the method's place (the method is its checked path)
             self.append = fast_append_for(self._stage, self._write_lock, self,  # type: ignore[method-assign]
                                           Store.append.__get__(self))
+        if self._failure is not None:  # a background sync failed since the checks: its disarming stands
+            self._disarm_append()
 
     def extend(self, batch: Mapping[str, Any], *, env_ids=None) -> None:
         """Append a batch: a mapping of field name -> values with a leading batch dimension.
@@ -539,11 +561,14 @@ class Store:
             encoded = None if self._heaps is None else self._heaps.encode(batch, n_rows)
             done = 0
             while done < n_rows:
-                room = self._ring.slack - (self._head - self._committed.head)
-                if room < min(n_rows - done, self._ring.slack) and self._head > self._committed.head:
-                    # Commit what is pending rather than split the batch: one commit either way,
-                    # and a batch written in one piece costs one round of bookkeeping.
-                    self._commit(self._policy.fsync)
+                room = self._ring.slack - (self._head - self._durable.head)
+                if room < min(n_rows - done, self._ring.slack):
+                    if self._commit_on_its_way():
+                        self._wait_for_commit()  # the room is counted from the newest commit on disk
+                    else:
+                        # Commit what is pending rather than split the batch: one commit either way,
+                        # and a batch written in one piece costs one round of bookkeeping.
+                        self._auto_commit()
                     continue
                 take = min(room, n_rows - done)
                 if encoded is not None:
@@ -585,7 +610,7 @@ class Store:
         assert self._heaps is not None
         fits, floors = self._heaps.rows_that_fit(encoded, first, count)
         if not fits:
-            self._commit(self._policy.fsync, floors)
+            self._commit(self._policy.fsync, floors)  # in place: a pool with heap fields never pipelines
             fits, floors = self._heaps.rows_that_fit(encoded, first, count)
             if count == 1 and fits:  # append's one row: written now
                 self._heaps.write(encoded, first, fits, self._head)
@@ -664,31 +689,75 @@ class Store:
         return derived or None
 
     def flush(self, fsync: bool | None = None) -> None:
-        """Commit every appended transition now; with fsync (the default) it is durable on return."""
+        """Commit every appended transition now; with fsync (the default) it is durable on return
+        (so is an automatic commit still on its way to the disk, which it waits for)."""
         self._check_writable()
         if self._layout is not None:
             with self._write_lock:
                 self._commit(self._policy.fsync if fsync is None else fsync)
+
+    def wait_for_commits(self) -> None:
+        """Return once every commit this writer made is on disk (durable, with fsync). Automatic
+        commits of a pool without heap fields or derived ``next_obs`` are made durable on a
+        background thread while the appends go on (core/commit_pipeline.py): when the ``append``
+        or ``extend`` that made one returns, it may still be on its way, so a crash a few
+        milliseconds later may lose it. Unlike ``flush``, this commits no row appended since."""
+        self._check_open()
+        if self.writable:
+            with self._write_lock:
+                self._wait_for_commit()
 
     def _commit_if_idle(self) -> None:
         """The idle-commit thread's check (idle.py): rows pending longer than the interval."""
         with self._write_lock:
             if self._closed or self._failure is not None or self._layout is None:
                 return
+            if self._commit_on_its_way():
+                return  # never waits on the disk here, holding the lock the appends need: the next wake commits
             if self._head > self._committed.head and time.monotonic() >= self._commit_due_s:
-                self._commit(self._policy.fsync)
+                self._auto_commit()
 
     def _maybe_commit(self) -> None:
         if self._head >= self._commit_due_head or (
             self._head > self._committed.head and time.monotonic() >= self._commit_due_s
         ):
-            self._commit(self._policy.fsync)
+            self._auto_commit()
 
-    def _commit(self, fsync: bool, heap_floors: Mapping[str, int] | None = None) -> None:
+    def _auto_commit(self) -> None:
+        """A commit the writer makes on its own (rows, interval, slack): made durable in the
+        background where the pool pipelines its commits, so that the appends go on meanwhile."""
+        self._commit(self._policy.fsync, background=self._pipelined)
+
+    def _commit_on_its_way(self) -> bool:
+        return self._pipeline is not None and self._pipeline.pending is not None
+
+    def _wait_for_commit(self) -> None:
+        """Until the commit on its way is durable; its failure is raised here (commit_pipeline.py)."""
+        if self._pipeline is not None:
+            self._pipeline.wait()
+
+    def _wait_for_room(self, end_step: int) -> None:
+        """Before rows up to ``end_step`` (exclusive) go into the maps. The slots of steps from
+        ``head + slack`` on hold rows of the window of the commit record with that ``head``: while a
+        newer commit is on its way, the older one is what a crash leaves, so no row may reach
+        ``slack`` rows past its head. Wait for the newer one instead: it was made no more than
+        ``slack`` rows before ``end_step`` (the commits fall at least every ``slack`` rows)."""
+        pipeline = self._pipeline
+        if pipeline is not None and pipeline.pending is not None \
+                and end_step > pipeline.durable.head + self._ring.slack:
+            pipeline.wait()
+
+    def _commit(self, fsync: bool, heap_floors: Mapping[str, int] | None = None, background: bool = False) -> None:
+        """Commit every row appended. ``background``: hand the syncs and the record's write to the
+        pipeline's thread and return (core/commit_pipeline.py); else the record is durable (with
+        ``fsync``) on return. A commit still on its way is waited for first either way."""
         self._drain_stage()  # a commit's rows are in the maps before its record
-        previous = self._committed
         maps, layout = self._mapped()
+        pipeline = self._pipeline
+        assert pipeline is not None, "only a writer commits"
         try:
+            pipeline.wait()  # one record on its way at a time: N + 1 goes into the slot of N - 1
+            previous = self._committed
             tail = ring_tail = self._ring.tail_for(self._head, previous.tail)
             if self._heaps is not None:  # evict too the rows whose heap bytes the next write needs
                 tail = self._heaps.tail_for(ring_tail, self._head, heap_floors)
@@ -707,12 +776,10 @@ class Store:
             record = commit.CommitRecord(
                 seq=previous.seq + 1, head=self._head, tail=tail, time_unix=time.time(), payload=payload,
             )
-            if fsync:
-                # Rows reach the disk before the record that exposes them.
-                maps.sync_data(parallel=not self._finalizing)
-            maps.write_commit(record)
-            if fsync:
-                maps.sync_commit()
+            if background and fsync:
+                pipeline.submit(record, owner=self)
+            else:
+                pipeline.commit_now(record, fsync, parallel=not self._finalizing)
         except OSError as exc:
             # Linux marks pages clean after a failed writeback, so a retry could "succeed"
             # without the data: stop writing, and let a reopen recover from the last commit.
@@ -1244,6 +1311,9 @@ class Store:
         ``progress``, if given, is called with the number of chunks just checked.
         """
         self._check_open()
+        if self.writable:
+            with self._write_lock:
+                self._wait_for_commit()  # the record on disk is then the writer's newest
         return call_hook("verify", self, progress)
 
     def stats(self, *, duplicates: bool = False) -> dict:
@@ -1262,11 +1332,15 @@ class Store:
         if self._idle_committer is not None:
             self._idle_committer.stop()
         try:
-            if self.writable and self._layout is not None and self._failure is None and not forked:
+            if self.writable and self._layout is not None and not forked:
                 with self._write_lock:
-                    self._commit(self._policy.fsync)
+                    self._wait_for_commit()  # raises what made a commit on its way fail
+                    if self._failure is None:
+                        self._commit(self._policy.fsync)
         finally:
             self._closed = True
+            if self._pipeline is not None and not forked:  # a child has no thread of the parent's
+                self._pipeline.stop()
             self._disarm_append()
             self._release_views()
             if self._maps is not None:
@@ -1307,6 +1381,8 @@ class Store:
         if not self.writable:
             raise ReadOnlyError(f"{self.path} is open read-only; open it with mode='a' or 'r+' to write")
         if self._failure is not None:
+            if self._pipeline is not None:
+                self._pipeline.raise_failure()  # a background sync's OSError first, as a commit in place raises it
             raise ExpstoreError(f"{self.path}: an earlier write failed ({self._failure}); "
                                 "close and reopen the pool, it recovers from the last commit")
         if os.getpid() != self._owner_pid:
@@ -1339,8 +1415,9 @@ class Store:
     @property
     def commit_record(self) -> commit.CommitRecord:
         """The commit record this handle's ``window`` was last taken from: read ``window`` first
-        for the newest (a reader polls there), then this record matches it."""
-        return self._committed
+        for the newest (a reader polls there), then this record matches it. A writer's is the
+        newest on disk: an automatic commit still on its way there is not yet this record."""
+        return self._durable
 
     @property
     def mapped(self) -> MappedPool | None:
@@ -1514,6 +1591,13 @@ def _forbid_writes_after_fork() -> None:
         store._deferred = None
         if store._stage is not None:
             store._stage.take()
+        if store._pipeline is not None and store._maps is not None:
+            # The parent's commit on its way is the parent's to finish: the child takes the record on
+            # disk before it, and gets a pipeline of its own that nothing is pending in, so that it
+            # never waits on the parent's thread (which it does not have) nor touches its lock.
+            durable = store._pipeline.durable
+            store._committed = durable
+            store._pipeline = CommitPipeline(store._maps, durable, _ignore_failure, store.path)
         store._head = store._committed.head
         # The parent's idle-commit thread may have held the lock at the fork; it does not run
         # here, so a fresh lock lets the child's writes reach their ReadOnlyError.
@@ -1521,6 +1605,22 @@ def _forbid_writes_after_fork() -> None:
 
 
 os.register_at_fork(after_in_child=_forbid_writes_after_fork)
+
+
+def _stop_writing_on_failure(store_ref: weakref.ref) -> Callable[[BaseException], None]:
+    """What the commit pipeline's thread does when a background sync fails: the writer refuses
+    every write from then on, its hot path included (the error itself reaches it at its next call).
+    A weak reference: the thread must not keep a forgotten store alive."""
+    def stop_writing(failure: BaseException) -> None:
+        store = store_ref()
+        if store is not None:
+            store._failure = failure
+            store._disarm_append()
+    return stop_writing
+
+
+def _ignore_failure(failure: BaseException) -> None:
+    """A forked child's pipeline never syncs anything."""
 
 
 @atexit.register

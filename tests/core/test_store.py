@@ -335,8 +335,10 @@ def test_auto_commit_every_n_rows(pool_path):
     ):
         for step in range(10):
             pool.append(one_row(step))
+        pool.wait_for_commits()  # the automatic commits' syncs run in the background (core/commit_pipeline.py)
         assert reader.next_step_id == 8  # commits at 4 and 8, 2 rows still pending
         pool.extend(rows_for(range(10, 13)))
+        pool.wait_for_commits()
         assert reader.next_step_id == 13
 
 

@@ -8,7 +8,10 @@ committed, so it must survive a SIGKILL. The parent kills it whenever it likes.
     python crash_writer.py PATH --backend hdf5 --capacity 1500 --commit-every 100 --batch 1 \
         --seed -1 --fsync 0
 
-``--batch 1`` appends one row at a time (``append``); a larger batch uses ``extend``. A seed
+``--batch 1`` appends one row at a time (``append``); a larger batch uses ``extend``. With
+``--flush 0`` it never flushes: it prints ``COMMITTED <head>`` whenever the newest commit record on
+disk (``commit_record``) moved on, which with ``--fsync 1`` its automatic commits reach on the
+commit pipeline's thread (core/commit_pipeline.py). A seed
 >= 0 draws each batch's length from 1..batch instead (ragged batches). ``--schema heap`` writes
 the rows of ``tests.helpers.heap_rows`` (a codec field and two ragged ones) into heaps of
 ``--heap-bytes``; ``--schema heap-derived`` its derived variant, with next observations, into a
@@ -38,6 +41,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1, help="rows per append/extend call")
     parser.add_argument("--seed", type=int, default=-1, help=">= 0: ragged batch lengths from this seed")
     parser.add_argument("--fsync", type=int, default=0, choices=(0, 1))
+    parser.add_argument("--flush", type=int, default=1, choices=(0, 1),
+                        help="0: no flushes; report the automatic commits that reached the disk")
     parser.add_argument("--schema", default="pendulum", choices=("pendulum", "heap", "heap-derived"))
     parser.add_argument("--heap-bytes", type=int, default=None, help="heap bytes of a heap schema's pool")
     return parser.parse_args(argv)
@@ -73,7 +78,12 @@ def _write_forever(pool, args: argparse.Namespace) -> None:
             else:
                 pool.extend(rows)
         head += n_rows
-        if head - last_flushed >= args.commit_every:
+        if not args.flush:
+            on_disk = pool.commit_record.head
+            if on_disk != last_flushed:
+                last_flushed = on_disk
+                print(f"COMMITTED {on_disk}", flush=True)
+        elif head - last_flushed >= args.commit_every:
             pool.flush()
             last_flushed = head
             print(f"COMMITTED {head}", flush=True)
@@ -100,10 +110,10 @@ class WriterProcess:
 
     def __init__(self, path: str, backend: str, capacity: int, commit_every: int,
                  batch: int = 1, seed: int = -1, fsync: bool = False, schema: str = "pendulum",
-                 heap_bytes: int | None = None):
+                 heap_bytes: int | None = None, flush: bool = True):
         command = [sys.executable, WRITER_SCRIPT, path, "--backend", backend, "--capacity", str(capacity),
                    "--commit-every", str(commit_every), "--batch", str(batch), "--seed", str(seed),
-                   "--fsync", str(int(fsync)), "--schema", schema]
+                   "--fsync", str(int(fsync)), "--schema", schema, "--flush", str(int(flush))]
         if heap_bytes is not None:
             command += ["--heap-bytes", str(heap_bytes)]
         self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -140,6 +140,7 @@ buffer = DiskReplayBuffer(100, box, spaces.Box(-1, 1, (2,), np.float32), n_envs=
 for step in range(23):
     obs = np.full((2, 3), step, np.float32)
     buffer.add(obs, obs + 1, np.zeros((2, 2)), np.zeros(2), np.zeros(2, bool), [{{}}, {{}}])
+buffer.pool.wait_for_commits()  # the last automatic commit's sync may still run in the background
 os._exit(1)  # dies without closing: only the automatic commits count
 """
 
