@@ -191,6 +191,7 @@ def test_bad_age_arguments(pool_path):
 # ---------------------------------------------------------------------- concurrent writes
 WRITER = textwrap.dedent("""
     import sys
+    import time
     import numpy as np
     import expstore
     from test_recency import rows
@@ -202,6 +203,9 @@ WRITER = textwrap.dedent("""
         while step < total:
             pool.extend(rows(np.arange(step, step + 16)))
             step += 16
+            # Unpaced, the writer was done in 0.1 s, so a reader descheduled for that long (a loaded
+            # machine) saw too few heads; paced, it writes for about half a second.
+            time.sleep(0.0002)
     print("DONE", flush=True)
 """)
 
