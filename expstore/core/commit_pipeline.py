@@ -69,17 +69,24 @@ class CommitPipeline:
         _make_durable(self._maps, record, fsync, parallel)
         self.durable = record
 
-    def submit(self, record: CommitRecord, owner: Any) -> None:
-        """Hand ``record`` (synced) to the background thread and return (``wait`` first)."""
+    def submit(self, record: CommitRecord, owner: Any) -> bool:
+        """Hand ``record`` (synced) to the background thread and return True (``wait`` first).
+        False, with nothing pending, where no thread could be started (a process at its thread
+        limit, an interpreter shutting down): the caller then makes it durable in place."""
         with self._changed:
             if self.pending is not None or self._failure is not None or self._stopping:
                 raise RuntimeError("a commit was handed on while another is pending, after a failure, or after "
                                    "close; wait() first")
-            self.pending, self._owner = record, owner
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=f"expstore-commit {self._path}", daemon=True)
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name=f"expstore-commit {self._path}", daemon=True)
+                try:
+                    thread.start()  # before anything is pending: a record no thread will take would hang wait()
+                except RuntimeError:
+                    return False
+                self._thread = thread
+            self.pending, self._owner = record, owner
             self._changed.notify_all()
+        return True
 
     def wait(self) -> None:
         """Return once no record is pending. The first call after a background sync failed

@@ -776,9 +776,7 @@ class Store:
             record = commit.CommitRecord(
                 seq=previous.seq + 1, head=self._head, tail=tail, time_unix=time.time(), payload=payload,
             )
-            if background and fsync:
-                pipeline.submit(record, owner=self)
-            else:
+            if not (background and fsync and pipeline.submit(record, owner=self)):
                 pipeline.commit_now(record, fsync, parallel=not self._finalizing)
         except OSError as exc:
             # Linux marks pages clean after a failed writeback, so a retry could "succeed"

@@ -198,6 +198,28 @@ def test_closing_waits_for_the_commit_on_its_way_and_commits_the_rest(pool_path,
         assert_window(again, n_rows)
 
 
+def test_a_commit_thread_that_cannot_start_leaves_the_commit_made_in_place(pool_path, monkeypatch):
+    """A process at its thread limit (or an interpreter shutting down) cannot start the pipeline's
+    thread: the commit is then made durable on the writer's thread, nothing is left pending, and
+    the pool closes (a record no thread would take made every later wait hang)."""
+    start = threading.Thread.start
+
+    def refuse_commit_threads(thread):
+        if thread.name.startswith("expstore-commit"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse_commit_threads)
+    pool = new_pool(pool_path)
+    write_rows(pool, "extend", 3 * EVERY + 3)
+    assert pool._pipeline.pending is None
+    assert pool.commit_record is pool._committed  # the newest commit made is the one on disk
+    assert pool.commit_record.head >= 3 * EVERY
+    pool.close()
+    with expstore.open(pool_path, "r") as again:
+        assert_window(again, 3 * EVERY + 3)
+
+
 def test_a_forgotten_writer_is_kept_until_its_pending_commit_is_durable_then_closed(pool_path):
     gate = threading.Event()
     pool = new_pool(pool_path)
