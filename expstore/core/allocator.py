@@ -35,7 +35,6 @@ _MAX_MMAP_THRESHOLD = 32 << 20
 # tune_allocator's defaults: blocks up to 32 MiB from the heap, up to 64 MiB of it kept when free.
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
-_tuned = False  # tune_allocator took settings that keep a batch's blocks (keeps_large_blocks)
 
 
 def _glibc_mallopt() -> Callable[[int, int], int] | None:
@@ -63,16 +62,35 @@ def tune_allocator(mmap_threshold: int = MMAP_THRESHOLD, trim_threshold: int = T
     if mallopt is None:
         return False
     took = bool(mallopt(_M_MMAP_THRESHOLD, mmap_threshold)) and bool(mallopt(_M_TRIM_THRESHOLD, trim_threshold))
-    _tuned = took and mmap_threshold >= MMAP_THRESHOLD // 4 and trim_threshold >= TRIM_THRESHOLD // 4
+    if took:  # a refused call leaves the settings, and so the answer, as they were
+        _tuned = _keeps_batches(mmap_threshold, trim_threshold)
     return took
 
 
 def keeps_large_blocks() -> bool:
     """Whether this process's allocator keeps the pages of freed blocks of a few megabytes, so that
-    a batch's fresh buffers do not fault in anew: ``tune_allocator()`` was called here, or glibc was
+    a batch's fresh buffers do not fault in anew: ``tune_allocator()`` set that here, or glibc was
     told so before Python started (its ``MALLOC_*`` variables or ``GLIBC_TUNABLES``)."""
-    if _tuned:
-        return True
-    tunables = os.environ.get("GLIBC_TUNABLES", "")
-    return ("MALLOC_MMAP_THRESHOLD_" in os.environ and "MALLOC_TRIM_THRESHOLD_" in os.environ) or (
-        "malloc.mmap_threshold" in tunables and "malloc.trim_threshold" in tunables)
+    return _tuned
+
+
+def _keeps_batches(mmap_threshold: int | None, trim_threshold: int | None) -> bool:
+    return (mmap_threshold is not None and trim_threshold is not None
+            and mmap_threshold >= MMAP_THRESHOLD // 4 and trim_threshold >= TRIM_THRESHOLD // 4)
+
+
+def _thresholds_from_environment() -> tuple[int | None, int | None]:
+    """The thresholds glibc took from the environment at start-up (it reads it once, then), if given."""
+    tunables = dict(item.split("=", 1) for item in os.environ.get("GLIBC_TUNABLES", "").split(":") if "=" in item)
+    found = []
+    for variable, tunable in (("MALLOC_MMAP_THRESHOLD_", "glibc.malloc.mmap_threshold"),
+                              ("MALLOC_TRIM_THRESHOLD_", "glibc.malloc.trim_threshold")):
+        text = tunables.get(tunable, os.environ.get(variable))
+        try:
+            found.append(None if text is None else int(text, 0))
+        except ValueError:
+            found.append(None)  # glibc ignores a value it cannot read too
+    return found[0], found[1]
+
+
+_tuned = _keeps_batches(*_thresholds_from_environment())

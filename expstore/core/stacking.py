@@ -204,7 +204,8 @@ class FrameStacker:
             assert next_frames is not None  # following is made only with them
             following[part, -1] = next_frames[part]
 
-        in_slices(fill, len(ids), parallel=2 * stacks.nbytes >= _PARALLEL_COPY_NBYTES)
+        copied = stacks.nbytes + (0 if following is None else following.nbytes)
+        in_slices(fill, len(ids), parallel=copied >= _PARALLEL_COPY_NBYTES)
         return stacks, following
 
     def _positions(self, needed: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

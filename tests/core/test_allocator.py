@@ -95,6 +95,8 @@ _KEEPS = "import expstore, sys; from expstore.core.allocator import keeps_large_
     ([], {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "67108864"}, "True True"),
     ([], {"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=67108864"},
      "True True"),
+    ([], {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}, "False True"),  # glibc's defaults
+    ([], {"MALLOC_MMAP_THRESHOLD_": "lots", "MALLOC_TRIM_THRESHOLD_": "67108864"}, "False True"),
 ])
 def test_keeps_large_blocks_says_whether_the_allocator_was_tuned(args, env, expected):
     """The batch decoder asks it: its threads gain only where the output's pages fault in."""
@@ -103,3 +105,10 @@ def test_keeps_large_blocks_says_whether_the_allocator_was_tuned(args, env, expe
     done = subprocess.run([sys.executable, "-c", _KEEPS, *args], capture_output=True, text=True, timeout=60,
                           check=True, env={**os.environ, **env})
     assert done.stdout.split() == expected.split()
+
+
+def test_a_refused_tune_leaves_the_answer_as_it_was(monkeypatch):
+    monkeypatch.setattr(allocator, "_tuned", True)
+    monkeypatch.setattr(allocator, "_glibc_mallopt", lambda: lambda option, value: 0)
+    assert expstore.tune_allocator(mmap_threshold=4096) is False
+    assert allocator.keeps_large_blocks() is True
