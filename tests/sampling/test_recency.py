@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -190,22 +191,19 @@ def test_bad_age_arguments(pool_path):
 
 # ---------------------------------------------------------------------- concurrent writes
 WRITER = textwrap.dedent("""
+    import os
     import sys
-    import time
     import numpy as np
     import expstore
     from test_recency import rows
 
-    path, total = sys.argv[1], int(sys.argv[2])
+    path, stop = sys.argv[1], sys.argv[2]
     with expstore.open(path, "a", commit_every=64, commit_interval_s=0.01, fsync=False) as pool:
         step = pool.next_step_id
         print("READY", flush=True)
-        while step < total:
+        while not os.path.exists(stop):  # until the reader has seen enough, however slow it was
             pool.extend(rows(np.arange(step, step + 16)))
             step += 16
-            # Unpaced, the writer was done in 0.1 s, so a reader descheduled for that long (a loaded
-            # machine) saw too few heads; paced, it writes for about half a second.
-            time.sleep(0.0002)
     print("DONE", flush=True)
 """)
 
@@ -213,13 +211,15 @@ WRITER = textwrap.dedent("""
 @pytest.mark.parametrize("unit", ["policy_versions", "steps"])
 def test_max_age_never_older_while_a_writer_appends(pool_path, unit):
     make_pool(pool_path, 300, 1000)
-    writer = subprocess.Popen([sys.executable, "-c", WRITER, pool_path, "30000"], cwd=TESTS_DIR,
+    stop = pool_path + ".stop"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, pool_path, stop], cwd=TESTS_DIR,
                               stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout.readline().strip() == "READY"
         checked, heads = 0, set()
+        deadline = time.monotonic() + 60
         with expstore.open(pool_path, "r") as pool:
-            while writer.poll() is None or checked < 20:
+            while (checked < 20 or len(heads) <= 3) and time.monotonic() < deadline:
                 head = pool.next_step_id  # the sample's snapshot is at least this new
                 batch = pool.sample(256, rng=checked, max_age=10, age_unit=unit)
                 newest = head - 1
@@ -233,9 +233,13 @@ def test_max_age_never_older_while_a_writer_appends(pool_path, unit):
                 checked += 1
                 heads.add(head)
         assert len(heads) > 3  # the writer really moved while the reader sampled
+        assert writer.poll() is None  # it wrote the whole time: the stop below ends it
     finally:
-        writer.kill()
-        writer.wait()
+        open(stop, "w").close()
+        try:
+            writer.wait(timeout=30)
+        finally:
+            writer.kill()
 
 
 # ---------------------------------------------------------------------- stats
