@@ -1,6 +1,6 @@
 """Writing a copy: a pool built aside from slices of rows, then renamed into place.
 
-``convert``, ``merge`` and the importers hand ``build_pool`` the destination's schema and the
+``convert``, ``merge`` and the D4RL import hand ``build_pool`` the destination's schema and the
 rows, slice by slice; the pool is created at a temporary sibling (files.build_aside), filled
 with ``fsync=False`` extends, flushed durably once, and renamed only when complete. Step ids,
 episodes and priorities of the sources come across through a ``Carry`` (carry.py).
@@ -110,7 +110,9 @@ def _starting_at(store, carry: Carry | None, writing: dict):
 
 
 def copy_slack(meta: dict, capacity: int) -> int:
-    """The copy's slack: its source pool's (``meta``), else the default of ``open``."""
+    """The copy's slack: its source pool's (``meta``), else one interval of ``open``'s default
+    ``commit_every`` (the slack ``open`` gives a pool that commits in place; one whose commits
+    pipeline gets twice that there, see opening.default_slack)."""
     if "slots" in meta and "capacity" in meta:
         return max(1, min(meta["slots"] - meta["capacity"], capacity))
     return min(_DEFAULT_SLACK, capacity)
