@@ -46,8 +46,9 @@ def episode_ends(episode_ids: np.ndarray, next_id: int | None, done: np.ndarray 
     ids = np.asarray(episode_ids)
     if not len(ids):
         return []
-    following = np.append(ids[1:], ids[-1] + 1 if next_id is None else next_id)
-    ends = np.flatnonzero(following != ids) + 1
+    ends = np.flatnonzero(ids[1:] != ids[:-1]) + 1
+    if next_id is None or next_id != ids[-1]:
+        ends = np.append(ends, len(ids))
     if done is not None:
         ends = ends[~np.asarray(done, bool)[ends - 1]]
     return ends.tolist()
@@ -67,14 +68,15 @@ def build_imported_pool(dst: str, backend: str | None, schema: Schema, capacity:
         for part in slices:
             _append(store, part)
 
-    build_pool(dst, backend, fill, overwrite=overwrite, capacity=capacity, schema=schema, attrs=attrs,
-               first_step_id=first_step_id, heap_bytes=heap_bytes)
+    build_filled_pool(dst, backend, fill, overwrite=overwrite, capacity=capacity, schema=schema, attrs=attrs,
+                      first_step_id=first_step_id, heap_bytes=heap_bytes)
 
 
-def build_pool(dst: str | os.PathLike, backend: str | None, fill: Callable[[Any], None], *, overwrite: bool = False,
-               **create: Any) -> None:
+def build_filled_pool(dst: str | os.PathLike, backend: str | None, fill: Callable[[Any], None], *,
+                      overwrite: bool = False, **create: Any) -> None:
     """Create pool ``dst`` at a temporary sibling with ``expstore.open``'s ``create`` options,
-    let ``fill`` write (and check) it, commit it durably, then rename it into place; an error
+    let ``fill`` write (and check) it through the open store (unlike maintenance/writing.py's
+    build_pool, which takes the rows), commit it durably, then rename it into place; an error
     in ``fill`` leaves nothing behind."""
     dst = os.fspath(dst)
     chosen = backend_for(dst, backend)

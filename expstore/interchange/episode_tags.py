@@ -169,10 +169,8 @@ class EpisodeOrder:
         waiting: dict[int, list[dict[str, np.ndarray]]] = {}
         for first, rows in iter_slices(self.source, fields=fields, progress=progress):
             ids = self._ids(first, first + len(next(iter(rows.values()))))
-            _, at = np.unique(ids, return_index=True)
-            for episode_id in ids[np.sort(at)].tolist():
-                mask = ids == episode_id
-                waiting.setdefault(episode_id, []).append({name: values[mask] for name, values in rows.items()})
+            for episode_id, part in _by_episode(ids, rows):
+                waiting.setdefault(episode_id, []).append(part)
             stop = first + len(ids)
             while current < len(self._order):
                 episode_id = self._order[current]
@@ -183,3 +181,20 @@ class EpisodeOrder:
                 if self._last[episode_id] >= stop:
                     break  # it goes on in a later slice
                 current += 1
+
+
+def _by_episode(ids: np.ndarray, rows: dict[str, np.ndarray]) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """The rows of each episode of ``ids`` (in the order their first rows come, each one's rows in
+    order): one stable sort and one take of each field, however many episodes the slice holds."""
+    if not len(ids):
+        return
+    order = np.argsort(ids, kind="stable")
+    grouped = ids[order]
+    starts = np.flatnonzero(np.concatenate([[True], grouped[1:] != grouped[:-1]]))
+    stops = np.append(starts[1:], len(ids))
+    # The parts are views of one copy of the slice: one that waits keeps its slice in memory,
+    # within the rows read since the oldest episode still running began (the class docstring).
+    taken = {name: values[order] for name, values in rows.items()}
+    for k in np.argsort(order[starts], kind="stable").tolist():  # by each episode's first row
+        lo, hi = int(starts[k]), int(stops[k])
+        yield int(grouped[lo]), {name: values[lo:hi] for name, values in taken.items()}

@@ -25,10 +25,12 @@ again, bit for bit (parquet_derived.py).
 Import also reads Parquet files expstore did not write (``datasets.Dataset.to_parquet``,
 pandas): every numeric or boolean column, scalar or list, becomes a field named after it (a
 list column whose rows differ in length, a ragged field); ``episode_id`` (or ``episode_index``)
-numbers the episodes; columns of other types (strings, structs, lists whose inner lists differ in
-length) cannot be pool rows and are listed in ``attrs["parquet"]["skipped"]``. A ragged field's
-heap is sized from the file's own list lengths, so every row fits. Both directions stream in
-bounded slices.
+numbers the episodes, each run of rows of one id an episode on env 0 (such a file may be shards
+joined end to end, each numbering its episodes from 0, or shuffled rows: only an export of ours
+says that an id names one episode, however its rows interleave); columns of other types
+(strings, structs, lists whose inner lists differ in length) cannot be pool rows and are listed in
+``attrs["parquet"]["skipped"]``. A ragged field's heap is sized from the file's own list lengths,
+so every row fits. Both directions stream in bounded slices.
 """
 
 from __future__ import annotations
@@ -57,12 +59,14 @@ from .arrow_columns import (
     to_arrow,
 )
 from .base import ExportOption, ExportResult
-from .building import ImportSlice, build_imported_pool
+from .building import ImportSlice, build_imported_pool, episode_ends
 from .common import field_name, saved_json
 from .episode_tags import EpisodeTagger, open_episode_ids
 from .parquet_derived import DerivedColumns, DerivedFile, derived_file, import_derived
 from .parquet_reading import (
+    OPEN_KEY,
     EpisodeSpans,
+    RowEpisodes,
     check_steps,
     done_flags,
     episode_ids,
@@ -75,7 +79,6 @@ log = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("step_id", "episode_id", "episode_step")
 _EPISODE_COLUMNS = ("episode_id", "episode_index")  # ours, and LeRobot's / other tools' name
-OPEN_KEY = "open_episodes"  # the entry of the ``expstore`` metadata (the module docstring)
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 _ROW_GROUP_MB = 128
 
@@ -137,10 +140,12 @@ def _positive_number(value, default: float, flag: str) -> float:
 
 def _saved(source, derived: DerivedColumns | None) -> str:
     """The ``expstore`` metadata: schema and attrs, and the episodes still open (a derived
-    pool's entry has them: parquet_derived.py)."""
+    pool's import needs them: a list, empty where the source keeps no episodes)."""
     saved = saved_json(source.schema, source.attrs)
     open_ids = open_episode_ids(source)
-    if derived is not None or open_ids is None:
+    if derived is not None:
+        open_ids = open_ids or []
+    if open_ids is None:
         return saved
     return json.dumps({**json.loads(saved), OPEN_KEY: open_ids})
 
@@ -239,8 +244,9 @@ def import_parquet(src: str | os.PathLike, dst: str | os.PathLike, *, capacity: 
         first_step = first_step_id(parquet) if plan.saved else 0
         capacity = capacity or max(1, rows)
         heap_bytes = ragged_heap_bytes(parquet, plan.schema, plan.columns, capacity)
-        spans = None if plan.episode_column is None else EpisodeSpans.read(
-            src, parquet, plan.open_episodes or frozenset(), plan.episode_column)
+        # Only an export of ours names each episode once (its rows may interleave); another tool's
+        # file may number episodes again (shards joined end to end) or shuffle its rows.
+        spans = EpisodeSpans.read(src, parquet, plan.open_episodes or frozenset()) if plan.saved else None
         counted = {"unflagged": 0}  # the episodes ended without a flag on their last row
         slices = _import_slices(src, parquet, plan, spans, counted, progress)
         build_imported_pool(dst, backend, plan.schema, capacity, plan.attrs, slices,
@@ -278,7 +284,7 @@ def _import_plan(src: str, parquet) -> _Plan:
             raise SchemaError(f"{src} lacks the columns {missing} that its expstore schema names; the file was "
                               "changed after export")
         return _Plan(schema, attrs, {name: name for name in schema}, "episode_id", saved=True,
-                     derived=derived_file(src, loaded, schema, names), open_episodes=_open_episodes(src, loaded))
+                     open_episodes=_open_episodes(src, loaded), derived=derived_file(src, loaded, schema, names))
     fields: dict[str, Field] = {}
     columns: dict[str, str] = {}
     skipped = []
@@ -316,31 +322,46 @@ def _open_episodes(src: str, loaded: dict) -> frozenset[int] | None:
 
 
 def _import_slices(src: str, parquet, plan: _Plan, spans: EpisodeSpans | None, counted: dict, progress):
-    """The file's rows in slices, each row on its episode's env id (one env for one episode after
-    another), with the ends of the episodes that end without a flag and were not open."""
+    """The file's rows in slices, with the ends of the episodes that end without a flag: an
+    export of ours (``spans``) puts each row on its episode's env id (one env for one episode
+    after another) and leaves the open ones open; in another tool's file each run of rows of
+    one episode id is an episode, all on env 0."""
     batch_rows = slice_rows(plan.schema)
     wanted = list(dict.fromkeys([*plan.columns.values(), *([plan.episode_column] if plan.episode_column else []),
                                  *(["step_id"] if plan.saved else [])]))
     batches = parquet.iter_batches(batch_size=batch_rows, columns=wanted)
     expected_step = None
     first_row = 0
-    while (current := next_batch(src, batches)) is not None:
+    current = next_batch(src, batches)
+    while current is not None:
+        following = next_batch(src, batches)  # its first episode id tells whether the last run ends here
         rows = {name: from_arrow(current.column(column), plan.schema[name], f"{src}: column {column!r}")
                 for name, column in plan.columns.items()}
         if plan.saved:
             expected_step = check_steps(src, current.column("step_id"), expected_step)
-        part = ImportSlice(rows)
-        if spans is not None and plan.episode_column is not None:
-            placed = spans.at(episode_ids(src, current.column(plan.episode_column), plan.episode_column), first_row)
-            unflagged = placed.last & ~placed.open
-            done = done_flags(rows)
-            ends = np.flatnonzero(unflagged if done is None else unflagged & ~done)
-            counted["unflagged"] += len(ends)
-            part = ImportSlice(rows, (ends + 1).tolist(), None if spans.one_env else placed.env_ids)
-        yield part
+        if plan.episode_column is None:
+            yield ImportSlice(rows)
+        else:
+            ids = episode_ids(src, current.column(plan.episode_column), plan.episode_column)
+            if spans is None:
+                next_id = None if following is None else following.column(plan.episode_column)[0].as_py()
+                yield ImportSlice(rows, episode_ends(ids, next_id, done_flags(rows)))
+            else:
+                yield _placed(rows, spans.at(ids, first_row), spans.one_env, counted)
         if progress is not None:
             progress(current.num_rows)
         first_row += current.num_rows
+        current = following
+
+
+def _placed(rows: dict, placed: RowEpisodes, one_env: bool, counted: dict) -> ImportSlice:
+    """The rows of an export of ours on their episodes' env ids, ending the episodes that end
+    there without a flag and were not open at the export (counted)."""
+    unflagged = placed.last & ~placed.open
+    done = done_flags(rows)
+    ends = np.flatnonzero(unflagged if done is None else unflagged & ~done)
+    counted["unflagged"] += len(ends)
+    return ImportSlice(rows, (ends + 1).tolist(), None if one_env else placed.env_ids)
 
 
 class ParquetFormat:

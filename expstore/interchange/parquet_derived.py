@@ -6,8 +6,9 @@ A pool created with ``derive_next_obs=True`` stores ``obs`` (and ``obs_*``) only
 observation's type after the fields, so that a reader of the file gets whole transitions. A row
 whose next observation the pool does not know (the newest row of an open episode, an episode whose
 final observation the pool no longer keeps: rows sampling never returns) has a null there. The
-``expstore`` metadata says so under ``derived_next_obs``: the observations derived and the
-episodes still open at the export.
+``expstore`` metadata says so under ``derived_next_obs`` (the observations derived), beside its
+``open_episodes``, the episodes still open at the export (earlier exports kept that list in the
+``derived_next_obs`` entry: read too).
 
 Importing such a file rebuilds a pool that derives them again: it stores the observations, and
 for each ended episode the ``next_<obs>`` of its last row as the final observation, so that every
@@ -20,6 +21,7 @@ appears.
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass
 
@@ -27,18 +29,19 @@ import numpy as np
 
 from ..backends.internal import derived_fields
 from ..core.heap import length_key
+from ..core.opening import default_slack
+from ..core.opening import open as open_store
 from ..errors import CorruptStoreError, SchemaError
 from ..inspect.streaming import PoolSource, Progress
 from ..schema import Schema
 from .arrow_columns import arrow_type, list_levels, to_arrow
-from .building import build_pool
+from .building import build_filled_pool
 from .derived_next import NextObservations, derived_names
-from .episode_tags import open_episode_ids
-from .parquet_reading import EpisodeSpans, first_step_id, heap_room, list_lengths, ragged_heap_bytes
+from .parquet_reading import OPEN_KEY, EpisodeSpans, first_step_id, heap_room, list_lengths, ragged_heap_bytes
 from .parquet_rebuild import DerivedWriter, read_batches
 
 DERIVED_KEY = "derived_next_obs"  # the entry of the ``expstore`` metadata (the module docstring)
-_SLACK_ROWS = 10_000  # the slack open() gives a pool of more rows (its default commit_every)
+_COMMIT_EVERY = inspect.signature(open_store).parameters["commit_every"].default  # open()'s default
 _ROWS_PER_FINAL, _FINALS_MARGIN = 16, 64  # open()'s default final-observation table, enlarged below
 
 
@@ -49,7 +52,6 @@ class DerivedColumns:
     def __init__(self, source: PoolSource):
         self._next = NextObservations(source)
         self._fields = {name: source.schema[name] for name in self._next.names}
-        self._open = open_episode_ids(source) or []
 
     @classmethod
     def of(cls, source) -> DerivedColumns | None:
@@ -61,8 +63,7 @@ class DerivedColumns:
 
     def saved(self, saved: str) -> str:
         """The ``expstore`` metadata ``saved`` with the derived entry."""
-        entry = {"fields": list(self._fields), "open_episodes": self._open}
-        return json.dumps({**json.loads(saved), DERIVED_KEY: entry})
+        return json.dumps({**json.loads(saved), DERIVED_KEY: {"fields": list(self._fields)}})
 
     def arrays(self, pa, steps: np.ndarray, rows: dict[str, np.ndarray]) -> list:
         """The columns of rows ``steps`` (``rows``: the pool's, read already); null where unknown."""
@@ -94,7 +95,9 @@ def derived_file(src: str, loaded: dict, schema: Schema, columns: list[str]) -> 
         return None
     try:
         names = tuple(entry["fields"])
-        open_episodes = frozenset(int(episode) for episode in entry["open_episodes"])
+        # The top-level list; exports before it was written for these pools kept it in this entry.
+        listed = loaded[OPEN_KEY] if OPEN_KEY in loaded else entry["open_episodes"]
+        open_episodes = frozenset(int(episode) for episode in listed)
     except (KeyError, TypeError, ValueError) as exc:
         raise CorruptStoreError(f"{src}: the {DERIVED_KEY} entry of the expstore metadata cannot be read ({exc}); "
                                 "the file is damaged") from None
@@ -116,7 +119,7 @@ def import_derived(src: str, dst: str, parquet, schema: Schema, attrs: dict, der
     rows = parquet.metadata.num_rows
     capacity = capacity or max(1, rows)
     spans = EpisodeSpans.read(src, parquet, derived.open_episodes)
-    slack = min(_SLACK_ROWS, capacity)
+    slack = default_slack(schema, capacity, _COMMIT_EVERY, derive_next_obs=True)  # the slack open() gives it
     # Every ended episode's final observation fits the table (open()'s default keeps one per 16 rows).
     final_rows = max(-(-(capacity + slack) // _ROWS_PER_FINAL) + _FINALS_MARGIN, spans.ended)
     heap_bytes = _heap_bytes(parquet, schema, derived.names, spans, capacity, capacity + slack, final_rows)
@@ -128,9 +131,9 @@ def import_derived(src: str, dst: str, parquet, schema: Schema, attrs: dict, der
         store.flush(fsync=False)  # what it checks is the committed pool; the builder's flush makes it durable
         writer.check_kept()
 
-    build_pool(dst, backend, fill, overwrite=overwrite, capacity=capacity, schema=schema, attrs=attrs,
-               first_step_id=first_step_id(parquet), slack=slack, heap_bytes=heap_bytes, derive_next_obs=True,
-               max_final_obs=final_rows)
+    build_filled_pool(dst, backend, fill, overwrite=overwrite, capacity=capacity, schema=schema, attrs=attrs,
+                      first_step_id=first_step_id(parquet), slack=slack, heap_bytes=heap_bytes,
+                      derive_next_obs=True, max_final_obs=final_rows)
     return rows
 
 

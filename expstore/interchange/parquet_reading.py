@@ -3,10 +3,12 @@ parquet_derived.py for files of pools that derive ``next_obs``): batches that fa
 damaged file, the step ids checked, heaps sized from the file's own list lengths, and the env id
 each episode goes on.
 
-A file names each row's episode; a pool tracks episodes per env id. ``EpisodeSpans`` gives the
-episodes that run at the same time (a vector env's, their rows interleaved) env ids of their own,
-the smallest free when each begins, so that each row's next row in its episode is the same in the
-pool as in the file; a file of one episode after another puts every row on env 0.
+A file names each row's episode; a pool tracks episodes per env id. In an export of ours (the
+``expstore`` metadata: each id names one episode), ``EpisodeSpans`` gives the episodes that run at
+the same time (a vector env's, their rows interleaved) env ids of their own, the smallest free
+when each begins, so that each row's next row in its episode is the same in the pool as in the
+file; a file of one episode after another puts every row on env 0. Another tool's file ends an
+episode where its id changes (parquet.py).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from ..errors import CorruptStoreError, SchemaError
 from ..schema import Field, Schema
 from .arrow_columns import list_levels
 from .episode_tags import EpisodeRows, episode_rows
+
+OPEN_KEY = "open_episodes"  # the ``expstore`` metadata's list of the episodes open at the export
 
 
 def ragged_heap_bytes(parquet, schema: Schema, columns: Mapping[str, str], capacity: int) -> dict[str, int] | None:

@@ -126,7 +126,7 @@ def test_a_vector_env_pool_round_trips_its_derived_next_obs(tmp_path, backend):
     total, known = _derived_steps(src)
     assert rows == total == 60 and table.column("next_obs").null_count == total - known > 0
     saved = json.loads(table.schema.metadata[b"expstore"])
-    assert saved["derived_next_obs"]["fields"] == ["obs"] and saved["derived_next_obs"]["open_episodes"]
+    assert saved["derived_next_obs"] == {"fields": ["obs"]} and saved["open_episodes"]  # open ones named once
     assert pq.ParquetFile(file).metadata.num_row_groups > 1  # episodes carried across batches and groups
     for other in BACKENDS:
         back = str(tmp_path / f"back-{other}{BACKENDS[other]}")
@@ -223,6 +223,22 @@ def test_a_damaged_derived_entry_is_refused(tmp_path):
     with pytest.raises(CorruptStoreError, match="derived next_ of"):
         import_parquet(tmp_path / "bad.parquet", tmp_path / "out.h5")
     assert not list(tmp_path.glob("out*"))
+
+
+def test_a_file_naming_the_open_episodes_in_the_derived_entry_imports_the_same(tmp_path, backend):
+    src = _vector_pool(str(tmp_path / f"src{BACKENDS[backend]}"))
+    file = tmp_path / "rows.parquet"
+    export_parquet(src, file)
+    table = pq.read_table(file)
+    saved = json.loads(table.schema.metadata[b"expstore"])
+    with expstore.open(src) as pool:
+        episodes = pool.episodes()
+        assert saved["open_episodes"] == sorted(episodes["episode_id"][episodes["open"]].tolist()) != []
+    saved["derived_next_obs"]["open_episodes"] = saved.pop("open_episodes")  # where earlier exports kept them
+    pq.write_table(table.replace_schema_metadata({"expstore": json.dumps(saved)}), tmp_path / "nested.parquet")
+    back = str(tmp_path / f"nested{BACKENDS[backend]}")
+    assert import_parquet(tmp_path / "nested.parquet", back) == 60
+    _assert_same(_view(src), _view(back))
 
 
 def test_files_without_the_derived_entry_import_as_before(tmp_path, backend):

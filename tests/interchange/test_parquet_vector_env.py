@@ -234,18 +234,53 @@ def test_a_damaged_open_episodes_entry_is_refused(tmp_path):
     assert not list(tmp_path.glob("out*"))
 
 
-def test_a_file_of_another_tool_with_interleaved_episodes_keeps_them(tmp_path, backend):
-    episode = np.array([0, 1, 0, 1, 0, 2, 1, 2, 2, 3, 2, 3])
-    table = pa.table({"episode_index": episode, "observation": np.arange(12, dtype=np.float32),
-                      "reward": np.ones(12)})
-    pq.write_table(table, tmp_path / "other.parquet")
+def _other_tool_file(path, episode: np.ndarray) -> None:
+    """A file another tool wrote: an episode column, an observation numbering the rows, no flags."""
+    table = pa.table({"episode_index": episode, "observation": np.arange(len(episode), dtype=np.float64),
+                      "reward": np.ones(len(episode))})
+    pq.write_table(table, path)
+
+
+def _imported_episodes(path: str) -> tuple[list[list[float]], list[int]]:
+    """Each episode's observations (episodes() order) and env ids of a pool imported from such a file."""
+    with expstore.open(path) as pool:
+        episodes = pool.episodes()
+        assert not episodes["open"].any()
+        rows = [pool.episode(int(k))["observation"].tolist() for k in episodes["episode_id"]]
+        return rows, episodes["env_id"].tolist()
+
+
+def _runs(episode: np.ndarray) -> list[list[float]]:
+    """The rows of each run of one episode id, in file order."""
+    starts = np.flatnonzero(np.concatenate([[True], episode[1:] != episode[:-1]]))
+    return [part.astype(float).tolist() for part in np.split(np.arange(len(episode)), starts[1:])]
+
+
+def test_a_file_of_another_tool_ends_an_episode_where_its_id_changes(tmp_path, backend):
+    episode = np.array([0, 1, 0, 1, 0, 2, 1, 2, 2, 3, 2, 3])  # an id seen again later begins another episode
+    _other_tool_file(tmp_path / "other.parquet", episode)
     back = str(tmp_path / f"other{BACKENDS[backend]}")
     import_parquet(tmp_path / "other.parquet", back)
-    with expstore.open(back) as pool:
-        episodes = pool.episodes()
-        rows = [pool.episode(int(k))["observation"].tolist() for k in episodes["episode_id"]]
-        assert not episodes["open"].any()
-    assert rows == [np.flatnonzero(episode == k).astype(float).tolist() for k in range(4)]
+    rows, env_ids = _imported_episodes(back)
+    assert rows == _runs(episode) and not any(env_ids)
+
+
+def test_shards_of_another_tool_joined_end_to_end_keep_their_episodes(tmp_path, backend):
+    episode = np.tile(np.repeat(np.arange(3), 4), 2)  # two shards, each numbering its episodes from 0
+    _other_tool_file(tmp_path / "shards.parquet", episode)
+    back = str(tmp_path / f"shards{BACKENDS[backend]}")
+    assert import_parquet(tmp_path / "shards.parquet", back) == 24
+    rows, env_ids = _imported_episodes(back)
+    assert rows == [list(range(start, start + 4)) for start in range(0, 24, 4)] and env_ids == [0] * 6
+
+
+def test_shuffled_rows_of_another_tool_import(tmp_path, backend):
+    episode = np.random.default_rng(7).permutation(np.repeat(np.arange(3_000), 2))
+    _other_tool_file(tmp_path / "shuffled.parquet", episode)
+    back = str(tmp_path / f"shuffled{BACKENDS[backend]}")
+    assert import_parquet(tmp_path / "shuffled.parquet", back) == 6_000
+    rows, env_ids = _imported_episodes(back)
+    assert rows == _runs(episode) and not any(env_ids)
 
 
 def test_the_cli_round_trip_keeps_vector_env_episodes(tmp_path, backend):

@@ -132,3 +132,38 @@ def test_lerobot_writes_each_episode_of_a_vector_env_pool_as_one(tmp_path, backe
             np.testing.assert_array_equal(columns[key][frames], want[name], err_msg=f"{key} of episode {k}")
         assert dataset.meta.episodes[k]["dataset_from_index"] == starts[k]
         assert dataset.meta.episodes[k]["dataset_to_index"] == starts[k + 1]
+
+
+def test_the_episode_order_of_a_slice_with_many_episodes_is_each_episodes_rows_in_turn(tmp_path, backend):
+    from expstore.inspect.streaming import open_source
+    from expstore.interchange.episode_tags import EpisodeOrder
+
+    rng = np.random.default_rng(5)
+    path = str(tmp_path / f"many{BACKENDS[backend]}")
+    with expstore.open(path, "w", capacity=600, schema=SCHEMA) as pool:
+        for step in range(80):  # eight envs, episodes of 1 to 4 rows: about 200 in one slice
+            envs = rng.permutation(8)[: rng.integers(5, 9)]
+            ended = rng.random(len(envs)) < 0.4
+            pool.extend({"obs": rng.normal(size=(len(envs), 2)), "action": envs, "reward": np.full(len(envs), step),
+                         "next_obs": rng.normal(size=(len(envs), 2)), "terminated": ended,
+                         "truncated": np.zeros(len(envs), bool)}, env_ids=envs)
+        table = pool.episodes()
+        first = np.argsort(table["first_step_id"], kind="stable")  # episodes in the order they begin
+        want = [pool.episode(int(table["episode_id"][k])) for k in first]
+    assert len(want) > 150
+    source = open_source(path)
+    try:
+        order = EpisodeOrder(source)
+        assert order.interleaved
+        parts = list(order.slices())
+    finally:
+        source.close()
+    assert len(parts) >= 1 and [first for first, _, _ in parts] == np.cumsum(
+        [0, *[len(ids) for _, _, ids in parts]])[:-1].tolist()
+    got_ids = np.concatenate([ids for _, _, ids in parts])
+    want_ids = np.concatenate([np.full(len(rows["reward"]), table["episode_id"][k]) for k, rows in zip(first, want,
+                                                                                                      strict=True)])
+    np.testing.assert_array_equal(got_ids, want_ids)
+    for name in FIELDS:
+        np.testing.assert_array_equal(np.concatenate([rows[name] for _, rows, _ in parts]),
+                                      np.concatenate([rows[name] for rows in want]), err_msg=name)
