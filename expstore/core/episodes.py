@@ -284,7 +284,7 @@ class EpisodeBook:
         next_delta[ends] = 0
         next_delta[-1] = 0
         if state is not None:
-            self._link(state.last_step, first_step)
+            self._link(state.last_step, first_step, first_step + n_rows - 1)
         if wraps:
             for view, values in ((self.episode_id, ids), (self.episode_step, index),
                                  (self.episode_return, returns), (self.next_delta, next_delta)):
@@ -403,13 +403,17 @@ class EpisodeBook:
         return ids
 
     def _link_open(self, runs: _Runs, ids: np.ndarray) -> None:
+        # Before _tag_rows: a batch row that reuses a linked row's slot then writes its own link there.
         for run in np.flatnonzero(runs.continues_open):
             self._link(self.open[int(runs.env[run])].last_step, int(runs.first_step[run]))
 
-    def _link(self, from_step: int, to_step: int) -> None:
+    def _link(self, from_step: int, to_step: int, newest_step: int | None = None) -> None:
         """Point row ``from_step`` at ``to_step``, the next row of its episode, unless the ring
-        already reused its slot: an env idle for a whole ring must not relink a newer row."""
-        if to_step - from_step < self.slots:
+        already reused its slot: an env idle for a whole ring must not relink a newer row. The
+        write that brings ``to_step`` may reach further, up to ``newest_step``: a row of it a
+        whole ring after ``from_step`` holds that slot now, with a link of its own."""
+        newest = to_step if newest_step is None else newest_step
+        if newest - from_step < self.slots:
             self.next_delta[from_step % self.slots] = to_step - from_step
 
     def _tag_rows(self, runs: _Runs, ids: np.ndarray, order: np.ndarray, first_step: int) -> None:

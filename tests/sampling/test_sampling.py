@@ -37,11 +37,17 @@ IDLE_ENV_OUTLIVES_THE_RING = [("append", (1, 0, 0)), ("extend", [(0, 0, 0)] * 8)
 # Env 1's episode outlives eight one-row episodes of env 0 and ends last: its final observation
 # must be kept although newer episodes ended before it (found by hypothesis).
 LONG_EPISODE_ENDS_LAST = [("append", (1, 0, 0)), ("extend", [(0, 1, 0)] * 7 + [(0, 0, 0)])]
+# Env 1's episode goes on six rows later in one extend that reaches a whole ring past its last
+# row (slots 8): the link from that row was written into the slot a newer row of the same write
+# had taken, so the newer row pointed six rows on and was never sampled (found by hypothesis).
+LINK_INTO_A_REUSED_SLOT = [("append", (0, 0, 0))] * 8 + [("extend", [(0, 0, 0)] * 12)] * 2 + [
+    ("extend", [(0, 0, 0), (0, 0, 0), (1, 0, 0)] + [(0, 0, 0)] * 5 + [(1, 0, 0)] * 4)]
 
 
 @SETTINGS
 @given(capacity=st.integers(3, 30), operations=ops, n=st.integers(1, 5), gamma=st.sampled_from([0.5, 0.9, 1.0]))
 @example(capacity=3, operations=IDLE_ENV_OUTLIVES_THE_RING + [("append", (1, 1, 0))], n=2, gamma=0.9)
+@example(capacity=4, operations=LINK_INTO_A_REUSED_SLOT, n=3, gamma=0.9)
 def test_n_step_matches_the_model(tmp_path_factory, backend, capacity, operations, n, gamma):
     path = _pool(tmp_path_factory, backend, capacity)
     model = Model(capacity)
@@ -87,6 +93,7 @@ def test_sequences_match_the_model(tmp_path_factory, backend, capacity, operatio
 @given(capacity=st.integers(3, 30), operations=ops, n=st.integers(1, 4))
 @example(capacity=3, operations=IDLE_ENV_OUTLIVES_THE_RING, n=1)
 @example(capacity=3, operations=LONG_EPISODE_ENDS_LAST, n=1)
+@example(capacity=4, operations=LINK_INTO_A_REUSED_SLOT, n=2)
 def test_derived_next_obs_gives_identical_samples(tmp_path_factory, backend, capacity, operations, n):
     operations = [op for op in operations if op[0] != "reopen"] or [("append", (0, 0, 1))]
     stored = _pool(tmp_path_factory, backend, capacity)
@@ -109,6 +116,7 @@ def test_derived_next_obs_gives_identical_samples(tmp_path_factory, backend, cap
 
 @SETTINGS
 @given(capacity=st.integers(3, 30), operations=ops, final_rows=st.integers(1, 4))
+@example(capacity=4, operations=LINK_INTO_A_REUSED_SLOT, final_rows=1)
 def test_a_small_final_table_keeps_the_newest_ends(tmp_path_factory, backend, capacity, operations, final_rows):
     """max_final_obs below the episodes in the pool: the final observations of the newest ends
     are kept (a ring in the order episodes end), an older end's row is not sampled, and every
