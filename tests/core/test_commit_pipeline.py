@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import gc
-import json
 import os
 import random
 import signal
@@ -25,7 +24,7 @@ import pytest
 
 import expstore
 from expstore.core import commit
-from tests.crash.test_concurrency import start_reader
+from tests.crash.test_concurrency import run_readers_against_writer
 from tests.crash.test_crash import CAPACITY as CRASH_CAPACITY
 from tests.crash.test_crash import SLACK as CRASH_SLACK
 from tests.crash.test_crash import check_window, make_pool, resume_appending
@@ -383,21 +382,9 @@ def test_kill9_during_pipelined_commits_loses_no_durable_row_full(pool_path, bac
 
 def readers_against_a_pipelined_writer(path: str, backend: str, seconds: float) -> dict:
     capacity, slack = 2000, 100  # commits every 50 rows: 50 rows of room past a pending one
-    with expstore.open(path, "w", capacity=capacity, schema=pendulum_schema(), slack=slack, chunk_rows=50):
-        pass
-    writer = WriterProcess(path, backend, capacity, commit_every=50, batch=16, fsync=True, flush=False)
-    try:
-        writer.wait_committed()
-        readers = [start_reader(path, seconds, seed) for seed in (3, 4)]
-        while any(reader.poll() is None for reader in readers):
-            writer.run_for(0.1)  # keep reading the writer's pipe so that it never blocks
-    finally:
-        writer_head = writer.kill()
-    outputs = [reader.communicate(timeout=60) for reader in readers]
-    stats = []
-    for reader, (stdout, stderr) in zip(readers, outputs, strict=True):
-        assert reader.returncode == 0, stderr
-        stats.append(json.loads(stdout))
+    stats, writer_head = run_readers_against_writer(path, backend, seconds, capacity, slack, chunk_rows=50,
+                                                    seeds=(3, 4), commit_every=50, batch=16, fsync=True,
+                                                    flush=False)
     for reader in stats:
         assert reader["mismatched_rows"] == 0, f"a reader got rows that do not match their step ids: {reader}"
         assert reader["rows"] > 10_000 and reader["heads_never_decrease"], reader

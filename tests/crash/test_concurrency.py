@@ -76,14 +76,17 @@ def start_reader(path: str, seconds: float, seed: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TESTS_DIR)
 
 
-def run_readers_against_writer(path: str, backend: str, seconds: float) -> tuple[list[dict], int]:
-    """Two readers sample for ``seconds`` while the writer appends; their stats and the writer's head."""
-    with expstore.open(path, "w", capacity=CAPACITY, schema=pendulum_schema(), slack=SLACK, chunk_rows=SLACK):
+def run_readers_against_writer(path: str, backend: str, seconds: float, capacity: int = CAPACITY,
+                               slack: int = SLACK, chunk_rows: int = SLACK, seeds: tuple[int, ...] = (1, 2),
+                               **writer_options) -> tuple[list[dict], int]:
+    """Two readers sample for ``seconds`` while the writer appends; their stats and the writer's head.
+    ``writer_options``: WriterProcess's (default: a commit every 100 rows, batches of 64)."""
+    with expstore.open(path, "w", capacity=capacity, schema=pendulum_schema(), slack=slack, chunk_rows=chunk_rows):
         pass
-    writer = WriterProcess(path, backend, CAPACITY, commit_every=100, batch=64)
+    writer = WriterProcess(path, backend, capacity, **({"commit_every": 100, "batch": 64} | writer_options))
     try:
         writer.wait_committed()
-        readers = [start_reader(path, seconds, seed) for seed in (1, 2)]
+        readers = [start_reader(path, seconds, seed) for seed in seeds]
         while any(reader.poll() is None for reader in readers):
             writer.run_for(0.1)  # keep reading the writer's pipe so that it never blocks
     finally:

@@ -212,12 +212,17 @@ def test_a_next_obs_changed_after_export_is_one_clear_error_and_writes_nothing(t
     assert not list(tmp_path.glob("out*"))
 
 
-def test_a_damaged_derived_entry_is_refused(tmp_path):
-    src = _vector_pool(str(tmp_path / "src.h5"))
+def _exported(src: str, tmp_path) -> tuple:
+    """The Parquet table of ``src``'s export, and its ``expstore`` metadata, to change and write again."""
     file = tmp_path / "rows.parquet"
     export_parquet(src, file)
     table = pq.read_table(file)
-    saved = json.loads(table.schema.metadata[b"expstore"])
+    return table, json.loads(table.schema.metadata[b"expstore"])
+
+
+def test_a_damaged_derived_entry_is_refused(tmp_path):
+    src = _vector_pool(str(tmp_path / "src.h5"))
+    table, saved = _exported(src, tmp_path)
     saved["derived_next_obs"]["fields"] = ["obs_other"]
     pq.write_table(table.replace_schema_metadata({"expstore": json.dumps(saved)}), tmp_path / "bad.parquet")
     with pytest.raises(CorruptStoreError, match="derived next_ of"):
@@ -227,10 +232,7 @@ def test_a_damaged_derived_entry_is_refused(tmp_path):
 
 def test_a_file_naming_the_open_episodes_in_the_derived_entry_imports_the_same(tmp_path, backend):
     src = _vector_pool(str(tmp_path / f"src{BACKENDS[backend]}"))
-    file = tmp_path / "rows.parquet"
-    export_parquet(src, file)
-    table = pq.read_table(file)
-    saved = json.loads(table.schema.metadata[b"expstore"])
+    table, saved = _exported(src, tmp_path)
     with expstore.open(src) as pool:
         episodes = pool.episodes()
         assert saved["open_episodes"] == sorted(episodes["episode_id"][episodes["open"]].tolist()) != []
@@ -243,10 +245,7 @@ def test_a_file_naming_the_open_episodes_in_the_derived_entry_imports_the_same(t
 
 def test_files_without_the_derived_entry_import_as_before(tmp_path, backend):
     src = _vector_pool(str(tmp_path / f"src{BACKENDS[backend]}"))
-    file = tmp_path / "rows.parquet"
-    export_parquet(src, file)
-    table = pq.read_table(file)
-    saved = json.loads(table.schema.metadata[b"expstore"])
+    table, saved = _exported(src, tmp_path)
     del saved["derived_next_obs"]
     old = table.drop_columns(["next_obs"]).replace_schema_metadata({"expstore": json.dumps(saved)})
     pq.write_table(old, tmp_path / "old.parquet")  # what the export wrote before it had the column
